@@ -1,0 +1,319 @@
+"""One aiobotocore IoT client per target: ListJobs, DescribeJob, retries, API budget, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiobotocore.credentials import (
+    AioAssumeRoleCredentialFetcher,
+    AioDeferredRefreshableCredentials,
+)
+from aiobotocore.session import AioSession
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+)
+from botocore.parsers import ResponseParserError
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+
+from exporter.config import Collector, Target
+from exporter.metrics import SelfMetrics
+from exporter.model import JobSnapshot, MalformedJob, parse_describe_job, to_timestamp
+
+log = logging.getLogger(__name__)
+
+LIST_JOBS_PAGE_SIZE = 250  # the largest page AWS accepts: fewest calls per discovery
+
+_THROTTLED = {
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "LimitExceededException",
+}
+_DENIED = {
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnauthorizedException",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "SignatureDoesNotMatch",
+    "InvalidSignatureException",
+    "AuthFailure",
+    "MissingAuthenticationTokenException",
+}
+_UNAVAILABLE = {
+    "ServiceUnavailableException",
+    "ServiceUnavailable",
+    "InternalFailure",
+    "InternalException",
+    "InternalServerError",
+    "InternalServerException",
+}
+
+
+class ApiError(Exception):
+    """An AWS call that failed, with its outcome class (see OUTCOMES in metrics.py)."""
+
+    def __init__(self, outcome: str, operation: str, detail: str) -> None:
+        super().__init__(f"{operation} failed ({outcome}): {detail}")
+        self.outcome = outcome
+        self.operation = operation
+        self.detail = detail
+
+
+def classify_error(code: str | None, status: int | None) -> str:
+    if code in _THROTTLED or status == 429:
+        return "throttled"
+    if code == "ResourceNotFoundException" or status == 404:
+        return "not_found"
+    if code in _DENIED or status in (401, 403):
+        return "denied"
+    if code in _UNAVAILABLE or (status is not None and status >= 500):
+        return "unavailable"
+    return "error"
+
+
+def classify(exc: BaseException) -> str:
+    """The outcome class of an exception raised by a botocore call."""
+    if isinstance(exc, ApiError):
+        return exc.outcome
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return classify_error(error.get("Code"), status)
+    if isinstance(exc, ResponseParserError):
+        return "malformed"
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return "denied"
+    if isinstance(
+        exc, BotoConnectionError | HTTPClientError | aiohttp.ClientError | OSError | TimeoutError
+    ):
+        return "network"
+    return "error"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A log-safe one-line description: the error code and message, never request data."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'Unknown')}: {error.get('Message', '')}".strip()
+    if isinstance(exc, BotoCoreError):
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class TokenBucket:
+    """Spreads calls to at most `rate` per second with bursts of `burst`; shared by all callers."""
+
+    def __init__(self, rate: float, burst: float = 1.0) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self._tokens = self.burst
+        self._updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        # The lock makes waiters queue in order, so a burst of callers is paced, not stampeded.
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+                self._updated = now
+                if self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    return
+                await asyncio.sleep((1.0 - self._tokens) / self.rate)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    job_id: str
+    status: str | None
+    ended_at: float | None
+
+
+class JobSource:
+    """The AWS IoT control plane of one target, as the collector sees it."""
+
+    def __init__(self, target: Target, settings: Collector, telemetry: SelfMetrics) -> None:
+        self.target = target
+        self.settings = settings
+        self.telemetry = telemetry
+        self._buckets = {
+            op: TokenBucket(settings.requests_per_second) for op in ("DescribeJob", "ListJobs")
+        }
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+
+    async def __aenter__(self) -> JobSource:
+        session = AioSession(profile=self.target.profile)
+        if self.target.role_arn:
+            await self._assume_role(session)
+        boto_config = BotoConfig(
+            region_name=self.target.region,
+            connect_timeout=self.settings.request_timeout,
+            read_timeout=self.settings.request_timeout,
+            retries={"mode": "standard", "total_max_attempts": self.settings.max_attempts},
+            max_pool_connections=self.settings.concurrency,
+            user_agent_extra="aws-iot-jobs-exporter",
+        )
+        self._client = await self._stack.enter_async_context(
+            session.create_client(
+                "iot",
+                region_name=self.target.region,
+                endpoint_url=self.target.endpoint_url,
+                config=boto_config,
+            )
+        )
+        events = self._client.meta.events
+        for operation in self._buckets:
+            events.register(
+                f"before-send.iot.{operation}", functools.partial(self._before_send, operation)
+            )
+        events.register("needs-retry.iot", self._count_failed_attempt)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    async def _assume_role(self, session: AioSession) -> None:
+        """Swap the session's credentials for the role's, refreshed by botocore before expiry."""
+        source = await session.get_credentials()
+        if source is None:
+            # Calls then fail as NoCredentialsError, counted as denied for this target only.
+            log.error("no source credentials to assume role target=%s", self.target.name)
+            return
+        extra: dict[str, str] = {"RoleSessionName": self.target.session_name}
+        if self.target.external_id:
+            extra["ExternalId"] = self.target.external_id
+        client_creator = functools.partial(
+            session.create_client,
+            region_name=self.target.region,
+            endpoint_url=self.target.sts_endpoint_url,
+        )
+        fetcher = AioAssumeRoleCredentialFetcher(
+            client_creator=client_creator,
+            source_credentials=source,
+            role_arn=self.target.role_arn,
+            extra_args=extra,
+        )
+        # botocore has no public setter for refreshable credentials; _credentials is what
+        # its own AssumeRoleProvider ends up populating.
+        session._credentials = AioDeferredRefreshableCredentials(
+            refresh_using=fetcher.fetch_credentials, method="assume-role"
+        )
+
+    async def _before_send(self, operation: str, **kwargs: Any) -> None:
+        # Every attempt, retries included, spends from the budget: that is what AWS counts.
+        await self._buckets[operation].acquire()
+
+    def _count_failed_attempt(
+        self,
+        response: Any = None,
+        caught_exception: Any = None,
+        operation: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Counts each failed attempt botocore sees; successes are counted once parsed."""
+        name = getattr(operation, "name", "unknown")
+        if caught_exception is not None:
+            outcome = classify(caught_exception)
+        elif response is not None and getattr(response[0], "status_code", 200) >= 300:
+            http, parsed = response
+            code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+            outcome = classify_error(code, http.status_code)
+        else:
+            return
+        self.telemetry.api_requests.labels(self.target.name, name, outcome).inc()
+
+    @contextlib.asynccontextmanager
+    async def _call(self, operation: str) -> AsyncIterator[None]:
+        """Times a call and turns its failure into an ApiError; the body counts success."""
+        started = time.monotonic()
+        # botocore's timeouts bound each attempt; this bounds the whole call, backoff included.
+        deadline = self.settings.request_timeout * (self.settings.max_attempts + 1) + 30
+        try:
+            async with asyncio.timeout(deadline):
+                yield
+        except ApiError:
+            raise
+        except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            outcome = classify(exc)
+            # Failed attempts that got an HTTP response or a connection error were counted
+            # by _count_failed_attempt; an unparsable body and our own deadline were not.
+            if isinstance(
+                exc,
+                ResponseParserError
+                | TimeoutError
+                | NoRegionError
+                | NoCredentialsError
+                | PartialCredentialsError,
+            ):
+                self._count(operation, outcome)
+            raise ApiError(outcome, operation, describe_exception(exc)) from None
+        finally:
+            self.telemetry.api_duration.labels(self.target.name, operation).observe(
+                time.monotonic() - started
+            )
+
+    def _count(self, operation: str, outcome: str) -> None:
+        self.telemetry.api_requests.labels(self.target.name, operation, outcome).inc()
+
+    async def describe_job(self, job_id: str) -> JobSnapshot:
+        """The job as DescribeJob reports it now; ApiError when that fails or is unreadable."""
+        async with self._call("DescribeJob"):
+            response = await self._client.describe_job(jobId=job_id)
+            try:
+                snapshot = parse_describe_job(response, time.time())
+            except MalformedJob as exc:
+                self._count("DescribeJob", "malformed")
+                raise ApiError("malformed", "DescribeJob", str(exc)) from None
+            self._count("DescribeJob", "ok")
+        return snapshot
+
+    async def list_jobs(self, params: dict[str, str]) -> list[JobSummary]:
+        """Every job ListJobs returns for the filters, paged at the largest page size."""
+        summaries: list[JobSummary] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = dict(params, maxResults=LIST_JOBS_PAGE_SIZE)
+            if token:
+                kwargs["nextToken"] = token
+            async with self._call("ListJobs"):
+                page = await self._client.list_jobs(**kwargs)
+                jobs = page.get("jobs") if isinstance(page, dict) else None
+                token = page.get("nextToken") if isinstance(page, dict) else None
+                if not isinstance(jobs, list | None) or not isinstance(token, str | None):
+                    self._count("ListJobs", "malformed")
+                    raise ApiError("malformed", "ListJobs", "response.jobs: expected a list")
+                self._count("ListJobs", "ok")
+            for item in jobs or []:
+                job_id = item.get("jobId") if isinstance(item, dict) else None
+                if not isinstance(job_id, str) or not job_id:
+                    continue
+                status = item.get("status")
+                ended = to_timestamp(item.get("completedAt") or item.get("lastUpdatedAt"))
+                summaries.append(
+                    JobSummary(job_id, status if isinstance(status, str) else None, ended)
+                )
+            if not token:
+                return summaries

@@ -1,0 +1,325 @@
+"""Command line: flags, subcommands (run, check-config, simulator, demo), logging, signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from exporter import __version__
+from exporter.collector import Collector, Shard
+from exporter.config import Config, ConfigError, load_config
+from exporter.metrics import SelfMetrics
+from exporter.server import build_app
+from exporter.store import MetricsStore
+
+log = logging.getLogger("exporter")
+
+DEFAULT_PORT = 9947
+SHUTDOWN_DEADLINE = 4.0  # seconds: SIGTERM must end the process within 5
+REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
+
+
+class LogfmtFormatter(logging.Formatter):
+    """One `key=value` line per event: time, level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        msg = record.getMessage()
+        line = f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
+        line += f"logger={record.name} msg={_logfmt_value(msg)}"
+        if record.exc_info:
+            line += f" exc={_logfmt_value(self.formatException(record.exc_info))}"
+        return line
+
+
+def _logfmt_value(value: str) -> str:
+    if value and not any(c in value for c in ' "=\n\\'):
+        return value
+    return json.dumps(value)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # botocore and aiohttp are chatty at debug and can echo request details; keep them
+    # at warning unless asked for explicitly through their own loggers.
+    for noisy in ("botocore", "aiobotocore", "aiohttp.access", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def parse_listen_address(address: str) -> tuple[str | None, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--web.listen-address {address!r}: expected [host]:port")
+    host = host.strip("[]")
+    return (host or None), int(port)
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, with_config: bool = True) -> None:
+    if with_config:
+        parser.add_argument(
+            "--config.file",
+            dest="config_file",
+            default="config.yaml",
+            help="configuration file (default: %(default)s)",
+        )
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=f":{DEFAULT_PORT}",
+        help="address to serve metrics on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default="/metrics",
+        help="path of the metrics endpoint (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log.level", dest="log_level", default="info", choices=("debug", "info", "warn", "error")
+    )
+    parser.add_argument(
+        "--log.format", dest="log_format", default="logfmt", choices=("logfmt", "json")
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aws-iot-jobs-exporter",
+        description="Prometheus exporter for AWS IoT Jobs. Subcommands: check-config, "
+        "simulator, demo (see `aws-iot-jobs-exporter SUBCOMMAND --help`).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_run_flags(parser)
+    parser.add_argument(
+        "--total-shards",
+        dest="total_shards",
+        type=int,
+        default=1,
+        help="number of replicas sharing the jobs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shard",
+        dest="shard",
+        type=int,
+        default=None,
+        help="this replica's shard, 0-based; default: the ordinal of $POD_NAME when "
+        "--total-shards > 1",
+    )
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _load(path: str) -> Config | int:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        return _fail(str(exc))
+
+
+async def _serve_until_signalled(
+    config: Config,
+    args: argparse.Namespace,
+    shard: Shard,
+    on_started: Callable[[str], Awaitable[None]] | None = None,
+) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    host, port = parse_listen_address(args.listen_address)
+    store = MetricsStore()
+    telemetry = SelfMetrics()
+    telemetry.config_reload_ok.set(1)
+    telemetry.config_reload_time.set(time.time())
+    collector = Collector(config, store, telemetry, shard)
+    app = build_app(store, telemetry, lambda: collector.ready, args.telemetry_path)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        return _fail(f"--web.listen-address {args.listen_address}: {exc.strerror or exc}")
+    server = getattr(site, "_server", None)
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    url = f"http://{host or '0.0.0.0'}:{bound}{args.telemetry_path}"
+    log.info(
+        "listening address=%s targets=%d shard=%d/%d",
+        url,
+        len(config.targets),
+        shard.index,
+        shard.total,
+    )
+    try:
+        await collector.start()
+        if on_started is not None:
+            await on_started(url)
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_DEADLINE):
+                await collector.stop()
+                await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def _shard(args: argparse.Namespace) -> Shard | int:
+    if args.total_shards < 1:
+        return _fail("--total-shards must be at least 1")
+    if args.shard is not None:
+        if not 0 <= args.shard < args.total_shards:
+            return _fail(f"--shard must be from 0 to {args.total_shards - 1}")
+        return Shard(args.shard, args.total_shards)
+    if args.total_shards == 1:
+        return Shard()
+    try:
+        return Shard.from_pod_name(args.total_shards)
+    except ValueError as exc:
+        return _fail(str(exc))
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    config = _load(args.config_file)
+    if isinstance(config, int):
+        return config
+    shard = _shard(args)
+    if isinstance(shard, int):
+        return shard
+    try:
+        parse_listen_address(args.listen_address)
+    except ValueError as exc:
+        return _fail(str(exc))
+    return asyncio.run(_serve_until_signalled(config, args, shard))
+
+
+def check_config(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="aws-iot-jobs-exporter check-config", description="Validate a configuration file."
+    )
+    parser.add_argument("--config.file", dest="config_file", default="config.yaml")
+    args = parser.parse_args(argv)
+    config = _load(args.config_file)
+    if isinstance(config, int):
+        return config
+    jobs = sum(len(t.jobs.ids) for t in config.targets)
+    discovering = sum(1 for t in config.targets if t.jobs.discover is not None)
+    print(
+        f"{args.config_file}: valid: {len(config.targets)} target(s), {jobs} explicit job id(s), "
+        f"{discovering} target(s) with discovery"
+    )
+    return 0
+
+
+def demo(argv: list[str]) -> int:
+    """The simulator and the exporter in one process: a living fleet on /metrics."""
+    parser = argparse.ArgumentParser(
+        prog="aws-iot-jobs-exporter demo",
+        description="Run the exporter against a local simulated AWS IoT Jobs fleet.",
+    )
+    _add_run_flags(parser, with_config=False)
+    parser.add_argument("--config.file", dest="config_file", default=str(REPO_CONFIG / "demo.yaml"))
+    parser.add_argument(
+        "--scenario",
+        default=str(REPO_CONFIG / "simulator" / "demo.yaml"),
+        help="simulator scenario",
+    )
+    parser.add_argument("--simulator.listen-address", dest="sim_address", default="127.0.0.1:0")
+    parser.add_argument("--speed", type=float, default=None, help="simulated minutes per second")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    config = _load(args.config_file)
+    if isinstance(config, int):
+        return config
+    if not Path(args.scenario).is_file():
+        return _fail(f"{args.scenario}: scenario file not found")
+    # The simulator accepts any signature; these keep botocore from searching for real
+    # credentials (and from ever sending real ones to a local endpoint).
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ[key] = "demo"
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    os.environ.pop("AWS_PROFILE", None)
+    return asyncio.run(_demo(config, args))
+
+
+async def _demo(config: Config, args: argparse.Namespace) -> int:
+    from exporter.simulator import start_simulator
+
+    sim_host, sim_port = parse_listen_address(args.sim_address)
+    sim = await start_simulator(
+        args.scenario, host=sim_host or "127.0.0.1", port=sim_port, speed=args.speed
+    )
+    targets = tuple(dataclasses.replace(t, endpoint_url=sim.url) for t in config.targets)
+    config = dataclasses.replace(config, targets=targets)
+
+    async def announce(url: str) -> None:
+        print(
+            f"simulator:  {sim.url}  (state: {sim.url}/_sim/stats, faults: {sim.url}/_sim/faults)"
+        )
+        print(f"metrics:    {url}")
+        sys.stdout.flush()
+
+    try:
+        return await _serve_until_signalled(config, args, Shard(), announce)
+    finally:
+        await sim.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    try:
+        if command == "check-config":
+            return check_config(argv[1:])
+        if command == "simulator":
+            from exporter.simulator import main as simulator_main
+
+            return simulator_main(argv[1:])
+        if command == "demo":
+            return demo(argv[1:])
+        if command is not None:
+            return _fail(f"unknown command {command!r}; expected check-config, simulator or demo")
+        return run(argv)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,298 @@
+"""The asyncio scheduler: which job is described when; freezes terminal jobs; never blocks scrapes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from exporter.aws import ApiError, JobSource, JobSummary
+from exporter.config import Collector as CollectorSettings
+from exporter.config import Config, Target
+from exporter.metrics import SelfMetrics
+from exporter.model import TERMINAL_STATUSES, JobSnapshot
+from exporter.store import MetricsStore
+
+log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    async def describe_job(self, job_id: str) -> JobSnapshot: ...
+    async def list_jobs(self, params: dict[str, str]) -> list[JobSummary]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """This replica's share of the jobs: a stable hash of (target, region, job id) mod total."""
+
+    index: int = 0
+    total: int = 1
+
+    def owns(self, target: Target, job_id: str) -> bool:
+        if self.total <= 1:
+            return True
+        # The target stands for its account: every replica reads the same config, so the
+        # target's name and region identify the account before any job has been described.
+        key = f"{target.name}\x00{target.region}\x00{job_id}".encode()
+        digest = hashlib.blake2b(key, digest_size=8).digest()
+        return int.from_bytes(digest, "big") % self.total == self.index
+
+    @classmethod
+    def from_pod_name(cls, total: int, pod_name: str | None = None) -> Shard:
+        """A StatefulSet pod's ordinal (`name-3` → shard 3), as kube-state-metrics does."""
+        name = pod_name if pod_name is not None else os.environ.get("POD_NAME", "")
+        match = re.search(r"-(\d+)$", name)
+        if not match:
+            raise ValueError(
+                f"cannot take a shard ordinal from pod name {name!r}; set --shard or POD_NAME"
+            )
+        index = int(match.group(1))
+        if index >= total:
+            raise ValueError(f"pod ordinal {index} is not below --total-shards {total}")
+        return cls(index, total)
+
+
+@dataclass(slots=True)
+class _Tracked:
+    explicit: bool
+    snapshot: JobSnapshot | None = None
+
+
+@dataclass(slots=True)
+class _Cycle:
+    failures: int = 0
+    described: int = 0
+    dropped: list[str] = field(default_factory=list)
+
+
+class TargetCollector:
+    """Polls one target: discovery every discovery_interval, active jobs every interval."""
+
+    def __init__(
+        self,
+        target: Target,
+        settings: CollectorSettings,
+        source: Source,
+        store: MetricsStore,
+        telemetry: SelfMetrics,
+        shard: Shard = Shard(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.target = target
+        self.settings = settings
+        self.source = source
+        self.store = store
+        self.telemetry = telemetry
+        self.shard = shard
+        self.clock = clock
+        self.cycles = 0
+        self._jobs: dict[str, _Tracked] = {}
+        # Terminal jobs past retention, and explicit ids AWS does not know: neither is
+        # described again until the next discovery says otherwise.
+        self._expired: set[str] = set()
+        self._missing: set[str] = set()
+        self._next_discovery = 0.0
+        self._semaphore = asyncio.Semaphore(settings.concurrency)
+        for job_id in target.jobs.ids:
+            if shard.owns(target, job_id):
+                self._jobs[job_id] = _Tracked(explicit=True)
+        telemetry.init_target(target.name)
+
+    @property
+    def jobs(self) -> dict[str, JobSnapshot | None]:
+        return {job_id: t.snapshot for job_id, t in self._jobs.items()}
+
+    def _expired_at(self, status: str | None, ended_at: float | None, now: float) -> bool:
+        if status not in TERMINAL_STATUSES or ended_at is None:
+            return False
+        return now - ended_at > self.settings.terminal_job_retention
+
+    async def discover(self, cycle: _Cycle) -> None:
+        """Add the jobs ListJobs finds; jobs leave only by NotFound or retention."""
+        discover = self.target.jobs.discover
+        now = self.clock()
+        for job_id in self._missing:
+            self._jobs.setdefault(job_id, _Tracked(explicit=True))
+        self._missing.clear()
+        if discover is None:
+            return
+        try:
+            summaries = await self.source.list_jobs(discover.list_jobs_params())
+        except ApiError as exc:
+            cycle.failures += 1
+            log.warning(
+                "discovery failed target=%s outcome=%s error=%r",
+                self.target.name,
+                exc.outcome,
+                exc.detail,
+            )
+            return
+        added = 0
+        for summary in summaries:
+            job_id = summary.job_id
+            if job_id in self._jobs or not discover.matches(job_id):
+                continue
+            if not self.shard.owns(self.target, job_id):
+                continue
+            if self._expired_at(summary.status, summary.ended_at, now):
+                continue
+            if job_id in self._expired:
+                continue
+            self._jobs[job_id] = _Tracked(explicit=False)
+            added += 1
+        self.telemetry.discovery_last_success.labels(self.target.name).set(now)
+        if added:
+            log.info("discovered jobs target=%s added=%d", self.target.name, added)
+
+    async def _describe(self, job_id: str, cycle: _Cycle) -> None:
+        async with self._semaphore:
+            try:
+                snapshot = await self.source.describe_job(job_id)
+            except ApiError as exc:
+                self._describe_failed(job_id, exc, cycle)
+                return
+        tracked = self._jobs.get(job_id)
+        if tracked is None:
+            return
+        cycle.described += 1
+        snapshot = snapshot.with_observed_rate(tracked.snapshot)
+        if self._expired_at(snapshot.status, snapshot.ended_at, self.clock()):
+            self._drop(job_id)
+            self._expired.add(job_id)
+            return
+        tracked.snapshot = snapshot
+        self.store.put_job(self.target, job_id, snapshot)
+
+    def _describe_failed(self, job_id: str, exc: ApiError, cycle: _Cycle) -> None:
+        tracked = self._jobs.get(job_id)
+        if exc.outcome == "not_found":
+            if tracked is not None and tracked.explicit:
+                self._missing.add(job_id)
+                log.warning("job not found target=%s job_id=%s", self.target.name, job_id)
+            cycle.dropped.append(job_id)
+            self._drop(job_id)
+            return
+        cycle.failures += 1
+        # The last good snapshot stays exported; its last_success timestamp shows the age.
+        log.warning(
+            "describe failed target=%s job_id=%s outcome=%s error=%r",
+            self.target.name,
+            job_id,
+            exc.outcome,
+            exc.detail,
+        )
+
+    def _drop(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+        self.store.remove((self.target.name, job_id))
+
+    def _expire_frozen(self) -> None:
+        now = self.clock()
+        for job_id, tracked in list(self._jobs.items()):
+            snap = tracked.snapshot
+            if snap is not None and self._expired_at(snap.status, snap.ended_at, now):
+                self._drop(job_id)
+                self._expired.add(job_id)
+
+    async def collect_once(self) -> None:
+        """One cycle: discovery when due, then every job that is not frozen, concurrently."""
+        started = time.monotonic()
+        cycle = _Cycle()
+        if self.clock() >= self._next_discovery:
+            await self.discover(cycle)
+            self._next_discovery = self.clock() + self.settings.discovery_interval
+        due = [
+            job_id
+            for job_id, t in self._jobs.items()
+            if t.snapshot is None or not t.snapshot.frozen
+        ]
+        async with asyncio.TaskGroup() as group:
+            for job_id in due:
+                group.create_task(self._describe(job_id, cycle))
+        self._expire_frozen()
+        self.cycles += 1
+        name = self.target.name
+        self.telemetry.collection_duration.labels(name).set(time.monotonic() - started)
+        self.telemetry.collection_success.labels(name).set(0 if cycle.failures else 1)
+        if not cycle.failures:
+            self.telemetry.last_collection_success.labels(name).set(self.clock())
+        self._update_tracked()
+        log.debug(
+            "cycle done target=%s described=%d failures=%d dropped=%d",
+            name,
+            cycle.described,
+            cycle.failures,
+            len(cycle.dropped),
+        )
+
+    def _update_tracked(self) -> None:
+        counts = {"active": 0, "frozen": 0, "pending": 0}
+        for tracked in self._jobs.values():
+            snap = tracked.snapshot
+            state = "pending" if snap is None else "frozen" if snap.frozen else "active"
+            counts[state] += 1
+        for state, count in counts.items():
+            self.telemetry.jobs_tracked.labels(self.target.name, state).set(count)
+        self.telemetry.jobs_missing.labels(self.target.name).set(len(self._missing))
+
+    async def run(self) -> None:
+        """Cycles forever, one every interval; a failing cycle never ends the loop."""
+        while True:
+            started = time.monotonic()
+            try:
+                await self.collect_once()
+            except Exception:
+                # Unexpected bugs must not stop collection: the cycle is retried next interval.
+                log.exception("collection cycle crashed target=%s", self.target.name)
+                self.telemetry.collection_success.labels(self.target.name).set(0)
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(0.0, self.settings.interval - elapsed))
+
+
+class Collector:
+    """All targets of a config, each with its own client and poller, in one event loop."""
+
+    def __init__(
+        self, config: Config, store: MetricsStore, telemetry: SelfMetrics, shard: Shard = Shard()
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.telemetry = telemetry
+        self.shard = shard
+        self.targets: dict[str, TargetCollector] = {}
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def ready(self) -> bool:
+        """Every target has finished its first cycle, successful or not."""
+        return bool(self.targets) and all(t.cycles > 0 for t in self.targets.values())
+
+    async def start(self) -> None:
+        for target in self.config.targets:
+            source = await self._stack.enter_async_context(
+                JobSource(target, self.config.collector, self.telemetry)
+            )
+            collector = TargetCollector(
+                target, self.config.collector, source, self.store, self.telemetry, self.shard
+            )
+            self.targets[target.name] = collector
+            self._tasks.append(
+                asyncio.create_task(collector.run(), name=f"collector-{target.name}")
+            )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self._stack.aclose()

@@ -1,0 +1,454 @@
+"""YAML configuration into frozen dataclasses; errors name the file, field path and expectation."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
+TARGET_SELECTIONS = ("CONTINUOUS", "SNAPSHOT")
+
+# Label names the exporter sets itself; a static label with one of these names would
+# produce duplicate labels in the exposition. `job` and `instance` belong to Prometheus.
+RESERVED_LABELS = frozenset(
+    {
+        "job",
+        "instance",
+        "target",
+        "region",
+        "account_id",
+        "job_id",
+        "job_arn",
+        "target_selection",
+        "namespace_id",
+        "job_template_arn",
+        "presigned_url_role_arn",
+        "target_arn",
+        "target_type",
+        "package_version_arn",
+        "reason_code",
+        "status",
+        "state",
+        "failure_type",
+        "action",
+        "end_behavior",
+        "window",
+        "start_time",
+        "rollout",
+        "operation",
+        "outcome",
+        "le",
+        "quantile",
+    }
+)
+
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_TARGET_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_JOB_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+class ConfigError(Exception):
+    """A configuration problem, located by file and field path."""
+
+    def __init__(self, file: str, path: str, message: str) -> None:
+        super().__init__(f"{file}: {path}: {message}" if path else f"{file}: {message}")
+        self.file = file
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Discover:
+    status: str | None = None
+    target_selection: str | None = None
+    thing_group_name: str | None = None
+    thing_group_id: str | None = None
+    namespace_id: str | None = None
+    include: tuple[re.Pattern[str], ...] = ()
+    exclude: tuple[re.Pattern[str], ...] = ()
+
+    def list_jobs_params(self) -> dict[str, str]:
+        """The server-side ListJobs filters, in botocore's parameter names."""
+        params = {
+            "status": self.status,
+            "targetSelection": self.target_selection,
+            "thingGroupName": self.thing_group_name,
+            "thingGroupId": self.thing_group_id,
+            "namespaceId": self.namespace_id,
+        }
+        return {k: v for k, v in params.items() if v is not None}
+
+    def matches(self, job_id: str) -> bool:
+        if self.include and not any(p.search(job_id) for p in self.include):
+            return False
+        return not any(p.search(job_id) for p in self.exclude)
+
+
+@dataclass(frozen=True, slots=True)
+class Jobs:
+    ids: tuple[str, ...] = ()
+    discover: Discover | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    region: str
+    jobs: Jobs
+    role_arn: str | None = None
+    # External ids are shared secrets of cross-account trust: kept out of repr and logs.
+    external_id: str | None = field(default=None, repr=False)
+    session_name: str = "aws-iot-jobs-exporter"
+    profile: str | None = None
+    endpoint_url: str | None = None
+    sts_endpoint_url: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Collector:
+    interval: float = 60.0
+    discovery_interval: float = 300.0
+    request_timeout: float = 10.0
+    concurrency: int = 10
+    terminal_job_retention: float = 86400.0
+    max_attempts: int = 3
+    requests_per_second: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    targets: tuple[Target, ...]
+    collector: Collector = Collector()
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Walks the YAML tree, checking types and keeping the field path for errors."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, path: str, message: str) -> ConfigError:
+        return ConfigError(self.file, path, message)
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected a mapping, got {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.fail(path, f"keys must be strings, got {_kind(key)}")
+            if key not in allowed:
+                where = f"{path}.{key}" if path else key
+                raise self.fail(where, f"unknown key; expected one of {', '.join(allowed)}")
+        return value
+
+    def string(
+        self,
+        value: Any,
+        path: str,
+        pattern: re.Pattern[str] | None = None,
+        expect: str = "",
+        secret: bool = False,
+    ) -> str:
+        if not isinstance(value, str) or value == "":
+            shown = "a value" if secret else _kind(value)
+            raise self.fail(path, f"expected a non-empty string, got {shown}")
+        if pattern is not None and not pattern.match(value):
+            shown = "" if secret else f"{value!r} "
+            raise self.fail(path, f"{shown}is not {expect}")
+        return value
+
+    def opt(
+        self, data: Mapping[str, Any], key: str, path: str, read: Callable[[Any, str], T]
+    ) -> T | None:
+        if data.get(key) is None:
+            return None
+        return read(data[key], f"{path}.{key}" if path else key)
+
+    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            raise self.fail(path, f"{value!r} is not one of {', '.join(choices)}")
+        return str(value)
+
+    def duration(self, value: Any, path: str) -> float:
+        seconds = parse_duration(value)
+        if seconds is None:
+            raise self.fail(path, f"expected a duration like 30s, 5m or 24h, got {value!r}")
+        return seconds
+
+    def integer(self, value: Any, path: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(path, f"expected an integer from {low} to {high}, got {value!r}")
+        return value
+
+    def number(self, value: Any, path: str, low: float) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or value < low:
+            raise self.fail(path, f"expected a number of at least {low:g}, got {value!r}")
+        return float(value)
+
+    def regexes(self, value: Any, path: str) -> tuple[re.Pattern[str], ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise self.fail(path, f"expected a list of regular expressions, got {_kind(value)}")
+        out = []
+        for i, item in enumerate(value):
+            where = f"{path}[{i}]"
+            text = self.string(item, where)
+            try:
+                out.append(re.compile(text))
+            except re.error as exc:
+                raise self.fail(
+                    where, f"{text!r} is not a valid regular expression: {exc}"
+                ) from None
+        return tuple(out)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    names = {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
+def parse_duration(value: Any) -> float | None:
+    """Prometheus-style durations (`30s`, `5m`, `1h30m`); None when not one or not positive."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or pos == 0 or total <= 0:
+        return None
+    return total
+
+
+def _read_collector(r: _Reader, value: Any) -> Collector:
+    keys = (
+        "interval",
+        "discovery_interval",
+        "request_timeout",
+        "concurrency",
+        "terminal_job_retention",
+        "max_attempts",
+        "requests_per_second",
+    )
+    data = r.mapping(value, "collector", keys)
+    d = Collector()
+    interval = r.opt(data, "interval", "collector", r.duration)
+    discovery = r.opt(data, "discovery_interval", "collector", r.duration)
+    timeout = r.opt(data, "request_timeout", "collector", r.duration)
+    concurrency = r.opt(data, "concurrency", "collector", lambda v, p: r.integer(v, p, 1, 256))
+    retention = r.opt(data, "terminal_job_retention", "collector", r.duration)
+    attempts = r.opt(data, "max_attempts", "collector", lambda v, p: r.integer(v, p, 1, 10))
+    rps = r.opt(data, "requests_per_second", "collector", lambda v, p: r.number(v, p, 0.1))
+    return Collector(
+        interval=interval if interval is not None else d.interval,
+        discovery_interval=discovery if discovery is not None else d.discovery_interval,
+        request_timeout=timeout if timeout is not None else d.request_timeout,
+        concurrency=concurrency if concurrency is not None else d.concurrency,
+        terminal_job_retention=retention if retention is not None else d.terminal_job_retention,
+        max_attempts=attempts if attempts is not None else d.max_attempts,
+        requests_per_second=rps if rps is not None else d.requests_per_second,
+    )
+
+
+def _read_discover(r: _Reader, value: Any, path: str) -> Discover:
+    keys = (
+        "status",
+        "target_selection",
+        "thing_group_name",
+        "thing_group_id",
+        "namespace_id",
+        "include",
+        "exclude",
+    )
+    data = r.mapping(value, path, keys)
+    status = r.opt(data, "status", path, lambda v, p: r.choice(v, p, JOB_STATUSES))
+    selection = r.opt(
+        data, "target_selection", path, lambda v, p: r.choice(v, p, TARGET_SELECTIONS)
+    )
+    group_name = r.opt(data, "thing_group_name", path, r.string)
+    group_id = r.opt(data, "thing_group_id", path, r.string)
+    if group_name is not None and group_id is not None:
+        raise r.fail(
+            f"{path}.thing_group_id", "set either thing_group_name or thing_group_id, not both"
+        )
+    return Discover(
+        status=status,
+        target_selection=selection,
+        thing_group_name=group_name,
+        thing_group_id=group_id,
+        namespace_id=r.opt(data, "namespace_id", path, r.string),
+        include=r.opt(data, "include", path, r.regexes) or (),
+        exclude=r.opt(data, "exclude", path, r.regexes) or (),
+    )
+
+
+def _read_jobs(r: _Reader, value: Any, path: str) -> Jobs:
+    if value is None:
+        raise r.fail(path, "expected a mapping with ids and/or discover")
+    data = r.mapping(value, path, ("ids", "discover"))
+    ids: list[str] = []
+    if data.get("ids") is not None:
+        raw = data["ids"]
+        if not isinstance(raw, list):
+            raise r.fail(f"{path}.ids", f"expected a list of job ids, got {_kind(raw)}")
+        for i, item in enumerate(raw):
+            job_id = r.string(
+                item, f"{path}.ids[{i}]", _JOB_ID, "a job id (1-64 letters, digits, '-' or '_')"
+            )
+            if job_id in ids:
+                raise r.fail(f"{path}.ids[{i}]", f"{job_id!r} is listed twice")
+            ids.append(job_id)
+    discover = None
+    if "discover" in data:
+        discover = _read_discover(r, data["discover"], f"{path}.discover")
+    if not ids and discover is None:
+        raise r.fail(path, "expected ids, discover, or both")
+    return Jobs(ids=tuple(ids), discover=discover)
+
+
+def _read_labels(r: _Reader, value: Any, path: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise r.fail(path, f"expected a mapping of label names to values, got {_kind(value)}")
+    out = []
+    for name, label_value in value.items():
+        where = f"{path}.{name}"
+        if not isinstance(name, str) or not _LABEL_NAME.match(name) or name.startswith("__"):
+            raise r.fail(where, "is not a valid Prometheus label name")
+        if name in RESERVED_LABELS:
+            raise r.fail(where, "is a label name the exporter sets itself; choose another")
+        if isinstance(label_value, bool) or not isinstance(label_value, str | int | float):
+            raise r.fail(where, f"expected a string value, got {_kind(label_value)}")
+        out.append((name, str(label_value)))
+    return tuple(sorted(out))
+
+
+def _read_target(r: _Reader, value: Any, path: str) -> Target:
+    keys = (
+        "name",
+        "region",
+        "role_arn",
+        "external_id",
+        "session_name",
+        "profile",
+        "endpoint_url",
+        "sts_endpoint_url",
+        "labels",
+        "jobs",
+    )
+    data = r.mapping(value, path, keys)
+    for required in ("name", "region", "jobs"):
+        if required not in data:
+            raise r.fail(f"{path}.{required}", "is required")
+    name = r.string(
+        data["name"],
+        f"{path}.name",
+        _TARGET_NAME,
+        "a name of letters, digits, '.', '-' or '_' (at most 63)",
+    )
+    region = r.string(data["region"], f"{path}.region", _REGION, "an AWS region like us-east-1")
+    role_arn = r.opt(
+        data,
+        "role_arn",
+        path,
+        lambda v, p: r.string(
+            v, p, _ROLE_ARN, "an IAM role ARN like arn:aws:iam::123456789012:role/name"
+        ),
+    )
+    external_id = r.opt(data, "external_id", path, lambda v, p: r.string(v, p, secret=True))
+    if external_id is not None and role_arn is None:
+        raise r.fail(f"{path}.external_id", "needs role_arn")
+    session_name = r.opt(
+        data,
+        "session_name",
+        path,
+        lambda v, p: r.string(
+            v, p, re.compile(r"^[\w+=,.@-]{2,64}$"), "a role session name (2-64 characters)"
+        ),
+    )
+    return Target(
+        name=name,
+        region=region,
+        jobs=_read_jobs(r, data["jobs"], f"{path}.jobs"),
+        role_arn=role_arn,
+        external_id=external_id,
+        session_name=session_name or "aws-iot-jobs-exporter",
+        profile=r.opt(data, "profile", path, r.string),
+        endpoint_url=r.opt(
+            data, "endpoint_url", path, lambda v, p: r.string(v, p, _URL, "an http(s) URL")
+        ),
+        sts_endpoint_url=r.opt(
+            data, "sts_endpoint_url", path, lambda v, p: r.string(v, p, _URL, "an http(s) URL")
+        ),
+        labels=_read_labels(r, data["labels"], f"{path}.labels") if data.get("labels") else (),
+    )
+
+
+def parse_config(text: str, file: str = "config.yaml") -> Config:
+    """Parse and validate configuration text; raises ConfigError."""
+    r = _Reader(file)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(file, where, f"invalid YAML: {problem}") from None
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(file, "", f"invalid YAML: {type(exc).__name__}") from None
+    data = r.mapping(raw, "", ("targets", "collector"))
+    if not data:
+        raise r.fail("targets", "is required: a list of AWS accounts/regions to read from")
+    collector = _read_collector(r, data.get("collector"))
+    raw_targets = data.get("targets")
+    if not isinstance(raw_targets, list) or not raw_targets:
+        raise r.fail("targets", f"expected a non-empty list of targets, got {_kind(raw_targets)}")
+    targets: list[Target] = []
+    for i, item in enumerate(raw_targets):
+        target = _read_target(r, item, f"targets[{i}]")
+        if any(t.name == target.name for t in targets):
+            raise r.fail(f"targets[{i}].name", f"{target.name!r} is used by another target")
+        targets.append(target)
+    return Config(targets=tuple(targets), collector=collector)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a configuration file; raises ConfigError."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(name, "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(name, "", "cannot read: not UTF-8 text") from None
+    return parse_config(text, name)

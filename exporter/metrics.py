@@ -1,0 +1,461 @@
+"""The metric table (one row per job metric: name, help, labels, samples) and self-metrics."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+from exporter import __version__
+from exporter.model import EXECUTION_STATES, JobSnapshot, target_type
+
+# `_created` series double the self-metrics for no use: Prometheus ignores them in the
+# text format. The setting is process-wide, which is what the exporter wants.
+disable_created_metrics()
+
+KNOWN_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
+IDENTITY_LABELS = ("target", "region", "account_id", "job_id")
+
+Sample = tuple[tuple[str, ...], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    samples: Callable[[JobSnapshot], Iterable[Sample]]
+    type: str = "gauge"
+
+
+def _value(
+    read: Callable[[JobSnapshot], float | int | bool | None],
+) -> Callable[[JobSnapshot], Iterator[Sample]]:
+    """A row with no labels of its own and one optional value."""
+
+    def samples(job: JobSnapshot) -> Iterator[Sample]:
+        value = read(job)
+        if value is not None:
+            yield (), float(value)
+
+    return samples
+
+
+def _minutes_to_seconds(value: int | None) -> float | None:
+    return None if value is None else value * 60.0
+
+
+def _info(job: JobSnapshot) -> Iterator[Sample]:
+    yield (
+        (
+            job.job_arn or "",
+            job.target_selection or "",
+            job.namespace_id or "",
+            job.job_template_arn or "",
+            job.presigned_url_role_arn or "",
+        ),
+        1.0,
+    )
+
+
+def _target_info(job: JobSnapshot) -> Iterator[Sample]:
+    for arn in dict.fromkeys(job.targets):
+        yield (arn, target_type(arn)), 1.0
+
+
+def _package_versions(job: JobSnapshot) -> Iterator[Sample]:
+    for arn in dict.fromkeys(job.package_versions):
+        yield (arn,), 1.0
+
+
+def _reason(job: JobSnapshot) -> Iterator[Sample]:
+    if job.reason_code:
+        yield (job.reason_code,), 1.0
+
+
+def _status(job: JobSnapshot) -> Iterator[Sample]:
+    if job.status is None:
+        return
+    for status in KNOWN_STATUSES:
+        yield (status,), 1.0 if job.status == status else 0.0
+    if job.status not in KNOWN_STATUSES:
+        yield (job.status,), 1.0
+
+
+def _executions(job: JobSnapshot) -> Iterator[Sample]:
+    for state, value in job.executions or ():
+        yield (state,), float(value)
+
+
+def _abort_threshold(job: JobSnapshot) -> Iterator[Sample]:
+    for c in job.abort_criteria:
+        if c.threshold_percentage is not None:
+            yield (c.failure_type, c.action or ""), c.threshold_percentage / 100.0
+
+
+def _abort_min_executed(job: JobSnapshot) -> Iterator[Sample]:
+    for c in job.abort_criteria:
+        if c.min_executed_things is not None:
+            yield (c.failure_type,), float(c.min_executed_things)
+
+
+def _retry(job: JobSnapshot) -> Iterator[Sample]:
+    for c in job.retry_criteria:
+        if c.number_of_retries is not None:
+            yield (c.failure_type,), float(c.number_of_retries)
+
+
+def _end_behavior(job: JobSnapshot) -> Iterator[Sample]:
+    if job.end_behavior:
+        yield (job.end_behavior,), 1.0
+
+
+def _window_info(job: JobSnapshot) -> Iterator[Sample]:
+    for i, w in enumerate(job.maintenance_windows):
+        yield (str(i), w.start_time), 1.0
+
+
+def _window_start(job: JobSnapshot) -> Iterator[Sample]:
+    for i, w in enumerate(job.maintenance_windows):
+        if w.start_timestamp is not None:
+            yield (str(i),), w.start_timestamp
+
+
+def _window_duration(job: JobSnapshot) -> Iterator[Sample]:
+    for i, w in enumerate(job.maintenance_windows):
+        if w.duration_minutes is not None:
+            yield (str(i),), w.duration_minutes * 60.0
+
+
+def _scheduled_rollouts(job: JobSnapshot) -> Iterator[Sample]:
+    for i, start in enumerate(job.scheduled_rollouts):
+        yield (str(i),), start
+
+
+def _processing_targets(job: JobSnapshot) -> float | None:
+    return None if job.executions is None else job.processing_targets
+
+
+P = "aws_iot_job_"
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        P + "info",
+        "Job metadata; always 1.",
+        (
+            "job_arn",
+            "target_selection",
+            "namespace_id",
+            "job_template_arn",
+            "presigned_url_role_arn",
+        ),
+        _info,
+    ),
+    Family(
+        P + "target_info",
+        "One series per thing or thing group the job targets; always 1.",
+        ("target_arn", "target_type"),
+        _target_info,
+    ),
+    Family(
+        P + "destination_package_version_info",
+        "One series per software package version the job installs; always 1.",
+        ("package_version_arn",),
+        _package_versions,
+    ),
+    Family(
+        P + "reason_info",
+        "The reason code of the job's last cancel or update; always 1.",
+        ("reason_code",),
+        _reason,
+    ),
+    Family(
+        P + "status",
+        "Job status as a state set: 1 for the current status, 0 for the others.",
+        ("status",),
+        _status,
+    ),
+    Family(
+        P + "executions",
+        "Job executions by state, from jobProcessDetails. With retries, failed and "
+        "timed_out count executions, not things.",
+        ("state",),
+        _executions,
+    ),
+    Family(
+        P + "processing_targets",
+        "Targets the job is still rolling out to.",
+        (),
+        _value(_processing_targets),
+    ),
+    Family(
+        P + "rollout_maximum_per_minute",
+        "Configured maximum of things notified per minute.",
+        (),
+        _value(lambda j: j.rollout_maximum_per_minute),
+    ),
+    Family(
+        P + "rollout_exponential_base_rate_per_minute",
+        "Initial rate of an exponential rollout, things per minute.",
+        (),
+        _value(lambda j: j.rollout_base_rate_per_minute),
+    ),
+    Family(
+        P + "rollout_exponential_increment_factor",
+        "Factor an exponential rollout's rate is multiplied by at each increase.",
+        (),
+        _value(lambda j: j.rollout_increment_factor),
+    ),
+    Family(
+        P + "rollout_exponential_notified_things_threshold",
+        "Notified things that trigger each increase of an exponential rollout.",
+        (),
+        _value(lambda j: j.rollout_notified_threshold),
+    ),
+    Family(
+        P + "rollout_exponential_succeeded_things_threshold",
+        "Succeeded things that trigger each increase of an exponential rollout.",
+        (),
+        _value(lambda j: j.rollout_succeeded_threshold),
+    ),
+    Family(
+        P + "rollout_rate_limit_per_minute",
+        "Rollout rate the configuration allows now, given progress, things per minute.",
+        (),
+        _value(JobSnapshot.rollout_rate_limit),
+    ),
+    Family(
+        P + "rollout_observed_rate_per_minute",
+        "Executions created per minute between the last two describes.",
+        (),
+        _value(lambda j: j.observed_rate_per_minute),
+    ),
+    Family(
+        P + "abort_threshold_ratio",
+        "Failure ratio (thresholdPercentage / 100) at which the job is aborted.",
+        ("failure_type", "action"),
+        _abort_threshold,
+    ),
+    Family(
+        P + "abort_min_executed_things",
+        "Things that must have executed before an abort criterion applies.",
+        ("failure_type",),
+        _abort_min_executed,
+    ),
+    Family(
+        P + "retry_max_attempts", "Retries allowed per failure type.", ("failure_type",), _retry
+    ),
+    Family(
+        P + "in_progress_timeout_seconds",
+        "Time an execution may stay IN_PROGRESS before it times out.",
+        (),
+        _value(lambda j: _minutes_to_seconds(j.in_progress_timeout_minutes)),
+    ),
+    Family(
+        P + "presigned_url_expiry_seconds",
+        "Validity of pre-signed S3 URLs.",
+        (),
+        _value(lambda j: j.presigned_url_expires_in_sec),
+    ),
+    Family(
+        P + "created_timestamp_seconds",
+        "Job creation time, Unix seconds.",
+        (),
+        _value(lambda j: j.created_at),
+    ),
+    Family(
+        P + "last_updated_timestamp_seconds",
+        "Job last update time, Unix seconds.",
+        (),
+        _value(lambda j: j.last_updated_at),
+    ),
+    Family(
+        P + "completed_timestamp_seconds",
+        "Job completion time, Unix seconds.",
+        (),
+        _value(lambda j: j.completed_at),
+    ),
+    Family(
+        P + "scheduling_start_timestamp_seconds",
+        "Scheduled rollout start, Unix seconds.",
+        (),
+        _value(lambda j: j.scheduling_start),
+    ),
+    Family(
+        P + "scheduling_end_timestamp_seconds",
+        "Scheduled rollout end, Unix seconds.",
+        (),
+        _value(lambda j: j.scheduling_end),
+    ),
+    Family(
+        P + "scheduling_end_behavior",
+        "What happens at the scheduled end time; always 1.",
+        ("end_behavior",),
+        _end_behavior,
+    ),
+    Family(
+        P + "maintenance_window_info",
+        "One series per maintenance window with its recurrence; always 1.",
+        ("window", "start_time"),
+        _window_info,
+    ),
+    Family(
+        P + "maintenance_window_start_timestamp_seconds",
+        "Start of a maintenance window given as a date-time, Unix seconds.",
+        ("window",),
+        _window_start,
+    ),
+    Family(
+        P + "maintenance_window_duration_seconds",
+        "Length of a maintenance window.",
+        ("window",),
+        _window_duration,
+    ),
+    Family(
+        P + "scheduled_rollout_start_timestamp_seconds",
+        "Start of each upcoming maintenance-window rollout, Unix seconds.",
+        ("rollout",),
+        _scheduled_rollouts,
+    ),
+    Family(
+        P + "force_canceled",
+        "1 when the job was canceled with force.",
+        (),
+        _value(lambda j: j.force_canceled),
+    ),
+    Family(
+        P + "is_concurrent",
+        "1 while the job is rolling out or canceling executions.",
+        (),
+        _value(lambda j: j.is_concurrent),
+    ),
+    Family(
+        P + "last_success_timestamp_seconds",
+        "Unix time of the last successful DescribeJob of the job.",
+        (),
+        _value(lambda j: j.fetched_at),
+    ),
+)
+
+OPERATIONS = ("DescribeJob", "ListJobs")
+OUTCOMES = (
+    "ok",
+    "throttled",
+    "not_found",
+    "denied",
+    "unavailable",
+    "malformed",
+    "network",
+    "error",
+)
+TRACKED_STATES = ("active", "frozen", "pending")
+
+
+class SelfMetrics:
+    """The exporter's own metrics, in a registry of their own so they never mix with job rows."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ns = "aws_iot_jobs_exporter"
+        r = self.registry
+        self.build_info = Gauge(
+            f"{ns}_build_info",
+            "Build information; always 1.",
+            ("version", "python_version"),
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.api_requests = Counter(
+            f"{ns}_api_requests",
+            "AWS API call attempts by operation and outcome.",
+            ("target", "operation", "outcome"),
+            registry=r,
+        )
+        self.api_duration = Histogram(
+            f"{ns}_api_request_duration_seconds",
+            "Duration of AWS API calls, retries included.",
+            ("target", "operation"),
+            registry=r,
+            buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.collection_duration = Gauge(
+            f"{ns}_collection_duration_seconds",
+            "Wall time of the last collection cycle.",
+            ("target",),
+            registry=r,
+        )
+        self.collection_success = Gauge(
+            f"{ns}_collection_success",
+            "1 when the last collection cycle had no failed call, else 0.",
+            ("target",),
+            registry=r,
+        )
+        self.last_collection_success = Gauge(
+            f"{ns}_last_collection_success_timestamp_seconds",
+            "Unix time of the last collection cycle with no failed call.",
+            ("target",),
+            registry=r,
+        )
+        self.discovery_last_success = Gauge(
+            f"{ns}_discovery_last_success_timestamp_seconds",
+            "Unix time of the last complete ListJobs discovery.",
+            ("target",),
+            registry=r,
+        )
+        self.jobs_tracked = Gauge(
+            f"{ns}_jobs_tracked",
+            "Jobs the exporter follows, by state.",
+            ("target", "state"),
+            registry=r,
+        )
+        self.jobs_missing = Gauge(
+            f"{ns}_jobs_missing",
+            "Jobs listed in jobs.ids that AWS does not know.",
+            ("target",),
+            registry=r,
+        )
+        self.config_reload_ok = Gauge(
+            f"{ns}_config_last_reload_successful",
+            "1 when the last configuration load succeeded.",
+            registry=r,
+        )
+        self.config_reload_time = Gauge(
+            f"{ns}_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load.",
+            registry=r,
+        )
+
+    def init_target(self, target: str) -> None:
+        """Create every series of a target at 0, so rate() and alerts work before any event."""
+        for operation in OPERATIONS:
+            for outcome in OUTCOMES:
+                self.api_requests.labels(target, operation, outcome)
+            self.api_duration.labels(target, operation)
+        for state in TRACKED_STATES:
+            self.jobs_tracked.labels(target, state).set(0)
+        self.collection_success.labels(target).set(0)
+        self.jobs_missing.labels(target).set(0)
+        self.collection_duration.labels(target)
+        self.last_collection_success.labels(target)
+        self.discovery_last_success.labels(target)
+
+    def drop_target(self, target: str) -> None:
+        for operation in OPERATIONS:
+            for outcome in OUTCOMES:
+                self.api_requests.remove(target, operation, outcome)
+            self.api_duration.remove(target, operation)
+        for state in TRACKED_STATES:
+            self.jobs_tracked.remove(target, state)
+        for gauge in (
+            self.collection_success,
+            self.jobs_missing,
+            self.collection_duration,
+            self.last_collection_success,
+            self.discovery_last_success,
+        ):
+            gauge.remove(target)
+
+
+__all__ = ["EXECUTION_STATES", "FAMILIES", "IDENTITY_LABELS", "Family", "SelfMetrics"]

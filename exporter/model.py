@@ -1,0 +1,395 @@
+"""DescribeJob responses into immutable JobSnapshots: pure, tolerant of absent fields, new enums."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+TERMINAL_STATUSES = frozenset({"COMPLETED", "CANCELED"})
+EXECUTION_STATES = (
+    ("queued", "numberOfQueuedThings"),
+    ("in_progress", "numberOfInProgressThings"),
+    ("succeeded", "numberOfSucceededThings"),
+    ("failed", "numberOfFailedThings"),
+    ("rejected", "numberOfRejectedThings"),
+    ("canceled", "numberOfCanceledThings"),
+    ("removed", "numberOfRemovedThings"),
+    ("timed_out", "numberOfTimedOutThings"),
+)
+# AWS's documented ceiling for maximumPerMinute, the rate an exponential rollout tops out at
+# when no maximum is set.
+DEFAULT_MAXIMUM_PER_MINUTE = 1000
+
+_ARN = re.compile(r"^arn:[^:]*:[^:]*:([^:]*):(\d*):(.*)$")
+
+
+class MalformedJob(ValueError):
+    """A DescribeJob response the exporter cannot read; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class AbortCriterion:
+    failure_type: str
+    action: str | None
+    threshold_percentage: float | None
+    min_executed_things: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryCriterion:
+    failure_type: str
+    number_of_retries: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceWindow:
+    start_time: str
+    start_timestamp: float | None
+    duration_minutes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    """What one successful DescribeJob said about a job, plus when it was read."""
+
+    job_id: str
+    fetched_at: float
+    job_arn: str | None = None
+    account_id: str = ""
+    target_selection: str | None = None
+    status: str | None = None
+    force_canceled: bool | None = None
+    reason_code: str | None = None
+    targets: tuple[str, ...] = ()
+    presigned_url_role_arn: str | None = None
+    presigned_url_expires_in_sec: int | None = None
+    rollout_maximum_per_minute: int | None = None
+    rollout_base_rate_per_minute: int | None = None
+    rollout_increment_factor: float | None = None
+    rollout_notified_threshold: int | None = None
+    rollout_succeeded_threshold: int | None = None
+    abort_criteria: tuple[AbortCriterion, ...] = ()
+    created_at: float | None = None
+    last_updated_at: float | None = None
+    completed_at: float | None = None
+    # Execution counts by state name (EXECUTION_STATES order); None when jobProcessDetails
+    # is absent, and a state is missing from the tuple when AWS left its count out.
+    executions: tuple[tuple[str, int], ...] | None = None
+    processing_targets: int | None = None
+    in_progress_timeout_minutes: int | None = None
+    namespace_id: str | None = None
+    job_template_arn: str | None = None
+    retry_criteria: tuple[RetryCriterion, ...] = ()
+    is_concurrent: bool | None = None
+    scheduling_start: float | None = None
+    scheduling_end: float | None = None
+    end_behavior: str | None = None
+    maintenance_windows: tuple[MaintenanceWindow, ...] = ()
+    scheduled_rollouts: tuple[float, ...] = ()
+    package_versions: tuple[str, ...] = ()
+    observed_rate_per_minute: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def frozen(self) -> bool:
+        """Terminal and no longer changing: describing it again would return the same."""
+        return self.terminal and self.is_concurrent is not True
+
+    @property
+    def ended_at(self) -> float | None:
+        return self.completed_at if self.completed_at is not None else self.last_updated_at
+
+    def execution_count(self, state: str) -> int | None:
+        for name, value in self.executions or ():
+            if name == state:
+                return value
+        return None
+
+    @property
+    def executions_created(self) -> int | None:
+        """Every execution the job has created, whatever its state."""
+        if self.executions is None:
+            return None
+        return sum(value for _, value in self.executions)
+
+    def rollout_rate_limit(self) -> float | None:
+        """The notification rate the rollout config allows now (docs/metrics.md)."""
+        maximum = self.rollout_maximum_per_minute
+        base = self.rollout_base_rate_per_minute
+        if base is None:
+            return float(maximum) if maximum is not None else None
+        cap = float(maximum if maximum is not None else DEFAULT_MAXIMUM_PER_MINUTE)
+        factor = self.rollout_increment_factor or 1.0
+        increases = 0
+        if self.rollout_notified_threshold:
+            increases = (self.executions_created or 0) // self.rollout_notified_threshold
+        elif self.rollout_succeeded_threshold:
+            succeeded = self.execution_count("succeeded") or 0
+            increases = succeeded // self.rollout_succeeded_threshold
+        if factor <= 1.0 or increases == 0:
+            return min(float(base), cap)
+        # Past the cap the exact power no longer matters, and it could overflow a float.
+        limit = float(base)
+        for _ in range(increases):
+            limit *= factor
+            if limit >= cap:
+                return cap
+        return limit
+
+    def with_observed_rate(self, previous: JobSnapshot | None) -> JobSnapshot:
+        """This snapshot with the creation rate measured against the previous one."""
+        rate = previous.observed_rate_per_minute if previous is not None else None
+        if previous is not None:
+            now, before = self.executions_created, previous.executions_created
+            minutes = (self.fetched_at - previous.fetched_at) / 60.0
+            if now is not None and before is not None and minutes > 0:
+                rate = max(0.0, (now - before) / minutes)
+        return dataclasses.replace(self, observed_rate_per_minute=rate)
+
+
+class _Fields:
+    """Typed access to one JSON object, naming the field path in every error."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if not isinstance(data, Mapping):
+            raise MalformedJob(f"{path}: expected an object, got {type(data).__name__}")
+        self.data = data
+        self.path = path
+
+    def _where(self, key: str) -> str:
+        return f"{self.path}.{key}"
+
+    def string(self, key: str) -> str | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise MalformedJob(f"{self._where(key)}: expected a string")
+        return value
+
+    def integer(self, key: str) -> int | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise MalformedJob(f"{self._where(key)}: expected a non-negative integer")
+        return value
+
+    def number(self, key: str) -> float | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise MalformedJob(f"{self._where(key)}: expected a number")
+        if not math.isfinite(value):
+            raise MalformedJob(f"{self._where(key)}: expected a finite number")
+        return float(value)
+
+    def boolean(self, key: str) -> bool | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, bool):
+            raise MalformedJob(f"{self._where(key)}: expected a boolean")
+        return value
+
+    def timestamp(self, key: str) -> float | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        seconds = to_timestamp(value)
+        if seconds is None:
+            raise MalformedJob(f"{self._where(key)}: expected a timestamp")
+        return seconds
+
+    def obj(self, key: str) -> _Fields | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        return _Fields(value, self._where(key))
+
+    def objects(self, key: str) -> list[_Fields]:
+        value = self.data.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise MalformedJob(f"{self._where(key)}: expected a list")
+        return [_Fields(item, f"{self._where(key)}[{i}]") for i, item in enumerate(value)]
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self.data.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise MalformedJob(f"{self._where(key)}: expected a list of strings")
+        return tuple(value)
+
+
+def to_timestamp(value: Any) -> float | None:
+    """Unix seconds from botocore's datetime, raw epoch seconds, or an ISO 8601 string."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return float(value.timestamp())
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        return parse_schedule_time(value)
+    return None
+
+
+def parse_schedule_time(text: str) -> float | None:
+    """The API's `YYYY-MM-DDTHH:MM` scheduling strings (UTC), or fuller ISO 8601; else None."""
+    candidate = text.strip()
+    if candidate.endswith("Z"):
+        candidate = candidate[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(candidate)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def account_of(job_arn: str | None) -> str:
+    if not job_arn:
+        return ""
+    match = _ARN.match(job_arn)
+    return match.group(2) if match else ""
+
+
+def target_type(target_arn: str) -> str:
+    """`thing`, `thinggroup`, or whatever resource type a future ARN carries."""
+    match = _ARN.match(target_arn)
+    if not match:
+        return "unknown"
+    resource = match.group(3)
+    return resource.split("/", 1)[0] if "/" in resource else "unknown"
+
+
+def parse_describe_job(response: Any, fetched_at: float) -> JobSnapshot:
+    """A JobSnapshot from a DescribeJob response; raises MalformedJob naming the bad field."""
+    top = _Fields(response, "response")
+    job = top.obj("job")
+    if job is None:
+        raise MalformedJob("response.job: missing")
+    job_id = job.string("jobId")
+    if not job_id:
+        raise MalformedJob("response.job.jobId: missing")
+    job_arn = job.string("jobArn")
+
+    presigned = job.obj("presignedUrlConfig")
+    rollout = job.obj("jobExecutionsRolloutConfig")
+    exponential = rollout.obj("exponentialRate") if rollout else None
+    criteria = exponential.obj("rateIncreaseCriteria") if exponential else None
+    abort = job.obj("abortConfig")
+    retry = job.obj("jobExecutionsRetryConfig")
+    timeout = job.obj("timeoutConfig")
+    scheduling = job.obj("schedulingConfig")
+
+    executions: tuple[tuple[str, int], ...] | None = None
+    processing: int | None = None
+    details = job.obj("jobProcessDetails")
+    if details is not None:
+        counts = []
+        for state, key in EXECUTION_STATES:
+            count = details.integer(key)
+            if count is not None:
+                counts.append((state, count))
+        executions = tuple(counts)
+        processing = len(details.strings("processingTargets"))
+
+    abort_criteria = tuple(
+        AbortCriterion(
+            failure_type=c.string("failureType") or "UNKNOWN",
+            action=c.string("action"),
+            threshold_percentage=c.number("thresholdPercentage"),
+            min_executed_things=c.integer("minNumberOfExecutedThings"),
+        )
+        for c in (abort.objects("criteriaList") if abort else [])
+    )
+    retry_criteria = tuple(
+        RetryCriterion(
+            failure_type=c.string("failureType") or "UNKNOWN",
+            number_of_retries=c.integer("numberOfRetries"),
+        )
+        for c in (retry.objects("criteriaList") if retry else [])
+    )
+    windows = []
+    for w in scheduling.objects("maintenanceWindows") if scheduling else []:
+        start = w.string("startTime") or ""
+        windows.append(
+            MaintenanceWindow(start, parse_schedule_time(start), w.integer("durationInMinutes"))
+        )
+    rollouts = []
+    for r in job.objects("scheduledJobRollouts"):
+        start_text = r.string("startTime")
+        start_ts = parse_schedule_time(start_text) if start_text else None
+        if start_ts is not None:
+            rollouts.append(start_ts)
+    versions = job.strings("destinationPackageVersions")
+
+    return JobSnapshot(
+        job_id=job_id,
+        fetched_at=fetched_at,
+        job_arn=job_arn,
+        account_id=account_of(job_arn),
+        target_selection=job.string("targetSelection"),
+        status=job.string("status"),
+        force_canceled=job.boolean("forceCanceled"),
+        reason_code=job.string("reasonCode"),
+        targets=job.strings("targets"),
+        presigned_url_role_arn=presigned.string("roleArn") if presigned else None,
+        presigned_url_expires_in_sec=presigned.integer("expiresInSec") if presigned else None,
+        rollout_maximum_per_minute=rollout.integer("maximumPerMinute") if rollout else None,
+        rollout_base_rate_per_minute=(
+            exponential.integer("baseRatePerMinute") if exponential else None
+        ),
+        rollout_increment_factor=exponential.number("incrementFactor") if exponential else None,
+        rollout_notified_threshold=criteria.integer("numberOfNotifiedThings") if criteria else None,
+        rollout_succeeded_threshold=(
+            criteria.integer("numberOfSucceededThings") if criteria else None
+        ),
+        abort_criteria=abort_criteria,
+        created_at=job.timestamp("createdAt"),
+        last_updated_at=job.timestamp("lastUpdatedAt"),
+        completed_at=job.timestamp("completedAt"),
+        executions=executions,
+        processing_targets=processing,
+        in_progress_timeout_minutes=(
+            timeout.integer("inProgressTimeoutInMinutes") if timeout else None
+        ),
+        namespace_id=job.string("namespaceId"),
+        job_template_arn=job.string("jobTemplateArn"),
+        retry_criteria=retry_criteria,
+        is_concurrent=job.boolean("isConcurrent"),
+        scheduling_start=_schedule(scheduling, "startTime"),
+        scheduling_end=_schedule(scheduling, "endTime"),
+        end_behavior=scheduling.string("endBehavior") if scheduling else None,
+        maintenance_windows=tuple(windows),
+        scheduled_rollouts=tuple(rollouts),
+        package_versions=versions,
+    )
+
+
+def _schedule(scheduling: _Fields | None, key: str) -> float | None:
+    if scheduling is None:
+        return None
+    text = scheduling.string(key)
+    if text is None:
+        return None
+    seconds = parse_schedule_time(text)
+    if seconds is None:
+        raise MalformedJob(f"{scheduling.path}.{key}: expected a date-time like 2026-01-31T14:30")
+    return seconds

@@ -1,0 +1,122 @@
+"""Snapshots into pre-rendered exposition bytes per job and family; a scrape joins bytes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from exporter.config import Target
+from exporter.metrics import FAMILIES, IDENTITY_LABELS, Family
+from exporter.model import JobSnapshot
+
+JobKey = tuple[str, str]  # (target name, job id)
+
+
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def format_value(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def identity_labels(
+    target: str, region: str, account_id: str, job_id: str, static: Iterable[tuple[str, str]]
+) -> str:
+    """The labels every series of a job carries, rendered once (kube-state-metrics' wrapper)."""
+    pairs = list(zip(IDENTITY_LABELS, (target, region, account_id, job_id), strict=True))
+    pairs.extend(static)
+    return ",".join(f'{k}="{escape_label_value(v)}"' for k, v in pairs)
+
+
+def render_job(
+    snapshot: JobSnapshot, identity: str, families: tuple[Family, ...] = FAMILIES
+) -> tuple[bytes, ...]:
+    """One bytes chunk per family (possibly empty), in family order."""
+    chunks = []
+    for family in families:
+        lines = []
+        for label_values, value in family.samples(snapshot):
+            own = "".join(
+                f',{name}="{escape_label_value(v)}"'
+                for name, v in zip(family.labels, label_values, strict=True)
+            )
+            lines.append(f"{family.name}{{{identity}{own}}} {format_value(value)}\n")
+        chunks.append("".join(lines).encode())
+    return tuple(chunks)
+
+
+def _header(family: Family) -> bytes:
+    help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"# HELP {family.name} {help_text}\n# TYPE {family.name} {family.type}\n".encode()
+
+
+class MetricsStore:
+    """The latest exposition of every job; re-rendered per job when its snapshot changes.
+
+    The text format needs each family's samples together, so a job's bytes are kept per
+    family and the body is joined family by family, as kube-state-metrics' MetricsStore
+    does. The joined body is cached until a job changes.
+    """
+
+    def __init__(self, families: tuple[Family, ...] = FAMILIES) -> None:
+        self._families = families
+        self._headers = tuple(_header(f) for f in families)
+        self._rendered: dict[JobKey, tuple[bytes, ...]] = {}
+        self._snapshots: dict[JobKey, JobSnapshot] = {}
+        self._version = 0
+        self._body_version = -1
+        self._body = b""
+
+    @property
+    def version(self) -> int:
+        """Changes whenever the body would change."""
+        return self._version
+
+    def __len__(self) -> int:
+        return len(self._snapshots)
+
+    def get(self, key: JobKey) -> JobSnapshot | None:
+        return self._snapshots.get(key)
+
+    def keys(self) -> list[JobKey]:
+        return list(self._snapshots)
+
+    def put(self, key: JobKey, snapshot: JobSnapshot, identity: str) -> None:
+        self._snapshots[key] = snapshot
+        rendered = render_job(snapshot, identity, self._families)
+        if self._rendered.get(key) != rendered:
+            self._rendered[key] = rendered
+            self._version += 1
+
+    def put_job(self, target: Target, job_id: str, snapshot: JobSnapshot) -> None:
+        identity = identity_labels(
+            target.name, target.region, snapshot.account_id, job_id, target.labels
+        )
+        self.put((target.name, job_id), snapshot, identity)
+
+    def remove(self, key: JobKey) -> None:
+        self._snapshots.pop(key, None)
+        if self._rendered.pop(key, None) is not None:
+            self._version += 1
+
+    def remove_target(self, target: str) -> None:
+        for key in [k for k in self._snapshots if k[0] == target]:
+            self.remove(key)
+
+    def body(self) -> bytes:
+        if self._body_version != self._version:
+            jobs = [self._rendered[k] for k in sorted(self._rendered)]
+            parts: list[bytes] = []
+            for i, header in enumerate(self._headers):
+                parts.append(header)
+                parts.extend(chunks[i] for chunks in jobs)
+            self._body = b"".join(parts)
+            self._body_version = self._version
+        return self._body
