@@ -1,0 +1,211 @@
+"""Configuration: valid files load; every kind of bad input names file, path and expectation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter.config import ConfigError, load_config, parse_config, parse_duration
+from tests.conftest import ROOT
+
+BASE_TARGET = """
+  - name: a
+    region: us-east-1
+    jobs: {ids: [job-1]}
+"""
+
+
+def test_example_config_documents_every_key_and_loads() -> None:
+    config = load_config(ROOT / "config" / "example.yaml")
+    prod = config.targets[0]
+    assert prod.name == "production-eu"
+    assert prod.labels == (("environment", "production"), ("team", "firmware"))
+    assert prod.jobs.ids == ("firmware-2026-11-rollout",)
+    assert prod.jobs.discover is not None
+    assert prod.jobs.discover.matches("firmware-x")
+    assert not prod.jobs.discover.matches("firmware-x-test")
+    assert not prod.jobs.discover.matches("config-x")
+    assert config.collector.discovery_interval == 300
+    assert config.collector.terminal_job_retention == 86400
+    # Every key the loader accepts appears in the example.
+    text = (ROOT / "config" / "example.yaml").read_text()
+    for key in (
+        "interval", "discovery_interval", "request_timeout", "concurrency",
+        "terminal_job_retention", "max_attempts", "requests_per_second", "name", "region",
+        "role_arn", "external_id", "session_name", "profile", "endpoint_url",
+        "sts_endpoint_url", "labels", "ids", "discover", "status", "target_selection",
+        "thing_group_name", "thing_group_id", "namespace_id", "include", "exclude",
+    ):  # fmt: skip
+        assert f"{key}:" in text, key
+
+
+def test_defaults() -> None:
+    config = parse_config("targets:" + BASE_TARGET)
+    c = config.collector
+    assert (c.interval, c.discovery_interval, c.terminal_job_retention) == (60, 300, 86400)
+    assert config.targets[0].jobs.discover is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "config.yaml: targets: is required"),
+        ("targets: []", "config.yaml: targets: expected a non-empty list of targets"),
+        ("targetz: []", "config.yaml: targetz: unknown key; expected one of targets, collector"),
+        (
+            "targets:" + BASE_TARGET + "  - name: b\n    region: us-east-1\n"
+            "    jobs: {discover: {status: RUNNING}}\n",
+            "config.yaml: targets[1].jobs.discover.status: 'RUNNING' is not one of IN_PROGRESS, "
+            "CANCELED, COMPLETED, DELETION_IN_PROGRESS, SCHEDULED",
+        ),
+        (
+            "collector: {interval: 10 minutes}\ntargets:" + BASE_TARGET,
+            "config.yaml: collector.interval: expected a duration like 30s, 5m or 24h, "
+            "got '10 minutes'",
+        ),
+        (
+            "collector: {interval: 0s}\ntargets:" + BASE_TARGET,
+            "config.yaml: collector.interval: expected a duration",
+        ),
+        (
+            "collector: {concurrency: many}\ntargets:" + BASE_TARGET,
+            "config.yaml: collector.concurrency: expected an integer from 1 to 256, got 'many'",
+        ),
+        (
+            "targets:\n  - name: a\n    region: us-east-1\n    jobs: {discover: {include: ['(']}}",
+            "config.yaml: targets[0].jobs.discover.include[0]: '(' is not a valid regular "
+            "expression",
+        ),
+        (
+            "targets:\n  - name: a\n    region: Ireland\n    jobs: {ids: [x]}",
+            "config.yaml: targets[0].region: 'Ireland' is not an AWS region like us-east-1",
+        ),
+        (
+            "targets:\n  - name: a\n    region: us-east-1\n    jobs: {}",
+            "config.yaml: targets[0].jobs: expected ids, discover, or both",
+        ),
+        (
+            "targets:\n  - name: a\n    region: us-east-1\n    jobs: {ids: [x]}\n    colour: red",
+            "config.yaml: targets[0].colour: unknown key; expected one of name, region",
+        ),
+        (
+            "targets:\n  - region: us-east-1\n    jobs: {ids: [x]}",
+            "config.yaml: targets[0].name: is required",
+        ),
+        (
+            "targets:\n  - name: a\n    region: us-east-1\n    jobs: {ids: [x, x]}",
+            "config.yaml: targets[0].jobs.ids[1]: 'x' is listed twice",
+        ),
+        (
+            "targets:\n  - name: a\n    region: us-east-1\n    jobs: {ids: ['bad id!']}",
+            "config.yaml: targets[0].jobs.ids[0]: 'bad id!' is not a job id",
+        ),
+        (
+            "targets:" + BASE_TARGET + BASE_TARGET,
+            "config.yaml: targets[1].name: 'a' is used by another target",
+        ),
+        (
+            "targets:\n  - name: a\n    region: us-east-1\n    jobs: {ids: [x]}\n"
+            "    labels: {job: fleet}",
+            "config.yaml: targets[0].labels.job: is a label name the exporter sets itself",
+        ),
+        (
+            "targets:\n  - name: a\n    region: us-east-1\n    jobs: {ids: [x]}\n"
+            "    labels: {'bad-name': x}",
+            "config.yaml: targets[0].labels.bad-name: is not a valid Prometheus label name",
+        ),
+        (
+            "targets:\n  - name: a\n    region: us-east-1\n    jobs: {ids: [x]}\n"
+            "    role_arn: arn:aws:iam::1:role/r",
+            "config.yaml: targets[0].role_arn: 'arn:aws:iam::1:role/r' is not an IAM role ARN",
+        ),
+        (
+            "targets:\n  - name: a\n    region: us-east-1\n    jobs: {ids: [x]}\n"
+            "    endpoint_url: localhost:4566",
+            "config.yaml: targets[0].endpoint_url: 'localhost:4566' is not an http(s) URL",
+        ),
+        (
+            "targets: [\n  {name: a",
+            "config.yaml: line 2, column 11: invalid YAML",
+        ),
+        ("- just\n- a list", "config.yaml: expected a mapping, got a list"),
+    ],
+)
+def test_bad_config_is_rejected_with_file_path_and_expectation(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "config.yaml")
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_external_id_never_appears_in_errors_or_repr() -> None:
+    secret = "s3cr3t-external-id"
+    text = (
+        "targets:\n  - name: a\n    region: us-east-1\n    jobs: {ids: [x]}\n"
+        f"    external_id: {secret}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert "needs role_arn" in str(info.value)
+    assert secret not in str(info.value)
+    ok = parse_config(text + "    role_arn: arn:aws:iam::123456789012:role/r\n")
+    assert ok.targets[0].external_id == secret
+    assert secret not in repr(ok)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("24h", 86400), ("1h30m", 5400), ("500ms", 0.5), ("2d", 172800)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5", "m", "5 m", "-5s", "5s5", "0s", "1y", 5, None])
+def test_bad_durations(text: object) -> None:
+    assert parse_duration(text) is None
+
+
+def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config", "--config.file", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_config_exit_codes(tmp_path: Path) -> None:
+    good = _check_config(ROOT / "config" / "example.yaml")
+    assert good.returncode == 0, good.stderr
+    assert "valid" in good.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "targets:\n  - name: a\n    region: us-east-1\n    jobs: {discover: {status: RUNNING}}\n"
+    )
+    result = _check_config(bad)
+    assert result.returncode == 2
+    assert f"{bad}: targets[0].jobs.discover.status: 'RUNNING' is not one of" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    missing = _check_config(tmp_path / "nope.yaml")
+    assert missing.returncode == 2
+    assert "nope.yaml: cannot read" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_running_with_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("collector: {interval: soon}\ntargets: []\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.file", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "collector.interval: expected a duration" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,83 @@
+"""docs/metrics.md is enforced: every metric, label and DescribeJob field is documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.config import RESERVED_LABELS
+from exporter.metrics import FAMILIES, IDENTITY_LABELS, SelfMetrics
+from tests.conftest import ROOT
+
+DOC = (ROOT / "docs" / "metrics.md").read_text()
+SEED = ROOT.parent / "shared" / "seed-describe_job.txt"
+
+
+def documented_rows() -> dict[str, str]:
+    """Metric name → its table row in docs/metrics.md."""
+    rows = {}
+    for line in DOC.splitlines():
+        match = re.match(r"^\| `([a-z_]+)` \|", line)
+        if match:
+            rows[match.group(1)] = line
+    return rows
+
+
+def test_every_job_metric_and_label_is_documented() -> None:
+    rows = documented_rows()
+    for family in FAMILIES:
+        assert family.name in rows, f"{family.name} missing from docs/metrics.md"
+        assert f"| {family.type} |" in rows[family.name], family.name
+        for label in family.labels:
+            assert f"`{label}`" in rows[family.name], f"{family.name}: label {label} undocumented"
+    for label in IDENTITY_LABELS:
+        assert f"`{label}`" in DOC
+
+
+def test_every_self_metric_and_label_is_documented() -> None:
+    telemetry = SelfMetrics()
+    telemetry.init_target("t")
+    rows = documented_rows()
+    text = generate_latest(telemetry.registry).decode()
+    for family in text_string_to_metric_families(text):
+        assert family.name in rows or f"{family.name}_total" in rows, family.name
+        row = rows.get(family.name) or rows[f"{family.name}_total"]
+        for sample in family.samples:
+            for label in sample.labels:
+                if label != "le":
+                    assert f"`{label}`" in row, f"{family.name}: label {label} undocumented"
+
+
+def test_documented_metrics_exist() -> None:
+    telemetry = SelfMetrics()
+    text = generate_latest(telemetry.registry).decode()
+    exported = {f.name for f in FAMILIES}
+    exported |= {f.name for f in text_string_to_metric_families(text)}
+    exported |= {f"{name}_total" for name in exported}
+    stale = set(documented_rows()) - exported
+    assert not stale, f"documented but not exported: {sorted(stale)}"
+
+
+def test_every_label_the_exporter_sets_is_reserved() -> None:
+    for family in FAMILIES:
+        assert set(family.labels) <= RESERVED_LABELS, family.name
+    assert set(IDENTITY_LABELS) <= RESERVED_LABELS
+
+
+def seed_fields(path: Path) -> set[str]:
+    text = path.read_text()
+    syntax = text[text.index("response = client") :]
+    return set(re.findall(r"'([A-Za-z]+)':", syntax))
+
+
+def test_every_seed_field_reaches_the_docs() -> None:
+    fields = seed_fields(SEED)
+    assert {"jobArn", "numberOfTimedOutThings", "scheduledJobRollouts"} <= fields
+    # `string` is the placeholder key of the documentParameters map.
+    for name in sorted(fields - {"job", "string"}):
+        assert f"`{name}" in DOC or f".{name}" in DOC or f"{name}`" in DOC, (
+            f"DescribeJob field {name} has neither a metric nor a reason in docs/metrics.md"
+        )
