@@ -1,0 +1,186 @@
+"""Simulator fault injection: quotas as token buckets, ratio-based faults, body corruption."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from exporter.simulator.scenario import OPERATIONS, FaultRule, Faults, Latency, Quotas
+
+OUTCOMES = (
+    "ok",
+    "throttled",
+    "unavailable",
+    "malformed",
+    "truncated",
+    "reset",
+    "denied",
+    "not_found",
+    "invalid",
+    "bad_fields",
+)
+
+
+class TokenBucket:
+    """AWS-style request quota: `rate` tokens per second, bursts up to one second's worth."""
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.updated = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Stats:
+    """Per-operation request counts by outcome, plus how many requests were delayed."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, dict[str, int]] = {
+            op: {"total": 0, "delayed": 0, **dict.fromkeys(OUTCOMES, 0)} for op in OPERATIONS
+        }
+
+    def count(self, operation: str, key: str) -> None:
+        self.requests[operation][key] += 1
+
+
+class FaultPicker:
+    """Decides, with its own seeded generator, which requests a fault hits."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(f"{seed}/faults")
+
+    def hits(self, rule: FaultRule | Latency, operation: str, job_id: str | None) -> bool:
+        if rule.operations and operation not in rule.operations:
+            return False
+        if rule.job_ids and job_id not in rule.job_ids:
+            return False
+        if isinstance(rule, Latency):
+            return rule.fixed_ms > 0 or rule.jitter_ms > 0
+        return rule.ratio > 0 and self.rng.random() < rule.ratio
+
+    def delay_seconds(self, latency: Latency) -> float:
+        return (latency.fixed_ms + self.rng.uniform(0.0, latency.jitter_ms)) / 1000.0
+
+    # The three DescribeJob body corruptions a tolerant reader has to survive.
+
+    def drop_field(self, body: dict[str, Any]) -> str:
+        """Remove a member: a shape-required one when the job has one, else a key field."""
+        job = body["job"]
+        required: list[tuple[dict[str, Any], str, str]] = []
+        for i, c in enumerate(job.get("abortConfig", {}).get("criteriaList", [])):
+            required.append(
+                (c, "thresholdPercentage", f"job.abortConfig.criteriaList[{i}].thresholdPercentage")
+            )
+        for i, c in enumerate(job.get("jobExecutionsRetryConfig", {}).get("criteriaList", [])):
+            required.append(
+                (
+                    c,
+                    "numberOfRetries",
+                    f"job.jobExecutionsRetryConfig.criteriaList[{i}].numberOfRetries",
+                )
+            )
+        exp = job.get("jobExecutionsRolloutConfig", {}).get("exponentialRate")
+        if exp is not None:
+            required.append(
+                (
+                    exp,
+                    "baseRatePerMinute",
+                    "job.jobExecutionsRolloutConfig.exponentialRate.baseRatePerMinute",
+                )
+            )
+        for i, w in enumerate(job.get("schedulingConfig", {}).get("maintenanceWindows", [])):
+            required.append(
+                (
+                    w,
+                    "durationInMinutes",
+                    f"job.schedulingConfig.maintenanceWindows[{i}].durationInMinutes",
+                )
+            )
+        if not required:
+            required = [
+                (job, key, f"job.{key}")
+                for key in ("status", "jobProcessDetails", "createdAt", "targetSelection")
+                if key in job
+            ]
+        parent, key, path = required[self.rng.randrange(len(required))]
+        del parent[key]
+        return path
+
+    def wrong_type(self, body: dict[str, Any]) -> str:
+        job = body["job"]
+        choices: list[tuple[dict[str, Any], str, Any, str]] = [
+            (job, "createdAt", "yesterday", "job.createdAt"),
+            (job, "isConcurrent", "maybe", "job.isConcurrent"),
+            (job, "targets", job.get("targets", [""])[0], "job.targets"),
+        ]
+        details = job.get("jobProcessDetails")
+        if details is not None:
+            choices.append(
+                (
+                    details,
+                    "numberOfSucceededThings",
+                    "many",
+                    "job.jobProcessDetails.numberOfSucceededThings",
+                )
+            )
+        parent, key, value, path = choices[self.rng.randrange(len(choices))]
+        parent[key] = value
+        return path
+
+    def unknown_enum(self, body: dict[str, Any]) -> str:
+        job = body["job"]
+        choices: list[tuple[dict[str, Any], str, str, str]] = [
+            (job, "status", "PAUSED", "job.status"),
+            (job, "targetSelection", "ADAPTIVE", "job.targetSelection"),
+        ]
+        for i, c in enumerate(job.get("abortConfig", {}).get("criteriaList", [])):
+            choices.append(
+                (c, "failureType", "THROTTLED", f"job.abortConfig.criteriaList[{i}].failureType")
+            )
+        parent, key, value, path = choices[self.rng.randrange(len(choices))]
+        parent[key] = value
+        return path
+
+
+def faults_json(faults: Faults) -> dict[str, Any]:
+    def scope(rule: FaultRule | Latency) -> dict[str, Any]:
+        return {"operations": sorted(rule.operations), "job_ids": sorted(rule.job_ids)}
+
+    out: dict[str, Any] = {
+        "latency": {
+            "fixed_ms": faults.latency.fixed_ms,
+            "jitter_ms": faults.latency.jitter_ms,
+            **scope(faults.latency),
+        },
+        "unavailable_status": faults.unavailable_status,
+    }
+    for name in (
+        "unavailable",
+        "malformed",
+        "truncated",
+        "reset",
+        "missing_field",
+        "wrong_type",
+        "unknown_enum",
+        "denied",
+        "not_found",
+    ):
+        rule: FaultRule = getattr(faults, name)
+        out[name] = {"ratio": rule.ratio, **scope(rule)}
+    return out
+
+
+def quotas_json(quotas: Quotas) -> dict[str, Any]:
+    return {
+        **dict(quotas.rates),
+        "enabled": quotas.enabled,
+        "throttle_status": quotas.throttle_status,
+    }

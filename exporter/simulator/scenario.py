@@ -1,0 +1,901 @@
+"""Simulator scenario files: strict YAML into frozen dataclasses, errors located by field path."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from exporter.simulator.cron import CronError, CronExpression
+
+JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
+TARGET_SELECTIONS = ("CONTINUOUS", "SNAPSHOT")
+ABORT_FAILURE_TYPES = ("FAILED", "REJECTED", "TIMED_OUT", "ALL")
+RETRY_FAILURE_TYPES = ("FAILED", "TIMED_OUT", "ALL")
+END_BEHAVIORS = ("STOP_ROLLOUT", "CANCEL", "FORCE_CANCEL")
+OPERATIONS = ("DescribeJob", "ListJobs", "ListJobExecutionsForJob")
+
+_JOB_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
+_ACCOUNT = re.compile(r"^\d{12}$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_NAMESPACE = re.compile(r"^[a-zA-Z0-9_-]+$")
+_REASON = re.compile(r"^[A-Z0-9_]{1,128}$")
+_START_TIME = "%Y-%m-%dT%H:%M"
+
+T = TypeVar("T")
+
+
+class ScenarioError(Exception):
+    """A scenario problem, located by file and field path."""
+
+    def __init__(self, file: str, path: str, message: str) -> None:
+        super().__init__(f"{file}: {path}: {message}" if path else f"{file}: {message}")
+        self.file = file
+        self.path = path
+        self.message = message
+
+
+# --- the model --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A uniform range of simulated minutes."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True, slots=True)
+class Devices:
+    """How things behave once notified; per scenario, overridable per job."""
+
+    queued_minutes: Span = Span(0.1, 1.0)
+    in_progress_minutes: Span = Span(0.5, 3.0)
+    reject_probability: float = 0.0
+    failure_probability: float = 0.0
+    # A stuck device never reports back: TIMED_OUT with a timeoutConfig, else IN_PROGRESS forever.
+    stuck_probability: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateIncreaseCriteria:
+    number_of_notified_things: int | None = None
+    number_of_succeeded_things: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExponentialRate:
+    base_rate_per_minute: int
+    increment_factor: float
+    rate_increase_criteria: RateIncreaseCriteria
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    maximum_per_minute: int | None = None
+    exponential_rate: ExponentialRate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AbortCriterion:
+    failure_type: str
+    threshold_percentage: float
+    min_number_of_executed_things: int
+    action: str = "CANCEL"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryCriterion:
+    failure_type: str
+    number_of_retries: int
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceWindow:
+    start_time: str  # AWS cron expression, e.g. 'cron(0 2 ? * SUN *)'
+    duration_in_minutes: int
+    cron: CronExpression = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduling:
+    start_minutes: int | None = None  # relative to the scenario start
+    end_minutes: int | None = None
+    end_behavior: str | None = None
+    maintenance_windows: tuple[MaintenanceWindow, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PresignedUrl:
+    role_arn: str
+    expires_in_sec: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    kind: str  # "thing" or "thinggroup", as in the ARN
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Precomputed:
+    """A terminal job whose counts are given rather than simulated (cheap at scale)."""
+
+    status: str
+    completed_minutes: float
+    counts: tuple[tuple[str, int], ...]
+    force_canceled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    job_id: str
+    targets: tuple[Target, ...]
+    target_selection: str = "SNAPSHOT"
+    created_minutes: float = 0.0
+    description: str | None = None
+    document_source: str | None = None
+    namespace_id: str | None = None
+    job_template_arn: str | None = None
+    document_parameters: tuple[tuple[str, str], ...] = ()
+    destination_package_versions: tuple[str, ...] = ()
+    presigned_url: PresignedUrl | None = None
+    rollout: Rollout | None = None
+    abort: tuple[AbortCriterion, ...] = ()
+    timeout_minutes: int | None = None
+    retry: tuple[RetryCriterion, ...] = ()
+    scheduling: Scheduling | None = None
+    devices: Devices = Devices()
+    precomputed: Precomputed | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    name: str
+    things: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    """Something that happens to the fleet at a simulated minute."""
+
+    at_minutes: float
+    action: str  # add_things | remove_things | cancel_job | delete_job
+    group: str | None = None
+    count: int = 0
+    job_id: str | None = None
+    force: bool = False
+    reason_code: str | None = None
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Generate:
+    """Bulk jobs for scale tests: mostly terminal (precomputed), a fraction simulated."""
+
+    jobs: int = 1000
+    groups: int = 100
+    things_per_group: int = 20
+    active_ratio: float = 0.1
+    canceled_ratio: float = 0.15
+    maximum_per_minute: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRule:
+    """Apply a fault to a ratio of matching requests; empty scopes match everything."""
+
+    ratio: float = 0.0
+    operations: frozenset[str] = frozenset()
+    job_ids: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    fixed_ms: float = 0.0
+    jitter_ms: float = 0.0
+    operations: frozenset[str] = frozenset()
+    job_ids: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    latency: Latency = Latency()
+    unavailable: FaultRule = FaultRule()
+    unavailable_status: int = 503
+    malformed: FaultRule = FaultRule()
+    truncated: FaultRule = FaultRule()
+    reset: FaultRule = FaultRule()
+    missing_field: FaultRule = FaultRule()
+    wrong_type: FaultRule = FaultRule()
+    unknown_enum: FaultRule = FaultRule()
+    denied: FaultRule = FaultRule()
+    not_found: FaultRule = FaultRule()
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Requests per second per operation (token bucket, burst = one second's worth)."""
+
+    rates: tuple[tuple[str, float], ...] = tuple((op, 10.0) for op in OPERATIONS)
+    enabled: bool = True
+    throttle_status: int = 429
+
+    def rate(self, operation: str) -> float:
+        return dict(self.rates).get(operation, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    file: str
+    seed: int = 1
+    speed: float = 1.0  # simulated minutes per real second
+    account_id: str = "123456789012"
+    region: str = "us-east-1"  # when a request carries no SigV4 credential scope
+    start_time: datetime | None = None  # None: the wall clock at start, floored to the minute
+    deletion_minutes: float = 10.0
+    cancel_minutes: float = 1.0
+    devices: Devices = Devices()
+    groups: tuple[Group, ...] = ()
+    jobs: tuple[JobSpec, ...] = ()
+    timeline: tuple[TimelineEvent, ...] = ()
+    generate: Generate | None = None
+    quotas: Quotas = Quotas()
+    faults: Faults = Faults()
+
+
+# --- the reader -------------------------------------------------------------------------
+
+
+class _Reader:
+    """Walks untrusted YAML data, raising ScenarioError with the path of the bad field."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, path: str, message: str) -> ScenarioError:
+        return ScenarioError(self.file, path, message)
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.fail(path, f"expected a mapping, got {_kind(value)}")
+        for key in value:
+            if key not in allowed:
+                where = f"{path}.{key}" if path else str(key)
+                raise self.fail(where, f"unknown key; expected one of {', '.join(allowed)}")
+        return value
+
+    def seq(self, value: Any, path: str) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(path, f"expected a list, got {_kind(value)}")
+        return value
+
+    def integer(
+        self, value: Any, path: str, low: int | None = None, high: int | None = None
+    ) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, f"expected an integer, got {value!r}")
+        self._bounds(value, path, low, high)
+        return value
+
+    def number(
+        self, value: Any, path: str, low: float | None = None, high: float | None = None
+    ) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise self.fail(path, f"expected a number, got {value!r}")
+        self._bounds(value, path, low, high)
+        return float(value)
+
+    def probability(self, value: Any, path: str) -> float:
+        return self.number(value, path, 0.0, 1.0)
+
+    def boolean(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"expected true or false, got {value!r}")
+        return value
+
+    def string(self, value: Any, path: str, pattern: re.Pattern[str] | None = None) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(path, f"expected a non-empty string, got {value!r}")
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(path, f"expected a string matching {pattern.pattern}, got {value!r}")
+        return value
+
+    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            raise self.fail(path, f"expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    def optional(
+        self, data: Mapping[str, Any], key: str, path: str, read: Callable[..., T]
+    ) -> T | None:
+        if data.get(key) is None:
+            return None
+        return read(data[key], _join(path, key))
+
+    def _bounds(self, value: float, path: str, low: float | None, high: float | None) -> None:
+        if low is not None and value < low:
+            raise self.fail(path, f"expected a value ≥ {low}, got {value}")
+        if high is not None and value > high:
+            raise self.fail(path, f"expected a value ≤ {high}, got {value}")
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+# --- sections ---------------------------------------------------------------------------
+
+_SCENARIO_KEYS = (
+    "seed",
+    "speed",
+    "account_id",
+    "region",
+    "start_time",
+    "deletion_minutes",
+    "cancel_minutes",
+    "devices",
+    "groups",
+    "jobs",
+    "timeline",
+    "generate",
+    "quotas",
+    "faults",
+)
+_DEVICE_KEYS = (
+    "queued_minutes",
+    "in_progress_minutes",
+    "reject_probability",
+    "failure_probability",
+    "stuck_probability",
+)
+_JOB_KEYS = (
+    "id",
+    "targets",
+    "target_selection",
+    "created_minutes",
+    "description",
+    "document_source",
+    "namespace_id",
+    "job_template_arn",
+    "document_parameters",
+    "destination_package_versions",
+    "presigned_url",
+    "rollout",
+    "abort",
+    "timeout_minutes",
+    "retry",
+    "scheduling",
+    "devices",
+    "precomputed",
+)
+_EXECUTION_STATES = (
+    "queued",
+    "in_progress",
+    "succeeded",
+    "failed",
+    "rejected",
+    "canceled",
+    "removed",
+    "timed_out",
+)
+
+
+def _span(r: _Reader, value: Any, path: str) -> Span:
+    items = r.seq(value, path)
+    if len(items) != 2:
+        raise r.fail(path, f"expected [low, high] in minutes, got {value!r}")
+    low = r.number(items[0], _join(path, 0), 0.0)
+    high = r.number(items[1], _join(path, 1), low)
+    return Span(low, high)
+
+
+def _devices(r: _Reader, value: Any, path: str, base: Devices) -> Devices:
+    data = r.mapping(value, path, _DEVICE_KEYS)
+    out = base
+    if "queued_minutes" in data:
+        out = replace(
+            out, queued_minutes=_span(r, data["queued_minutes"], _join(path, "queued_minutes"))
+        )
+    if "in_progress_minutes" in data:
+        span = _span(r, data["in_progress_minutes"], _join(path, "in_progress_minutes"))
+        out = replace(out, in_progress_minutes=span)
+    probabilities = {
+        key: r.probability(data.get(key, getattr(base, key)), _join(path, key))
+        for key in ("reject_probability", "failure_probability", "stuck_probability")
+    }
+    return replace(
+        out,
+        reject_probability=probabilities["reject_probability"],
+        failure_probability=probabilities["failure_probability"],
+        stuck_probability=probabilities["stuck_probability"],
+    )
+
+
+def _target(r: _Reader, value: Any, path: str) -> Target:
+    text = r.string(value, path)
+    kind, _, name = text.partition(":")
+    if kind not in ("thing", "group") or not _NAME.match(name):
+        raise r.fail(path, f"expected 'group:NAME' or 'thing:NAME', got {text!r}")
+    return Target("thinggroup" if kind == "group" else "thing", name)
+
+
+def _rollout(r: _Reader, value: Any, path: str) -> Rollout:
+    data = r.mapping(value, path, ("maximum_per_minute", "exponential_rate"))
+    maximum = r.optional(data, "maximum_per_minute", path, lambda v, p: r.integer(v, p, 1, 1000))
+    exp: ExponentialRate | None = None
+    if data.get("exponential_rate") is not None:
+        ep = _join(path, "exponential_rate")
+        e = r.mapping(
+            data["exponential_rate"],
+            ep,
+            ("base_rate_per_minute", "increment_factor", "rate_increase_criteria"),
+        )
+        for key in ("base_rate_per_minute", "increment_factor", "rate_increase_criteria"):
+            if key not in e:
+                raise r.fail(_join(ep, key), "required")
+        cp = _join(ep, "rate_increase_criteria")
+        c = r.mapping(
+            e["rate_increase_criteria"],
+            cp,
+            ("number_of_notified_things", "number_of_succeeded_things"),
+        )
+        notified = r.optional(c, "number_of_notified_things", cp, lambda v, p: r.integer(v, p, 1))
+        succeeded = r.optional(c, "number_of_succeeded_things", cp, lambda v, p: r.integer(v, p, 1))
+        if (notified is None) == (succeeded is None):
+            raise r.fail(
+                cp, "expected exactly one of number_of_notified_things, number_of_succeeded_things"
+            )
+        exp = ExponentialRate(
+            r.integer(e["base_rate_per_minute"], _join(ep, "base_rate_per_minute"), 1, 1000),
+            r.number(e["increment_factor"], _join(ep, "increment_factor"), 1.1, 5.0),
+            RateIncreaseCriteria(notified, succeeded),
+        )
+    return Rollout(maximum, exp)
+
+
+def _abort(r: _Reader, value: Any, path: str) -> tuple[AbortCriterion, ...]:
+    out = []
+    keys = ("failure_type", "threshold_percentage", "min_number_of_executed_things", "action")
+    for i, item in enumerate(r.seq(value, path)):
+        p = _join(path, i)
+        d = r.mapping(item, p, keys)
+        for key in keys[:3]:
+            if key not in d:
+                raise r.fail(_join(p, key), "required")
+        out.append(
+            AbortCriterion(
+                r.choice(d["failure_type"], _join(p, "failure_type"), ABORT_FAILURE_TYPES),
+                r.number(d["threshold_percentage"], _join(p, "threshold_percentage"), 0.0, 100.0),
+                r.integer(
+                    d["min_number_of_executed_things"], _join(p, "min_number_of_executed_things"), 1
+                ),
+                r.choice(d.get("action", "CANCEL"), _join(p, "action"), ("CANCEL",)),
+            )
+        )
+    return tuple(out)
+
+
+def _retry(r: _Reader, value: Any, path: str) -> tuple[RetryCriterion, ...]:
+    out = []
+    items = r.seq(value, path)
+    if len(items) > 2:
+        raise r.fail(path, "expected at most 2 criteria")
+    for i, item in enumerate(items):
+        p = _join(path, i)
+        d = r.mapping(item, p, ("failure_type", "number_of_retries"))
+        for key in ("failure_type", "number_of_retries"):
+            if key not in d:
+                raise r.fail(_join(p, key), "required")
+        out.append(
+            RetryCriterion(
+                r.choice(d["failure_type"], _join(p, "failure_type"), RETRY_FAILURE_TYPES),
+                r.integer(d["number_of_retries"], _join(p, "number_of_retries"), 0, 10),
+            )
+        )
+    return tuple(out)
+
+
+def _scheduling(r: _Reader, value: Any, path: str) -> Scheduling:
+    keys = ("start_minutes", "end_minutes", "end_behavior", "maintenance_windows")
+    d = r.mapping(value, path, keys)
+    start = r.optional(d, "start_minutes", path, lambda v, p: r.integer(v, p))
+    end = r.optional(d, "end_minutes", path, lambda v, p: r.integer(v, p))
+    if start is not None and end is not None and end <= start:
+        raise r.fail(_join(path, "end_minutes"), "expected a value after start_minutes")
+    behavior = r.optional(d, "end_behavior", path, lambda v, p: r.choice(v, p, END_BEHAVIORS))
+    windows = []
+    wp = _join(path, "maintenance_windows")
+    for i, item in enumerate(r.seq(d.get("maintenance_windows"), wp)):
+        p = _join(wp, i)
+        w = r.mapping(item, p, ("start_time", "duration_in_minutes"))
+        for key in ("start_time", "duration_in_minutes"):
+            if key not in w:
+                raise r.fail(_join(p, key), "required")
+        expr = r.string(w["start_time"], _join(p, "start_time"))
+        try:
+            cron = CronExpression.parse(expr)
+        except CronError as e:
+            raise r.fail(
+                _join(p, "start_time"), f"expected 'cron(m h dom mon dow year)': {e}"
+            ) from None
+        duration = r.integer(w["duration_in_minutes"], _join(p, "duration_in_minutes"), 1, 1430)
+        windows.append(MaintenanceWindow(expr, duration, cron))
+    return Scheduling(start, end, behavior, tuple(windows))
+
+
+def _precomputed(r: _Reader, value: Any, path: str) -> Precomputed:
+    d = r.mapping(value, path, ("status", "completed_minutes", "counts", "force_canceled"))
+    status = r.choice(d.get("status"), _join(path, "status"), ("COMPLETED", "CANCELED"))
+    completed = r.number(d.get("completed_minutes", 0.0), _join(path, "completed_minutes"))
+    cp = _join(path, "counts")
+    c = r.mapping(d.get("counts"), cp, _EXECUTION_STATES)
+    counts = tuple(
+        (state, r.integer(c.get(state, 0), _join(cp, state), 0)) for state in _EXECUTION_STATES
+    )
+    if any(state in ("queued", "in_progress") and n for state, n in counts):
+        raise r.fail(cp, "a terminal job has no queued or in_progress executions")
+    force = r.boolean(d.get("force_canceled", False), _join(path, "force_canceled"))
+    return Precomputed(status, completed, counts, force)
+
+
+def _job(r: _Reader, value: Any, path: str, devices: Devices) -> JobSpec:
+    d = r.mapping(value, path, _JOB_KEYS)
+    if "id" not in d:
+        raise r.fail(_join(path, "id"), "required")
+    job_id = r.string(d["id"], _join(path, "id"), _JOB_ID)
+    tp = _join(path, "targets")
+    targets = tuple(_target(r, v, _join(tp, i)) for i, v in enumerate(r.seq(d.get("targets"), tp)))
+    if not targets:
+        raise r.fail(tp, "expected at least one target ('group:NAME' or 'thing:NAME')")
+    params: list[tuple[str, str]] = []
+    pp = _join(path, "document_parameters")
+    for key, val in r.mapping(
+        d.get("document_parameters"), pp, tuple(d.get("document_parameters") or ())
+    ).items():
+        params.append((str(key), r.string(val, _join(pp, str(key)))))
+    vp = _join(path, "destination_package_versions")
+    versions = tuple(
+        r.string(v, _join(vp, i)) for i, v in enumerate(r.seq(d.get(vp.rsplit(".", 1)[-1]), vp))
+    )
+    presigned = None
+    if d.get("presigned_url") is not None:
+        pu = _join(path, "presigned_url")
+        p = r.mapping(d["presigned_url"], pu, ("role_arn", "expires_in_sec"))
+        presigned = PresignedUrl(
+            r.string(p.get("role_arn"), _join(pu, "role_arn")),
+            r.integer(p.get("expires_in_sec", 3600), _join(pu, "expires_in_sec"), 60, 3600),
+        )
+
+    def text(key: str, pattern: re.Pattern[str] | None = None) -> str | None:
+        return r.optional(d, key, path, lambda v, p: r.string(v, p, pattern))
+
+    return JobSpec(
+        job_id=job_id,
+        targets=targets,
+        target_selection=r.choice(
+            d.get("target_selection", "SNAPSHOT"),
+            _join(path, "target_selection"),
+            TARGET_SELECTIONS,
+        ),
+        created_minutes=r.number(d.get("created_minutes", 0.0), _join(path, "created_minutes")),
+        description=text("description"),
+        document_source=text("document_source"),
+        namespace_id=text("namespace_id", _NAMESPACE),
+        job_template_arn=text("job_template_arn"),
+        document_parameters=tuple(params),
+        destination_package_versions=versions,
+        presigned_url=presigned,
+        rollout=r.optional(d, "rollout", path, lambda v, p: _rollout(r, v, p)),
+        abort=_abort(r, d.get("abort"), _join(path, "abort")),
+        timeout_minutes=r.optional(
+            d, "timeout_minutes", path, lambda v, p: r.integer(v, p, 1, 10080)
+        ),
+        retry=_retry(r, d.get("retry"), _join(path, "retry")),
+        scheduling=r.optional(d, "scheduling", path, lambda v, p: _scheduling(r, v, p)),
+        devices=_devices(r, d.get("devices"), _join(path, "devices"), devices),
+        precomputed=r.optional(d, "precomputed", path, lambda v, p: _precomputed(r, v, p)),
+    )
+
+
+_TIMELINE_ACTIONS = ("add_things", "remove_things", "cancel_job", "delete_job")
+
+
+def _timeline_event(r: _Reader, value: Any, path: str) -> TimelineEvent:
+    keys = ("at_minutes", "action", "group", "count", "job", "force", "reason_code", "comment")
+    d = r.mapping(value, path, keys)
+    action = r.choice(d.get("action"), _join(path, "action"), _TIMELINE_ACTIONS)
+    at = r.number(d.get("at_minutes"), _join(path, "at_minutes"))
+    if action in ("add_things", "remove_things"):
+        return TimelineEvent(
+            at,
+            action,
+            group=r.string(d.get("group"), _join(path, "group"), _NAME),
+            count=r.integer(d.get("count"), _join(path, "count"), 1),
+        )
+    return TimelineEvent(
+        at,
+        action,
+        job_id=r.string(d.get("job"), _join(path, "job"), _JOB_ID),
+        force=r.boolean(d.get("force", False), _join(path, "force")),
+        reason_code=r.optional(d, "reason_code", path, lambda v, p: r.string(v, p, _REASON)),
+        comment=r.optional(d, "comment", path, lambda v, p: r.string(v, p)),
+    )
+
+
+def _generate(r: _Reader, value: Any, path: str) -> Generate:
+    keys = (
+        "jobs",
+        "groups",
+        "things_per_group",
+        "active_ratio",
+        "canceled_ratio",
+        "maximum_per_minute",
+    )
+    d = r.mapping(value, path, keys)
+    g = Generate()
+    return Generate(
+        jobs=r.integer(d.get("jobs", g.jobs), _join(path, "jobs"), 0, 100_000),
+        groups=r.integer(d.get("groups", g.groups), _join(path, "groups"), 1),
+        things_per_group=r.integer(
+            d.get("things_per_group", g.things_per_group), _join(path, "things_per_group"), 1
+        ),
+        active_ratio=r.probability(
+            d.get("active_ratio", g.active_ratio), _join(path, "active_ratio")
+        ),
+        canceled_ratio=r.probability(
+            d.get("canceled_ratio", g.canceled_ratio), _join(path, "canceled_ratio")
+        ),
+        maximum_per_minute=r.integer(
+            d.get("maximum_per_minute", g.maximum_per_minute),
+            _join(path, "maximum_per_minute"),
+            1,
+            1000,
+        ),
+    )
+
+
+def _scope(r: _Reader, d: Mapping[str, Any], path: str) -> tuple[frozenset[str], frozenset[str]]:
+    op_path = _join(path, "operations")
+    ops = frozenset(
+        r.choice(v, _join(op_path, i), OPERATIONS)
+        for i, v in enumerate(r.seq(d.get("operations"), op_path))
+    )
+    id_path = _join(path, "job_ids")
+    ids = frozenset(
+        r.string(v, _join(id_path, i), _JOB_ID)
+        for i, v in enumerate(r.seq(d.get("job_ids"), id_path))
+    )
+    return ops, ids
+
+
+def _rule(r: _Reader, value: Any, path: str) -> FaultRule:
+    d = r.mapping(value, path, ("ratio", "operations", "job_ids"))
+    ops, ids = _scope(r, d, path)
+    return FaultRule(r.probability(d.get("ratio", 0.0), _join(path, "ratio")), ops, ids)
+
+
+_FAULT_KEYS = (
+    "latency",
+    "unavailable",
+    "unavailable_status",
+    "malformed",
+    "truncated",
+    "reset",
+    "missing_field",
+    "wrong_type",
+    "unknown_enum",
+    "denied",
+    "not_found",
+)
+
+
+def parse_faults(r: _Reader, value: Any, path: str, base: Faults = Faults()) -> Faults:
+    """Faults as a partial update of `base`: keys not given keep their current value."""
+    d = r.mapping(value, path, _FAULT_KEYS)
+    out = base
+    rules: dict[str, Any] = {}
+    for key, item in d.items():
+        p = _join(path, key)
+        if key == "latency":
+            lat = r.mapping(item, p, ("fixed_ms", "jitter_ms", "operations", "job_ids"))
+            ops, ids = _scope(r, lat, p)
+            out = replace(
+                out,
+                latency=Latency(
+                    r.number(lat.get("fixed_ms", 0.0), _join(p, "fixed_ms"), 0.0, 600_000.0),
+                    r.number(lat.get("jitter_ms", 0.0), _join(p, "jitter_ms"), 0.0, 600_000.0),
+                    ops,
+                    ids,
+                ),
+            )
+        elif key == "unavailable_status":
+            out = replace(out, unavailable_status=int(r.choice(item, p, (500, 503))))  # type: ignore[arg-type]
+        else:
+            rules[key] = _rule(r, item, p)
+    return replace(out, **rules)
+
+
+def parse_quotas(r: _Reader, value: Any, path: str, base: Quotas = Quotas()) -> Quotas:
+    """Quotas as a partial update of `base`."""
+    d = r.mapping(value, path, (*OPERATIONS, "enabled", "throttle_status"))
+    rates = dict(base.rates)
+    for op in OPERATIONS:
+        if op in d:
+            rates[op] = r.number(d[op], _join(path, op), 0.01, 100_000.0)
+    enabled = r.boolean(d.get("enabled", base.enabled), _join(path, "enabled"))
+    status = d.get("throttle_status", base.throttle_status)
+    if status not in (400, 429):
+        raise r.fail(_join(path, "throttle_status"), f"expected 400 or 429, got {status!r}")
+    return Quotas(tuple(rates.items()), enabled, int(status))
+
+
+def parse_scenario(data: Any, file: str) -> Scenario:
+    r = _Reader(file)
+    d = r.mapping(data, "", _SCENARIO_KEYS)
+    start = None
+    if d.get("start_time") is not None:
+        raw = d["start_time"]
+        try:
+            start = datetime.strptime(str(raw), _START_TIME).replace(tzinfo=UTC)
+        except ValueError:
+            raise r.fail("start_time", f"expected 'YYYY-MM-DDTHH:MM' (UTC), got {raw!r}") from None
+    devices = _devices(r, d.get("devices"), "devices", Devices())
+    groups = []
+    names: set[str] = set()
+    for i, item in enumerate(r.seq(d.get("groups"), "groups")):
+        p = _join("groups", i)
+        g = r.mapping(item, p, ("name", "things"))
+        name = r.string(g.get("name"), _join(p, "name"), _NAME)
+        if name in names:
+            raise r.fail(_join(p, "name"), f"duplicate group {name!r}")
+        names.add(name)
+        groups.append(Group(name, r.integer(g.get("things", 0), _join(p, "things"), 0, 1_000_000)))
+    jobs = []
+    ids: set[str] = set()
+    for i, item in enumerate(r.seq(d.get("jobs"), "jobs")):
+        p = _join("jobs", i)
+        job = _job(r, item, p, devices)
+        if job.job_id in ids:
+            raise r.fail(_join(p, "id"), f"duplicate job id {job.job_id!r}")
+        ids.add(job.job_id)
+        for j, t in enumerate(job.targets):
+            if t.kind == "thinggroup" and t.name not in names:
+                raise r.fail(_join(_join(p, "targets"), j), f"unknown group {t.name!r}")
+        jobs.append(job)
+    timeline = []
+    for i, item in enumerate(r.seq(d.get("timeline"), "timeline")):
+        p = _join("timeline", i)
+        ev = _timeline_event(r, item, p)
+        if ev.group is not None and ev.group not in names:
+            raise r.fail(_join(p, "group"), f"unknown group {ev.group!r}")
+        if ev.job_id is not None and ev.job_id not in ids:
+            raise r.fail(_join(p, "job"), f"unknown job {ev.job_id!r}")
+        timeline.append(ev)
+    return Scenario(
+        file=file,
+        seed=r.integer(d.get("seed", 1), "seed"),
+        speed=r.number(d.get("speed", 1.0), "speed", 0.0, 100_000.0),
+        account_id=r.string(str(d.get("account_id", "123456789012")), "account_id", _ACCOUNT),
+        region=r.string(d.get("region", "us-east-1"), "region", _REGION),
+        start_time=start,
+        deletion_minutes=r.number(d.get("deletion_minutes", 10.0), "deletion_minutes", 0.0),
+        cancel_minutes=r.number(d.get("cancel_minutes", 1.0), "cancel_minutes", 0.0),
+        devices=devices,
+        groups=tuple(groups),
+        jobs=tuple(jobs),
+        timeline=tuple(sorted(timeline, key=lambda e: e.at_minutes)),
+        generate=r.optional(d, "generate", "", lambda v, p: _generate(r, v, p)),
+        quotas=parse_quotas(r, d.get("quotas"), "quotas"),
+        faults=parse_faults(r, d.get("faults"), "faults"),
+    )
+
+
+def load_scenario(
+    path: str | os.PathLike[str],
+    *,
+    jobs: int | None = None,
+    no_quotas: bool = False,
+    seed: int | None = None,
+    speed: float | None = None,
+) -> Scenario:
+    """Read and validate a scenario file, then apply command-line overrides."""
+    file = os.fspath(path)
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ScenarioError(file, "", f"cannot read: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ScenarioError(file, "", f"invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+    scenario = parse_scenario(data, file)
+    if jobs is not None:
+        if jobs < 0:
+            raise ScenarioError(file, "generate.jobs", f"expected a value ≥ 0, got {jobs}")
+        scenario = replace(scenario, generate=replace(scenario.generate or Generate(), jobs=jobs))
+    if seed is not None:
+        scenario = replace(scenario, seed=seed)
+    if speed is not None:
+        if not math.isfinite(speed) or speed < 0:
+            raise ScenarioError(file, "speed", f"expected a number ≥ 0, got {speed}")
+        scenario = replace(scenario, speed=speed)
+    if no_quotas:
+        scenario = replace(scenario, quotas=replace(scenario.quotas, enabled=False))
+    return scenario
+
+
+def faults_from_json(data: Any, base: Faults) -> Faults:
+    """Parse a run-time faults update (POST /_sim/faults)."""
+    return parse_faults(_Reader("/_sim/faults"), data, "faults", base)
+
+
+def quotas_from_json(data: Any, base: Quotas) -> Quotas:
+    return parse_quotas(_Reader("/_sim/faults"), data, "quotas", base)
+
+
+def job_from_json(data: Any, devices: Devices, groups: set[str]) -> JobSpec:
+    """Parse a job created at run time (POST /_sim/jobs), in the scenario's job format."""
+    r = _Reader("/_sim/jobs")
+    job = _job(r, data, "job", devices)
+    for j, t in enumerate(job.targets):
+        if t.kind == "thinggroup" and t.name not in groups:
+            raise r.fail(f"job.targets[{j}]", f"unknown group {t.name!r}")
+    return job
+
+
+def reason_from_json(value: Any, path: str) -> str | None:
+    if value is None:
+        return None
+    return _Reader("/_sim").string(value, path, _REASON)
+
+
+__all__ = [
+    "JOB_STATUSES",
+    "OPERATIONS",
+    "AbortCriterion",
+    "Devices",
+    "ExponentialRate",
+    "FaultRule",
+    "Faults",
+    "Generate",
+    "Group",
+    "JobSpec",
+    "Latency",
+    "MaintenanceWindow",
+    "Precomputed",
+    "Quotas",
+    "RetryCriterion",
+    "Rollout",
+    "Scenario",
+    "ScenarioError",
+    "Scheduling",
+    "Target",
+    "TimelineEvent",
+    "load_scenario",
+]

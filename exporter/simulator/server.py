@@ -1,0 +1,622 @@
+"""The simulator's HTTP side: AWS IoT REST-JSON operations, fault injection and the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from exporter.simulator.faults import FaultPicker, Stats, TokenBucket, faults_json, quotas_json
+from exporter.simulator.fleet import EXECUTION_STATES, JOB_SCHEDULED, Fleet, FleetError, Job
+from exporter.simulator.render import describe_job, execution_summary, job_summary
+from exporter.simulator.scenario import (
+    JOB_STATUSES,
+    OPERATIONS,
+    Faults,
+    Scenario,
+    ScenarioError,
+    faults_from_json,
+    job_from_json,
+    load_scenario,
+    quotas_from_json,
+    reason_from_json,
+)
+
+log = logging.getLogger("exporter.simulator")
+
+_CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/")
+_JOB_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_DEFAULT_PAGE = 50
+_TICK_SECONDS = 0.05
+_JSON = "application/json"
+
+
+class AwsError(Exception):
+    """An error answer in AWS REST-JSON form."""
+
+    def __init__(self, status: int, code: str, message: str, outcome: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.outcome = outcome
+
+
+def _invalid(message: str) -> AwsError:
+    return AwsError(400, "InvalidRequestException", message, "invalid")
+
+
+def _not_found(job_id: str) -> AwsError:
+    return AwsError(404, "ResourceNotFoundException", f"Job {job_id} cannot be found.", "not_found")
+
+
+class SimClock:
+    """Simulated epoch seconds: `speed` simulated minutes pass per real second."""
+
+    def __init__(self, start: float, speed: float) -> None:
+        self._base_sim = start
+        self._base_real = time.monotonic()
+        self.speed = speed
+
+    def now(self) -> float:
+        return self._base_sim + (time.monotonic() - self._base_real) * self.speed * 60.0
+
+    def set_speed(self, speed: float) -> None:
+        self._base_sim = self.now()
+        self._base_real = time.monotonic()
+        self.speed = speed
+
+    def advance(self, seconds: float) -> None:
+        self._base_sim += seconds
+
+
+def _encode_token(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+
+
+def _decode_token(token: str) -> Any:
+    try:
+        return json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise _invalid("The nextToken is invalid.") from None
+
+
+def _max_results(request: web.Request) -> int:
+    raw = request.query.get("maxResults")
+    if raw is None:
+        return _DEFAULT_PAGE
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _invalid(f"maxResults {raw!r} is not a number.") from None
+    if not 1 <= value <= 250:
+        # AWS's own wording of a constraint violation, which botocore surfaces as is.
+        raise _invalid(
+            f"1 validation error detected: Value '{value}' at 'maxResults' failed to satisfy "
+            "constraint: Member must have value between 1 and 250"
+        )
+    return value
+
+
+class Simulator:
+    """A running simulator: the live fleet, its clock, faults and HTTP listener."""
+
+    def __init__(
+        self, scenario: Scenario, fleet: Fleet, *, host: str, port: int, start: float
+    ) -> None:
+        self.scenario = scenario
+        self.fleet = fleet
+        self.clock = SimClock(start, scenario.speed)
+        self.faults = scenario.faults
+        self.quotas = scenario.quotas
+        self.stats = Stats()
+        self.host = host
+        self.port = port
+        self._picker = FaultPicker(scenario.seed)
+        self._buckets = self._new_buckets()
+        self._runner: web.AppRunner | None = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def _new_buckets(self) -> dict[str, TokenBucket]:
+        now = time.monotonic()
+        return {op: TokenBucket(self.quotas.rate(op), now) for op in OPERATIONS}
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.start_http()
+        self._ticker = asyncio.create_task(self._tick(), name="simulator-clock")
+
+    async def start_http(self) -> None:
+        """Listen (again) on the simulator's port; the fleet carries on either way."""
+        if self._runner is not None:
+            return
+        runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        if self.port == 0:
+            self.port = int(runner.addresses[0][1])
+        log.info("simulator listening url=%s scenario=%s", self.url, self.scenario.file)
+
+    async def stop_http(self) -> None:
+        """Stop answering (connections refused) without stopping simulated time."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        await self.stop_http()
+
+    async def _tick(self) -> None:
+        # Advancing in the background keeps request latency flat at high speed-ups; the
+        # handlers advance too, so an answer always reflects the current simulated time.
+        while True:
+            try:
+                self.fleet.advance(self.clock.now())
+            except Exception:
+                log.exception("simulator event failed")
+            await asyncio.sleep(_TICK_SECONDS)
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/jobs", self._list_jobs)
+        app.router.add_get("/jobs/{jobId}", self._describe_job)
+        app.router.add_get("/jobs/{jobId}/things", self._list_executions)
+        app.router.add_get("/_sim/stats", self._admin_stats)
+        app.router.add_get("/_sim/faults", self._admin_faults_get)
+        app.router.add_post("/_sim/faults", self._admin_faults_post)
+        app.router.add_get("/_sim/clock", self._admin_clock_get)
+        app.router.add_post("/_sim/clock", self._admin_clock_post)
+        app.router.add_post("/_sim/jobs", self._admin_create_job)
+        app.router.add_get("/_sim/jobs/{jobId}/rollout", self._admin_rollout)
+        app.router.add_post("/_sim/jobs/{jobId}/cancel", self._admin_cancel)
+        app.router.add_post("/_sim/jobs/{jobId}/delete", self._admin_delete)
+        app.router.add_delete("/_sim/jobs/{jobId}", self._admin_delete)
+        app.router.add_post("/_sim/groups/{group}/add", self._admin_group_add)
+        app.router.add_post("/_sim/groups/{group}/remove", self._admin_group_remove)
+        return app
+
+    # --- AWS operations -----------------------------------------------------------------
+
+    async def _describe_job(self, request: web.Request) -> web.StreamResponse:
+        job_id = request.match_info["jobId"]
+
+        def produce(region: str) -> dict[str, Any]:
+            return describe_job(self.fleet, self._job(job_id), region)
+
+        return await self._aws(request, "DescribeJob", job_id, produce)
+
+    async def _list_jobs(self, request: web.Request) -> web.StreamResponse:
+        def produce(region: str) -> dict[str, Any]:
+            return self._list_jobs_body(request, region)
+
+        return await self._aws(request, "ListJobs", None, produce)
+
+    async def _list_executions(self, request: web.Request) -> web.StreamResponse:
+        job_id = request.match_info["jobId"]
+
+        def produce(region: str) -> dict[str, Any]:
+            return self._list_executions_body(request, job_id, region)
+
+        return await self._aws(request, "ListJobExecutionsForJob", job_id, produce)
+
+    def _job(self, job_id: str) -> Job:
+        if not _JOB_ID.match(job_id):
+            raise _invalid(f"Job id {job_id!r} does not match [a-zA-Z0-9_-]{{1,64}}.")
+        job = self.fleet.jobs.get(job_id)
+        if job is None:
+            raise _not_found(job_id)
+        return job
+
+    def _list_jobs_body(self, request: web.Request, region: str) -> dict[str, Any]:
+        q = request.query
+        limit = _max_results(request)
+        status = q.get("status")
+        if status is not None and status not in JOB_STATUSES:
+            raise _invalid(f"Invalid job status {status!r}.")
+        selection = q.get("targetSelection")
+        if selection is not None and selection not in ("CONTINUOUS", "SNAPSHOT"):
+            raise _invalid(f"Invalid targetSelection {selection!r}.")
+        group = q.get("thingGroupName")
+        group_id = q.get("thingGroupId")
+        if group_id is not None:
+            by_id = {v: k for k, v in self.fleet.group_ids.items()}
+            group = by_id.get(group_id, "\0unknown")
+        namespace = q.get("namespaceId")
+        jobs = self.fleet.ordered_jobs()
+        start = 0
+        token = q.get("nextToken")
+        if token:
+            key = _decode_token(token)
+            if not (isinstance(key, list) and len(key) == 2 and isinstance(key[1], str)):
+                raise _invalid("The nextToken is invalid.")
+            # Keyset pagination: stable while jobs are created or purged between pages.
+            created, last_id = float(key[0]), key[1]
+            while start < len(jobs) and (-jobs[start].created_at, jobs[start].job_id) <= (
+                -created,
+                last_id,
+            ):
+                start += 1
+        out: list[dict[str, Any]] = []
+        i = start
+        while i < len(jobs) and len(out) < limit:
+            job = jobs[i]
+            i += 1
+            if status is not None and job.status != status:
+                continue
+            if selection is not None and job.spec.target_selection != selection:
+                continue
+            if namespace is not None and job.spec.namespace_id != namespace:
+                continue
+            if group is not None:
+                # AWS leaves SCHEDULED jobs out of a by-group listing (aws-cli issue #8924).
+                if job.status == JOB_SCHEDULED:
+                    continue
+                if not any(t.kind == "thinggroup" and t.name == group for t in job.spec.targets):
+                    continue
+            out.append(job_summary(self.fleet, job, region))
+        body: dict[str, Any] = {"jobs": out}
+        if len(out) == limit and i < len(jobs):
+            last = jobs[i - 1]
+            body["nextToken"] = _encode_token([last.created_at, last.job_id])
+        return body
+
+    def _list_executions_body(
+        self, request: web.Request, job_id: str, region: str
+    ) -> dict[str, Any]:
+        job = self._job(job_id)
+        limit = _max_results(request)
+        status = request.query.get("status")
+        if status is not None and status not in EXECUTION_STATES:
+            raise _invalid(f"Invalid job execution status {status!r}.")
+        offset = 0
+        token = request.query.get("nextToken")
+        if token:
+            offset = _decode_token(token)
+            if not isinstance(offset, int) or offset < 0:
+                raise _invalid("The nextToken is invalid.")
+        matching = [e for e in self.fleet.executions(job) if status is None or e.status == status]
+        page = matching[offset : offset + limit]
+        body: dict[str, Any] = {
+            "executionSummaries": [execution_summary(self.fleet, e, region) for e in page]
+        }
+        if offset + limit < len(matching):
+            body["nextToken"] = _encode_token(offset + limit)
+        return body
+
+    async def _aws(
+        self,
+        request: web.Request,
+        operation: str,
+        job_id: str | None,
+        produce: Callable[[str], dict[str, Any]],
+    ) -> web.StreamResponse:
+        self.stats.count(operation, "total")
+        faults, picker = self.faults, self._picker
+        match = _CREDENTIAL_SCOPE.search(request.headers.get("Authorization", ""))
+        region = match.group(1) if match else self.scenario.region
+        if picker.hits(faults.latency, operation, job_id):
+            self.stats.count(operation, "delayed")
+            await asyncio.sleep(picker.delay_seconds(faults.latency))
+        try:
+            if picker.hits(faults.denied, operation, job_id):
+                resource = f"arn:aws:iot:{region}:{self.fleet.account_id}:job/{job_id or '*'}"
+                raise AwsError(
+                    403,
+                    "AccessDeniedException",
+                    f"User: arn:aws:iam::{self.fleet.account_id}:user/simulator is not "
+                    f"authorized to perform: iot:{operation} on resource: {resource}",
+                    "denied",
+                )
+            if self.quotas.enabled and not self._buckets[operation].take(time.monotonic()):
+                raise AwsError(
+                    self.quotas.throttle_status, "ThrottlingException", "Rate exceeded", "throttled"
+                )
+            if picker.hits(faults.reset, operation, job_id):
+                self.stats.count(operation, "reset")
+                return _reset(request)
+            if picker.hits(faults.unavailable, operation, job_id):
+                status = faults.unavailable_status
+                code = (
+                    "ServiceUnavailableException" if status == 503 else "InternalFailureException"
+                )
+                raise AwsError(
+                    status, code, "Service is unavailable, try again later.", "unavailable"
+                )
+            if job_id is not None and picker.hits(faults.not_found, operation, job_id):
+                raise _not_found(job_id)
+            self.fleet.advance(self.clock.now())
+            body = produce(region)
+        except AwsError as e:
+            self.stats.count(operation, e.outcome)
+            return _error_response(e)
+        outcome = "ok"
+        if operation == "DescribeJob":
+            for name, corrupt in (
+                ("missing_field", picker.drop_field),
+                ("wrong_type", picker.wrong_type),
+                ("unknown_enum", picker.unknown_enum),
+            ):
+                if picker.hits(getattr(faults, name), operation, job_id):
+                    corrupt(body)
+                    outcome = "bad_fields"
+        data = json.dumps(body, separators=(",", ":")).encode()
+        if picker.hits(faults.malformed, operation, job_id):
+            self.stats.count(operation, "malformed")
+            # Cut mid-document with a matching Content-Length: the HTTP exchange is fine,
+            # the JSON is not.
+            return web.Response(body=data[: max(1, len(data) // 2)], headers=_headers())
+        if picker.hits(faults.truncated, operation, job_id):
+            self.stats.count(operation, "truncated")
+            return await _truncate(request, data)
+        self.stats.count(operation, outcome)
+        return web.Response(body=data, headers=_headers())
+
+    # --- admin API ----------------------------------------------------------------------
+
+    async def _admin_stats(self, request: web.Request) -> web.Response:
+        self.fleet.advance(self.clock.now())
+        body: dict[str, Any] = {
+            "now": self.fleet.now,
+            "now_iso": datetime.fromtimestamp(self.fleet.now, UTC).isoformat(),
+            "speed": self.clock.speed,
+            "account_id": self.fleet.account_id,
+            "requests": self.stats.requests,
+            "pending_events": self.fleet.pending_events(),
+            "deleted": sorted(self.fleet.deleted),
+        }
+        if request.query.get("jobs", "1") != "0":
+            body["jobs"] = self.fleet.truth()
+        return web.json_response(body)
+
+    def _faults_body(self) -> dict[str, Any]:
+        return {"faults": faults_json(self.faults), "quotas": quotas_json(self.quotas)}
+
+    async def _admin_faults_get(self, request: web.Request) -> web.Response:
+        return web.json_response(self._faults_body())
+
+    async def _admin_faults_post(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        unknown = set(data) - {"faults", "quotas", "clear"}
+        if unknown:
+            return _admin_error(
+                400, f"unknown keys {sorted(unknown)}; expected faults, quotas, clear"
+            )
+        try:
+            faults = Faults() if data.get("clear") else self.faults
+            faults = faults_from_json(data.get("faults"), faults)
+            quotas = quotas_from_json(data.get("quotas"), self.quotas)
+        except ScenarioError as e:
+            return _admin_error(400, f"{e.path}: {e.message}")
+        self.faults = faults
+        if quotas != self.quotas:
+            self.quotas = quotas
+            self._buckets = self._new_buckets()
+        log.info("faults changed faults=%s", json.dumps(self._faults_body(), separators=(",", ":")))
+        return web.json_response(self._faults_body())
+
+    async def _admin_clock_get(self, request: web.Request) -> web.Response:
+        self.fleet.advance(self.clock.now())
+        return web.json_response({"now": self.fleet.now, "speed": self.clock.speed})
+
+    async def _admin_clock_post(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        speed = data.get("speed")
+        minutes = data.get("advance_minutes", 0)
+        if speed is not None and (
+            not isinstance(speed, int | float) or isinstance(speed, bool) or speed < 0
+        ):
+            return _admin_error(400, "speed: expected a number ≥ 0")
+        if not isinstance(minutes, int | float) or isinstance(minutes, bool) or minutes < 0:
+            return _admin_error(400, "advance_minutes: expected a number ≥ 0")
+        if speed is not None:
+            self.clock.set_speed(float(speed))
+        if minutes:
+            self.clock.advance(float(minutes) * 60.0)
+            # Jumping ahead is a CPU burst; run it off the loop's request path in one go.
+            self.fleet.advance(self.clock.now())
+        return web.json_response({"now": self.fleet.now, "speed": self.clock.speed})
+
+    async def _admin_create_job(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        self.fleet.advance(self.clock.now())
+        try:
+            spec = job_from_json(data, self.scenario.devices, set(self.fleet.groups))
+            job = self.fleet.create_job(spec)
+        except ScenarioError as e:
+            return _admin_error(400, f"{e.path}: {e.message}")
+        except FleetError as e:
+            return _admin_error(409, e.message)
+        return web.json_response(describe_job(self.fleet, job, self.scenario.region), status=201)
+
+    async def _admin_rollout(self, request: web.Request) -> web.Response:
+        self.fleet.advance(self.clock.now())
+        job_id = request.match_info["jobId"]
+        job = self.fleet.jobs.get(job_id)
+        if job is None:
+            return _admin_error(404, f"job {job_id} not found")
+        body = describe_job(self.fleet, job, self.scenario.region)["job"]
+        return web.json_response(
+            {
+                "jobId": job_id,
+                "jobExecutionsRolloutConfig": body.get("jobExecutionsRolloutConfig"),
+                "rateLimitPerMinute": self.fleet.rate_limit(job),
+                "notifications": [
+                    {"at": e.at, "rateLimitPerMinute": e.rate_limit_per_minute, "thing": e.thing}
+                    for e in job.rollout_log
+                ],
+            }
+        )
+
+    async def _admin_cancel(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        self.fleet.advance(self.clock.now())
+        force = data.get("force", False)
+        if not isinstance(force, bool):
+            return _admin_error(400, "force: expected true or false")
+        try:
+            reason = reason_from_json(data.get("reason_code"), "reason_code")
+            comment = data.get("comment")
+            job = self.fleet.cancel_job(
+                request.match_info["jobId"],
+                force=force,
+                reason_code=reason,
+                comment=str(comment) if comment is not None else None,
+            )
+        except ScenarioError as e:
+            return _admin_error(400, f"{e.path}: {e.message}")
+        except FleetError as e:
+            return _admin_error(404 if e.code == "ResourceNotFoundException" else 409, e.message)
+        return web.json_response(describe_job(self.fleet, job, self.scenario.region))
+
+    async def _admin_delete(self, request: web.Request) -> web.Response:
+        self.fleet.advance(self.clock.now())
+        try:
+            job = self.fleet.delete_job(request.match_info["jobId"])
+        except FleetError as e:
+            return _admin_error(404 if e.code == "ResourceNotFoundException" else 409, e.message)
+        return web.json_response(describe_job(self.fleet, job, self.scenario.region))
+
+    async def _group_change(self, request: web.Request, add: bool) -> web.Response:
+        data = await _json_body(request)
+        self.fleet.advance(self.clock.now())
+        group = request.match_info["group"]
+        things = data.get("things", [])
+        count = data.get("count", 0)
+        if not isinstance(things, list) or not all(isinstance(t, str) and t for t in things):
+            return _admin_error(400, "things: expected a list of thing names")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            return _admin_error(400, "count: expected an integer ≥ 0")
+        try:
+            if add:
+                changed = self.fleet.add_things(group, things, count)
+            else:
+                changed = self.fleet.remove_things(group, things, count)
+        except FleetError as e:
+            return _admin_error(404, e.message)
+        return web.json_response(
+            {
+                "group": group,
+                "added" if add else "removed": changed,
+                "members": len(self.fleet.groups.get(group, {})),
+            }
+        )
+
+    async def _admin_group_add(self, request: web.Request) -> web.Response:
+        return await self._group_change(request, add=True)
+
+    async def _admin_group_remove(self, request: web.Request) -> web.Response:
+        return await self._group_change(request, add=False)
+
+
+def _headers() -> dict[str, str]:
+    return {"Content-Type": _JSON, "x-amzn-RequestId": str(uuid.uuid4())}
+
+
+def _error_response(e: AwsError) -> web.Response:
+    # botocore's rest-json parser takes the code from x-amzn-ErrorType (the part before
+    # any ':') and the message from the body's "message".
+    headers = {**_headers(), "x-amzn-ErrorType": f"{e.code}:"}
+    return web.Response(
+        status=e.status, body=json.dumps({"message": e.message}).encode(), headers=headers
+    )
+
+
+def _reset(request: web.Request) -> web.Response:
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Linger 0 makes close() send an RST: the client sees "connection reset by peer".
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    return web.Response(status=500)
+
+
+async def _truncate(request: web.Request, data: bytes) -> web.StreamResponse:
+    response = web.StreamResponse(headers=_headers())
+    response.content_length = len(data)
+    await response.prepare(request)
+    await response.write(data[: len(data) // 2])
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    return response
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "body is not JSON"}), content_type=_JSON
+        ) from None
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "expected a JSON object"}), content_type=_JSON
+        )
+    return data
+
+
+def _admin_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _wall_start(scenario: Scenario) -> float:
+    if scenario.start_time is not None:
+        return scenario.start_time.timestamp()
+    # Whole minutes, so that schedulingConfig's minute-resolution times line up exactly.
+    return float(int(time.time()) // 60 * 60)
+
+
+async def start_simulator(
+    scenario: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    jobs: int | None = None,
+    no_quotas: bool = False,
+    seed: int | None = None,
+    speed: float | None = None,
+) -> Simulator:
+    """Start a simulator in the running event loop; `close()` it when done."""
+    loaded = load_scenario(scenario, jobs=jobs, no_quotas=no_quotas, seed=seed, speed=speed)
+    start = _wall_start(loaded)
+    # Building a large fleet is CPU work; keep it off the loop.
+    fleet = await asyncio.to_thread(Fleet, loaded, start)
+    sim = Simulator(loaded, fleet, host=host, port=port, start=start)
+    await sim.start()
+    return sim
