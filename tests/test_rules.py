@@ -1,0 +1,195 @@
+"""The Prometheus rules of the mixin: generated output current, valid, unit-tested, conventional."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+PROM = ROOT / "config" / "prometheus"
+RULES = sorted((PROM / "rules").glob("*.rules.yml"))
+RULE_TESTS = sorted((PROM / "tests").glob("*.yaml"))
+RUNBOOK = ROOT / "docs" / "runbook.md"
+# Alerts whose value is a ratio, shown as a percentage in the description.
+RATIO_ALERTS = {
+    "AwsIotJobFailureRatioHigh",
+    "AwsIotJobAbortThresholdApproaching",
+    "AwsIotJobExecutionsTimingOut",
+    "AwsIotJobsExporterThrottled",
+}
+
+
+def load_generator() -> ModuleType:
+    # config/prometheus is not a package: the generator is a script, loaded by path.
+    spec = importlib.util.spec_from_file_location("mixin_generate", PROM / "generate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    # Fail rather than skip: untested rules must not pass CI (`make prometheus` installs it).
+    assert path, "promtool not found on PATH; run `make prometheus`"
+    return path
+
+
+def run_promtool(*args: str, cwd: Path = PROM) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promtool(), *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def rules() -> list[dict[str, Any]]:
+    return [r for f in RULES for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"]]
+
+
+def alerts() -> list[dict[str, Any]]:
+    return [r for r in rules() if "alert" in r]
+
+
+def recordings() -> list[dict[str, Any]]:
+    return [r for r in rules() if "record" in r]
+
+
+def test_rule_files_are_where_packaging_expects_them() -> None:
+    assert [f.name for f in RULES] == ["alerts.rules.yml", "recording.rules.yml"]
+
+
+def test_committed_rules_are_generated_from_mixin_yaml() -> None:
+    generate = load_generator()
+    for name, text in generate.render(generate.load_config()).items():
+        committed = (PROM / "rules" / name).read_text()
+        assert committed == text, f"rules/{name} is stale: run config/prometheus/generate.py"
+
+
+def test_promtool_check_rules() -> None:
+    result = run_promtool("check", "rules", *(str(f) for f in RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_check_config() -> None:
+    result = run_promtool("check", "config", "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_test_rules() -> None:
+    assert RULE_TESTS
+    result = run_promtool("test", "rules", *(str(f.relative_to(PROM)) for f in RULE_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alertmanager_config_inhibits_only_alerts_that_exist() -> None:
+    config = yaml.safe_load((PROM / "alertmanager.yml").read_text())
+    names = {a["alert"] for a in alerts()}
+    for rule in config["inhibit_rules"]:
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            name, op, value = re.fullmatch(r'(\w+)(=~|=)"(.*)"', matcher).groups()  # type: ignore[union-attr]
+            assert name == "alertname"
+            pattern = value if op == "=~" else re.escape(value)
+            assert any(re.fullmatch(pattern, n) for n in names), matcher
+
+
+def _alert_tests() -> dict[str, list[tuple[str, float, bool]]]:
+    """Alert name → (test group index, eval time in seconds, fires?) for every check."""
+    generate = load_generator()
+    checks: dict[str, list[tuple[str, float, bool]]] = defaultdict(list)
+    for path in RULE_TESTS:
+        for index, test in enumerate(yaml.safe_load(path.read_text())["tests"]):
+            for check in test.get("alert_rule_test", []):
+                checks[check["alertname"]].append(
+                    (
+                        f"{path.name}#{index}",
+                        generate.seconds(check["eval_time"]),
+                        bool(check.get("exp_alerts")),
+                    )
+                )
+    return checks
+
+
+def test_every_alert_is_tested_on_both_sides_of_its_for_boundary() -> None:
+    # A firing check at t and a silent one a minute earlier in the same input: with the
+    # condition true from the start of `for:`, that is the boundary itself.
+    checks = _alert_tests()
+    for alert in alerts():
+        name = alert["alert"]
+        assert name in checks, f"{name}: no promtool test"
+        firing = {(group, t) for group, t, fires in checks[name] if fires}
+        silent = {(group, t) for group, t, fires in checks[name] if not fires}
+        assert firing, f"{name}: never tested firing"
+        assert any((group, t - 60) in silent for group, t in firing), (
+            f"{name}: no silent check one evaluation before a firing one"
+        )
+
+
+def test_every_recording_rule_is_tested() -> None:
+    tested = {
+        check["expr"]
+        for path in RULE_TESTS
+        for test in yaml.safe_load(path.read_text())["tests"]
+        for check in test.get("promql_expr_test", [])
+    }
+    for rule in recordings():
+        assert rule["record"] in tested, f"{rule['record']}: no promql_expr_test"
+
+
+def test_recording_rules_follow_level_metric_operations() -> None:
+    for rule in recordings():
+        assert re.fullmatch(r"[a-z_]+:[a-z_]+:[a-z_0-9]+", rule["record"]), rule["record"]
+
+
+def runbook_anchors() -> set[str]:
+    # GitHub's anchors: lower case, punctuation dropped, spaces to hyphens.
+    headings = re.findall(r"^#+ (.+)$", RUNBOOK.read_text(), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("alert", alerts(), ids=lambda a: a["alert"])
+def test_alert_follows_the_mixin_conventions(alert: dict[str, Any]) -> None:
+    name = alert["alert"]
+    assert re.fullmatch(r"AwsIotJobs?(Exporter)?[A-Z][A-Za-z]+", name)
+    assert alert.get("for"), f"{name}: no for:"
+    assert alert["labels"]["severity"] in {"warning", "critical"}
+    notes = alert["annotations"]
+    assert set(notes) == {"summary", "description", "runbook_url", "dashboard_url"}
+    # The summary groups alerts in notifications: it must be the same for every series.
+    assert "{{" not in notes["summary"]
+    if name.startswith("AwsIotJobsExporter"):
+        assert "/d/aws-iot-jobs-exporter" in notes["dashboard_url"]
+    else:
+        for label in ("job_id", "target", "region"):
+            assert f"{{{{ $labels.{label} }}}}" in notes["description"], f"{name}: {label}"
+            assert f"var-{label}={{{{ $labels.{label} }}}}" in notes["dashboard_url"]
+        assert "/d/aws-iot-job-detail?" in notes["dashboard_url"]
+    if name in RATIO_ALERTS:
+        assert "{{ $value | humanizePercentage }}" in notes["description"]
+    base, _, anchor = notes["runbook_url"].partition("#")
+    assert base.endswith("/docs/runbook.md")
+    assert anchor in runbook_anchors(), f"{name}: docs/runbook.md has no #{anchor}"
+
+
+def test_generator_can_shorten_for_durations(tmp_path: Path) -> None:
+    # The end-to-end test relies on this variant; it must stay valid PromQL.
+    generate = load_generator()
+    generate.write(generate.with_for(generate.load_config(), "0s"), tmp_path)
+    written = sorted(tmp_path.glob("*.rules.yml"))
+    assert len(written) == 2
+    for path in written:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                assert rule.get("for", "0s") == "0s"
+    result = run_promtool("check", "rules", *(str(f) for f in written))
+    assert result.returncode == 0, result.stdout + result.stderr
