@@ -26,10 +26,10 @@ from botocore.exceptions import (
     NoRegionError,
     PartialCredentialsError,
 )
-from botocore.parsers import ResponseParserError
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from botocore.parsers import ResponseParserError
 
 from exporter.config import Collector, Target
 from exporter.metrics import SelfMetrics
@@ -270,6 +270,11 @@ class JobSource:
             ):
                 self._count(operation, outcome)
             raise ApiError(outcome, operation, describe_exception(exc)) from None
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+            # botocore's parser trusts the body's shape: `[]` where an object belongs, or
+            # "x" where an integer belongs, surface as these. The response was unreadable.
+            self._count(operation, "malformed")
+            raise ApiError("malformed", operation, type(exc).__name__) from None
         finally:
             self.telemetry.api_duration.labels(self.target.name, operation).observe(
                 time.monotonic() - started

@@ -1,4 +1,4 @@
-"""The asyncio scheduler: which job is described when; freezes terminal jobs; never blocks scrapes."""
+"""The asyncio scheduler: which job is described when; freezes terminal jobs; spares scrapes."""
 
 from __future__ import annotations
 
@@ -157,6 +157,11 @@ class TargetCollector:
                 snapshot = await self.source.describe_job(job_id)
             except ApiError as exc:
                 self._describe_failed(job_id, exc, cycle)
+                return
+            except Exception:
+                # A bug must cost one job one cycle, not the whole cycle of the target.
+                log.exception("describe crashed target=%s job_id=%s", self.target.name, job_id)
+                cycle.failures += 1
                 return
         tracked = self._jobs.get(job_id)
         if tracked is None:

@@ -13,7 +13,7 @@ from exporter.model import EXECUTION_STATES, JobSnapshot, target_type
 
 # `_created` series double the self-metrics for no use: Prometheus ignores them in the
 # text format. The setting is process-wide, which is what the exporter wants.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 KNOWN_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 IDENTITY_LABELS = ("target", "region", "account_id", "job_id")

@@ -45,7 +45,7 @@ class MetricsHandler:
                 self._gzip_version = version
             return self._gzip_body
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         own = generate_latest(self.telemetry.registry)
         headers = {"Content-Type": CONTENT_TYPE, "Vary": "Accept-Encoding"}
         if "gzip" in request.headers.get("Accept-Encoding", ""):
@@ -88,7 +88,7 @@ def build_app(
             return web.Response(text="ready\n")
         return web.Response(status=503, text="waiting for the first collection\n")
 
-    app.router.add_get(telemetry_path, MetricsHandler(store, telemetry))
+    app.router.add_get(telemetry_path, MetricsHandler(store, telemetry).handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if telemetry_path != "/":

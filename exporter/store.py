@@ -85,7 +85,7 @@ class MetricsStore:
     def get(self, key: JobKey) -> JobSnapshot | None:
         return self._snapshots.get(key)
 
-    def keys(self) -> list[JobKey]:
+    def job_keys(self) -> list[JobKey]:
         return list(self._snapshots)
 
     def put(self, key: JobKey, snapshot: JobSnapshot, identity: str) -> None:

@@ -1,4 +1,4 @@
-"""Golden exposition: DescribeJob bodies served over HTTP, parsed by botocore, rendered by the store."""
+"""Golden exposition: DescribeJob bodies served over HTTP, parsed by botocore, rendered."""
 
 from __future__ import annotations
 
