@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,14 +22,29 @@ DUMMY_CREDENTIALS = {
 
 
 @asynccontextmanager
-async def iot_client(url: str, region: str = "eu-west-1", attempts: int = 1) -> AsyncIterator[Any]:
-    """A real aiobotocore IoT client pointed at the simulator, retries off by default."""
-    session = get_session()
-    config = Config(retries={"mode": "standard", "total_max_attempts": attempts})
-    async with session.create_client(
+async def iot_client(
+    url: str, region: str = "eu-west-1", attempts: int = 1, validate: bool = True
+) -> AsyncIterator[Any]:
+    """A real aiobotocore IoT client pointed at the simulator, retries off by default.
+
+    `validate=False` turns off botocore's client-side parameter checks, to see what the
+    server says about out-of-range values.
+    """
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": attempts},
+        parameter_validation=validate,
+    )
+    async with _session().create_client(
         "iot", region_name=region, endpoint_url=url, config=config, **DUMMY_CREDENTIALS
     ) as client:
         yield client
+
+
+@functools.cache
+def _session() -> Any:
+    # One session for the process: loading botocore's iot model is the slow part of
+    # creating a client, and the session caches it.
+    return get_session()
 
 
 def capture_raw(client: Any) -> list[dict[str, Any]]:
