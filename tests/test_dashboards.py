@@ -1,0 +1,265 @@
+"""The Grafana dashboards are data checked by code: generated, parseable, on documented metrics."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+DASHBOARDS = ROOT / "grafana" / "dashboards"
+PROVISIONING = ROOT / "grafana" / "provisioning"
+RULES = sorted((ROOT / "config" / "prometheus" / "rules").glob("*.rules.yml"))
+MIXIN = yaml.safe_load((ROOT / "config" / "prometheus" / "mixin.yaml").read_text())
+
+# Series Prometheus itself makes, which dashboards may use besides the exporter's.
+BUILTIN_METRICS = {"up", "ALERTS", "ALERTS_FOR_STATE"}
+# Grafana's variables, replaced by values a query could run with.
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "2m",
+    "$__interval": "1m",
+    "$__range": "1h",
+    "$target": ".*",
+    "$region": ".*",
+    "$job_id": ".*",
+}
+# Words of PromQL that look like metric names: operators and modifiers. Functions and
+# aggregations are recognised by the parenthesis that follows them.
+KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring"}
+KEYWORDS |= {"group_left", "group_right", "inf", "nan"}
+
+
+def load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("grafana_generate", ROOT / "grafana/generate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def dashboards() -> dict[str, dict[str, Any]]:
+    return {p.name: json.loads(p.read_text()) for p in sorted(DASHBOARDS.glob("*.json"))}
+
+
+def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for p in board["panels"]:
+        yield p
+        yield from p.get("panels", [])
+
+
+def data_panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    # Rows only group panels: no queries, nothing to put a unit on.
+    return [p for p in panels(board) if p["type"] != "row"]
+
+
+def substitute(expr: str) -> str:
+    for name, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(name, value)
+    assert "$" not in expr, f"unknown Grafana variable in {expr!r}"
+    return expr
+
+
+def queries() -> list[tuple[str, str]]:
+    """(where, PromQL) of every panel query and every variable's label_values() selector."""
+    found = []
+    for name, board in dashboards().items():
+        for p in data_panels(board):
+            for t in p["targets"]:
+                found.append((f"{name}: {p['title']} {t['refId']}", substitute(t["expr"])))
+        for var in board["templating"]["list"]:
+            if var["type"] == "query":
+                match = re.fullmatch(r"label_values\((.+), *\w+\)", var["definition"])
+                assert match, f"{name}: variable {var['name']}: {var['definition']}"
+                found.append((f"{name}: ${var['name']}", substitute(match.group(1))))
+    return found
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names an expression reads: what is left once PromQL's other words are gone."""
+    expr = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)  # string literals
+    expr = re.sub(r"\{[^}]*\}", " ", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)  # range and subquery windows
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
+        word = match.group(0)
+        after = expr[match.end() :].lstrip()
+        if word in KEYWORDS or after.startswith("("):
+            continue
+        if match.start() > 0 and (
+            expr[match.start() - 1].isdigit() or expr[match.start() - 1] == "."
+        ):
+            continue  # the unit of a duration (30m) or an exponent
+        names.add(word)
+    return names
+
+
+def documented_metrics() -> set[str]:
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    names = set(re.findall(r"^\| `([a-z_:]+)` \|", text, flags=re.MULTILINE))
+    histograms = {
+        n for n in names if re.search(rf"^\| `{n}` \| histogram \|", text, flags=re.MULTILINE)
+    }
+    for h in histograms:
+        names |= {f"{h}_bucket", f"{h}_sum", f"{h}_count"}
+    return names
+
+
+def recorded_metrics() -> set[str]:
+    return {
+        r["record"]
+        for f in RULES
+        for g in yaml.safe_load(f.read_text())["groups"]
+        for r in g["rules"]
+        if "record" in r
+    }
+
+
+def test_committed_dashboards_are_generated() -> None:
+    generate = load_generator()
+    rendered = generate.render(generate.load_mixin())
+    assert sorted(rendered) == sorted(dashboards()), "stray or missing dashboard files"
+    for name, text in rendered.items():
+        assert (DASHBOARDS / name).read_text() == text, f"{name} is stale: run grafana/generate.py"
+
+
+def test_metric_name_extraction() -> None:
+    # The check below is only as good as this extraction.
+    expr = (
+        'sum by (le, operation) (rate(x_bucket{a="b{c}"}[5m] offset 1h)) / on (job) '
+        "group_left (t) max_over_time(y:z:ratio[1m:30s]) > bool 1e3 and ALERTS unless up"
+    )
+    assert metric_names(expr) == {"x_bucket", "y:z:ratio", "ALERTS", "up"}
+
+
+def test_every_query_parses(tmp_path: Path) -> None:
+    # promtool parses PromQL exactly as Prometheus does: every query becomes a recording
+    # rule of a throwaway rule file.
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not found on PATH; run `make prometheus`"
+    found = queries()
+    rules = [{"record": f"dashboard_query_{i}", "expr": q} for i, (_, q) in enumerate(found)]
+    path = tmp_path / "dashboards.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        for index, (where, _) in enumerate(found):
+            result.stdout = result.stdout.replace(f"dashboard_query_{index}", where)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_query_uses_only_known_metrics() -> None:
+    known = documented_metrics() | recorded_metrics() | BUILTIN_METRICS
+    for where, expr in queries():
+        unknown = metric_names(expr) - known
+        assert not unknown, f"{where}: {sorted(unknown)} neither in docs/metrics.md nor recorded"
+
+
+def test_rules_use_only_known_metrics() -> None:
+    known = documented_metrics() | recorded_metrics() | BUILTIN_METRICS
+    for f in RULES:
+        for group in yaml.safe_load(f.read_text())["groups"]:
+            for rule in group["rules"]:
+                unknown = metric_names(rule["expr"]) - known
+                assert not unknown, f"{rule.get('alert') or rule['record']}: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("name", sorted(dashboards()))
+def test_dashboard_conventions(name: str) -> None:
+    board = dashboards()[name]
+    assert board["uid"] in MIXIN["dashboard_uids"].values()
+    assert board["tags"] == ["aws-iot-jobs"]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert {"target", "region", "job_id"} <= set(variables)
+    ids = [p["id"] for p in panels(board)]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for p in data_panels(board):
+        where = f"{name}: {p['title']}"
+        assert p["fieldConfig"]["defaults"].get("unit"), f"{where}: no unit"
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
+        assert p["targets"], f"{where}: no query"
+        for t in p["targets"]:
+            assert t["datasource"]["uid"] == "${datasource}", where
+        assert p.get("description"), f"{where}: no description"
+        grid = p["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, where
+
+
+def test_job_links_point_to_the_console_and_the_job_dashboard() -> None:
+    job_uid = MIXIN["dashboard_uids"]["job"]
+    linked = 0
+    for name, board in dashboards().items():
+        for p in data_panels(board):
+            links = p["fieldConfig"]["defaults"].get("links", [])
+            if not links:
+                continue
+            linked += 1
+            urls = [link["url"] for link in links]
+            (console,) = [u for u in urls if "console.aws.amazon.com" in u]
+            ref = "__field.labels" if "__field.labels" in console else "__data.fields"
+            assert console == (
+                f"https://${{{ref}.region}}.console.aws.amazon.com/iot/home"
+                f"?region=${{{ref}.region}}#/job/${{{ref}.job_id}}"
+            ), f"{name}: {p['title']}"
+            (detail,) = [u for u in urls if u.startswith("/d/")]
+            assert detail.startswith(f"/d/{job_uid}?"), f"{name}: {p['title']}"
+            for label in ("target", "region", "job_id"):
+                assert f"var-{label}=${{{ref}.{label}}}" in detail, f"{name}: {p['title']}"
+    assert linked >= 10
+
+
+def test_provisioning_loads_the_committed_dashboards() -> None:
+    (provider,) = yaml.safe_load((PROVISIONING / "dashboards" / "aws-iot-jobs.yml").read_text())[
+        "providers"
+    ]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mounts = dict(v.split(":")[:2] for v in compose["services"]["grafana"]["volumes"])
+    # docker-compose mounts grafana/dashboards where the provider reads from.
+    assert mounts["./grafana/dashboards"] == provider["options"]["path"]
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    (source,) = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["type"] == "prometheus" and source["isDefault"]
+
+
+def test_compose_runs_what_the_repository_ships(tmp_path: Path) -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"simulator", "exporter", "prometheus", "alertmanager", "grafana"} <= set(services)
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert (ROOT / source).exists(), f"docker-compose.yml mounts missing {source}"
+    # The exporter's inline config is valid for the exporter itself.
+    config = tmp_path / "config.yaml"
+    config.write_text(compose["configs"]["exporter-config"]["content"])
+    exe = Path(sys.executable).parent / "aws-iot-jobs-exporter"
+    result = subprocess.run(
+        [str(exe), "check-config", "--config.file", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Prometheus scrapes the exporter service on the port the exporter listens on.
+    prometheus = yaml.safe_load((ROOT / "config" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "aws-iot-jobs-exporter"]
+    assert job["static_configs"][0]["targets"] == ["exporter:9947"]
+    assert ":9947" in services["exporter"]["command"]
