@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
 import json
 import logging
@@ -262,11 +263,9 @@ class Simulator:
                 raise _invalid("The nextToken is invalid.")
             # Keyset pagination: stable while jobs are created or purged between pages.
             created, last_id = float(key[0]), key[1]
-            while start < len(jobs) and (-jobs[start].created_at, jobs[start].job_id) <= (
-                -created,
-                last_id,
-            ):
-                start += 1
+            start = bisect.bisect_right(
+                jobs, (-created, last_id), key=lambda j: (-j.created_at, j.job_id)
+            )
         out: list[dict[str, Any]] = []
         i = start
         while i < len(jobs) and len(out) < limit:
