@@ -26,8 +26,8 @@ run: $(STAMP)
 	$(BIN)/aws-iot-jobs-exporter --config.file config/example.yaml
 
 lint: $(STAMP)
-	$(BIN)/ruff check exporter tests bench
-	$(BIN)/ruff format --check exporter tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

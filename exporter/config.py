@@ -13,6 +13,7 @@ import yaml
 
 JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 TARGET_SELECTIONS = ("CONTINUOUS", "SNAPSHOT")
+OTLP_PROTOCOLS = ("http/protobuf", "grpc")
 
 # Label names the exporter sets itself; a static label with one of these names would
 # produce duplicate labels in the exposition. `job` and `instance` belong to Prometheus.
@@ -128,9 +129,26 @@ class Collector:
 
 
 @dataclass(frozen=True, slots=True)
+class Otel:
+    """OTLP push of the same job metrics (and optional traces of collection cycles)."""
+
+    enabled: bool = False
+    endpoint: str = "http://localhost:4318"
+    protocol: str = "http/protobuf"
+    interval: float = 60.0
+    timeout: float = 10.0
+    # Often carry API keys of a vendor: kept out of repr and logs.
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    service_name: str = "aws-iot-jobs-exporter"
+    resource_attributes: tuple[tuple[str, str], ...] = ()
+    tracing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     targets: tuple[Target, ...]
     collector: Collector = Collector()
+    otel: Otel = Otel()
 
 
 T = TypeVar("T")
@@ -281,6 +299,67 @@ def _read_collector(r: _Reader, value: Any) -> Collector:
     )
 
 
+def _read_string_map(
+    r: _Reader, value: Any, path: str, secret: bool = False
+) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise r.fail(path, f"expected a mapping of names to string values, got {_kind(value)}")
+    out = []
+    for key, item in value.items():
+        where = f"{path}.{key}"
+        if not isinstance(key, str) or not key:
+            raise r.fail(path, "keys must be non-empty strings")
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            shown = "a value of another type" if secret else _kind(item)
+            raise r.fail(where, f"expected a string value, got {shown}")
+        out.append((key, str(item)))
+    return tuple(sorted(out))
+
+
+def _read_otel(r: _Reader, value: Any) -> Otel:
+    keys = (
+        "enabled",
+        "endpoint",
+        "protocol",
+        "interval",
+        "timeout",
+        "headers",
+        "service_name",
+        "resource_attributes",
+        "tracing",
+    )
+    data = r.mapping(value, "otel", keys)
+    d = Otel()
+
+    def flag(key: str) -> bool | None:
+        item = data.get(key)
+        if item is None:
+            return None
+        if not isinstance(item, bool):
+            raise r.fail(f"otel.{key}", f"expected true or false, got {item!r}")
+        return item
+
+    enabled, tracing = flag("enabled"), flag("tracing")
+    endpoint = r.opt(data, "endpoint", "otel", lambda v, p: r.string(v, p, _URL, "an http(s) URL"))
+    protocol = r.opt(data, "protocol", "otel", lambda v, p: r.choice(v, p, OTLP_PROTOCOLS))
+    interval = r.opt(data, "interval", "otel", r.duration)
+    timeout = r.opt(data, "timeout", "otel", r.duration)
+    headers = r.opt(data, "headers", "otel", lambda v, p: _read_string_map(r, v, p, True))
+    service = r.opt(data, "service_name", "otel", r.string)
+    attributes = r.opt(data, "resource_attributes", "otel", lambda v, p: _read_string_map(r, v, p))
+    return Otel(
+        enabled=enabled if enabled is not None else d.enabled,
+        endpoint=endpoint or d.endpoint,
+        protocol=protocol or d.protocol,
+        interval=interval if interval is not None else d.interval,
+        timeout=timeout if timeout is not None else d.timeout,
+        headers=headers or (),
+        service_name=service or d.service_name,
+        resource_attributes=attributes or (),
+        tracing=tracing if tracing is not None else d.tracing,
+    )
+
+
 def _read_discover(r: _Reader, value: Any, path: str) -> Discover:
     keys = (
         "status",
@@ -426,7 +505,7 @@ def parse_config(text: str, file: str = "config.yaml") -> Config:
         raise ConfigError(file, where, f"invalid YAML: {problem}") from None
     except (ValueError, RecursionError) as exc:
         raise ConfigError(file, "", f"invalid YAML: {type(exc).__name__}") from None
-    data = r.mapping(raw, "", ("targets", "collector"))
+    data = r.mapping(raw, "", ("targets", "collector", "otel"))
     if not data:
         raise r.fail("targets", "is required: a list of AWS accounts/regions to read from")
     collector = _read_collector(r, data.get("collector"))
@@ -439,7 +518,8 @@ def parse_config(text: str, file: str = "config.yaml") -> Config:
         if any(t.name == target.name for t in targets):
             raise r.fail(f"targets[{i}].name", f"{target.name!r} is used by another target")
         targets.append(target)
-    return Config(targets=tuple(targets), collector=collector)
+    otel = _read_otel(r, data.get("otel"))
+    return Config(targets=tuple(targets), collector=collector, otel=otel)
 
 
 def load_config(path: str | Path) -> Config:
