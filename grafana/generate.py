@@ -873,6 +873,10 @@ class Mixin:
                 w=8,
             ),
         ]
+        # Every panel here shows series of the selected job: all link to it.
+        for p in panels:
+            if p["type"] != "row":
+                p["fieldConfig"]["defaults"].setdefault("links", self.series_links)
         return dashboard(
             self.uids["job"],
             "AWS IoT Jobs / Job detail",
