@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import random
 import uuid
@@ -21,6 +22,8 @@ from exporter.simulator.scenario import (
     Target,
     TimelineEvent,
 )
+
+log = logging.getLogger("exporter.simulator")
 
 QUEUED = "QUEUED"
 IN_PROGRESS = "IN_PROGRESS"
@@ -170,7 +173,7 @@ class Fleet:
             if spec.precomputed is not None:
                 self._create_precomputed(spec, spec.precomputed, created)
             else:
-                self._push(created, self._create, spec, start)
+                self._push(created, self._create_later, spec, start)
         for event in scenario.timeline:
             self._push(start + event.at_minutes * 60.0, self._timeline, event)
         if scenario.generate is not None:
@@ -324,6 +327,13 @@ class Fleet:
         """Admin: create a job now; its scheduling minutes count from now."""
         origin = self.now
         return self._create(spec, origin)
+
+    def _create_later(self, spec: JobSpec, origin: float) -> None:
+        try:
+            self._create(spec, origin)
+        except FleetError as e:
+            # An admin call took the id first; AWS would refuse the second CreateJob too.
+            log.warning("scenario job not created job_id=%s reason=%r", spec.job_id, e.message)
 
     def _create(self, spec: JobSpec, origin: float) -> Job:
         sched = spec.scheduling
@@ -698,7 +708,9 @@ class Fleet:
                     rollout=Rollout(maximum_per_minute=gen.maximum_per_minute),
                     devices=dev,
                 )
-                self._push(self.start + spec.created_minutes * 60.0, self._create, spec, self.start)
+                self._push(
+                    self.start + spec.created_minutes * 60.0, self._create_later, spec, self.start
+                )
                 continue
             canceled = u < gen.active_ratio + gen.canceled_ratio
             failed = round(n * dev.failure_probability * rng.uniform(0.5, 1.5))
