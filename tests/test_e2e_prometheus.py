@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, free_port
-from tests.test_dashboards import dashboards, data_panels, substitute
+from tests.test_dashboards import dashboards, data_panels, queries, substitute
 from tests.test_rules import load_generator
 
 EXE = Path(sys.executable).parent / "aws-iot-jobs-exporter"
@@ -287,4 +287,8 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
                     unlinked.add(key[:2])
         time.sleep(0.5)
     assert set(pending) <= set(NEEDS_AN_EVENT), f"queries without data: {sorted(pending)}"
+    # The variables' selectors too: an empty variable empties every panel.
+    for where, selector in queries():
+        if where.split(": ", 1)[1].startswith("$"):
+            assert query(stack.prometheus, selector), f"{where}: {selector} returns nothing"
     assert not unlinked, f"panels with per-job series but no job links: {sorted(unlinked)}"
