@@ -107,6 +107,7 @@ _BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{5
 _DECOY_BODY = "N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"
 # Successful logins remembered; only successes, so guessing cannot grow it.
 _VERIFIED_CACHE_SIZE = 256
+_BCRYPT_MAX_PASSWORD = 72
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,10 +556,14 @@ class _BasicAuth:
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:
+    # bcrypt reads 72 bytes at most; older pyca/bcrypt releases cut longer passwords
+    # silently, newer ones raise. Refusing them, as Go's bcrypt does, is the same on all.
+    if len(password) > _BCRYPT_MAX_PASSWORD:
+        return False
     try:
         return bcrypt.checkpw(password, hashed)
     except ValueError:
-        return False  # over bcrypt's 72 bytes: Go's bcrypt refuses these as well
+        return False
 
 
 def _parse_basic(header: str | None) -> tuple[bytes, bytes] | None:

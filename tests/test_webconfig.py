@@ -7,6 +7,7 @@ import base64
 import datetime
 import ipaddress
 import logging
+import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
@@ -30,6 +31,7 @@ from exporter.metrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import MetricsStore
 from exporter.webconfig import WebConfig, load_web_config, parse_web_config
+from tests.conftest import ROOT
 
 HEALTH = frozenset({"/healthz", "/readyz"})
 PASSWORD = "correct horse battery staple"
@@ -584,3 +586,23 @@ def test_any_text_is_a_config_or_a_config_error(text: str) -> None:
 def test_any_authorization_header_parses_or_is_refused(header: str | None) -> None:
     parsed = webconfig._parse_basic(header)
     assert parsed is None or isinstance(parsed[1], bytes)
+
+
+def test_the_examples_in_docs_security_md_load(pki: PKI, tmp_path: Path) -> None:
+    """Every complete web config example in the docs is valid, against real certificates."""
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    for source, name in [
+        (pki.server_cert, "tls.crt"),
+        (pki.server_key, "tls.key"),
+        (pki.ca, "ca.crt"),
+    ]:
+        (tls / name).write_bytes(source.read_bytes())
+    doc = (ROOT / "docs" / "security.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.DOTALL)
+    examples = [b for b in blocks if b.startswith(webconfig._TOP_KEYS) and "<" not in b]
+    assert len(examples) >= 3
+    for i, text in enumerate(examples):
+        path = tmp_path / f"example-{i}.yml"
+        path.write_text(text)
+        load_web_config(path)
