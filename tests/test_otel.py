@@ -184,8 +184,10 @@ def prometheus_series(store: MetricsStore) -> dict[Series, float]:
 
 
 async def test_push_carries_every_series_of_metrics_with_the_same_value(
-    receiver: Receiver,
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The standard variable adds headers; the configuration wins on a conflict.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-from-env=1,x-tenant=other")
     config = load_config(receiver)
     store = filled_store(config)
     exporter = OtelExporter(config.otel, store, targets_of(config))
@@ -224,6 +226,7 @@ async def test_push_carries_every_series_of_metrics_with_the_same_value(
 
     assert first.headers["authorization"] == f"Bearer {SECRET}"
     assert first.headers["x-tenant"] == "acme"
+    assert first.headers["x-from-env"] == "1"
     assert first.headers["Content-Type"] == "application/x-protobuf"
     assert first.headers["Content-Encoding"] == "gzip"
 
@@ -515,3 +518,14 @@ def test_without_the_sdk_disabled_works_and_enabled_names_the_extra(
     assert disabled.tracing is otel.NOOP_TRACING
     with pytest.raises(otel.OtelUnavailable, match=r"otel\.enabled.*\[otel\]"):
         otel.OtelExporter(config, MetricsStore(), {})
+
+
+def test_documentation_covers_the_configuration_and_its_example_is_valid() -> None:
+    doc = (ROOT / "docs" / "opentelemetry.md").read_text()
+    for key in Otel.__dataclass_fields__:
+        assert f"| `{key}` |" in doc, f"otel.{key} missing from docs/opentelemetry.md"
+    example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(example, "docs/opentelemetry.md").otel
+    assert config.enabled and config.tracing
+    for attribute in ("operation", "job_id", "outcome", "rpc.method", "cloud.region"):
+        assert f"`{attribute}`" in doc
