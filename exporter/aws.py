@@ -171,7 +171,10 @@ class JobSource:
             region_name=self.target.region,
             connect_timeout=self.settings.request_timeout,
             read_timeout=self.settings.request_timeout,
-            retries={"mode": "standard", "total_max_attempts": self.settings.max_attempts},
+            # Adaptive mode is botocore's own AIMD: after a ThrottlingException it meters
+            # the client's send rate down (CUBIC) and lets it recover. Our token buckets stay
+            # the ceiling: AWS's published quota, which adaptive mode does not know.
+            retries={"mode": "adaptive", "total_max_attempts": self.settings.max_attempts},
             max_pool_connections=self.settings.concurrency,
             user_agent_extra="aws-iot-jobs-exporter",
         )

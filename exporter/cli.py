@@ -24,11 +24,14 @@ from exporter.config import Config, ConfigError, load_config
 from exporter.metrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import MetricsStore
+from exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 9947
 SHUTDOWN_DEADLINE = 4.0  # seconds: SIGTERM must end the process within 5
+# Probes must work without credentials, as with exporter-toolkit's health endpoints.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
 
 
@@ -106,6 +109,26 @@ def _add_run_flags(parser: argparse.ArgumentParser, with_config: bool = True) ->
         help="path of the metrics endpoint (default: %(default)s)",
     )
     parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default="",
+        help="TLS, client certificates and basic auth, in the exporter-toolkit format "
+        "(docs/security.md)",
+    )
+    parser.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="enable POST /-/reload (SIGHUP always reloads)",
+    )
+    parser.add_argument(
+        "--web.max-requests",
+        dest="max_requests",
+        type=int,
+        default=64,
+        help="concurrent HTTP requests served before answering 503 (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log.level", dest="log_level", default="info", choices=("debug", "info", "warn", "error")
     )
     parser.add_argument(
@@ -151,11 +174,59 @@ def _load(path: str) -> Config | int:
         return _fail(str(exc))
 
 
+class Reloader:
+    """SIGHUP and POST /-/reload share this one path: parse fully, swap only if valid."""
+
+    def __init__(
+        self,
+        path: str,
+        collector: Collector,
+        telemetry: SelfMetrics,
+        adjust: Callable[[Config], Config] = lambda config: config,
+    ) -> None:
+        self.path = path
+        self.adjust = adjust
+        self.collector = collector
+        self.telemetry = telemetry
+        self._lock = asyncio.Lock()
+
+    def loaded(self) -> None:
+        self.telemetry.config_reload_ok.set(1)
+        self.telemetry.config_reload_time.set(time.time())
+
+    async def reload(self) -> str | None:
+        """None when the new config is running; else the error, with the old one kept."""
+        async with self._lock:
+            try:
+                config = self.adjust(await asyncio.to_thread(load_config, self.path))
+            except ConfigError as exc:
+                self.telemetry.config_reload_ok.set(0)
+                log.error("reload failed, keeping the running config error=%s", exc)
+                return str(exc)
+            await self.collector.apply(config)
+            self.loaded()
+            log.info("configuration reloaded targets=%d", len(config.targets))
+            return None
+
+
+def _web_config(args: argparse.Namespace) -> WebConfig | int | None:
+    if not args.web_config_file:
+        return None
+    try:
+        web_config = load_web_config(args.web_config_file)
+        web_config.ssl_context()  # certificates and keys are checked now, not at a handshake
+    except ConfigError as exc:
+        return _fail(str(exc))
+    return web_config
+
+
 async def _serve_until_signalled(
     config: Config,
     args: argparse.Namespace,
     shard: Shard,
     on_started: Callable[[str], Awaitable[None]] | None = None,
+    web_config: WebConfig | None = None,
+    adjust: Callable[[Config], Config] = lambda config: config,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -164,13 +235,38 @@ async def _serve_until_signalled(
     host, port = parse_listen_address(args.listen_address)
     store = MetricsStore()
     telemetry = SelfMetrics()
-    telemetry.config_reload_ok.set(1)
-    telemetry.config_reload_time.set(time.time())
     collector = Collector(config, store, telemetry, shard)
-    app = build_app(store, telemetry, lambda: collector.ready, args.telemetry_path)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    reloader = Reloader(args.config_file, collector, telemetry, adjust)
+    reloader.loaded()
+    reloads: set[asyncio.Task[str | None]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(reloader.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    app = build_app(
+        store,
+        telemetry,
+        lambda: collector.ready,
+        args.telemetry_path,
+        reload=reloader.reload if args.enable_lifecycle else None,
+        max_requests=args.max_requests,
+        middlewares=[web_config.middleware(OPEN_PATHS)] if web_config is not None else (),
+    )
+    ssl_context = web_config.ssl_context() if web_config is not None else None
+    # Bounded request lines and headers: a scrape needs little, a hostile client gets 400.
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=1.0,
+        max_line_size=8190,
+        max_field_size=8190,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
@@ -179,7 +275,8 @@ async def _serve_until_signalled(
     server = getattr(site, "_server", None)
     sockets = getattr(server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
-    url = f"http://{host or '0.0.0.0'}:{bound}{args.telemetry_path}"
+    scheme = "https" if ssl_context is not None else "http"
+    url = f"{scheme}://{host or '0.0.0.0'}:{bound}{args.telemetry_path}"
     log.info(
         "listening address=%s targets=%d shard=%d/%d",
         url,
@@ -196,9 +293,11 @@ async def _serve_until_signalled(
         log.info("shutting down")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SHUTDOWN_DEADLINE):
+                for task in list(reloads):
+                    task.cancel()
                 await collector.stop()
                 await runner.cleanup()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     return 0
 
@@ -231,7 +330,10 @@ def run(argv: list[str]) -> int:
         parse_listen_address(args.listen_address)
     except ValueError as exc:
         return _fail(str(exc))
-    return asyncio.run(_serve_until_signalled(config, args, shard))
+    web_config = _web_config(args)
+    if isinstance(web_config, int):
+        return web_config
+    return asyncio.run(_serve_until_signalled(config, args, shard, web_config=web_config))
 
 
 def check_config(argv: list[str]) -> int:
@@ -274,24 +376,29 @@ def demo(argv: list[str]) -> int:
         return config
     if not Path(args.scenario).is_file():
         return _fail(f"{args.scenario}: scenario file not found")
+    web_config = _web_config(args)
+    if isinstance(web_config, int):
+        return web_config
     # The simulator accepts any signature; these keep botocore from searching for real
     # credentials (and from ever sending real ones to a local endpoint).
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ[key] = "demo"
     os.environ.pop("AWS_SESSION_TOKEN", None)
     os.environ.pop("AWS_PROFILE", None)
-    return asyncio.run(_demo(config, args))
+    return asyncio.run(_demo(config, args, web_config))
 
 
-async def _demo(config: Config, args: argparse.Namespace) -> int:
+async def _demo(config: Config, args: argparse.Namespace, web_config: WebConfig | None) -> int:
     from exporter.simulator import start_simulator
 
     sim_host, sim_port = parse_listen_address(args.sim_address)
     sim = await start_simulator(
         args.scenario, host=sim_host or "127.0.0.1", port=sim_port, speed=args.speed
     )
-    targets = tuple(dataclasses.replace(t, endpoint_url=sim.url) for t in config.targets)
-    config = dataclasses.replace(config, targets=targets)
+
+    def to_simulator(config: Config) -> Config:
+        targets = tuple(dataclasses.replace(t, endpoint_url=sim.url) for t in config.targets)
+        return dataclasses.replace(config, targets=targets)
 
     async def announce(url: str) -> None:
         print(
@@ -301,7 +408,9 @@ async def _demo(config: Config, args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     try:
-        return await _serve_until_signalled(config, args, Shard(), announce)
+        return await _serve_until_signalled(
+            to_simulator(config), args, Shard(), announce, web_config, to_simulator
+        )
     finally:
         await sim.close()
 

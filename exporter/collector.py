@@ -99,11 +99,24 @@ class TargetCollector:
         self._expired: set[str] = set()
         self._missing: set[str] = set()
         self._next_discovery = 0.0
+        self._stretched = False
         self._semaphore = asyncio.Semaphore(settings.concurrency)
         for job_id in target.jobs.ids:
             if shard.owns(target, job_id):
                 self._jobs[job_id] = _Tracked(explicit=True)
         telemetry.init_target(target.name)
+
+    def inherit(self, previous: TargetCollector) -> None:
+        """Take over what a collector of the same target knew, so a reload loses nothing."""
+        for job_id, tracked in previous._jobs.items():
+            if self.shard.owns(self.target, job_id):
+                mine = self._jobs.get(job_id)
+                explicit = mine.explicit if mine is not None else tracked.explicit
+                self._jobs[job_id] = _Tracked(explicit, tracked.snapshot)
+        self._expired |= previous._expired
+        self._missing |= previous._missing
+        self._next_discovery = previous._next_discovery
+        self.cycles = previous.cycles
 
     @property
     def jobs(self) -> dict[str, JobSnapshot | None]:
@@ -151,18 +164,25 @@ class TargetCollector:
         if added:
             log.info("discovered jobs target=%s added=%d", self.target.name, added)
 
+    async def _spawn(self, group: asyncio.TaskGroup, job_id: str, cycle: _Cycle) -> None:
+        # Taking the slot before creating the task keeps at most `concurrency` tasks alive,
+        # however many jobs are due: 10,000 sleeping tasks would cost more than the jobs.
+        await self._semaphore.acquire()
+        group.create_task(self._describe(job_id, cycle))
+
     async def _describe(self, job_id: str, cycle: _Cycle) -> None:
-        async with self._semaphore:
-            try:
-                snapshot = await self.source.describe_job(job_id)
-            except ApiError as exc:
-                self._describe_failed(job_id, exc, cycle)
-                return
-            except Exception:
-                # A bug must cost one job one cycle, not the whole cycle of the target.
-                log.exception("describe crashed target=%s job_id=%s", self.target.name, job_id)
-                cycle.failures += 1
-                return
+        try:
+            snapshot = await self.source.describe_job(job_id)
+        except ApiError as exc:
+            self._describe_failed(job_id, exc, cycle)
+            return
+        except Exception:
+            # A bug must cost one job one cycle, not the whole cycle of the target.
+            log.exception("describe crashed target=%s job_id=%s", self.target.name, job_id)
+            cycle.failures += 1
+            return
+        finally:
+            self._semaphore.release()
         tracked = self._jobs.get(job_id)
         if tracked is None:
             return
@@ -206,21 +226,36 @@ class TargetCollector:
                 self._drop(job_id)
                 self._expired.add(job_id)
 
-    async def collect_once(self) -> None:
-        """One cycle: discovery when due, then every job that is not frozen, concurrently."""
+    async def collect_once(self, spread: float = 0.0) -> None:
+        """One cycle: discovery when due, then every job that is not frozen.
+
+        Jobs never described yet go first, at once. Jobs already known are spread evenly
+        over `spread` seconds, so the API sees a steady trickle instead of a burst each
+        interval; the token bucket still caps the rate, which stretches the cycle when
+        the quota cannot fit every active job in one interval.
+        """
         started = time.monotonic()
         cycle = _Cycle()
         if self.clock() >= self._next_discovery:
             await self.discover(cycle)
             self._next_discovery = self.clock() + self.settings.discovery_interval
-        due = [
+        pending = [job_id for job_id, t in self._jobs.items() if t.snapshot is None]
+        known = [
             job_id
             for job_id, t in self._jobs.items()
-            if t.snapshot is None or not t.snapshot.frozen
+            if t.snapshot is not None and not t.snapshot.frozen
         ]
+        self._check_budget(len(pending) + len(known))
+        spacing = spread / len(known) if spread > 0 and known else 0.0
         async with asyncio.TaskGroup() as group:
-            for job_id in due:
-                group.create_task(self._describe(job_id, cycle))
+            for job_id in pending:
+                await self._spawn(group, job_id, cycle)
+            first = time.monotonic()
+            for i, job_id in enumerate(known):
+                delay = first + i * spacing - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await self._spawn(group, job_id, cycle)
         self._expire_frozen()
         self.cycles += 1
         name = self.target.name
@@ -237,6 +272,26 @@ class TargetCollector:
             len(cycle.dropped),
         )
 
+    def _check_budget(self, calls: int) -> None:
+        """Says, once per change, when the quota cannot describe every due job per interval."""
+        needed = calls / self.settings.requests_per_second
+        stretched = needed > self.settings.interval
+        self.telemetry.collection_stretched.labels(self.target.name).set(1 if stretched else 0)
+        if stretched != self._stretched:
+            self._stretched = stretched
+            if stretched:
+                log.warning(
+                    "collection stretched target=%s due_jobs=%d requests_per_second=%g "
+                    "cycle_seconds=%.0f interval_seconds=%.0f",
+                    self.target.name,
+                    calls,
+                    self.settings.requests_per_second,
+                    needed,
+                    self.settings.interval,
+                )
+            else:
+                log.info("collection fits its interval again target=%s", self.target.name)
+
     def _update_tracked(self) -> None:
         counts = {"active": 0, "frozen": 0, "pending": 0}
         for tracked in self._jobs.values():
@@ -252,13 +307,21 @@ class TargetCollector:
         while True:
             started = time.monotonic()
             try:
-                await self.collect_once()
+                # The first cycle describes everything at once so /readyz comes quickly.
+                await self.collect_once(spread=self.settings.interval if self.cycles else 0.0)
             except Exception:
                 # Unexpected bugs must not stop collection: the cycle is retried next interval.
                 log.exception("collection cycle crashed target=%s", self.target.name)
                 self.telemetry.collection_success.labels(self.target.name).set(0)
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(0.0, self.settings.interval - elapsed))
+
+
+@dataclass(slots=True)
+class _Running:
+    collector: TargetCollector
+    stack: contextlib.AsyncExitStack
+    task: asyncio.Task[None]
 
 
 class Collector:
@@ -271,33 +334,66 @@ class Collector:
         self.store = store
         self.telemetry = telemetry
         self.shard = shard
-        self.targets: dict[str, TargetCollector] = {}
-        self._stack = contextlib.AsyncExitStack()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._running: dict[str, _Running] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def targets(self) -> dict[str, TargetCollector]:
+        return {name: r.collector for name, r in self._running.items()}
 
     @property
     def ready(self) -> bool:
         """Every target has finished its first cycle, successful or not."""
-        return bool(self.targets) and all(t.cycles > 0 for t in self.targets.values())
+        return bool(self._running) and all(r.collector.cycles > 0 for r in self._running.values())
 
     async def start(self) -> None:
-        for target in self.config.targets:
-            source = await self._stack.enter_async_context(
-                JobSource(target, self.config.collector, self.telemetry)
-            )
-            collector = TargetCollector(
-                target, self.config.collector, source, self.store, self.telemetry, self.shard
-            )
-            self.targets[target.name] = collector
-            self._tasks.append(
-                asyncio.create_task(collector.run(), name=f"collector-{target.name}")
-            )
+        await self.apply(self.config)
+
+    async def apply(self, config: Config) -> None:
+        """Switch to a new config; targets whose settings did not change keep running."""
+        async with self._lock:
+            wanted = {t.name: t for t in config.targets}
+            settings_changed = config.collector != self.config.collector
+            for name in list(self._running):
+                running = self._running[name]
+                if name not in wanted or wanted[name] != running.collector.target:
+                    await self._stop_target(name)
+                    self.store.remove_target(name)
+                    if name not in wanted:
+                        self.telemetry.drop_target(name)
+                    log.info("target removed or changed target=%s", name)
+            for name, target in wanted.items():
+                previous = self._running.get(name)
+                if previous is not None and not settings_changed:
+                    continue
+                if previous is not None:
+                    await self._stop_target(name)
+                await self._start_target(target, config, previous)
+            self.config = config
+
+    async def _start_target(
+        self, target: Target, config: Config, previous: _Running | None
+    ) -> None:
+        stack = contextlib.AsyncExitStack()
+        source = await stack.enter_async_context(
+            JobSource(target, config.collector, self.telemetry)
+        )
+        collector = TargetCollector(
+            target, config.collector, source, self.store, self.telemetry, self.shard
+        )
+        if previous is not None:
+            collector.inherit(previous.collector)
+        task = asyncio.create_task(collector.run(), name=f"collector-{target.name}")
+        self._running[target.name] = _Running(collector, stack, task)
+
+    async def _stop_target(self, name: str) -> None:
+        running = self._running.pop(name)
+        running.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running.task
+        await running.stack.aclose()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-        await self._stack.aclose()
+        async with self._lock:
+            for name in list(self._running):
+                await self._stop_target(name)

@@ -392,6 +392,12 @@ class SelfMetrics:
             ("target",),
             registry=r,
         )
+        self.collection_stretched = Gauge(
+            f"{ns}_collection_stretched",
+            "1 when the API budget cannot describe every active job within one interval.",
+            ("target",),
+            registry=r,
+        )
         self.last_collection_success = Gauge(
             f"{ns}_last_collection_success_timestamp_seconds",
             "Unix time of the last collection cycle with no failed call.",
@@ -436,6 +442,7 @@ class SelfMetrics:
         for state in TRACKED_STATES:
             self.jobs_tracked.labels(target, state).set(0)
         self.collection_success.labels(target).set(0)
+        self.collection_stretched.labels(target).set(0)
         self.jobs_missing.labels(target).set(0)
         self.collection_duration.labels(target)
         self.last_collection_success.labels(target)
@@ -450,6 +457,7 @@ class SelfMetrics:
             self.jobs_tracked.remove(target, state)
         for gauge in (
             self.collection_success,
+            self.collection_stretched,
             self.jobs_missing,
             self.collection_duration,
             self.last_collection_success,

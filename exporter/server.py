@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import gzip
 import html
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter import __version__
 from exporter.metrics import SelfMetrics
 from exporter.store import MetricsStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+MAX_REQUEST_BODY = 64 * 1024
 # Bodies above this are compressed off the event loop (zlib releases the GIL), so a
 # large gzip never stalls the collector or other scrapes.
 _INLINE_GZIP_LIMIT = 256 * 1024
@@ -46,8 +50,16 @@ class MetricsHandler:
             return self._gzip_body
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        own = generate_latest(self.telemetry.registry)
-        headers = {"Content-Type": CONTENT_TYPE, "Vary": "Accept-Encoding"}
+        # Job families are all gauges, whose lines read the same in both formats, so the
+        # pre-rendered bytes serve OpenMetrics too; only the self-metrics (counters,
+        # histograms) are rendered per format, and OpenMetrics' `# EOF` ends them.
+        if wants_openmetrics(request.headers.get("Accept", "")):
+            own = generate_openmetrics(self.telemetry.registry)  # type: ignore[no-untyped-call]
+            content_type = OPENMETRICS_TYPE
+        else:
+            own = generate_latest(self.telemetry.registry)
+            content_type = CONTENT_TYPE
+        headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
         if "gzip" in request.headers.get("Accept-Encoding", ""):
             # Concatenated gzip members are one valid gzip stream (RFC 1952 §2.2), so the
             # cached job part and the small self-metrics part are compressed separately.
@@ -56,6 +68,27 @@ class MetricsHandler:
         else:
             body = self.store.body() + own
         return web.Response(body=body, headers=headers)
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """True when the scraper ranks OpenMetrics at least as high as the text format."""
+    best_om, best_text = -1.0, -1.0
+    for part in accept.split(","):
+        media, _, params = part.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.strip().lower()
+        if media == "application/openmetrics-text":
+            best_om = max(best_om, q)
+        elif media in ("text/plain", "*/*"):
+            best_text = max(best_text, q)
+    return best_om > 0 and best_om >= best_text
 
 
 def _landing(telemetry_path: str) -> bytes:
@@ -68,13 +101,41 @@ def _landing(telemetry_path: str) -> bytes:
 """.encode()
 
 
+Reload = Callable[[], Awaitable[str | None]]
+
+
+def limit_in_flight(limit: int) -> Middleware:
+    """At most `limit` requests served at once; more get 503 rather than queueing."""
+    in_flight = 0
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal in_flight
+        if in_flight >= limit:
+            return web.Response(status=503, text="too many concurrent requests\n")
+        in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            in_flight -= 1
+
+    return middleware
+
+
 def build_app(
     store: MetricsStore,
     telemetry: SelfMetrics,
     ready: Callable[[], bool],
     telemetry_path: str = "/metrics",
+    reload: Reload | None = None,
+    max_requests: int = 64,
+    middlewares: Iterable[Middleware] = (),
 ) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    """The exporter's routes. `reload` enables POST /-/reload (--web.enable-lifecycle)."""
+    app = web.Application(
+        client_max_size=MAX_REQUEST_BODY,
+        middlewares=[limit_in_flight(max_requests), *middlewares],
+    )
     landing = _landing(telemetry_path)
 
     async def index(request: web.Request) -> web.Response:
@@ -93,4 +154,13 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     if telemetry_path != "/":
         app.router.add_get("/", index)
+    if reload is not None:
+
+        async def do_reload(request: web.Request) -> web.Response:
+            error = await reload()
+            if error is None:
+                return web.Response(text="configuration reloaded\n")
+            return web.Response(status=500, text=f"reload failed: {error}\n")
+
+        app.router.add_post("/-/reload", do_reload)
     return app

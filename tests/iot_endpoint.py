@@ -7,6 +7,7 @@ counts...); this serves exactly the JSON AWS would, so botocore's real parser se
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ class IotEndpoint:
     # Per job id, replies served before the canned body (throttling, 5xx, broken bodies).
     queued: dict[str, list[Reply]] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
+    # (monotonic time, job id) of every DescribeJob, to check how calls are spread.
+    times: list[tuple[float, str]] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -40,6 +43,7 @@ class IotEndpoint:
     async def _describe(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         self.calls[f"DescribeJob:{job_id}"] += 1
+        self.times.append((time.monotonic(), job_id))
         pending = self.queued.get(job_id)
         if pending:
             reply = pending.pop(0)
