@@ -414,7 +414,7 @@ class OtelExporter:
 
     def start(self) -> None:
         """Start pushing every interval; the first push comes one interval from now."""
-        if self._exporter is None or self._thread is not None:
+        if self._exporter is None or self._thread is not None or self._stop.is_set():
             return
         self._thread = threading.Thread(target=self._run, name="otel-metrics", daemon=True)
         self._thread.start()
@@ -470,12 +470,18 @@ class OtelExporter:
         self._failing = True
 
     def shutdown_blocking(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
-        """Stop pushing, make the last push and flush spans, in at most about `timeout`."""
+        """Stop pushing, make the last push and flush spans, in about `timeout` at most.
+
+        Idempotent. Whatever has not finished by then is left to daemon threads, which
+        end with the process.
+        """
         deadline = time.monotonic() + timeout
 
         def remaining_ms() -> int:
             return max(0, int((deadline - time.monotonic()) * 1000))
 
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join(remaining_ms() / 1000)
@@ -484,7 +490,13 @@ class OtelExporter:
             self._exporter.shutdown(timeout_millis=remaining_ms())
         if self._tracer_provider is not None:
             self._tracer_provider.force_flush(remaining_ms())
-            self._tracer_provider.shutdown()
+            # TracerProvider.shutdown takes no timeout and waits up to 30 s for an export
+            # under way; past the deadline it is left to finish in its daemon thread.
+            closer = threading.Thread(
+                target=self._tracer_provider.shutdown, name="otel-traces-shutdown", daemon=True
+            )
+            closer.start()
+            closer.join(remaining_ms() / 1000)
 
     async def shutdown(self, grace: float = SHUTDOWN_TIMEOUT) -> None:
         """shutdown_blocking off the event loop, abandoned (daemon thread) past `grace`."""

@@ -231,6 +231,21 @@ async def test_push_carries_every_series_of_metrics_with_the_same_value(
     assert first.headers["Content-Encoding"] == "gzip"
 
 
+async def test_shutdown_pushes_the_last_values_once(receiver: Receiver) -> None:
+    config = load_config(receiver, interval=3600.0)
+    store = filled_store(config)
+    exporter = OtelExporter(config.otel, store, targets_of(config))
+    exporter.start()
+    assert exporter.running
+    store.remove(("lab", "minimal"))
+    await exporter.shutdown()
+    await exporter.shutdown()  # idempotent
+    exporter.start()  # and final: no thread after shutdown
+    assert not exporter.running
+    (last,) = receiver.of("/v1/metrics")
+    assert otlp_series([last]) == prometheus_series(store)
+
+
 async def test_push_follows_the_store_and_never_overflows(receiver: Receiver) -> None:
     """Jobs come and go for the life of the process: each push is exactly /metrics now."""
     config = load_config(receiver)
