@@ -1,0 +1,127 @@
+"""`python -m bench`: scrape path, collection, memory and sharding at 1,000 and 10,000 jobs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import collection, memory, scrape, sharding
+from bench.common import SCALE_SCENARIO, fetch_describe_bodies, write_fixture
+from bench.report import Table
+
+SECTIONS = ("scrape", "collection", "memory", "sharding")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--jobs", default="1000,10000", help="job counts, comma-separated")
+    p.add_argument("--scrapes", type=int, default=100, help="timed scrapes per server/encoding")
+    p.add_argument(
+        "--baseline-scrapes",
+        type=int,
+        default=8,
+        help="timed scrapes of prometheus_client (seconds each at 10,000 jobs)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=100.0,
+        help="requests/s per operation, enforced by the simulator and spent by the exporter "
+        "(AWS's default quota is 10; raised so cycles of 1,000 active jobs take 10 s)",
+    )
+    p.add_argument("--cycles", type=int, default=4, help="steady-state collection cycles")
+    p.add_argument("--only", default=",".join(SECTIONS), help="sections, comma-separated")
+    p.add_argument(
+        "--quick", action="store_true", help="1,000 jobs, fewer scrapes and cycles (< 2 min)"
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.jobs, args.scrapes, args.baseline_scrapes, args.cycles = "1000", 30, 4, 3
+    args.job_counts = sorted(int(n) for n in args.jobs.split(","))
+    args.sections = [s for s in args.only.split(",") if s]
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    return args
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    except OSError:
+        mem_kib = 0
+    return (
+        f"{model}, {os.cpu_count()} CPUs, {mem_kib / 1048576:.1f} GiB RAM, "
+        f"Python {platform.python_version()} ({sys.platform})"
+    )
+
+
+def show(tables: list[Table]) -> None:
+    for t in tables:
+        print(t.render(), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    print(f"machine: {machine()}")
+    print(f"jobs: {args.job_counts}, sections: {', '.join(args.sections)}\n", flush=True)
+    all_tables: list[Table] = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        fixtures: dict[int, Path] = {}
+        if {"scrape", "memory"} & set(args.sections):
+            from exporter.simulator import SimulatorThread
+
+            top = max(args.job_counts)
+            # DescribeJob bodies of the scale fleet, fetched once and shared by every server.
+            with SimulatorThread(SCALE_SCENARIO, jobs=top, no_quotas=True) as sim:
+                bodies = fetch_describe_bodies(sim.url, top)
+            fixtures = {n: write_fixture(Path(tmp), n, bodies) for n in args.job_counts}
+            del bodies
+
+        if "scrape" in args.sections:
+            runs: list[scrape.Run] = []
+            checks: list[str] = []
+            for n in args.job_counts:
+                r, check = scrape.measure(
+                    n, fixtures[n], args.scrapes, args.baseline_scrapes, check_samples=True
+                )
+                runs += r
+                checks.append(check)
+            tables = scrape.tables(runs, checks)
+            show(tables)
+            all_tables += tables
+
+        collected: list[collection.Collection] = []
+        if "collection" in args.sections:
+            collected = [collection.measure(n, args.rate, args.cycles) for n in args.job_counts]
+            tables = collection.tables(collected)
+            show(tables)
+            all_tables += tables
+
+        if "memory" in args.sections:
+            stores = [memory.measure(fixtures[n]) for n in args.job_counts]
+            tables = [memory.table(stores, [c.raw for c in collected])]
+            show(tables)
+            all_tables += tables
+
+        if "sharding" in args.sections:
+            tables = sharding.tables([sharding.measure(max(args.job_counts))])
+            show(tables)
+            all_tables += tables
+    print(f"total: {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""Scrape path: the store behind the exporter's app vs prometheus_client vs a static body."""
+
+from __future__ import annotations
+
+import http.client
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.common import child
+from bench.report import Table, median, ms, percentile, ratio, size, verdict
+
+SELF_PREFIX = "aws_iot_jobs_exporter_"
+SPEEDUP_TARGET = 30.0
+FLOOR_TARGET = 1.5
+
+
+@dataclass(slots=True)
+class Run:
+    jobs: int
+    server: str  # store, store+change, static, prometheus_client
+    encoding: str  # identity or gzip
+    latencies: list[float]
+    size: int
+
+    @property
+    def median(self) -> float:
+        return median(self.latencies)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.latencies, 99)
+
+
+class Scraper:
+    """A keep-alive HTTP/1.1 client, as Prometheus scrapes; times request to last byte."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+
+    def get(self, gzip: bool) -> bytes:
+        headers = {"Accept-Encoding": "gzip"} if gzip else {"Accept-Encoding": "identity"}
+        self.conn.request("GET", "/metrics", headers=headers)
+        response = self.conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"/metrics answered {response.status}")
+        if gzip and response.getheader("Content-Encoding") != "gzip":
+            raise RuntimeError("asked for gzip, got an identity body")
+        return body
+
+    def touch(self) -> None:
+        self.conn.request("POST", "/bench/touch", body=b"")
+        self.conn.getresponse().read()
+
+    def series(
+        self, count: int, gzip: bool, change: bool, warmup: int = 2
+    ) -> tuple[list[float], int]:
+        latencies: list[float] = []
+        body = b""
+        for i in range(warmup + count):
+            if change:
+                self.touch()
+            started = time.perf_counter()
+            body = self.get(gzip)
+            elapsed = time.perf_counter() - started
+            if i >= warmup:
+                latencies.append(elapsed)
+        return latencies, len(body)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def job_samples(body: bytes) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+    """The job samples of an exposition, read by prometheus_client's own parser."""
+    samples = set()
+    for family in text_string_to_metric_families(body.decode()):
+        if family.name.startswith(SELF_PREFIX):
+            continue
+        for s in family.samples:
+            samples.add((s.name, tuple(sorted(s.labels.items())), float(s.value)))
+    return samples
+
+
+def measure(
+    jobs: int, fixture: Path, scrapes: int, baseline_scrapes: int, check_samples: bool
+) -> tuple[list[Run], str]:
+    runs: list[Run] = []
+    bodies: dict[str, bytes] = {}
+    with child("serve-store", fixture=str(fixture)) as proc:
+        scraper = Scraper(proc.read()["port"])
+        bodies["store"] = scraper.get(gzip=False)
+        for gzip in (False, True):
+            enc = "gzip" if gzip else "identity"
+            lat, n = scraper.series(scrapes, gzip, change=False)
+            runs.append(Run(jobs, "store", enc, lat, n))
+            lat, n = scraper.series(scrapes, gzip, change=True)
+            runs.append(Run(jobs, "store, 1 job changed", enc, lat, n))
+        scraper.close()
+    with child("serve-static", fixture=str(fixture)) as proc:
+        scraper = Scraper(proc.read()["port"])
+        for gzip in (False, True):
+            lat, n = scraper.series(scrapes, gzip, change=False)
+            runs.append(Run(jobs, "static body", "gzip" if gzip else "identity", lat, n))
+        scraper.close()
+    with child("serve-prom", fixture=str(fixture)) as proc:
+        scraper = Scraper(proc.read()["port"])
+        bodies["prom"] = scraper.get(gzip=False)
+        for gzip in (False, True):
+            lat, n = scraper.series(baseline_scrapes, gzip, change=False, warmup=1)
+            runs.append(Run(jobs, "prometheus_client", "gzip" if gzip else "identity", lat, n))
+        scraper.close()
+    if check_samples:
+        ours, theirs = job_samples(bodies["store"]), job_samples(bodies["prom"])
+        same = "same" if ours == theirs else f"DIFFERENT ({len(ours ^ theirs)} differ)"
+        check = f"{jobs} jobs: {len(ours)} job samples in the store, {len(theirs)} in "
+        check += f"prometheus_client's body: {same}"
+    else:
+        check = f"{jobs} jobs: sample sets not compared (--quick)"
+    return runs, check
+
+
+def tables(runs: list[Run], checks: list[str]) -> list[Table]:
+    latency = Table(
+        "Scrape latency (request to last byte, keep-alive, loopback)",
+        [
+            "jobs",
+            "server",
+            "encoding",
+            "body",
+            "scrapes",
+            "median",
+            "p99",
+            "prometheus_client / this",
+            "this / static",
+        ],
+    )
+    index = {(r.jobs, r.server, r.encoding): r for r in runs}
+    for r in runs:
+        base = index[(r.jobs, "prometheus_client", r.encoding)]
+        floor = index[(r.jobs, "static body", r.encoding)]
+        latency.add(
+            r.jobs,
+            r.server,
+            r.encoding,
+            size(r.size),
+            len(r.latencies),
+            ms(r.median),
+            ms(r.p99),
+            ratio(base.median, r.median, 1),
+            ratio(r.median, floor.median),
+        )
+    latency.note("prometheus_client / this: how many times faster than the baseline (median).")
+    latency.note("this / static: median over the floor, the same bytes served as a constant.")
+    latency.note("'1 job changed': one job is re-rendered before every scrape, as in a cycle.")
+    for check in checks:
+        latency.note(f"sample sets: {check}")
+
+    top = max(r.jobs for r in runs)
+    targets = Table(
+        f"Scrape targets at {top} jobs",
+        [
+            "server",
+            "encoding",
+            "speed-up vs prometheus_client",
+            "target",
+            "vs static",
+            "target",
+            "result",
+        ],
+    )
+    for server in ("store", "store, 1 job changed"):
+        for enc in ("identity", "gzip"):
+            r = index[(top, server, enc)]
+            base = index[(top, "prometheus_client", enc)]
+            floor = index[(top, "static body", enc)]
+            speedup = base.median / r.median
+            over = r.median / floor.median
+            targets.add(
+                server,
+                enc,
+                f"{speedup:.1f}x",
+                f">={SPEEDUP_TARGET:.0f}x",
+                f"{over:.2f}x",
+                f"<={FLOOR_TARGET}x",
+                verdict(speedup >= SPEEDUP_TARGET and over <= FLOOR_TARGET),
+            )
+    return [latency, targets]
