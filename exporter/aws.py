@@ -34,6 +34,7 @@ from botocore.parsers import ResponseParserError
 from exporter.config import Collector, Target
 from exporter.metrics import SelfMetrics
 from exporter.model import JobSnapshot, MalformedJob, parse_describe_job, to_timestamp
+from exporter.otel import NOOP_TRACING, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,15 @@ class JobSummary:
 class JobSource:
     """The AWS IoT control plane of one target, as the collector sees it."""
 
-    def __init__(self, target: Target, settings: Collector, telemetry: SelfMetrics) -> None:
+    def __init__(
+        self,
+        target: Target,
+        settings: Collector,
+        telemetry: SelfMetrics,
+        tracing: Tracing = NOOP_TRACING,
+    ) -> None:
         self.target = target
+        self.tracing = tracing
         self.settings = settings
         self.telemetry = telemetry
         self._buckets = {
@@ -249,46 +257,48 @@ class JobSource:
         self.telemetry.api_requests.labels(self.target.name, name, outcome).inc()
 
     @contextlib.asynccontextmanager
-    async def _call(self, operation: str) -> AsyncIterator[None]:
+    async def _call(self, operation: str, job_id: str | None = None) -> AsyncIterator[None]:
         """Times a call and turns its failure into an ApiError; the body counts success."""
-        started = time.monotonic()
-        # botocore's timeouts bound each attempt; this bounds the whole call, backoff included.
-        deadline = self.settings.request_timeout * (self.settings.max_attempts + 1) + 30
-        try:
-            async with asyncio.timeout(deadline):
-                yield
-        except ApiError:
-            raise
-        except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            outcome = classify(exc)
-            # Failed attempts that got an HTTP response or a connection error were counted
-            # by _count_failed_attempt; an unparsable body and our own deadline were not.
-            if isinstance(
-                exc,
-                ResponseParserError
-                | TimeoutError
-                | NoRegionError
-                | NoCredentialsError
-                | PartialCredentialsError,
-            ):
-                self._count(operation, outcome)
-            raise ApiError(outcome, operation, describe_exception(exc)) from None
-        except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
-            # botocore's parser trusts the body's shape: `[]` where an object belongs, or
-            # "x" where an integer belongs, surface as these. The response was unreadable.
-            self._count(operation, "malformed")
-            raise ApiError("malformed", operation, type(exc).__name__) from None
-        finally:
-            self.telemetry.api_duration.labels(self.target.name, operation).observe(
-                time.monotonic() - started
-            )
+        # The span takes its outcome from the ApiError raised inside it.
+        with self.tracing.api_span(self.target.name, operation, job_id):
+            started = time.monotonic()
+            # botocore's timeouts bound each attempt; this bounds the whole call, backoff included.
+            deadline = self.settings.request_timeout * (self.settings.max_attempts + 1) + 30
+            try:
+                async with asyncio.timeout(deadline):
+                    yield
+            except ApiError:
+                raise
+            except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                outcome = classify(exc)
+                # Failed attempts that got an HTTP response or a connection error were counted
+                # by _count_failed_attempt; an unparsable body and our own deadline were not.
+                if isinstance(
+                    exc,
+                    ResponseParserError
+                    | TimeoutError
+                    | NoRegionError
+                    | NoCredentialsError
+                    | PartialCredentialsError,
+                ):
+                    self._count(operation, outcome)
+                raise ApiError(outcome, operation, describe_exception(exc)) from None
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+                # botocore's parser trusts the body's shape: `[]` where an object belongs, or
+                # "x" where an integer belongs, surface as these. The response was unreadable.
+                self._count(operation, "malformed")
+                raise ApiError("malformed", operation, type(exc).__name__) from None
+            finally:
+                self.telemetry.api_duration.labels(self.target.name, operation).observe(
+                    time.monotonic() - started
+                )
 
     def _count(self, operation: str, outcome: str) -> None:
         self.telemetry.api_requests.labels(self.target.name, operation, outcome).inc()
 
     async def describe_job(self, job_id: str) -> JobSnapshot:
         """The job as DescribeJob reports it now; ApiError when that fails or is unreadable."""
-        async with self._call("DescribeJob"):
+        async with self._call("DescribeJob", job_id):
             response = await self._client.describe_job(jobId=job_id)
             try:
                 snapshot = parse_describe_job(response, time.time())

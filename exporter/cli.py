@@ -22,6 +22,7 @@ from exporter import __version__
 from exporter.collector import Collector, Shard
 from exporter.config import Config, ConfigError, load_config
 from exporter.metrics import SelfMetrics
+from exporter.otel import OtelExporter, OtelUnavailable
 from exporter.server import build_app
 from exporter.store import MetricsStore
 from exporter.webconfig import WebConfig, load_web_config
@@ -235,7 +236,13 @@ async def _serve_until_signalled(
     host, port = parse_listen_address(args.listen_address)
     store = MetricsStore()
     telemetry = SelfMetrics()
-    collector = Collector(config, store, telemetry, shard)
+    try:
+        otel = OtelExporter(
+            config.otel, store, lambda: {t.name: t for t in collector.config.targets}
+        )
+    except OtelUnavailable as exc:
+        return _fail(str(exc))
+    collector = Collector(config, store, telemetry, shard, tracing=otel.tracing)
     reloader = Reloader(args.config_file, collector, telemetry, adjust)
     reloader.loaded()
     reloads: set[asyncio.Task[str | None]] = set()
@@ -286,6 +293,7 @@ async def _serve_until_signalled(
     )
     try:
         await collector.start()
+        otel.start()
         if on_started is not None:
             await on_started(url)
         await stop.wait()
@@ -296,6 +304,7 @@ async def _serve_until_signalled(
                 for task in list(reloads):
                     task.cancel()
                 await collector.stop()
+                await otel.shutdown()
                 await runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

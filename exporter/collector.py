@@ -18,6 +18,7 @@ from exporter.config import Collector as CollectorSettings
 from exporter.config import Config, Target
 from exporter.metrics import SelfMetrics
 from exporter.model import TERMINAL_STATUSES, JobSnapshot
+from exporter.otel import NOOP_TRACING, Tracing
 from exporter.store import MetricsStore
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class TargetCollector:
         telemetry: SelfMetrics,
         shard: Shard = Shard(),
         clock: Callable[[], float] = time.time,
+        tracing: Tracing = NOOP_TRACING,
     ) -> None:
         self.target = target
         self.settings = settings
@@ -92,6 +94,7 @@ class TargetCollector:
         self.telemetry = telemetry
         self.shard = shard
         self.clock = clock
+        self.tracing = tracing
         self.cycles = 0
         self._jobs: dict[str, _Tracked] = {}
         # Terminal jobs past retention, and explicit ids AWS does not know: neither is
@@ -227,6 +230,14 @@ class TargetCollector:
                 self._expired.add(job_id)
 
     async def collect_once(self, spread: float = 0.0) -> None:
+        """One cycle, traced when OpenTelemetry tracing is on."""
+        with self.tracing.cycle_span(self.target.name) as span:
+            cycle = await self._collect_once(spread)
+            span.set_attribute("described", cycle.described)
+            span.set_attribute("failures", cycle.failures)
+            span.set_outcome("error" if cycle.failures else "ok")
+
+    async def _collect_once(self, spread: float) -> _Cycle:
         """One cycle: discovery when due, then every job that is not frozen.
 
         Jobs never described yet go first, at once. Jobs already known are spread evenly
@@ -271,6 +282,7 @@ class TargetCollector:
             cycle.failures,
             len(cycle.dropped),
         )
+        return cycle
 
     def _check_budget(self, calls: int) -> None:
         """Says, once per change, when the quota cannot describe every due job per interval."""
@@ -328,12 +340,18 @@ class Collector:
     """All targets of a config, each with its own client and poller, in one event loop."""
 
     def __init__(
-        self, config: Config, store: MetricsStore, telemetry: SelfMetrics, shard: Shard = Shard()
+        self,
+        config: Config,
+        store: MetricsStore,
+        telemetry: SelfMetrics,
+        shard: Shard = Shard(),
+        tracing: Tracing = NOOP_TRACING,
     ) -> None:
         self.config = config
         self.store = store
         self.telemetry = telemetry
         self.shard = shard
+        self.tracing = tracing
         self._running: dict[str, _Running] = {}
         self._lock = asyncio.Lock()
 
@@ -376,10 +394,16 @@ class Collector:
     ) -> None:
         stack = contextlib.AsyncExitStack()
         source = await stack.enter_async_context(
-            JobSource(target, config.collector, self.telemetry)
+            JobSource(target, config.collector, self.telemetry, self.tracing)
         )
         collector = TargetCollector(
-            target, config.collector, source, self.store, self.telemetry, self.shard
+            target,
+            config.collector,
+            source,
+            self.store,
+            self.telemetry,
+            self.shard,
+            tracing=self.tracing,
         )
         if previous is not None:
             collector.inherit(previous.collector)
