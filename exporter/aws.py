@@ -117,7 +117,9 @@ def describe_exception(exc: BaseException) -> str:
         error = exc.response.get("Error", {})
         return f"{error.get('Code', 'Unknown')}: {error.get('Message', '')}".strip()
     if isinstance(exc, BotoCoreError):
-        return type(exc).__name__
+        # botocore's own messages name profiles, endpoints and missing variables, never
+        # credential values.
+        return f"{type(exc).__name__}: {exc}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from exporter.aws import ApiError, JobSource, JobSummary
+from exporter.aws import ApiError, JobSource, JobSummary, describe_exception
 from exporter.config import Collector as CollectorSettings
 from exporter.config import Config, Target
 from exporter.metrics import SelfMetrics
@@ -332,8 +332,17 @@ class TargetCollector:
 @dataclass(slots=True)
 class _Running:
     collector: TargetCollector
-    stack: contextlib.AsyncExitStack
     task: asyncio.Task[None]
+
+
+class _NotConnected:
+    """The source of a target whose client is not created yet: every call fails."""
+
+    async def describe_job(self, job_id: str) -> JobSnapshot:
+        raise ApiError("error", "DescribeJob", "no AWS client")
+
+    async def list_jobs(self, params: dict[str, str]) -> list[JobSummary]:
+        raise ApiError("error", "ListJobs", "no AWS client")
 
 
 class Collector:
@@ -392,14 +401,10 @@ class Collector:
     async def _start_target(
         self, target: Target, config: Config, previous: _Running | None
     ) -> None:
-        stack = contextlib.AsyncExitStack()
-        source = await stack.enter_async_context(
-            JobSource(target, config.collector, self.telemetry, self.tracing)
-        )
         collector = TargetCollector(
             target,
             config.collector,
-            source,
+            _NotConnected(),
             self.store,
             self.telemetry,
             self.shard,
@@ -407,15 +412,38 @@ class Collector:
         )
         if previous is not None:
             collector.inherit(previous.collector)
-        task = asyncio.create_task(collector.run(), name=f"collector-{target.name}")
-        self._running[target.name] = _Running(collector, stack, task)
+        task = asyncio.create_task(self._serve_target(collector), name=f"collector-{target.name}")
+        self._running[target.name] = _Running(collector, task)
+
+    async def _serve_target(self, collector: TargetCollector) -> None:
+        """Runs a target's poller; a client that cannot be created is retried, not fatal."""
+        target = collector.target
+        while True:
+            try:
+                async with JobSource(
+                    target, collector.settings, self.telemetry, self.tracing
+                ) as source:
+                    collector.source = source
+                    await collector.run()
+            except Exception as exc:
+                # An unknown profile or a broken credential source: this target waits
+                # and tries again, the others go on.
+                log.error(
+                    "cannot create the AWS client target=%s error=%r",
+                    target.name,
+                    describe_exception(exc),
+                )
+                self.telemetry.collection_success.labels(target.name).set(0)
+                collector.cycles += 1
+            finally:
+                collector.source = _NotConnected()
+            await asyncio.sleep(collector.settings.interval)
 
     async def _stop_target(self, name: str) -> None:
         running = self._running.pop(name)
         running.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running.task
-        await running.stack.aclose()
 
     async def stop(self) -> None:
         async with self._lock:

@@ -267,3 +267,28 @@ async def test_collector_runs_every_target_and_reports_ready(
         assert {k[0] for k in store.job_keys()} == {"a", "b"}
     finally:
         await collector.stop()
+
+
+async def test_a_target_whose_client_cannot_be_created_does_not_stop_the_others(
+    moto_url: str, fleet: dict[str, Any], prefix: str
+) -> None:
+    cfg = parse_config(
+        "collector: {interval: 200ms}\ntargets:\n"
+        "  - name: broken\n    region: us-east-1\n    profile: no-such-profile\n"
+        "    jobs: {ids: [x]}\n"
+        f"  - name: fine\n    region: us-east-1\n    endpoint_url: {moto_url}\n"
+        f"    jobs: {{ids: [{prefix}-rollout]}}\n"
+    )
+    store, telemetry = MetricsStore(), SelfMetrics()
+    collector = Collector(cfg, store, telemetry)
+    await collector.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not collector.ready and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert collector.ready
+        assert store.get(("fine", f"{prefix}-rollout")) is not None
+        assert telemetry.collection_success.labels("broken")._value.get() == 0
+        assert telemetry.collection_success.labels("fine")._value.get() == 1
+    finally:
+        await collector.stop()
