@@ -434,19 +434,28 @@ class SelfMetrics:
         )
 
     def init_target(self, target: str) -> None:
-        """Create every series of a target at 0, so rate() and alerts work before any event."""
+        """Create every series of a target at 0, so rate() and alerts work before any event.
+
+        Series that exist already keep their values: a reload re-initialises targets.
+        """
         for operation in OPERATIONS:
             for outcome in OUTCOMES:
                 self.api_requests.labels(target, operation, outcome)
             self.api_duration.labels(target, operation)
         for state in TRACKED_STATES:
-            self.jobs_tracked.labels(target, state).set(0)
-        self.collection_success.labels(target).set(0)
-        self.collection_stretched.labels(target).set(0)
-        self.jobs_missing.labels(target).set(0)
-        self.collection_duration.labels(target)
-        self.last_collection_success.labels(target)
-        self.discovery_last_success.labels(target)
+            self.jobs_tracked.labels(target, state)
+        for gauge in self._target_gauges():
+            gauge.labels(target)
+
+    def _target_gauges(self) -> tuple[Gauge, ...]:
+        return (
+            self.collection_success,
+            self.collection_stretched,
+            self.jobs_missing,
+            self.collection_duration,
+            self.last_collection_success,
+            self.discovery_last_success,
+        )
 
     def drop_target(self, target: str) -> None:
         for operation in OPERATIONS:
@@ -455,14 +464,7 @@ class SelfMetrics:
             self.api_duration.remove(target, operation)
         for state in TRACKED_STATES:
             self.jobs_tracked.remove(target, state)
-        for gauge in (
-            self.collection_success,
-            self.collection_stretched,
-            self.jobs_missing,
-            self.collection_duration,
-            self.last_collection_success,
-            self.discovery_last_success,
-        ):
+        for gauge in self._target_gauges():
             gauge.remove(target)
 
 

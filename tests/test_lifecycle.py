@@ -183,7 +183,10 @@ async def test_apply_keeps_unchanged_targets_and_their_snapshots(
             "collector: {interval: 400ms}\ntargets:\n" + target_yaml("a", moto_url, job_a)
         )
         snapshot = store.get(("a", job_a))
+        assert telemetry.collection_success.labels("a")._value.get() == 1
         await collector.apply(third)
+        # The restarted poller does not reset the target's health to "failing".
+        assert telemetry.collection_success.labels("a")._value.get() == 1
         assert collector.targets["a"] is not a_before
         assert store.get(("a", job_a)) is snapshot
         assert store.get(("b", job_b)) is None
