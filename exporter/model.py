@@ -100,8 +100,14 @@ class JobSnapshot:
 
     @property
     def frozen(self) -> bool:
-        """Terminal and no longer changing: describing it again would return the same."""
-        return self.terminal and self.is_concurrent is not True
+        """Terminal and no longer changing: describing it again would return the same.
+
+        A job canceled without force lets executions already in progress run to their
+        end after isConcurrent is false again, so those must reach zero too.
+        """
+        if not self.terminal or self.is_concurrent is True:
+            return False
+        return not (self.execution_count("queued") or self.execution_count("in_progress"))
 
     @property
     def ended_at(self) -> float | None:

@@ -161,9 +161,11 @@ async def test_second_cycle_measures_rate_and_keeps_polling_active_jobs(
     assert telemetry.collection_success.labels("moto")._value.get() == 1
 
 
-async def test_terminal_jobs_are_frozen_then_dropped_after_retention(
+async def test_canceled_job_with_queued_executions_is_polled_then_dropped_after_retention(
     moto_url: str, iot: Any, fleet: dict[str, Any], prefix: str
 ) -> None:
+    # moto's CancelJob leaves the execution queued: the job still changes, so it is
+    # described every cycle rather than frozen, until retention drops it.
     job_id = f"{prefix}-other-test"
     iot.cancel_job(jobId=job_id, reasonCode="BAD_BUILD", comment="stop")
     cfg = config(moto_url, f"    jobs:\n      ids: [{job_id}]\n", "terminal_job_retention: 1h")
@@ -176,17 +178,16 @@ async def test_terminal_jobs_are_frozen_then_dropped_after_retention(
         )
         for _ in range(3):
             await collector.collect_once()
-        # Described once, then frozen: no more calls.
-        assert api_calls(telemetry, "DescribeJob", "ok") == 1
+        assert api_calls(telemetry, "DescribeJob", "ok") == 3
         assert value(store, "aws_iot_job_status", job_id, status="CANCELED") == 1
         assert value(store, "aws_iot_job_reason_info", job_id, reason_code="BAD_BUILD") == 1
-        assert telemetry.jobs_tracked.labels("moto", "frozen")._value.get() == 1
+        assert telemetry.jobs_tracked.labels("moto", "active")._value.get() == 1
         now[0] += 2 * 3600
         await collector.collect_once()
         assert value(store, "aws_iot_job_status", job_id, status="CANCELED") is None
         assert len(store) == 0
         await collector.collect_once()
-        assert api_calls(telemetry, "DescribeJob", "ok") == 1
+        assert api_calls(telemetry, "DescribeJob", "ok") == 4
 
 
 async def test_deleted_job_disappears(

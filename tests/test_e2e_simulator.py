@@ -4,7 +4,7 @@ The first tests run the exporter as a user does (`python -m exporter`, a config 
 port) in front of the demo fleet, freeze simulated time, and compare every series of every
 job with what the simulator says DescribeJob returns. The others run the exporter in-process
 (the collector and the aiohttp app on a real port) to drive the fleet step by step: abort,
-rollout rate, deletion, a scheduled start.
+rollout rate, deletion, a scheduled start, a cancel that lets executions finish.
 """
 
 from __future__ import annotations
@@ -607,3 +607,28 @@ async def test_scheduled_job_goes_from_scheduled_to_in_progress(tmp_path: Path) 
             )
     assert value(series, "aws_iot_job_status", "later", status="SCHEDULED") == 0
     assert sum(executions(series, "later").values()) >= 1
+
+
+async def test_cancel_without_force_counts_executions_that_finish_later(tmp_path: Path) -> None:
+    """A cancel without force lets in-progress executions run to their end (AWS's CancelJob);
+    the job is CANCELED and not concurrent meanwhile, yet its counts still change."""
+    with SimulatorThread(scenario(tmp_path, STEP_SCENARIO)) as sim:
+        async with exporter_for(sim) as run:
+            await run.admin.advance(1)
+            before = await run.admin.job("bystander")
+            assert before["executions"]["in_progress"] > 0
+            await run.admin.cancel("bystander", force=False, reason_code="OPERATOR")
+            await run.admin.advance(2)  # past cancel_minutes: no longer concurrent
+            await run.until(
+                lambda s: (
+                    value(s, "aws_iot_job_status", "bystander", status="CANCELED") == 1
+                    and value(s, "aws_iot_job_is_concurrent", "bystander") == 0
+                )
+            )
+            await run.admin.advance(10)  # every execution in progress has finished
+            truth = (await run.admin.job("bystander"))["executions"]
+            assert truth["in_progress"] == 0 and truth["succeeded"] > 0
+            try:
+                await run.until(lambda s: executions(s, "bystander") == truth, deadline=5)
+            except TimeoutError:
+                assert executions(await run.scrape(), "bystander") == truth

@@ -158,6 +158,15 @@ def test_observed_rate_between_snapshots() -> None:
     )
 
 
+def test_canceled_job_with_running_executions_is_not_frozen() -> None:
+    running = snap(status="CANCELED", is_concurrent=False, executions=counts(in_progress=3))
+    assert not running.frozen
+    queued = snap(status="CANCELED", is_concurrent=False, executions=counts(queued=1))
+    assert not queued.frozen
+    done = snap(status="CANCELED", is_concurrent=False, executions=counts(canceled=3))
+    assert done.frozen
+
+
 @pytest.mark.parametrize(
     ("status", "concurrent", "frozen"),
     [("COMPLETED", False, True), ("CANCELED", None, True), ("CANCELED", True, False),

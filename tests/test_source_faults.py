@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -177,3 +178,37 @@ def test_every_outcome_is_initialised_at_zero() -> None:
     telemetry.init_target("ep")
     for outcome in OUTCOMES:
         assert count(telemetry, "DescribeJob", outcome) == 0
+
+
+async def test_finished_jobs_are_frozen_then_dropped_after_retention(
+    endpoint: IotEndpoint,
+) -> None:
+    done = {"numberOfSucceededThings": 9, "numberOfFailedThings": 1, "processingTargets": []}
+    endpoint.jobs = {
+        "done": job("done", "COMPLETED", isConcurrent=False, completedAt=time.time(),
+                    jobProcessDetails=done),
+        "draining": job("draining", "CANCELED", isConcurrent=False, completedAt=time.time(),
+                        jobProcessDetails=dict(done, numberOfInProgressThings=2)),
+    }  # fmt: skip
+    config = cfg(endpoint, jobs="ids: [done, draining]", collector="terminal_job_retention: 1h")
+    store, telemetry = MetricsStore(), SelfMetrics()
+    now = [time.time()]
+    target = config.targets[0]
+    async with JobSource(target, config.collector, telemetry) as source:
+        collector = TargetCollector(
+            target, config.collector, source, store, telemetry, clock=lambda: now[0]
+        )
+        for _ in range(3):
+            await collector.collect_once()
+        # Finished and settled: described once. Canceled but still running executions:
+        # described every cycle, since those executions can still succeed or fail.
+        assert endpoint.calls["DescribeJob:done"] == 1
+        assert endpoint.calls["DescribeJob:draining"] == 3
+        assert telemetry.jobs_tracked.labels("ep", "frozen")._value.get() == 1
+        assert telemetry.jobs_tracked.labels("ep", "active")._value.get() == 1
+        now[0] += 2 * 3600
+        await collector.collect_once()
+        assert len(store) == 0
+        await collector.collect_once()
+    assert endpoint.calls["DescribeJob:done"] == 1
+    assert endpoint.calls["DescribeJob:draining"] == 4
