@@ -283,7 +283,8 @@ async def _serve_until_signalled(
     sockets = getattr(server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
     scheme = "https" if ssl_context is not None else "http"
-    url = f"{scheme}://{host or '0.0.0.0'}:{bound}{args.telemetry_path}"
+    # All interfaces: print a URL a browser on this machine can open.
+    url = f"{scheme}://{host or 'localhost'}:{bound}{args.telemetry_path}"
     log.info(
         "listening address=%s targets=%d shard=%d/%d",
         url,
