@@ -176,16 +176,17 @@ class TargetCollector:
     async def _describe(self, job_id: str, cycle: _Cycle) -> None:
         try:
             snapshot = await self.source.describe_job(job_id)
+            self._update(job_id, snapshot, cycle)
         except ApiError as exc:
             self._describe_failed(job_id, exc, cycle)
-            return
         except Exception:
             # A bug must cost one job one cycle, not the whole cycle of the target.
             log.exception("describe crashed target=%s job_id=%s", self.target.name, job_id)
             cycle.failures += 1
-            return
         finally:
             self._semaphore.release()
+
+    def _update(self, job_id: str, snapshot: JobSnapshot, cycle: _Cycle) -> None:
         tracked = self._jobs.get(job_id)
         if tracked is None:
             return
@@ -195,8 +196,8 @@ class TargetCollector:
             self._drop(job_id)
             self._expired.add(job_id)
             return
-        tracked.snapshot = snapshot
         self.store.put_job(self.target, job_id, snapshot)
+        tracked.snapshot = snapshot
 
     def _describe_failed(self, job_id: str, exc: ApiError, cycle: _Cycle) -> None:
         tracked = self._jobs.get(job_id)
@@ -294,7 +295,7 @@ class TargetCollector:
             if stretched:
                 log.warning(
                     "collection stretched target=%s due_jobs=%d requests_per_second=%g "
-                    "cycle_seconds=%.0f interval_seconds=%.0f",
+                    "cycle_seconds=%g interval_seconds=%g",
                     self.target.name,
                     calls,
                     self.settings.requests_per_second,

@@ -172,7 +172,8 @@ class _Reader:
             if not isinstance(key, str):
                 raise self.fail(path, f"keys must be strings, got {_kind(key)}")
             if key not in allowed:
-                where = f"{path}.{key}" if path else key
+                shown = key or repr(key)
+                where = f"{path}.{shown}" if path else shown
                 raise self.fail(where, f"unknown key; expected one of {', '.join(allowed)}")
         return value
 

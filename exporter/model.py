@@ -25,6 +25,8 @@ EXECUTION_STATES = (
 # when no maximum is set.
 DEFAULT_MAXIMUM_PER_MINUTE = 1000
 
+# botocore's `long`: the largest count or number AWS's model allows.
+_MAX_LONG = 2**63 - 1
 _ARN = re.compile(r"^arn:[^:]*:[^:]*:([^:]*):(\d*):(.*)$")
 
 
@@ -185,7 +187,7 @@ class _Fields:
         value = self.data.get(key)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_LONG:
             raise MalformedJob(f"{self._where(key)}: expected a non-negative integer")
         return value
 
@@ -195,6 +197,9 @@ class _Fields:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise MalformedJob(f"{self._where(key)}: expected a number")
+        # JSON integers have no bound; one past a float's range would overflow later.
+        if isinstance(value, int) and abs(value) > _MAX_LONG:
+            raise MalformedJob(f"{self._where(key)}: expected a number in range")
         if not math.isfinite(value):
             raise MalformedJob(f"{self._where(key)}: expected a finite number")
         return float(value)

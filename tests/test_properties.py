@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import tempfile
+from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import botocore.session
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import cli
 from exporter.config import Config, ConfigError, Jobs, Target, parse_config
-from exporter.model import JobSnapshot
+from exporter.metrics import FAMILIES
+from exporter.model import JobSnapshot, MalformedJob, parse_describe_job
 from exporter.store import MetricsStore, escape_label_value
 
 FILE = "conf/exporter-config.yaml"
@@ -161,6 +164,23 @@ def test_config_from_arbitrary_text_is_a_config_or_a_config_error(text: str) -> 
     check_config_result(text)
 
 
+@PROFILE
+@given(CONFIG_DATA)
+@example({"": None})  # an empty key must still be named in the error
+def test_config_from_arbitrary_data_names_the_field_it_rejects(data: Any) -> None:
+    text = yaml.safe_dump(data, allow_unicode=True)
+    result = check_config_result(text)
+    if isinstance(result, Config):
+        assert result.targets
+        return
+    # A structural error inside a mapping names where: a field path under the top level.
+    if isinstance(data, dict) and data:
+        assert result.path, str(result)
+        # An empty key is shown quoted, so the path still names it.
+        head = result.path.split(".")[0].split("[")[0]
+        assert head in (*TOP_KEYS, *map(str, data), *map(repr, data)), result
+
+
 @settings(PROFILE, max_examples=12)
 @given(st.one_of(CONFIG_DATA.map(lambda d: yaml.safe_dump(d, allow_unicode=True)), YAMLISH))
 def test_check_config_command_exits_0_or_2_with_one_line(text: str) -> None:
@@ -281,6 +301,43 @@ def render(snapshot: JobSnapshot, job_id: str, labels: dict[str, str]) -> str:
     store = MetricsStore()
     store.put_job(target, job_id, snapshot)
     return store.body().decode()
+
+
+@PROFILE
+@given(RESPONSES, TARGET_LABELS)
+def test_describe_job_parses_or_is_malformed_and_its_exposition_parses(
+    response: Any, labels: dict[str, str]
+) -> None:
+    try:
+        snapshot = parse_describe_job(response, 1_767_225_600.0)
+    except MalformedJob:
+        return
+    job_id = snapshot.job_id
+    text = render(snapshot, job_id, labels)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert set(families) <= {f.name for f in FAMILIES}
+    series: Counter[tuple[str, frozenset[tuple[str, str]]]] = Counter()
+    for family in families.values():
+        assert family.type == "gauge"
+        for sample in family.samples:
+            series[(sample.name, frozenset(sample.labels.items()))] += 1
+            # Identity and static labels survive escaping exactly.
+            assert sample.labels["job_id"] == job_id
+            assert sample.labels["target"] == "fleet"
+            for name, value in labels.items():
+                assert sample.labels[name] == value
+            assert not math.isnan(sample.value) or sample.name.endswith("_ratio")
+    duplicates = [key for key, n in series.items() if n > 1]
+    assert not duplicates, duplicates
+    info = families["aws_iot_job_info"].samples[0].labels
+    assert info["job_arn"] == (snapshot.job_arn or "")
+    assert info["target_selection"] == (snapshot.target_selection or "")
+    arns = {s.labels["target_arn"] for s in families.get("aws_iot_job_target_info", _NONE).samples}
+    assert arns == set(snapshot.targets)
+    if snapshot.status is not None:
+        status = {s.labels["status"]: s.value for s in families["aws_iot_job_status"].samples}
+        assert status[snapshot.status] == 1
+        assert sum(status.values()) == 1
 
 
 class _NONE:

@@ -658,3 +658,28 @@ async def test_secrets_stay_out_of_every_output(
         if secret in text
     ]
     assert not leaks, leaks
+
+
+# --- one unreadable value must not cost the other jobs ----------------------------------------
+
+
+async def test_out_of_range_count_on_one_job_leaves_the_others_intact() -> None:
+    endpoint = IotEndpoint()
+    endpoint.jobs = {"huge": full_job("huge"), "fine": full_job("fine")}
+    await endpoint.start()
+    try:
+        async with Running(config(target("sim", endpoint.url, ids=("huge", "fine")))) as running:
+            await all_fresh(running, 0, ("huge", "fine"))
+            # JSON allows any integer; one beyond a float's range is not a count AWS sends,
+            # but a reader of untrusted input must refuse it for that job only.
+            body = full_job("huge")
+            body["job"]["jobProcessDetails"]["numberOfQueuedThings"] = 10**400
+            endpoint.raw("huge", json.dumps(body).encode(), times=10_000)
+            started = time.time()
+            await all_fresh(running, started, ("fine",))
+            await all_fresh(running, time.time(), ("fine",))
+            await until(lambda: running.api("malformed") >= 2, what="counted as malformed")
+            assert running.job_ids() == {"huge", "fine"}
+            assert (running.last_success("huge") or 0) < started
+    finally:
+        await endpoint.close()
