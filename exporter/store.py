@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from exporter.config import Target
 from exporter.metrics import FAMILIES, IDENTITY_LABELS, Family
 from exporter.model import JobSnapshot
 
 JobKey = tuple[str, str]  # (target name, job id)
+STABLE, ACTIVE = "stable", "active"
 
 
 def escape_label_value(value: str) -> str:
@@ -57,12 +59,23 @@ def _header(family: Family) -> bytes:
     return f"# HELP {family.name} {help_text}\n# TYPE {family.name} {family.type}\n".encode()
 
 
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A run of the body that changes as a unit; `version` changes whenever `data` does."""
+
+    key: tuple[str, int]
+    version: int
+    data: bytes
+
+
 class MetricsStore:
     """The latest exposition of every job; re-rendered per job when its snapshot changes.
 
     The text format needs each family's samples together, so a job's bytes are kept per
     family and the body is joined family by family, as kube-state-metrics' MetricsStore
-    does. The joined body is cached until a job changes.
+    does. Frozen jobs (most of a large fleet) and active ones are joined separately: a
+    scrape after a collection cycle only re-joins the active part, and the server's gzip
+    cache only re-compresses it.
     """
 
     def __init__(self, families: tuple[Family, ...] = FAMILIES) -> None:
@@ -70,14 +83,14 @@ class MetricsStore:
         self._headers = tuple(_header(f) for f in families)
         self._rendered: dict[JobKey, tuple[bytes, ...]] = {}
         self._snapshots: dict[JobKey, JobSnapshot] = {}
-        self._version = 0
-        self._body_version = -1
-        self._body = b""
+        self._stable: set[JobKey] = set()
+        self._versions = {STABLE: 0, ACTIVE: 0}
+        self._joined: dict[str, tuple[int, list[bytes]]] = {}
 
     @property
     def version(self) -> int:
         """Changes whenever the body would change."""
-        return self._version
+        return self._versions[STABLE] + self._versions[ACTIVE]
 
     def __len__(self) -> int:
         return len(self._snapshots)
@@ -88,12 +101,24 @@ class MetricsStore:
     def job_keys(self) -> list[JobKey]:
         return list(self._snapshots)
 
+    def _tier(self, key: JobKey) -> str:
+        return STABLE if key in self._stable else ACTIVE
+
     def put(self, key: JobKey, snapshot: JobSnapshot, identity: str) -> None:
         self._snapshots[key] = snapshot
         rendered = render_job(snapshot, identity, self._families)
-        if self._rendered.get(key) != rendered:
-            self._rendered[key] = rendered
-            self._version += 1
+        tier = STABLE if snapshot.frozen else ACTIVE
+        old = self._rendered.get(key)
+        if old is not None:
+            if old == rendered and self._tier(key) == tier:
+                return
+            self._versions[self._tier(key)] += 1
+        self._rendered[key] = rendered
+        self._versions[tier] += 1
+        if tier == STABLE:
+            self._stable.add(key)
+        else:
+            self._stable.discard(key)
 
     def put_job(self, target: Target, job_id: str, snapshot: JobSnapshot) -> None:
         identity = identity_labels(
@@ -104,19 +129,38 @@ class MetricsStore:
     def remove(self, key: JobKey) -> None:
         self._snapshots.pop(key, None)
         if self._rendered.pop(key, None) is not None:
-            self._version += 1
+            self._versions[self._tier(key)] += 1
+            self._stable.discard(key)
 
     def remove_target(self, target: str) -> None:
         for key in [k for k in self._snapshots if k[0] == target]:
             self.remove(key)
 
+    def _join(self, tier: str) -> list[bytes]:
+        """One bytes per family: the tier's jobs, the family header leading the stable tier."""
+        version = self._versions[tier]
+        cached = self._joined.get(tier)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        stable = tier == STABLE
+        keys = sorted(k for k in self._rendered if (k in self._stable) == stable)
+        jobs = [self._rendered[k] for k in keys]
+        parts = []
+        for i, header in enumerate(self._headers):
+            lead = [header] if stable else []
+            parts.append(b"".join(lead + [chunks[i] for chunks in jobs]))
+        self._joined[tier] = (version, parts)
+        return parts
+
+    def segments(self) -> list[Segment]:
+        """The body as segments, family by family: header and frozen jobs, then active ones."""
+        stable, active = self._join(STABLE), self._join(ACTIVE)
+        out = []
+        for i in range(len(self._headers)):
+            out.append(Segment((STABLE, i), self._versions[STABLE], stable[i]))
+            if active[i]:
+                out.append(Segment((ACTIVE, i), self._versions[ACTIVE], active[i]))
+        return out
+
     def body(self) -> bytes:
-        if self._body_version != self._version:
-            jobs = [self._rendered[k] for k in sorted(self._rendered)]
-            parts: list[bytes] = []
-            for i, header in enumerate(self._headers):
-                parts.append(header)
-                parts.extend(chunks[i] for chunks in jobs)
-            self._body = b"".join(parts)
-            self._body_version = self._version
-        return self._body
+        return b"".join(segment.data for segment in self.segments())
