@@ -323,5 +323,6 @@ async def test_cycle_stretches_when_the_budget_is_short(
         elapsed = time.monotonic() - started
     assert telemetry.collection_stretched.labels("ep")._value.get() == 1
     assert "collection stretched target=ep due_jobs=5" in caplog.text
-    # The budget, not a burst: five calls at 2 per second take at least two seconds.
-    assert elapsed >= 1.9
+    # The budget, not a burst: after the bucket's two tokens, three more calls at 2 per
+    # second take at least 1.5 s.
+    assert elapsed >= 1.45
