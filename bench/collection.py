@@ -127,10 +127,12 @@ async def _collect(
         await collector.stop()
         tracked = len(store)
         rss_collected = rss_bytes()
-        # What serving adds: the joined body and its gzip, both cached between scrapes.
-        body = store.body()
-        zipped = gzip.compress(body, 1)
+        # What serving adds: the joined segments and their gzip members, both cached
+        # between scrapes (the body is streamed segment by segment, never joined).
+        segments = store.segments()
+        zipped = [gzip.compress(segment.data, 1) for segment in segments]
         rss_served = rss_bytes()
+        body = b"".join(segment.data for segment in segments)
         if dump:
             await asyncio.to_thread(Path(dump).write_bytes, body)
         own_calls = {

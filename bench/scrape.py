@@ -155,7 +155,9 @@ def tables(runs: list[Run], checks: list[str]) -> list[Table]:
         )
     latency.note("prometheus_client / this: how many times faster than the baseline (median).")
     latency.note("this / static: median over the floor, the same bytes served as a constant.")
-    latency.note("'1 job changed': one job is re-rendered before every scrape, as in a cycle.")
+    latency.note(
+        "'1 job changed': one active job is re-rendered before every scrape, as in a cycle."
+    )
     for check in checks:
         latency.note(f"sample sets: {check}")
 

@@ -65,10 +65,12 @@ def serve_store(fixture: str) -> None:
     telemetry.init_target(target.name)
     app = build_app(store, telemetry, lambda: True)
     steps = itertools.count(1)
+    # A cycle re-describes active jobs only; frozen ones are never described again.
+    active = [s for s in snapshots if not s.frozen] or snapshots
 
     def touch() -> None:
         step = next(steps)
-        snapshot = snapshots[step % len(snapshots)]
+        snapshot = active[step % len(active)]
         store.put_job(target, snapshot.job_id, touched(snapshot, step))
 
     _touch_route(app, touch)

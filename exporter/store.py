@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -39,24 +40,39 @@ def identity_labels(
 
 def render_job(
     snapshot: JobSnapshot, identity: str, families: tuple[Family, ...] = FAMILIES
-) -> tuple[bytes, ...]:
-    """One bytes chunk per family (possibly empty), in family order."""
-    chunks = []
+) -> Rendered:
+    """The job's lines, family after family, in one bytes with the offset of each family.
+
+    One bytes and an array of offsets cost a tenth of a tuple of 32 small bytes objects,
+    which at 10,000 jobs is most of the difference to the 10 KiB-per-job budget.
+    """
+    lines = []
+    offsets = array("I", [0])
+    size = 0
     for family in families:
-        lines = []
         for label_values, value in family.samples(snapshot):
             own = "".join(
                 f',{name}="{escape_label_value(v)}"'
                 for name, v in zip(family.labels, label_values, strict=True)
             )
-            lines.append(f"{family.name}{{{identity}{own}}} {format_value(value)}\n")
-        chunks.append("".join(lines).encode())
-    return tuple(chunks)
+            line = f"{family.name}{{{identity}{own}}} {format_value(value)}\n".encode()
+            lines.append(line)
+            size += len(line)
+        offsets.append(size)
+    return Rendered(b"".join(lines), offsets)
 
 
 def _header(family: Family) -> bytes:
     help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
     return f"# HELP {family.name} {help_text}\n# TYPE {family.name} {family.type}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A job's exposition: family i is `data[offsets[i]:offsets[i + 1]]`."""
+
+    data: bytes
+    offsets: array[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +97,7 @@ class MetricsStore:
     def __init__(self, families: tuple[Family, ...] = FAMILIES) -> None:
         self._families = families
         self._headers = tuple(_header(f) for f in families)
-        self._rendered: dict[JobKey, tuple[bytes, ...]] = {}
+        self._rendered: dict[JobKey, Rendered] = {}
         self._snapshots: dict[JobKey, JobSnapshot] = {}
         self._stable: set[JobKey] = set()
         self._versions = {STABLE: 0, ACTIVE: 0}
@@ -144,11 +160,13 @@ class MetricsStore:
             return cached[1]
         stable = tier == STABLE
         keys = sorted(k for k in self._rendered if (k in self._stable) == stable)
-        jobs = [self._rendered[k] for k in keys]
+        views = [memoryview(self._rendered[k].data) for k in keys]
+        offsets = [self._rendered[k].offsets for k in keys]
         parts = []
         for i, header in enumerate(self._headers):
-            lead = [header] if stable else []
-            parts.append(b"".join(lead + [chunks[i] for chunks in jobs]))
+            chunks: list[bytes | memoryview] = [header] if stable else []
+            chunks.extend(v[o[i] : o[i + 1]] for v, o in zip(views, offsets, strict=True))
+            parts.append(b"".join(chunks))
         self._joined[tier] = (version, parts)
         return parts
 
