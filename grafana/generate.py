@@ -32,6 +32,12 @@ JOB_KEY = "target, region, account_id, job_id"
 RATE_PER_MINUTE = "suffix: executions/min"
 # Grafana's date units take milliseconds; the exporter's timestamps are seconds.
 MS = " * 1000"
+# Statuses in which the exporter describes a job every interval, as in the data-stale alert.
+ACTIVE = 'status=~"IN_PROGRESS|SCHEDULED"'
+# The colour of a value that is neither good nor bad. Without a colour of its own a stat or
+# table field falls back on Grafana's default thresholds (red from 80), which would paint
+# counts, durations and timestamps red; every such field gets this fixed colour instead.
+NEUTRAL = "text"
 
 Panel = dict[str, Any]
 
@@ -83,6 +89,19 @@ def query(expr: str, legend: str = "", *, instant: bool = False, table: bool = F
     }
 
 
+def threshold_steps(steps: list[tuple[float | None, str]]) -> dict[str, Any]:
+    return {"mode": "absolute", "steps": [{"value": v, "color": c} for v, c in steps]}
+
+
+def fixed(color: str) -> dict[str, str]:
+    return {"mode": "fixed", "fixedColor": color}
+
+
+def by_thresholds(steps: list[tuple[float | None, str]]) -> dict[str, Any]:
+    """Field properties that colour a column by thresholds, whatever the panel's default."""
+    return {"color": {"mode": "thresholds"}, "thresholds": threshold_steps(steps)}
+
+
 def panel(
     kind: str,
     title: str,
@@ -98,6 +117,7 @@ def panel(
     overrides: list[dict[str, Any]] | None = None,
     mappings: list[dict[str, Any]] | None = None,
     thresholds: list[tuple[float | None, str]] | None = None,
+    color: str | None = None,
     minmax: tuple[float | None, float | None] = (None, None),
     transformations: list[dict[str, Any]] | None = None,
 ) -> Panel:
@@ -108,11 +128,13 @@ def panel(
         defaults["custom"] = custom
     if mappings:
         defaults["mappings"] = mappings
+    if thresholds and color:
+        raise ValueError(f"{title}: a colour comes from thresholds or is fixed, not both")
     if thresholds:
-        defaults["thresholds"] = {
-            "mode": "absolute",
-            "steps": [{"value": v, "color": c} for v, c in thresholds],
-        }
+        defaults["color"] = {"mode": "thresholds"}
+        defaults["thresholds"] = threshold_steps(thresholds)
+    elif color:
+        defaults["color"] = fixed(color)
     if minmax[0] is not None:
         defaults["min"] = minmax[0]
     if minmax[1] is not None:
@@ -168,8 +190,11 @@ def timeseries(
 
 
 def stat(title: str, description: str, targets: list[Panel], unit: str, **kwargs: Any) -> Panel:
+    """A stat; its values are neutral unless it is given thresholds with a meaning."""
     kwargs.setdefault("w", 6)
     kwargs.setdefault("h", 5)
+    if not kwargs.get("thresholds"):
+        kwargs.setdefault("color", NEUTRAL)
     return panel(
         "stat",
         title,
@@ -198,7 +223,15 @@ def table(
     sort: str | None = None,
     **kwargs: Any,
 ) -> Panel:
-    """A table of instant queries merged on their labels; `columns` names value columns."""
+    """A table of instant queries merged on their labels; `columns` names value columns.
+
+    Grafana's merge joins rows whose shared columns agree, and a table-format query has a
+    column per label, the metric name (__name__) included. Queries of one table must
+    therefore return no metric name (per_job() and aggregations drop it), or rows of
+    different queries never join. Columns are neutral unless `columns` colours them.
+    """
+    if not kwargs.get("thresholds"):
+        kwargs.setdefault("color", NEUTRAL)
     overrides = []
     for column, props in columns.items():
         properties = [{"id": k, "value": v} for k, v in props.items()]
@@ -357,6 +390,12 @@ class Mixin:
         matchers = ", ".join(m for m in (self.f, extra) if m)
         return f"max without ({self.replicas}) ({metric}{{{matchers}}})"
 
+    @staticmethod
+    def per_job(expr: str) -> str:
+        """One series per job, labelled with the job's identity only and no metric name, so
+        that the rows of a table's queries are the same and merge into one row per job."""
+        return f"max by ({JOB_KEY}) (\n  {expr}\n)"
+
     def in_progress(self, expr: str) -> str:
         status = self.dedup("aws_iot_job_status", 'status="IN_PROGRESS"')
         return f"{expr} and on ({JOB_KEY}) ({status} == 1)"
@@ -389,6 +428,12 @@ class Mixin:
         alerts = self.c["alerts"]
         executions = self.dedup("aws_iot_job_executions")
         failure = f"aws_iot_job:executions_failure:ratio{{{self.f}}}"
+        failure_steps = [(None, "green"), (alerts["failure_ratio_high"]["threshold"], "red")]
+        failure_column = {
+            "displayName": "Failure ratio",
+            "custom.cellOptions": {"type": "color-text"},
+            **by_thresholds(failure_steps),
+        }
         panels = [
             row("Now"),
             stat(
@@ -402,6 +447,14 @@ class Mixin:
                     )
                 ],
                 "short",
+                # The status colours of the job-detail dashboard's timeline.
+                overrides=[
+                    {
+                        "matcher": {"id": "byName", "options": name},
+                        "properties": [{"id": "color", "value": fixed(STATUS_COLORS[name])}],
+                    }
+                    for _, name in STATUS_CODES
+                ],
                 w=8,
             ),
             stat(
@@ -426,47 +479,35 @@ class Mixin:
                 ],
                 "percentunit",
                 w=6,
-                thresholds=[(None, "green"), (alerts["failure_ratio_high"]["threshold"], "red")],
+                thresholds=failure_steps,
             ),
             row("Rollouts"),
             table(
                 "Active rollouts",
                 "Jobs IN_PROGRESS: share of executions no longer queued or in progress, "
-                "failure ratio, pending executions and observed rollout rate. Click a row "
-                "for the AWS IoT console or the job-detail dashboard.",
+                "failure ratio, pending executions and observed rollout rate (retries "
+                "included). Progress stays empty while the job has no executions, and the "
+                "failure ratio while none has finished. Click a row for the AWS IoT console "
+                "or the job-detail dashboard.",
                 [
-                    query(self.in_progress(f"aws_iot_job:executions_completion:ratio{{{self.f}}}")),
-                    query(self.in_progress(failure)),
-                    query(self.in_progress(f"aws_iot_job:executions_pending:sum{{{self.f}}}")),
-                    query(
-                        self.in_progress(
-                            "aws_iot_job:rollout_observed_rate_per_minute:avg_over_time"
-                            f"{{{self.f}}}"
-                        )
-                    ),
+                    query(self.per_job(self.in_progress(expr)))
+                    for expr in (
+                        f"aws_iot_job:executions_completion:ratio{{{self.f}}}",
+                        failure,
+                        f"aws_iot_job:executions_pending:sum{{{self.f}}}",
+                        f"aws_iot_job:rollout_observed_rate_per_minute:avg_over_time{{{self.f}}}",
+                    )
                 ],
                 "percentunit",
                 columns={
                     "Value #A": {
                         "displayName": "Progress",
                         "custom.cellOptions": {"type": "gauge", "mode": "basic"},
+                        "color": fixed("blue"),
                         "min": 0,
                         "max": 1,
                     },
-                    "Value #B": {
-                        "displayName": "Failure ratio",
-                        "custom.cellOptions": {"type": "color-text"},
-                        "thresholds": {
-                            "mode": "absolute",
-                            "steps": [
-                                {"value": None, "color": "green"},
-                                {
-                                    "value": alerts["failure_ratio_high"]["threshold"],
-                                    "color": "red",
-                                },
-                            ],
-                        },
-                    },
+                    "Value #B": failure_column,
                     "Value #C": {"displayName": "Queued or in progress", "unit": "short"},
                     "Value #D": {"displayName": "Rollout rate", "unit": RATE_PER_MINUTE},
                 },
@@ -479,15 +520,17 @@ class Mixin:
                 "The ten selected jobs with the highest failure ratio, whatever their status, "
                 "with the number of finished executions the ratio is taken over.",
                 [
-                    query(f"topk(10, {failure})"),
+                    query(self.per_job(f"topk(10, {failure})")),
                     query(
-                        f"aws_iot_job:executions_terminal:sum{{{self.f}}}\n"
-                        f"and on ({JOB_KEY}) topk(10, {failure})"
+                        self.per_job(
+                            f"aws_iot_job:executions_terminal:sum{{{self.f}}}\n"
+                            f"  and on ({JOB_KEY}) topk(10, {failure})"
+                        )
                     ),
                 ],
                 "percentunit",
                 columns={
-                    "Value #A": {"displayName": "Failure ratio"},
+                    "Value #A": failure_column,
                     "Value #B": {"displayName": "Finished executions", "unit": "short"},
                 },
                 sort="Failure ratio",
@@ -560,6 +603,9 @@ class Mixin:
     def job(self) -> dict[str, Any]:
         alerts = self.c["alerts"]
         f = self.f
+        age = f"(time() - {self.dedup('aws_iot_job_last_success_timestamp_seconds')})"
+        active = self.dedup("aws_iot_job_status", ACTIVE)
+        inactive = self.dedup("aws_iot_job_status", ACTIVE.replace("=~", "!~"))
         panels = [
             row("Job"),
             stat(
@@ -596,16 +642,27 @@ class Mixin:
             ),
             stat(
                 "Data age",
-                "Time since the exporter last described the job. Completed and canceled "
-                "jobs are described once, so their age grows on purpose.",
+                "Time since the exporter last described the job; red from the "
+                f"AwsIotJobsExporterDataStale limit ({alerts['data_stale']['max_age']}) while "
+                "the job is scheduled or in progress. Completed and canceled jobs are "
+                "described once, so their age grows on purpose and is shown with their "
+                "status, uncoloured.",
                 [
+                    query(f"{age}\nand on ({JOB_KEY}) ({active} == 1)", "{{job_id}}", instant=True),
                     query(
-                        f"time() - {self.dedup('aws_iot_job_last_success_timestamp_seconds')}",
-                        "{{job_id}}",
+                        f"{age}\n* on ({JOB_KEY}) group_left (status) ({inactive} == 1)",
+                        "{{job_id}} ({{status}})",
                         instant=True,
-                    )
+                    ),
                 ],
                 "s",
+                thresholds=[(None, "green"), (_seconds(alerts["data_stale"]["max_age"]), "red")],
+                overrides=[
+                    {
+                        "matcher": {"id": "byFrameRefID", "options": "B"},
+                        "properties": [{"id": "color", "value": fixed(NEUTRAL)}],
+                    }
+                ],
                 w=6,
             ),
             panel(
@@ -638,13 +695,19 @@ class Mixin:
             timeseries(
                 "Observed vs allowed rollout rate",
                 "Executions created per minute (as measured between describes, and "
-                "averaged) against the rate the rollout config allows now and its maximum.",
+                "averaged) against the rate the rollout config allows now and its maximum. "
+                "The observed rate counts every execution created, retries included, while "
+                "the limit applies to first notifications only: with a retry config the "
+                "observed rate can exceed the limit.",
                 [
                     query(
                         f"aws_iot_job:rollout_observed_rate_per_minute:avg_over_time{{{f}}}",
-                        "observed (average)",
+                        "observed incl. retries (avg)",
                     ),
-                    query(self.dedup("aws_iot_job_rollout_observed_rate_per_minute"), "observed"),
+                    query(
+                        self.dedup("aws_iot_job_rollout_observed_rate_per_minute"),
+                        "observed incl. retries",
+                    ),
                     query(self.dedup("aws_iot_job_rollout_rate_limit_per_minute"), "allowed now"),
                     query(self.dedup("aws_iot_job_rollout_maximum_per_minute"), "maximum"),
                 ],
@@ -920,7 +983,6 @@ class Mixin:
                 },
             }
         ]
-        active = 'status=~"IN_PROGRESS|SCHEDULED"'
         panels = [
             row("Health"),
             stat(
@@ -1060,7 +1122,7 @@ class Mixin:
                         f"max by (target) (\n"
                         f"  time() - aws_iot_job_last_success_timestamp_seconds{{{self.f}}}\n"
                         f"  and on ({JOB_KEY}, {self.replicas}) "
-                        f"(aws_iot_job_status{{{self.f}, {active}}} == 1)\n"
+                        f"(aws_iot_job_status{{{self.f}, {ACTIVE}}} == 1)\n"
                         ")",
                         "oldest active job {{target}}",
                     ),
@@ -1084,7 +1146,9 @@ class Mixin:
                 "Build",
                 "Version of each exporter replica and when it last loaded its configuration.",
                 [
-                    query(f"aws_iot_jobs_exporter_build_info{{{self.sel}}}"),
+                    # max without () drops only the metric name, which would keep the
+                    # rows of the two queries apart (see table()).
+                    query(f"max without () (aws_iot_jobs_exporter_build_info{{{self.sel}}})"),
                     query(
                         "aws_iot_jobs_exporter_config_last_reload_success_timestamp_seconds"
                         f"{{{self.sel}}}{MS}"

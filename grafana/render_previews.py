@@ -295,14 +295,17 @@ def legend(fmt: str, labels: dict[str, str]) -> str:
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), fmt).strip()
 
 
-def field_config(panel: dict[str, Any], name: str) -> dict[str, Any]:
-    """The panel's defaults with the overrides that match a field's name applied."""
+def field_config(panel: dict[str, Any], name: str, ref: str | None = None) -> dict[str, Any]:
+    """The panel's defaults with the overrides that match a field's name (or its query's
+    refId) applied."""
     defaults = panel.get("fieldConfig", {}).get("defaults", {})
     config = {**defaults, "custom": dict(defaults.get("custom", {}))}
     for override in panel.get("fieldConfig", {}).get("overrides", []):
         matcher = override["matcher"]
-        hit = (matcher["id"] == "byName" and matcher["options"] == name) or (
-            matcher["id"] == "byRegexp" and re.search(matcher["options"], name)
+        hit = (
+            (matcher["id"] == "byName" and matcher["options"] == name)
+            or (matcher["id"] == "byRegexp" and re.search(matcher["options"], name))
+            or (matcher["id"] == "byFrameRefID" and matcher["options"] == ref)
         )
         if not hit:
             continue
@@ -321,6 +324,11 @@ def color(name: str | None) -> str | None:
 
 
 def threshold_color(value: float, config: dict[str, Any]) -> str:
+    """The field's colour for a value: its fixed colour, or else its thresholds' (Grafana's
+    default thresholds when it has none)."""
+    mode = config.get("color", {})
+    if mode.get("mode") == "fixed":
+        return color(mode.get("fixedColor")) or TEXT
     steps = config.get("thresholds", {}).get("steps", DEFAULT_THRESHOLDS)
     chosen = steps[0]["color"]
     for step in steps:
@@ -439,7 +447,8 @@ def draw_stat(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect)
         series = source.instant(target["expr"])
         names = [legend(target.get("legendFormat", ""), s["metric"]) for s in series]
         for name, s in sorted(zip(names, series, strict=True), key=lambda pair: pair[0]):
-            items.append((name, float(s["value"][1]), field_config(panel, name)))
+            config = field_config(panel, name, target.get("refId"))
+            items.append((name, float(s["value"][1]), config))
     ax = canvas.box(x, y, w, h)
     if not items:
         no_data(ax, w, h)
@@ -471,7 +480,7 @@ def series_matrix(
                 if 0 <= index < count:
                     values[index] = float(value)
             name = legend(target.get("legendFormat", ""), s["metric"])
-            rows.append((name, values, field_config(panel, name)))
+            rows.append((name, values, field_config(panel, name, target.get("refId"))))
     return times, rows
 
 

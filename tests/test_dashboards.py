@@ -106,6 +106,91 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
+# PromQL's binary operators from the loosest to the tightest binding.
+PRECEDENCE = [
+    {"or"},
+    {"and", "unless"},
+    {"==", "!=", "<=", ">=", "<", ">"},
+    {"+", "-"},
+    {"*", "/", "%", "atan2"},
+    {"^"},
+]
+AGGREGATIONS = {"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count"}
+AGGREGATIONS |= {"count_values", "quantile"}
+# Functions and aggregations whose result keeps the labels of their input, name included:
+# the vector is their last argument, or their first.
+KEEP_LABELS_OF_LAST = {"topk", "bottomk", "limitk", "limit_ratio"}
+KEEP_LABELS_OF_FIRST = {"label_replace", "label_join", "sort", "sort_desc", "last_over_time"}
+KEEP_LABELS_OF_FIRST |= {"sort_by_label", "sort_by_label_desc"}
+
+
+def top_level(expr: str) -> list[tuple[int, str]]:
+    """(position, token) of every operator, comma or word outside brackets and strings."""
+    tokens: list[tuple[int, str]] = []
+    depth, i = 0, 0
+    while i < len(expr):
+        c = expr[i]
+        if c == '"':
+            i = expr.index('"', i + 1) + 1
+            continue
+        if c in "({[":
+            depth += 1
+        elif c in ")}]":
+            depth -= 1
+        elif depth == 0:
+            match = re.match(r"==|!=|<=|>=|[<>+\-*/%^,]|[A-Za-z_:][\w:]*", expr[i:])
+            if match:
+                tokens.append((i, match.group(0)))
+                i += len(match.group(0))
+                continue
+        i += 1
+    return tokens
+
+
+def keeps_metric_name(expr: str) -> bool:
+    """Whether the series of a PromQL expression can carry __name__, from its outermost
+    operation, following Prometheus: arithmetic, comparisons with `bool`, aggregations and
+    most functions drop the metric name; selectors, filters and set operations keep it."""
+    expr = expr.strip()
+    tokens = top_level(expr)
+    for level in PRECEDENCE:
+        found = [(at, tok) for n, (at, tok) in enumerate(tokens) if tok in level and n > 0]
+        if not found:
+            continue
+        # ^ binds right to left, the others left to right: split at the last one to bind.
+        at, tok = found[0] if level == {"^"} else found[-1]
+        left, right = expr[:at], expr[at + len(tok) :]
+        if tok == "or":
+            return keeps_metric_name(left) or keeps_metric_name(right)
+        if tok in {"and", "unless"}:
+            return keeps_metric_name(left)
+        if level is PRECEDENCE[2]:
+            return not right.lstrip().startswith("bool") and keeps_metric_name(left)
+        return False  # arithmetic
+    if expr.startswith("("):
+        return keeps_metric_name(expr[1:-1])
+    call = re.match(r"([a-z_]+)\s*(?:(?:by|without)\s*\([^)]*\)\s*)?\(", expr)
+    if call:
+        name, inside = call.group(1), expr[call.end() : expr.rindex(")")]
+        commas = [-1, *(at for at, tok in top_level(inside) if tok == ",")]
+        ends = [*commas[1:], len(inside)]
+        args = [inside[a + 1 : b] for a, b in zip(commas, ends, strict=True)]
+        if name in KEEP_LABELS_OF_LAST:
+            return keeps_metric_name(args[-1])
+        if name in KEEP_LABELS_OF_FIRST:
+            return keeps_metric_name(args[0])
+        return False  # aggregations and the other functions
+    return bool(re.match(r"[A-Za-z_:][\w:]*\s*(\{|$)|\{", expr))
+
+
+def grouping(expr: str) -> tuple[str, ...] | None:
+    """The labels an expression's outermost `aggregation by (...)` keeps, if it is one."""
+    match = re.fullmatch(r"\s*([a-z_]+)\s+by\s*\(([^)]*)\)\s*\(.*\)\s*", expr, flags=re.DOTALL)
+    if not match or match.group(1) not in AGGREGATIONS:
+        return None
+    return tuple(sorted(label.strip() for label in match.group(2).split(",")))
+
+
 def documented_metrics() -> set[str]:
     text = (ROOT / "docs" / "metrics.md").read_text()
     names = set(re.findall(r"^\| `([a-z_:]+)` \|", text, flags=re.MULTILINE))
@@ -263,3 +348,85 @@ def test_compose_runs_what_the_repository_ships(tmp_path: Path) -> None:
     (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "aws-iot-jobs-exporter"]
     assert job["static_configs"][0]["targets"] == ["exporter:9947"]
     assert ":9947" in services["exporter"]["command"]
+
+
+def test_metric_name_inference() -> None:
+    # The table check below is only as good as this.
+    keeps = {
+        'x{a="b"}': True,
+        "x": True,
+        "max by (a) (x)": False,
+        "max without () (x)": False,
+        "x and on (a) (max without (i) (y) == 1)": True,
+        "x and on (a) (y == 1)": True,
+        "(time() - x) and on (a) (y == 1)": False,
+        "x * on (a) group_left (b) y": False,
+        'x{a="b"} * 1000': False,
+        "x > bool 1": False,
+        "x > 1": True,
+        "topk(10, x)": True,
+        "topk(10, max by (a) (x))": False,
+        "max by (a) (topk(10, x))": False,
+        "sum(x) / (sum(y) > 0)": False,
+        "rate(x[5m])": False,
+        "max(y) or x": True,
+        'label_replace(x, "a", "$1", "b", "(.*)")': True,
+    }
+    assert {expr: keeps_metric_name(expr) for expr in keeps} == keeps
+    assert grouping("max by (b, a) (\n  x and on (a) y\n)") == ("a", "b")
+    assert grouping("topk by (a) (1, x)") is None
+    assert grouping("max by (a) (x) * y") is None
+
+
+def test_merged_tables_have_one_row_per_key() -> None:
+    # Grafana's merge joins the rows of a table's queries whose shared columns agree, and
+    # a table-format query has a column for each label, __name__ included: queries that
+    # keep their metric names never join, and queries grouped by different labels leave
+    # columns empty. One row per job needs queries without names and with the same labels.
+    checked = 0
+    for name, board in dashboards().items():
+        for p in data_panels(board):
+            if p["type"] != "table" or len(p["targets"]) < 2:
+                continue
+            where = f"{name}: {p['title']}"
+            steps = [t["id"] for t in p.get("transformations", [])]
+            assert steps[:1] == ["merge"], f"{where}: queries are not merged first: {steps}"
+            for t in p["targets"]:
+                assert not keeps_metric_name(t["expr"]), (
+                    f"{where} {t['refId']}: the result keeps its metric name, so its rows "
+                    "cannot merge with the other queries'"
+                )
+            groups = {grouping(t["expr"]) for t in p["targets"]} - {None}
+            assert len(groups) <= 1, f"{where}: queries grouped by different labels: {groups}"
+            checked += 1
+    assert checked >= 5
+
+
+def test_value_panels_choose_their_colours() -> None:
+    # A stat, gauge or table field without a colour of its own gets Grafana's default
+    # thresholds, red from 80: counts, durations and timestamps would turn red for nothing.
+    # Each one is either a fixed colour or thresholds the dashboard sets on purpose.
+    for name, board in dashboards().items():
+        for p in data_panels(board):
+            if p["type"] not in {"stat", "gauge", "bargauge", "table"}:
+                continue
+            where = f"{name}: {p['title']}"
+            defaults = p["fieldConfig"]["defaults"]
+            mode = defaults.get("color", {}).get("mode")
+            assert mode in {"fixed", "thresholds"}, f"{where}: no colour mode"
+            if mode == "fixed":
+                assert defaults["color"].get("fixedColor"), f"{where}: fixed without a colour"
+            else:
+                assert defaults.get("thresholds", {}).get("steps"), f"{where}: no thresholds"
+            for override in p["fieldConfig"]["overrides"]:
+                props = {prop["id"]: prop["value"] for prop in override["properties"]}
+                colour = props.get("color", {})
+                if "thresholds" in props:
+                    assert colour.get("mode", mode) == "thresholds", (
+                        f"{where}: {override['matcher']} sets thresholds that its fixed "
+                        "colour ignores"
+                    )
+                if colour.get("mode") == "fixed":
+                    assert colour.get("fixedColor"), f"{where}: {override['matcher']}"
+                elif colour.get("mode") == "thresholds":
+                    assert "thresholds" in props or mode == "thresholds", where
