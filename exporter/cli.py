@@ -260,8 +260,9 @@ async def _serve_until_signalled(
         args.telemetry_path,
         reload=reloader.reload if args.enable_lifecycle else None,
         max_requests=args.max_requests,
-        middlewares=[web_config.middleware(OPEN_PATHS)] if web_config is not None else (),
     )
+    if web_config is not None:
+        web_config.install(app, OPEN_PATHS)
     ssl_context = web_config.ssl_context() if web_config is not None else None
     # Bounded request lines and headers: a scrape needs little, a hostile client gets 400.
     runner = web.AppRunner(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import html
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -151,12 +151,11 @@ def build_app(
     telemetry_path: str = "/metrics",
     reload: Reload | None = None,
     max_requests: int = 64,
-    middlewares: Iterable[Middleware] = (),
 ) -> web.Application:
     """The exporter's routes. `reload` enables POST /-/reload (--web.enable-lifecycle)."""
     app = web.Application(
         client_max_size=MAX_REQUEST_BODY,
-        middlewares=[limit_in_flight(max_requests), *middlewares],
+        middlewares=[limit_in_flight(max_requests)],
     )
     landing = _landing(telemetry_path)
 

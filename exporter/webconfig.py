@@ -152,12 +152,28 @@ class WebConfig:
         return _build_ssl_context(self.file, self.tls)
 
     def middleware(self, open_paths: frozenset[str] = frozenset()) -> Middleware:
-        """Basic auth, rate limit, client certificate SANs and extra response headers.
+        """Basic auth, rate limit and client certificate SANs.
 
         Routes whose path is in `open_paths` (health probes, which kubelets and load
         balancers call without credentials) skip basic auth and the rate limit.
         """
         return _make_middleware(self, open_paths)
+
+    def install(self, app: web.Application, open_paths: frozenset[str] = frozenset()) -> None:
+        """Adds the middleware and the extra response headers to an app not yet started.
+
+        The headers are set when a response is prepared, the one moment every response
+        passes through: streamed ones (/metrics) have sent theirs before a middleware
+        sees them return, and error responses are built from exceptions.
+        """
+        app.middlewares.append(self.middleware(open_paths))
+        if self.headers:
+            extra = dict(self.headers)
+
+            async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+                response.headers.update(extra)
+
+            app.on_response_prepare.append(add_headers)
 
 
 def load_web_config(path: str | Path) -> WebConfig:
@@ -444,7 +460,6 @@ def _ssl_reason(exc: Exception) -> str:
 
 
 def _make_middleware(config: WebConfig, open_paths: frozenset[str]) -> Middleware:
-    headers = dict(config.headers)
     auth = _BasicAuth(config.basic_auth_users) if config.basic_auth_users else None
     bucket = _TokenBucket(config.rate_limit) if config.rate_limit is not None else None
     sans = config.tls.client_allowed_sans if config.tls is not None else frozenset()
@@ -467,15 +482,7 @@ def _make_middleware(config: WebConfig, open_paths: frozenset[str]) -> Middlewar
 
     @web.middleware
     async def web_config_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            response = await guarded(request, handler)
-        except web.HTTPException as exc:
-            # Errors (401, 404, ...) are responses too and get the same headers.
-            exc.headers.update(headers)
-            raise
-        if not response.prepared:
-            response.headers.update(headers)
-        return response
+        return await guarded(request, handler)
 
     return web_config_middleware
 

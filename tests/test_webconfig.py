@@ -166,7 +166,7 @@ tls_server_config:
 @asynccontextmanager
 async def serve(config: WebConfig, open_paths: frozenset[str] = HEALTH) -> AsyncIterator[str]:
     app = build_app(MetricsStore(), SelfMetrics(), lambda: True)
-    app.middlewares.append(config.middleware(open_paths))
+    config.install(app, open_paths)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     context = config.ssl_context()
