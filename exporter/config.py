@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
+
+from exporter.reader import LocatedError, Reader, kind
 
 JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 TARGET_SELECTIONS = ("CONTINUOUS", "SNAPSHOT")
@@ -55,18 +55,10 @@ _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _JOB_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
 _URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
-class ConfigError(Exception):
+class ConfigError(LocatedError):
     """A configuration problem, located by file and field path."""
-
-    def __init__(self, file: str, path: str, message: str) -> None:
-        super().__init__(f"{file}: {path}: {message}" if path else f"{file}: {message}")
-        self.file = file
-        self.path = path
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,126 +143,7 @@ class Config:
     otel: Otel = Otel()
 
 
-T = TypeVar("T")
-
-
-class _Reader:
-    """Walks the YAML tree, checking types and keeping the field path for errors."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-
-    def fail(self, path: str, message: str) -> ConfigError:
-        return ConfigError(self.file, path, message)
-
-    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(path, f"expected a mapping, got {_kind(value)}")
-        for key in value:
-            if not isinstance(key, str):
-                raise self.fail(path, f"keys must be strings, got {_kind(key)}")
-            if key not in allowed:
-                shown = key or repr(key)
-                where = f"{path}.{shown}" if path else shown
-                raise self.fail(where, f"unknown key; expected one of {', '.join(allowed)}")
-        return value
-
-    def string(
-        self,
-        value: Any,
-        path: str,
-        pattern: re.Pattern[str] | None = None,
-        expect: str = "",
-        secret: bool = False,
-    ) -> str:
-        if not isinstance(value, str) or value == "":
-            shown = "a value" if secret else _kind(value)
-            raise self.fail(path, f"expected a non-empty string, got {shown}")
-        if pattern is not None and not pattern.match(value):
-            shown = "" if secret else f"{value!r} "
-            raise self.fail(path, f"{shown}is not {expect}")
-        return value
-
-    def opt(
-        self, data: Mapping[str, Any], key: str, path: str, read: Callable[[Any, str], T]
-    ) -> T | None:
-        if data.get(key) is None:
-            return None
-        return read(data[key], f"{path}.{key}" if path else key)
-
-    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str:
-        if value not in choices:
-            raise self.fail(path, f"{value!r} is not one of {', '.join(choices)}")
-        return str(value)
-
-    def duration(self, value: Any, path: str) -> float:
-        seconds = parse_duration(value)
-        if seconds is None:
-            raise self.fail(path, f"expected a duration like 30s, 5m or 24h, got {value!r}")
-        return seconds
-
-    def integer(self, value: Any, path: str, low: int, high: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(path, f"expected an integer from {low} to {high}, got {value!r}")
-        return value
-
-    def number(self, value: Any, path: str, low: float) -> float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value) or value < low:
-            raise self.fail(path, f"expected a number of at least {low:g}, got {value!r}")
-        return float(value)
-
-    def regexes(self, value: Any, path: str) -> tuple[re.Pattern[str], ...]:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise self.fail(path, f"expected a list of regular expressions, got {_kind(value)}")
-        out = []
-        for i, item in enumerate(value):
-            where = f"{path}[{i}]"
-            text = self.string(item, where)
-            try:
-                out.append(re.compile(text))
-            except re.error as exc:
-                raise self.fail(
-                    where, f"{text!r} is not a valid regular expression: {exc}"
-                ) from None
-        return tuple(out)
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    names = {
-        dict: "a mapping",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-    }
-    return names.get(type(value), type(value).__name__)
-
-
-def parse_duration(value: Any) -> float | None:
-    """Prometheus-style durations (`30s`, `5m`, `1h30m`); None when not one or not positive."""
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            return None
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or pos == 0 or total <= 0:
-        return None
-    return total
-
-
-def _read_collector(r: _Reader, value: Any) -> Collector:
+def _read_collector(r: Reader, value: Any) -> Collector:
     keys = (
         "interval",
         "discovery_interval",
@@ -301,23 +174,23 @@ def _read_collector(r: _Reader, value: Any) -> Collector:
 
 
 def _read_string_map(
-    r: _Reader, value: Any, path: str, secret: bool = False
+    r: Reader, value: Any, path: str, secret: bool = False
 ) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict):
-        raise r.fail(path, f"expected a mapping of names to string values, got {_kind(value)}")
+        raise r.fail(path, f"expected a mapping of names to string values, got {kind(value)}")
     out = []
     for key, item in value.items():
         where = f"{path}.{key}"
         if not isinstance(key, str) or not key:
             raise r.fail(path, "keys must be non-empty strings")
         if isinstance(item, bool) or not isinstance(item, str | int | float):
-            shown = "a value of another type" if secret else _kind(item)
+            shown = "a value of another type" if secret else kind(item)
             raise r.fail(where, f"expected a string value, got {shown}")
         out.append((key, str(item)))
     return tuple(sorted(out))
 
 
-def _read_otel(r: _Reader, value: Any) -> Otel:
+def _read_otel(r: Reader, value: Any) -> Otel:
     keys = (
         "enabled",
         "endpoint",
@@ -332,15 +205,8 @@ def _read_otel(r: _Reader, value: Any) -> Otel:
     data = r.mapping(value, "otel", keys)
     d = Otel()
 
-    def flag(key: str) -> bool | None:
-        item = data.get(key)
-        if item is None:
-            return None
-        if not isinstance(item, bool):
-            raise r.fail(f"otel.{key}", f"expected true or false, got {item!r}")
-        return item
-
-    enabled, tracing = flag("enabled"), flag("tracing")
+    enabled = r.opt(data, "enabled", "otel", r.boolean)
+    tracing = r.opt(data, "tracing", "otel", r.boolean)
     endpoint = r.opt(data, "endpoint", "otel", lambda v, p: r.string(v, p, _URL, "an http(s) URL"))
     protocol = r.opt(data, "protocol", "otel", lambda v, p: r.choice(v, p, OTLP_PROTOCOLS))
     interval = r.opt(data, "interval", "otel", r.duration)
@@ -361,7 +227,7 @@ def _read_otel(r: _Reader, value: Any) -> Otel:
     )
 
 
-def _read_discover(r: _Reader, value: Any, path: str) -> Discover:
+def _read_discover(r: Reader, value: Any, path: str) -> Discover:
     keys = (
         "status",
         "target_selection",
@@ -393,7 +259,7 @@ def _read_discover(r: _Reader, value: Any, path: str) -> Discover:
     )
 
 
-def _read_jobs(r: _Reader, value: Any, path: str) -> Jobs:
+def _read_jobs(r: Reader, value: Any, path: str) -> Jobs:
     if value is None:
         raise r.fail(path, "expected a mapping with ids and/or discover")
     data = r.mapping(value, path, ("ids", "discover"))
@@ -401,7 +267,7 @@ def _read_jobs(r: _Reader, value: Any, path: str) -> Jobs:
     if data.get("ids") is not None:
         raw = data["ids"]
         if not isinstance(raw, list):
-            raise r.fail(f"{path}.ids", f"expected a list of job ids, got {_kind(raw)}")
+            raise r.fail(f"{path}.ids", f"expected a list of job ids, got {kind(raw)}")
         for i, item in enumerate(raw):
             job_id = r.string(
                 item, f"{path}.ids[{i}]", _JOB_ID, "a job id (1-64 letters, digits, '-' or '_')"
@@ -417,9 +283,9 @@ def _read_jobs(r: _Reader, value: Any, path: str) -> Jobs:
     return Jobs(ids=tuple(ids), discover=discover)
 
 
-def _read_labels(r: _Reader, value: Any, path: str) -> tuple[tuple[str, str], ...]:
+def _read_labels(r: Reader, value: Any, path: str) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict):
-        raise r.fail(path, f"expected a mapping of label names to values, got {_kind(value)}")
+        raise r.fail(path, f"expected a mapping of label names to values, got {kind(value)}")
     out = []
     for name, label_value in value.items():
         where = f"{path}.{name}"
@@ -428,12 +294,12 @@ def _read_labels(r: _Reader, value: Any, path: str) -> tuple[tuple[str, str], ..
         if name in RESERVED_LABELS:
             raise r.fail(where, "is a label name the exporter sets itself; choose another")
         if isinstance(label_value, bool) or not isinstance(label_value, str | int | float):
-            raise r.fail(where, f"expected a string value, got {_kind(label_value)}")
+            raise r.fail(where, f"expected a string value, got {kind(label_value)}")
         out.append((name, str(label_value)))
     return tuple(sorted(out))
 
 
-def _read_target(r: _Reader, value: Any, path: str) -> Target:
+def _read_target(r: Reader, value: Any, path: str) -> Target:
     keys = (
         "name",
         "region",
@@ -496,7 +362,7 @@ def _read_target(r: _Reader, value: Any, path: str) -> Target:
 
 def parse_config(text: str, file: str = "config.yaml") -> Config:
     """Parse and validate configuration text; raises ConfigError."""
-    r = _Reader(file)
+    r = Reader(file, ConfigError)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -512,7 +378,7 @@ def parse_config(text: str, file: str = "config.yaml") -> Config:
     collector = _read_collector(r, data.get("collector"))
     raw_targets = data.get("targets")
     if not isinstance(raw_targets, list) or not raw_targets:
-        raise r.fail("targets", f"expected a non-empty list of targets, got {_kind(raw_targets)}")
+        raise r.fail("targets", f"expected a non-empty list of targets, got {kind(raw_targets)}")
     targets: list[Target] = []
     for i, item in enumerate(raw_targets):
         target = _read_target(r, item, f"targets[{i}]")

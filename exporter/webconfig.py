@@ -25,7 +25,8 @@ import yaml
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from exporter.config import ConfigError, _kind, _Reader
+from exporter.config import ConfigError
+from exporter.reader import Reader, kind
 
 log = logging.getLogger("exporter.webconfig")
 
@@ -197,7 +198,7 @@ def load_web_config(path: str | Path) -> WebConfig:
 def parse_web_config(text: str, file: str, directory: Path) -> WebConfig:
     """Parse web config text; relative file names are taken from `directory`, as
     exporter-toolkit does, so a config and its certificates can move together."""
-    r = _Reader(file)
+    r = Reader(file, ConfigError)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -219,19 +220,13 @@ def parse_web_config(text: str, file: str, directory: Path) -> WebConfig:
     )
 
 
-def _boolean(r: _Reader, value: Any, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise r.fail(path, f"expected true or false, got {_kind(value)}")
-    return value
-
-
-def _strings(r: _Reader, value: Any, path: str) -> tuple[str, ...]:
+def _strings(r: Reader, value: Any, path: str) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise r.fail(path, f"expected a list of strings, got {_kind(value)}")
+        raise r.fail(path, f"expected a list of strings, got {kind(value)}")
     return tuple(r.string(item, f"{path}[{i}]") for i, item in enumerate(value))
 
 
-def _read_tls(r: _Reader, value: Any, directory: Path) -> TLSServerConfig | None:
+def _read_tls(r: Reader, value: Any, directory: Path) -> TLSServerConfig | None:
     p = "tls_server_config"
     data = r.mapping(value, p, _TLS_KEYS)
     if not data:
@@ -324,7 +319,7 @@ def _read_tls(r: _Reader, value: Any, directory: Path) -> TLSServerConfig | None
         cipher_suites=tuple(ciphers),
         prefer_server_cipher_suites=True
         if prefer is None
-        else _boolean(r, prefer, f"{p}.prefer_server_cipher_suites"),
+        else r.boolean(prefer, f"{p}.prefer_server_cipher_suites"),
     )
 
 
@@ -342,12 +337,12 @@ def _normalise_san(value: str) -> str:
         return value
 
 
-def _read_http(r: _Reader, value: Any) -> tuple[bool, tuple[tuple[str, str], ...]]:
+def _read_http(r: Reader, value: Any) -> tuple[bool, tuple[tuple[str, str], ...]]:
     p = "http_server_config"
     data = r.mapping(value, p, _HTTP_KEYS)
     http2 = True
     if data.get("http2") is not None:
-        http2 = _boolean(r, data["http2"], f"{p}.http2")
+        http2 = r.boolean(data["http2"], f"{p}.http2")
     headers = r.mapping(data.get("headers"), f"{p}.headers", tuple(EXTRA_HEADERS))
     out: list[tuple[str, str]] = []
     for name, raw in headers.items():
@@ -364,12 +359,12 @@ def _read_http(r: _Reader, value: Any) -> tuple[bool, tuple[tuple[str, str], ...
     return http2, tuple(out)
 
 
-def _read_users(r: _Reader, value: Any) -> tuple[tuple[str, str], ...]:
+def _read_users(r: Reader, value: Any) -> tuple[tuple[str, str], ...]:
     p = "basic_auth_users"
     if value is None:
         return ()
     if not isinstance(value, dict):
-        raise r.fail(p, f"expected a mapping of user to bcrypt hash, got {_kind(value)}")
+        raise r.fail(p, f"expected a mapping of user to bcrypt hash, got {kind(value)}")
     users: list[tuple[str, str]] = []
     for user, hashed in value.items():
         if not isinstance(user, str) or user == "" or ":" in user:
@@ -383,7 +378,7 @@ def _read_users(r: _Reader, value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(users)
 
 
-def _read_rate_limit(r: _Reader, value: Any) -> RateLimit | None:
+def _read_rate_limit(r: Reader, value: Any) -> RateLimit | None:
     p = "rate_limit"
     data = r.mapping(value, p, _RATE_LIMIT_KEYS)
     raw = data.get("interval")
@@ -492,10 +487,10 @@ def _peer_has_allowed_san(request: web.Request, allowed: frozenset[str]) -> bool
     cert = transport.get_extra_info("peercert") if transport is not None else None
     if not cert:
         return False
-    for kind, value in cert.get("subjectAltName", ()):
-        if kind in ("DNS", "email", "URI") and value in allowed:
+    for san_type, value in cert.get("subjectAltName", ()):
+        if san_type in ("DNS", "email", "URI") and value in allowed:
             return True
-        if kind == "IP Address" and _normalise_san(value) in allowed:
+        if san_type == "IP Address" and _normalise_san(value) in allowed:
             return True
     return False
 

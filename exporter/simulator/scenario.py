@@ -5,14 +5,15 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
+from exporter.reader import LocatedError, Reader, join
 from exporter.simulator.cron import CronError, CronExpression
 
 JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
@@ -30,17 +31,9 @@ _NAMESPACE = re.compile(r"^[a-zA-Z0-9_-]+$")
 _REASON = re.compile(r"^[A-Z0-9_]{1,128}$")
 _START_TIME = "%Y-%m-%dT%H:%M"
 
-T = TypeVar("T")
 
-
-class ScenarioError(Exception):
+class ScenarioError(LocatedError):
     """A scenario problem, located by file and field path."""
-
-    def __init__(self, file: str, path: str, message: str) -> None:
-        super().__init__(f"{file}: {path}: {message}" if path else f"{file}: {message}")
-        self.file = file
-        self.path = path
-        self.message = message
 
 
 # --- the model --------------------------------------------------------------------------
@@ -256,97 +249,6 @@ class Scenario:
 # --- the reader -------------------------------------------------------------------------
 
 
-class _Reader:
-    """Walks untrusted YAML data, raising ScenarioError with the path of the bad field."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-
-    def fail(self, path: str, message: str) -> ScenarioError:
-        return ScenarioError(self.file, path, message)
-
-    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise self.fail(path, f"expected a mapping, got {_kind(value)}")
-        for key in value:
-            if key not in allowed:
-                where = f"{path}.{key}" if path else str(key)
-                raise self.fail(where, f"unknown key; expected one of {', '.join(allowed)}")
-        return value
-
-    def seq(self, value: Any, path: str) -> list[Any]:
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise self.fail(path, f"expected a list, got {_kind(value)}")
-        return value
-
-    def integer(
-        self, value: Any, path: str, low: int | None = None, high: int | None = None
-    ) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(path, f"expected an integer, got {value!r}")
-        self._bounds(value, path, low, high)
-        return value
-
-    def number(
-        self, value: Any, path: str, low: float | None = None, high: float | None = None
-    ) -> float:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise self.fail(path, f"expected a number, got {value!r}")
-        self._bounds(value, path, low, high)
-        return float(value)
-
-    def probability(self, value: Any, path: str) -> float:
-        return self.number(value, path, 0.0, 1.0)
-
-    def boolean(self, value: Any, path: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(path, f"expected true or false, got {value!r}")
-        return value
-
-    def string(self, value: Any, path: str, pattern: re.Pattern[str] | None = None) -> str:
-        if not isinstance(value, str) or not value:
-            raise self.fail(path, f"expected a non-empty string, got {value!r}")
-        if pattern is not None and not pattern.match(value):
-            raise self.fail(path, f"expected a string matching {pattern.pattern}, got {value!r}")
-        return value
-
-    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str:
-        if value not in choices:
-            raise self.fail(path, f"expected one of {', '.join(choices)}, got {value!r}")
-        return str(value)
-
-    def optional(
-        self, data: Mapping[str, Any], key: str, path: str, read: Callable[..., T]
-    ) -> T | None:
-        if data.get(key) is None:
-            return None
-        return read(data[key], _join(path, key))
-
-    def _bounds(self, value: float, path: str, low: float | None, high: float | None) -> None:
-        if low is not None and value < low:
-            raise self.fail(path, f"expected a value ≥ {low}, got {value}")
-        if high is not None and value > high:
-            raise self.fail(path, f"expected a value ≤ {high}, got {value}")
-
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__
-
-
-def _join(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else key
-
-
 # --- sections ---------------------------------------------------------------------------
 
 _SCENARIO_KEYS = (
@@ -404,27 +306,27 @@ _EXECUTION_STATES = (
 )
 
 
-def _span(r: _Reader, value: Any, path: str) -> Span:
+def _span(r: Reader, value: Any, path: str) -> Span:
     items = r.seq(value, path)
     if len(items) != 2:
         raise r.fail(path, f"expected [low, high] in minutes, got {value!r}")
-    low = r.number(items[0], _join(path, 0), 0.0)
-    high = r.number(items[1], _join(path, 1), low)
+    low = r.number(items[0], join(path, 0), 0.0)
+    high = r.number(items[1], join(path, 1), low)
     return Span(low, high)
 
 
-def _devices(r: _Reader, value: Any, path: str, base: Devices) -> Devices:
+def _devices(r: Reader, value: Any, path: str, base: Devices) -> Devices:
     data = r.mapping(value, path, _DEVICE_KEYS)
     out = base
     if "queued_minutes" in data:
         out = replace(
-            out, queued_minutes=_span(r, data["queued_minutes"], _join(path, "queued_minutes"))
+            out, queued_minutes=_span(r, data["queued_minutes"], join(path, "queued_minutes"))
         )
     if "in_progress_minutes" in data:
-        span = _span(r, data["in_progress_minutes"], _join(path, "in_progress_minutes"))
+        span = _span(r, data["in_progress_minutes"], join(path, "in_progress_minutes"))
         out = replace(out, in_progress_minutes=span)
     probabilities = {
-        key: r.probability(data.get(key, getattr(base, key)), _join(path, key))
+        key: r.probability(data.get(key, getattr(base, key)), join(path, key))
         for key in ("reject_probability", "failure_probability", "stuck_probability")
     }
     return replace(
@@ -435,7 +337,7 @@ def _devices(r: _Reader, value: Any, path: str, base: Devices) -> Devices:
     )
 
 
-def _target(r: _Reader, value: Any, path: str) -> Target:
+def _target(r: Reader, value: Any, path: str) -> Target:
     text = r.string(value, path)
     kind, _, name = text.partition(":")
     if kind not in ("thing", "group") or not _NAME.match(name):
@@ -443,12 +345,12 @@ def _target(r: _Reader, value: Any, path: str) -> Target:
     return Target("thinggroup" if kind == "group" else "thing", name)
 
 
-def _rollout(r: _Reader, value: Any, path: str) -> Rollout:
+def _rollout(r: Reader, value: Any, path: str) -> Rollout:
     data = r.mapping(value, path, ("maximum_per_minute", "exponential_rate"))
-    maximum = r.optional(data, "maximum_per_minute", path, lambda v, p: r.integer(v, p, 1, 1000))
+    maximum = r.opt(data, "maximum_per_minute", path, lambda v, p: r.integer(v, p, 1, 1000))
     exp: ExponentialRate | None = None
     if data.get("exponential_rate") is not None:
-        ep = _join(path, "exponential_rate")
+        ep = join(path, "exponential_rate")
         e = r.mapping(
             data["exponential_rate"],
             ep,
@@ -456,152 +358,152 @@ def _rollout(r: _Reader, value: Any, path: str) -> Rollout:
         )
         for key in ("base_rate_per_minute", "increment_factor", "rate_increase_criteria"):
             if key not in e:
-                raise r.fail(_join(ep, key), "required")
-        cp = _join(ep, "rate_increase_criteria")
+                raise r.fail(join(ep, key), "required")
+        cp = join(ep, "rate_increase_criteria")
         c = r.mapping(
             e["rate_increase_criteria"],
             cp,
             ("number_of_notified_things", "number_of_succeeded_things"),
         )
-        notified = r.optional(c, "number_of_notified_things", cp, lambda v, p: r.integer(v, p, 1))
-        succeeded = r.optional(c, "number_of_succeeded_things", cp, lambda v, p: r.integer(v, p, 1))
+        notified = r.opt(c, "number_of_notified_things", cp, lambda v, p: r.integer(v, p, 1))
+        succeeded = r.opt(c, "number_of_succeeded_things", cp, lambda v, p: r.integer(v, p, 1))
         if (notified is None) == (succeeded is None):
             raise r.fail(
                 cp, "expected exactly one of number_of_notified_things, number_of_succeeded_things"
             )
         exp = ExponentialRate(
-            r.integer(e["base_rate_per_minute"], _join(ep, "base_rate_per_minute"), 1, 1000),
-            r.number(e["increment_factor"], _join(ep, "increment_factor"), 1.1, 5.0),
+            r.integer(e["base_rate_per_minute"], join(ep, "base_rate_per_minute"), 1, 1000),
+            r.number(e["increment_factor"], join(ep, "increment_factor"), 1.1, 5.0),
             RateIncreaseCriteria(notified, succeeded),
         )
     return Rollout(maximum, exp)
 
 
-def _abort(r: _Reader, value: Any, path: str) -> tuple[AbortCriterion, ...]:
+def _abort(r: Reader, value: Any, path: str) -> tuple[AbortCriterion, ...]:
     out = []
     keys = ("failure_type", "threshold_percentage", "min_number_of_executed_things", "action")
     for i, item in enumerate(r.seq(value, path)):
-        p = _join(path, i)
+        p = join(path, i)
         d = r.mapping(item, p, keys)
         for key in keys[:3]:
             if key not in d:
-                raise r.fail(_join(p, key), "required")
+                raise r.fail(join(p, key), "required")
         out.append(
             AbortCriterion(
-                r.choice(d["failure_type"], _join(p, "failure_type"), ABORT_FAILURE_TYPES),
-                r.number(d["threshold_percentage"], _join(p, "threshold_percentage"), 0.0, 100.0),
+                r.choice(d["failure_type"], join(p, "failure_type"), ABORT_FAILURE_TYPES),
+                r.number(d["threshold_percentage"], join(p, "threshold_percentage"), 0.0, 100.0),
                 r.integer(
-                    d["min_number_of_executed_things"], _join(p, "min_number_of_executed_things"), 1
+                    d["min_number_of_executed_things"], join(p, "min_number_of_executed_things"), 1
                 ),
-                r.choice(d.get("action", "CANCEL"), _join(p, "action"), ("CANCEL",)),
+                r.choice(d.get("action", "CANCEL"), join(p, "action"), ("CANCEL",)),
             )
         )
     return tuple(out)
 
 
-def _retry(r: _Reader, value: Any, path: str) -> tuple[RetryCriterion, ...]:
+def _retry(r: Reader, value: Any, path: str) -> tuple[RetryCriterion, ...]:
     out = []
     items = r.seq(value, path)
     if len(items) > 2:
         raise r.fail(path, "expected at most 2 criteria")
     for i, item in enumerate(items):
-        p = _join(path, i)
+        p = join(path, i)
         d = r.mapping(item, p, ("failure_type", "number_of_retries"))
         for key in ("failure_type", "number_of_retries"):
             if key not in d:
-                raise r.fail(_join(p, key), "required")
+                raise r.fail(join(p, key), "required")
         out.append(
             RetryCriterion(
-                r.choice(d["failure_type"], _join(p, "failure_type"), RETRY_FAILURE_TYPES),
-                r.integer(d["number_of_retries"], _join(p, "number_of_retries"), 0, 10),
+                r.choice(d["failure_type"], join(p, "failure_type"), RETRY_FAILURE_TYPES),
+                r.integer(d["number_of_retries"], join(p, "number_of_retries"), 0, 10),
             )
         )
     return tuple(out)
 
 
-def _scheduling(r: _Reader, value: Any, path: str) -> Scheduling:
+def _scheduling(r: Reader, value: Any, path: str) -> Scheduling:
     keys = ("start_minutes", "end_minutes", "end_behavior", "maintenance_windows")
     d = r.mapping(value, path, keys)
-    start = r.optional(d, "start_minutes", path, lambda v, p: r.integer(v, p))
-    end = r.optional(d, "end_minutes", path, lambda v, p: r.integer(v, p))
+    start = r.opt(d, "start_minutes", path, lambda v, p: r.integer(v, p))
+    end = r.opt(d, "end_minutes", path, lambda v, p: r.integer(v, p))
     if start is not None and end is not None and end <= start:
-        raise r.fail(_join(path, "end_minutes"), "expected a value after start_minutes")
-    behavior = r.optional(d, "end_behavior", path, lambda v, p: r.choice(v, p, END_BEHAVIORS))
+        raise r.fail(join(path, "end_minutes"), "expected a value after start_minutes")
+    behavior = r.opt(d, "end_behavior", path, lambda v, p: r.choice(v, p, END_BEHAVIORS))
     windows = []
-    wp = _join(path, "maintenance_windows")
+    wp = join(path, "maintenance_windows")
     for i, item in enumerate(r.seq(d.get("maintenance_windows"), wp)):
-        p = _join(wp, i)
+        p = join(wp, i)
         w = r.mapping(item, p, ("start_time", "duration_in_minutes"))
         for key in ("start_time", "duration_in_minutes"):
             if key not in w:
-                raise r.fail(_join(p, key), "required")
-        expr = r.string(w["start_time"], _join(p, "start_time"))
+                raise r.fail(join(p, key), "required")
+        expr = r.string(w["start_time"], join(p, "start_time"))
         try:
             cron = CronExpression.parse(expr)
         except CronError as e:
             raise r.fail(
-                _join(p, "start_time"), f"expected 'cron(m h dom mon dow year)': {e}"
+                join(p, "start_time"), f"expected 'cron(m h dom mon dow year)': {e}"
             ) from None
-        duration = r.integer(w["duration_in_minutes"], _join(p, "duration_in_minutes"), 1, 1430)
+        duration = r.integer(w["duration_in_minutes"], join(p, "duration_in_minutes"), 1, 1430)
         windows.append(MaintenanceWindow(expr, duration, cron))
     return Scheduling(start, end, behavior, tuple(windows))
 
 
-def _precomputed(r: _Reader, value: Any, path: str) -> Precomputed:
+def _precomputed(r: Reader, value: Any, path: str) -> Precomputed:
     d = r.mapping(value, path, ("status", "completed_minutes", "counts", "force_canceled"))
-    status = r.choice(d.get("status"), _join(path, "status"), ("COMPLETED", "CANCELED"))
-    completed = r.number(d.get("completed_minutes", 0.0), _join(path, "completed_minutes"))
-    cp = _join(path, "counts")
+    status = r.choice(d.get("status"), join(path, "status"), ("COMPLETED", "CANCELED"))
+    completed = r.number(d.get("completed_minutes", 0.0), join(path, "completed_minutes"))
+    cp = join(path, "counts")
     c = r.mapping(d.get("counts"), cp, _EXECUTION_STATES)
     counts = tuple(
-        (state, r.integer(c.get(state, 0), _join(cp, state), 0)) for state in _EXECUTION_STATES
+        (state, r.integer(c.get(state, 0), join(cp, state), 0)) for state in _EXECUTION_STATES
     )
     if any(state in ("queued", "in_progress") and n for state, n in counts):
         raise r.fail(cp, "a terminal job has no queued or in_progress executions")
-    force = r.boolean(d.get("force_canceled", False), _join(path, "force_canceled"))
+    force = r.boolean(d.get("force_canceled", False), join(path, "force_canceled"))
     return Precomputed(status, completed, counts, force)
 
 
-def _job(r: _Reader, value: Any, path: str, devices: Devices) -> JobSpec:
+def _job(r: Reader, value: Any, path: str, devices: Devices) -> JobSpec:
     d = r.mapping(value, path, _JOB_KEYS)
     if "id" not in d:
-        raise r.fail(_join(path, "id"), "required")
-    job_id = r.string(d["id"], _join(path, "id"), _JOB_ID)
-    tp = _join(path, "targets")
-    targets = tuple(_target(r, v, _join(tp, i)) for i, v in enumerate(r.seq(d.get("targets"), tp)))
+        raise r.fail(join(path, "id"), "required")
+    job_id = r.string(d["id"], join(path, "id"), _JOB_ID)
+    tp = join(path, "targets")
+    targets = tuple(_target(r, v, join(tp, i)) for i, v in enumerate(r.seq(d.get("targets"), tp)))
     if not targets:
         raise r.fail(tp, "expected at least one target ('group:NAME' or 'thing:NAME')")
     params: list[tuple[str, str]] = []
-    pp = _join(path, "document_parameters")
+    pp = join(path, "document_parameters")
     for key, val in r.mapping(
         d.get("document_parameters"), pp, tuple(d.get("document_parameters") or ())
     ).items():
-        params.append((str(key), r.string(val, _join(pp, str(key)))))
-    vp = _join(path, "destination_package_versions")
+        params.append((str(key), r.string(val, join(pp, str(key)))))
+    vp = join(path, "destination_package_versions")
     versions = tuple(
-        r.string(v, _join(vp, i)) for i, v in enumerate(r.seq(d.get(vp.rsplit(".", 1)[-1]), vp))
+        r.string(v, join(vp, i)) for i, v in enumerate(r.seq(d.get(vp.rsplit(".", 1)[-1]), vp))
     )
     presigned = None
     if d.get("presigned_url") is not None:
-        pu = _join(path, "presigned_url")
+        pu = join(path, "presigned_url")
         p = r.mapping(d["presigned_url"], pu, ("role_arn", "expires_in_sec"))
         presigned = PresignedUrl(
-            r.string(p.get("role_arn"), _join(pu, "role_arn")),
-            r.integer(p.get("expires_in_sec", 3600), _join(pu, "expires_in_sec"), 60, 3600),
+            r.string(p.get("role_arn"), join(pu, "role_arn")),
+            r.integer(p.get("expires_in_sec", 3600), join(pu, "expires_in_sec"), 60, 3600),
         )
 
     def text(key: str, pattern: re.Pattern[str] | None = None) -> str | None:
-        return r.optional(d, key, path, lambda v, p: r.string(v, p, pattern))
+        return r.opt(d, key, path, lambda v, p: r.string(v, p, pattern))
 
     return JobSpec(
         job_id=job_id,
         targets=targets,
         target_selection=r.choice(
             d.get("target_selection", "SNAPSHOT"),
-            _join(path, "target_selection"),
+            join(path, "target_selection"),
             TARGET_SELECTIONS,
         ),
-        created_minutes=r.number(d.get("created_minutes", 0.0), _join(path, "created_minutes")),
+        created_minutes=r.number(d.get("created_minutes", 0.0), join(path, "created_minutes")),
         description=text("description"),
         document_source=text("document_source"),
         namespace_id=text("namespace_id", _NAMESPACE),
@@ -609,44 +511,42 @@ def _job(r: _Reader, value: Any, path: str, devices: Devices) -> JobSpec:
         document_parameters=tuple(params),
         destination_package_versions=versions,
         presigned_url=presigned,
-        rollout=r.optional(d, "rollout", path, lambda v, p: _rollout(r, v, p)),
-        abort=_abort(r, d.get("abort"), _join(path, "abort")),
-        timeout_minutes=r.optional(
-            d, "timeout_minutes", path, lambda v, p: r.integer(v, p, 1, 10080)
-        ),
-        retry=_retry(r, d.get("retry"), _join(path, "retry")),
-        scheduling=r.optional(d, "scheduling", path, lambda v, p: _scheduling(r, v, p)),
-        devices=_devices(r, d.get("devices"), _join(path, "devices"), devices),
-        precomputed=r.optional(d, "precomputed", path, lambda v, p: _precomputed(r, v, p)),
+        rollout=r.opt(d, "rollout", path, lambda v, p: _rollout(r, v, p)),
+        abort=_abort(r, d.get("abort"), join(path, "abort")),
+        timeout_minutes=r.opt(d, "timeout_minutes", path, lambda v, p: r.integer(v, p, 1, 10080)),
+        retry=_retry(r, d.get("retry"), join(path, "retry")),
+        scheduling=r.opt(d, "scheduling", path, lambda v, p: _scheduling(r, v, p)),
+        devices=_devices(r, d.get("devices"), join(path, "devices"), devices),
+        precomputed=r.opt(d, "precomputed", path, lambda v, p: _precomputed(r, v, p)),
     )
 
 
 _TIMELINE_ACTIONS = ("add_things", "remove_things", "cancel_job", "delete_job")
 
 
-def _timeline_event(r: _Reader, value: Any, path: str) -> TimelineEvent:
+def _timeline_event(r: Reader, value: Any, path: str) -> TimelineEvent:
     keys = ("at_minutes", "action", "group", "count", "job", "force", "reason_code", "comment")
     d = r.mapping(value, path, keys)
-    action = r.choice(d.get("action"), _join(path, "action"), _TIMELINE_ACTIONS)
-    at = r.number(d.get("at_minutes"), _join(path, "at_minutes"))
+    action = r.choice(d.get("action"), join(path, "action"), _TIMELINE_ACTIONS)
+    at = r.number(d.get("at_minutes"), join(path, "at_minutes"))
     if action in ("add_things", "remove_things"):
         return TimelineEvent(
             at,
             action,
-            group=r.string(d.get("group"), _join(path, "group"), _NAME),
-            count=r.integer(d.get("count"), _join(path, "count"), 1),
+            group=r.string(d.get("group"), join(path, "group"), _NAME),
+            count=r.integer(d.get("count"), join(path, "count"), 1),
         )
     return TimelineEvent(
         at,
         action,
-        job_id=r.string(d.get("job"), _join(path, "job"), _JOB_ID),
-        force=r.boolean(d.get("force", False), _join(path, "force")),
-        reason_code=r.optional(d, "reason_code", path, lambda v, p: r.string(v, p, _REASON)),
-        comment=r.optional(d, "comment", path, lambda v, p: r.string(v, p)),
+        job_id=r.string(d.get("job"), join(path, "job"), _JOB_ID),
+        force=r.boolean(d.get("force", False), join(path, "force")),
+        reason_code=r.opt(d, "reason_code", path, lambda v, p: r.string(v, p, _REASON)),
+        comment=r.opt(d, "comment", path, lambda v, p: r.string(v, p)),
     )
 
 
-def _generate(r: _Reader, value: Any, path: str) -> Generate:
+def _generate(r: Reader, value: Any, path: str) -> Generate:
     keys = (
         "jobs",
         "groups",
@@ -658,44 +558,44 @@ def _generate(r: _Reader, value: Any, path: str) -> Generate:
     d = r.mapping(value, path, keys)
     g = Generate()
     return Generate(
-        jobs=r.integer(d.get("jobs", g.jobs), _join(path, "jobs"), 0, 100_000),
-        groups=r.integer(d.get("groups", g.groups), _join(path, "groups"), 1),
+        jobs=r.integer(d.get("jobs", g.jobs), join(path, "jobs"), 0, 100_000),
+        groups=r.integer(d.get("groups", g.groups), join(path, "groups"), 1),
         things_per_group=r.integer(
-            d.get("things_per_group", g.things_per_group), _join(path, "things_per_group"), 1
+            d.get("things_per_group", g.things_per_group), join(path, "things_per_group"), 1
         ),
         active_ratio=r.probability(
-            d.get("active_ratio", g.active_ratio), _join(path, "active_ratio")
+            d.get("active_ratio", g.active_ratio), join(path, "active_ratio")
         ),
         canceled_ratio=r.probability(
-            d.get("canceled_ratio", g.canceled_ratio), _join(path, "canceled_ratio")
+            d.get("canceled_ratio", g.canceled_ratio), join(path, "canceled_ratio")
         ),
         maximum_per_minute=r.integer(
             d.get("maximum_per_minute", g.maximum_per_minute),
-            _join(path, "maximum_per_minute"),
+            join(path, "maximum_per_minute"),
             1,
             1000,
         ),
     )
 
 
-def _scope(r: _Reader, d: Mapping[str, Any], path: str) -> tuple[frozenset[str], frozenset[str]]:
-    op_path = _join(path, "operations")
+def _scope(r: Reader, d: Mapping[str, Any], path: str) -> tuple[frozenset[str], frozenset[str]]:
+    op_path = join(path, "operations")
     ops = frozenset(
-        r.choice(v, _join(op_path, i), OPERATIONS)
+        r.choice(v, join(op_path, i), OPERATIONS)
         for i, v in enumerate(r.seq(d.get("operations"), op_path))
     )
-    id_path = _join(path, "job_ids")
+    id_path = join(path, "job_ids")
     ids = frozenset(
-        r.string(v, _join(id_path, i), _JOB_ID)
+        r.string(v, join(id_path, i), _JOB_ID)
         for i, v in enumerate(r.seq(d.get("job_ids"), id_path))
     )
     return ops, ids
 
 
-def _rule(r: _Reader, value: Any, path: str) -> FaultRule:
+def _rule(r: Reader, value: Any, path: str) -> FaultRule:
     d = r.mapping(value, path, ("ratio", "operations", "job_ids"))
     ops, ids = _scope(r, d, path)
-    return FaultRule(r.probability(d.get("ratio", 0.0), _join(path, "ratio")), ops, ids)
+    return FaultRule(r.probability(d.get("ratio", 0.0), join(path, "ratio")), ops, ids)
 
 
 _FAULT_KEYS = (
@@ -713,21 +613,21 @@ _FAULT_KEYS = (
 )
 
 
-def parse_faults(r: _Reader, value: Any, path: str, base: Faults = Faults()) -> Faults:
+def parse_faults(r: Reader, value: Any, path: str, base: Faults = Faults()) -> Faults:
     """Faults as a partial update of `base`: keys not given keep their current value."""
     d = r.mapping(value, path, _FAULT_KEYS)
     out = base
     rules: dict[str, Any] = {}
     for key, item in d.items():
-        p = _join(path, key)
+        p = join(path, key)
         if key == "latency":
             lat = r.mapping(item, p, ("fixed_ms", "jitter_ms", "operations", "job_ids"))
             ops, ids = _scope(r, lat, p)
             out = replace(
                 out,
                 latency=Latency(
-                    r.number(lat.get("fixed_ms", 0.0), _join(p, "fixed_ms"), 0.0, 600_000.0),
-                    r.number(lat.get("jitter_ms", 0.0), _join(p, "jitter_ms"), 0.0, 600_000.0),
+                    r.number(lat.get("fixed_ms", 0.0), join(p, "fixed_ms"), 0.0, 600_000.0),
+                    r.number(lat.get("jitter_ms", 0.0), join(p, "jitter_ms"), 0.0, 600_000.0),
                     ops,
                     ids,
                 ),
@@ -739,22 +639,22 @@ def parse_faults(r: _Reader, value: Any, path: str, base: Faults = Faults()) -> 
     return replace(out, **rules)
 
 
-def parse_quotas(r: _Reader, value: Any, path: str, base: Quotas = Quotas()) -> Quotas:
+def parse_quotas(r: Reader, value: Any, path: str, base: Quotas = Quotas()) -> Quotas:
     """Quotas as a partial update of `base`."""
     d = r.mapping(value, path, (*OPERATIONS, "enabled", "throttle_status"))
     rates = dict(base.rates)
     for op in OPERATIONS:
         if op in d:
-            rates[op] = r.number(d[op], _join(path, op), 0.01, 100_000.0)
-    enabled = r.boolean(d.get("enabled", base.enabled), _join(path, "enabled"))
+            rates[op] = r.number(d[op], join(path, op), 0.01, 100_000.0)
+    enabled = r.boolean(d.get("enabled", base.enabled), join(path, "enabled"))
     status = d.get("throttle_status", base.throttle_status)
     if status not in (400, 429):
-        raise r.fail(_join(path, "throttle_status"), f"expected 400 or 429, got {status!r}")
+        raise r.fail(join(path, "throttle_status"), f"expected 400 or 429, got {status!r}")
     return Quotas(tuple(rates.items()), enabled, int(status))
 
 
 def parse_scenario(data: Any, file: str) -> Scenario:
-    r = _Reader(file)
+    r = Reader(file, ScenarioError)
     d = r.mapping(data, "", _SCENARIO_KEYS)
     start = None
     if d.get("start_time") is not None:
@@ -767,33 +667,33 @@ def parse_scenario(data: Any, file: str) -> Scenario:
     groups = []
     names: set[str] = set()
     for i, item in enumerate(r.seq(d.get("groups"), "groups")):
-        p = _join("groups", i)
+        p = join("groups", i)
         g = r.mapping(item, p, ("name", "things"))
-        name = r.string(g.get("name"), _join(p, "name"), _NAME)
+        name = r.string(g.get("name"), join(p, "name"), _NAME)
         if name in names:
-            raise r.fail(_join(p, "name"), f"duplicate group {name!r}")
+            raise r.fail(join(p, "name"), f"duplicate group {name!r}")
         names.add(name)
-        groups.append(Group(name, r.integer(g.get("things", 0), _join(p, "things"), 0, 1_000_000)))
+        groups.append(Group(name, r.integer(g.get("things", 0), join(p, "things"), 0, 1_000_000)))
     jobs = []
     ids: set[str] = set()
     for i, item in enumerate(r.seq(d.get("jobs"), "jobs")):
-        p = _join("jobs", i)
+        p = join("jobs", i)
         job = _job(r, item, p, devices)
         if job.job_id in ids:
-            raise r.fail(_join(p, "id"), f"duplicate job id {job.job_id!r}")
+            raise r.fail(join(p, "id"), f"duplicate job id {job.job_id!r}")
         ids.add(job.job_id)
         for j, t in enumerate(job.targets):
             if t.kind == "thinggroup" and t.name not in names:
-                raise r.fail(_join(_join(p, "targets"), j), f"unknown group {t.name!r}")
+                raise r.fail(join(join(p, "targets"), j), f"unknown group {t.name!r}")
         jobs.append(job)
     timeline = []
     for i, item in enumerate(r.seq(d.get("timeline"), "timeline")):
-        p = _join("timeline", i)
+        p = join("timeline", i)
         ev = _timeline_event(r, item, p)
         if ev.group is not None and ev.group not in names:
-            raise r.fail(_join(p, "group"), f"unknown group {ev.group!r}")
+            raise r.fail(join(p, "group"), f"unknown group {ev.group!r}")
         if ev.job_id is not None and ev.job_id not in ids:
-            raise r.fail(_join(p, "job"), f"unknown job {ev.job_id!r}")
+            raise r.fail(join(p, "job"), f"unknown job {ev.job_id!r}")
         timeline.append(ev)
     return Scenario(
         file=file,
@@ -808,7 +708,7 @@ def parse_scenario(data: Any, file: str) -> Scenario:
         groups=tuple(groups),
         jobs=tuple(jobs),
         timeline=tuple(sorted(timeline, key=lambda e: e.at_minutes)),
-        generate=r.optional(d, "generate", "", lambda v, p: _generate(r, v, p)),
+        generate=r.opt(d, "generate", "", lambda v, p: _generate(r, v, p)),
         quotas=parse_quotas(r, d.get("quotas"), "quotas"),
         faults=parse_faults(r, d.get("faults"), "faults"),
     )
@@ -852,16 +752,16 @@ def load_scenario(
 
 def faults_from_json(data: Any, base: Faults) -> Faults:
     """Parse a run-time faults update (POST /_sim/faults)."""
-    return parse_faults(_Reader("/_sim/faults"), data, "faults", base)
+    return parse_faults(Reader("/_sim/faults", ScenarioError), data, "faults", base)
 
 
 def quotas_from_json(data: Any, base: Quotas) -> Quotas:
-    return parse_quotas(_Reader("/_sim/faults"), data, "quotas", base)
+    return parse_quotas(Reader("/_sim/faults", ScenarioError), data, "quotas", base)
 
 
 def job_from_json(data: Any, devices: Devices, groups: set[str]) -> JobSpec:
     """Parse a job created at run time (POST /_sim/jobs), in the scenario's job format."""
-    r = _Reader("/_sim/jobs")
+    r = Reader("/_sim/jobs", ScenarioError)
     job = _job(r, data, "job", devices)
     for j, t in enumerate(job.targets):
         if t.kind == "thinggroup" and t.name not in groups:
@@ -872,7 +772,7 @@ def job_from_json(data: Any, devices: Devices, groups: set[str]) -> JobSpec:
 def reason_from_json(value: Any, path: str) -> str | None:
     if value is None:
         return None
-    return _Reader("/_sim").string(value, path, _REASON)
+    return Reader("/_sim", ScenarioError).string(value, path, _REASON)
 
 
 __all__ = [
