@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from exporter.reader import LocatedError, Reader, kind
+from exporter.reader import LocatedError, Reader, kind, load_yaml, read_file
 
 JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 TARGET_SELECTIONS = ("CONTINUOUS", "SNAPSHOT")
@@ -363,15 +361,7 @@ def _read_target(r: Reader, value: Any, path: str) -> Target:
 def parse_config(text: str, file: str = "config.yaml") -> Config:
     """Parse and validate configuration text; raises ConfigError."""
     r = Reader(file, ConfigError)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(file, where, f"invalid YAML: {problem}") from None
-    except (ValueError, RecursionError) as exc:
-        raise ConfigError(file, "", f"invalid YAML: {type(exc).__name__}") from None
+    raw = load_yaml(text, file, ConfigError)
     data = r.mapping(raw, "", ("targets", "collector", "otel"))
     if not data:
         raise r.fail("targets", "is required: a list of AWS accounts/regions to read from")
@@ -392,10 +382,5 @@ def parse_config(text: str, file: str = "config.yaml") -> Config:
 def load_config(path: str | Path) -> Config:
     """Read and validate a configuration file; raises ConfigError."""
     name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(name, "", f"cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(name, "", "cannot read: not UTF-8 text") from None
+    text = read_file(path, ConfigError)
     return parse_config(text, name)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 T = TypeVar("T")
 
@@ -52,6 +56,31 @@ def parse_duration(value: Any) -> float | None:
     if pos != len(text) or pos == 0 or total <= 0:
         return None
     return total
+
+
+def read_file(path: str | os.PathLike[str], error: type[LocatedError] = LocatedError) -> str:
+    """A UTF-8 text file, or `error` naming it and why it could not be read."""
+    name = os.fspath(path)
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(name, "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise error(name, "", "cannot read: not UTF-8 text") from None
+
+
+def load_yaml(text: str, file: str, error: type[LocatedError] = LocatedError) -> Any:
+    """YAML text as plain data (safe_load), or `error` with the line and column at fault."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise error(file, where, f"invalid YAML: {problem}") from None
+    except (ValueError, RecursionError) as exc:
+        # Deeply nested or numerically absurd documents break the loader itself.
+        raise error(file, "", f"invalid YAML: {type(exc).__name__}") from None
 
 
 class Reader:

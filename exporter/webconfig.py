@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import yaml
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from exporter.config import ConfigError
-from exporter.reader import Reader, kind
+from exporter.reader import Reader, kind, load_yaml, read_file
 
 log = logging.getLogger("exporter.webconfig")
 
@@ -180,12 +179,7 @@ class WebConfig:
 def load_web_config(path: str | Path) -> WebConfig:
     """Read and validate a web config file, certificates included; raises ConfigError."""
     name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(name, "", f"cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(name, "", "cannot read: not UTF-8 text") from None
+    text = read_file(path, ConfigError)
     config = parse_web_config(text, name, Path(path).resolve().parent)
     # Loading the certificates now turns a wrong path or a key that does not match into
     # a start-up error instead of a failed handshake on the first scrape.
@@ -199,15 +193,7 @@ def parse_web_config(text: str, file: str, directory: Path) -> WebConfig:
     """Parse web config text; relative file names are taken from `directory`, as
     exporter-toolkit does, so a config and its certificates can move together."""
     r = Reader(file, ConfigError)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(file, where, f"invalid YAML: {problem}") from None
-    except (ValueError, RecursionError) as exc:
-        raise ConfigError(file, "", f"invalid YAML: {type(exc).__name__}") from None
+    raw = load_yaml(text, file, ConfigError)
     data = r.mapping(raw, "", _TOP_KEYS)
     http2, headers = _read_http(r, data.get("http_server_config"))
     return WebConfig(

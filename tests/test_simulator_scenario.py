@@ -120,7 +120,7 @@ def test_scenario_errors_name_the_field(field: str, value: Any, path: str, expec
 def test_load_errors_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("jobs: [\n")
-    with pytest.raises(ScenarioError, match=r"bad\.yaml: invalid YAML at line"):
+    with pytest.raises(ScenarioError, match=r"bad\.yaml: line 2, column 1: invalid YAML"):
         load_scenario(bad)
     with pytest.raises(ScenarioError, match="cannot read"):
         load_scenario(tmp_path / "missing.yaml")

@@ -8,12 +8,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from exporter.reader import LocatedError, Reader, join
+from exporter.reader import LocatedError, Reader, join, load_yaml, read_file
 from exporter.simulator.cron import CronError, CronExpression
 
 JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
@@ -724,16 +721,7 @@ def load_scenario(
 ) -> Scenario:
     """Read and validate a scenario file, then apply command-line overrides."""
     file = os.fspath(path)
-    try:
-        text = Path(file).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ScenarioError(file, "", f"cannot read: {e.strerror or e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ScenarioError(file, "", f"invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+    data = load_yaml(read_file(file, ScenarioError), file, ScenarioError)
     scenario = parse_scenario(data, file)
     if jobs is not None:
         if jobs < 0:
