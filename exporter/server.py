@@ -76,6 +76,7 @@ class MetricsHandler:
         response = web.StreamResponse(
             headers={"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
         )
+        parts: list[bytes | bytearray]
         if "gzip" in request.headers.get("Accept-Encoding", ""):
             parts = [await self._gzip_jobs(), gzip.compress(own, _GZIP_LEVEL)]
             response.headers["Content-Encoding"] = "gzip"
