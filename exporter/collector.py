@@ -150,6 +150,8 @@ class TargetCollector:
                 exc.detail,
             )
             return
+        # Forget expired jobs AWS no longer lists, so months of finished jobs do not pile up.
+        self._expired &= {s.job_id for s in summaries} | set(self.target.jobs.ids)
         added = 0
         for summary in summaries:
             job_id = summary.job_id
