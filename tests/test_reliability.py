@@ -219,7 +219,8 @@ async def test_throttling_storm_is_paced_keeps_values_and_recovers(
         assert max(rates) < 30, rates
         assert throttled >= 3
         assert running.api("throttled") > 0
-        assert running.success() == 0
+        # A cycle under the storm ends once botocore's retries give up: poll for it.
+        await until(lambda: running.success() == 0, what="a failed cycle during the storm")
         # Last good values stay exported; at most one describe got through the storm, so
         # every other job's last_success stopped advancing and its age is visible.
         assert running.job_ids() == set(JOBS)
