@@ -123,7 +123,8 @@ class Otel:
     """OTLP push of the same job metrics (and optional traces of collection cycles)."""
 
     enabled: bool = False
-    endpoint: str = "http://localhost:4318"
+    # A URL may carry user-info credentials: kept out of repr like the headers.
+    endpoint: str = field(default="http://localhost:4318", repr=False)
     protocol: str = "http/protobuf"
     interval: float = 60.0
     timeout: float = 10.0
