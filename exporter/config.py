@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,34 +143,26 @@ class Config:
     otel: Otel = Otel()
 
 
+def _read_section(
+    r: Reader, value: Any, path: str, readers: dict[str, Callable[[Any, str], Any]]
+) -> dict[str, Any]:
+    """The keys of a section that are set, each read by its reader; the rest keep defaults."""
+    data = r.mapping(value, path, tuple(readers))
+    read = {key: r.opt(data, key, path, reader) for key, reader in readers.items()}
+    return {key: item for key, item in read.items() if item is not None}
+
+
 def _read_collector(r: Reader, value: Any) -> Collector:
-    keys = (
-        "interval",
-        "discovery_interval",
-        "request_timeout",
-        "concurrency",
-        "terminal_job_retention",
-        "max_attempts",
-        "requests_per_second",
-    )
-    data = r.mapping(value, "collector", keys)
-    d = Collector()
-    interval = r.opt(data, "interval", "collector", r.duration)
-    discovery = r.opt(data, "discovery_interval", "collector", r.duration)
-    timeout = r.opt(data, "request_timeout", "collector", r.duration)
-    concurrency = r.opt(data, "concurrency", "collector", lambda v, p: r.integer(v, p, 1, 256))
-    retention = r.opt(data, "terminal_job_retention", "collector", r.duration)
-    attempts = r.opt(data, "max_attempts", "collector", lambda v, p: r.integer(v, p, 1, 10))
-    rps = r.opt(data, "requests_per_second", "collector", lambda v, p: r.number(v, p, 0.1))
-    return Collector(
-        interval=interval if interval is not None else d.interval,
-        discovery_interval=discovery if discovery is not None else d.discovery_interval,
-        request_timeout=timeout if timeout is not None else d.request_timeout,
-        concurrency=concurrency if concurrency is not None else d.concurrency,
-        terminal_job_retention=retention if retention is not None else d.terminal_job_retention,
-        max_attempts=attempts if attempts is not None else d.max_attempts,
-        requests_per_second=rps if rps is not None else d.requests_per_second,
-    )
+    readers: dict[str, Callable[[Any, str], Any]] = {
+        "interval": r.duration,
+        "discovery_interval": r.duration,
+        "request_timeout": r.duration,
+        "concurrency": lambda v, p: r.integer(v, p, 1, 256),
+        "terminal_job_retention": r.duration,
+        "max_attempts": lambda v, p: r.integer(v, p, 1, 10),
+        "requests_per_second": lambda v, p: r.number(v, p, 0.1),
+    }
+    return Collector(**_read_section(r, value, "collector", readers))
 
 
 def _read_string_map(
@@ -190,40 +183,18 @@ def _read_string_map(
 
 
 def _read_otel(r: Reader, value: Any) -> Otel:
-    keys = (
-        "enabled",
-        "endpoint",
-        "protocol",
-        "interval",
-        "timeout",
-        "headers",
-        "service_name",
-        "resource_attributes",
-        "tracing",
-    )
-    data = r.mapping(value, "otel", keys)
-    d = Otel()
-
-    enabled = r.opt(data, "enabled", "otel", r.boolean)
-    tracing = r.opt(data, "tracing", "otel", r.boolean)
-    endpoint = r.opt(data, "endpoint", "otel", lambda v, p: r.string(v, p, _URL, "an http(s) URL"))
-    protocol = r.opt(data, "protocol", "otel", lambda v, p: r.choice(v, p, OTLP_PROTOCOLS))
-    interval = r.opt(data, "interval", "otel", r.duration)
-    timeout = r.opt(data, "timeout", "otel", r.duration)
-    headers = r.opt(data, "headers", "otel", lambda v, p: _read_string_map(r, v, p, True))
-    service = r.opt(data, "service_name", "otel", r.string)
-    attributes = r.opt(data, "resource_attributes", "otel", lambda v, p: _read_string_map(r, v, p))
-    return Otel(
-        enabled=enabled if enabled is not None else d.enabled,
-        endpoint=endpoint or d.endpoint,
-        protocol=protocol or d.protocol,
-        interval=interval if interval is not None else d.interval,
-        timeout=timeout if timeout is not None else d.timeout,
-        headers=headers or (),
-        service_name=service or d.service_name,
-        resource_attributes=attributes or (),
-        tracing=tracing if tracing is not None else d.tracing,
-    )
+    readers: dict[str, Callable[[Any, str], Any]] = {
+        "enabled": r.boolean,
+        "endpoint": lambda v, p: r.string(v, p, _URL, "an http(s) URL"),
+        "protocol": lambda v, p: r.choice(v, p, OTLP_PROTOCOLS),
+        "interval": r.duration,
+        "timeout": r.duration,
+        "headers": lambda v, p: _read_string_map(r, v, p, secret=True),
+        "service_name": r.string,
+        "resource_attributes": lambda v, p: _read_string_map(r, v, p),
+        "tracing": r.boolean,
+    }
+    return Otel(**_read_section(r, value, "otel", readers))
 
 
 def _read_discover(r: Reader, value: Any, path: str) -> Discover:
