@@ -8,6 +8,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,6 @@ from botocore.exceptions import (
     ClientError,
     HTTPClientError,
     NoCredentialsError,
-    NoRegionError,
     PartialCredentialsError,
 )
 from botocore.exceptions import (
@@ -37,6 +37,9 @@ from exporter.model import JobSnapshot, MalformedJob, parse_describe_job, to_tim
 from exporter.otel import NOOP_TRACING, Tracing
 
 log = logging.getLogger(__name__)
+
+# Per call (a task's context): whether botocore's hook counted the last attempt.
+_ATTEMPT_COUNTED: ContextVar[list[bool] | None] = ContextVar("attempt_counted", default=None)
 
 LIST_JOBS_PAGE_SIZE = 250  # the largest page AWS accepts: fewest calls per discovery
 
@@ -240,6 +243,9 @@ class JobSource:
         )
 
     async def _before_send(self, operation: str, **kwargs: Any) -> None:
+        flag = _ATTEMPT_COUNTED.get()
+        if flag is not None:
+            flag[0] = False  # a new attempt: not counted yet
         # Every attempt, retries included, spends from the budget: that is what AWS counts.
         await self._buckets[operation].acquire()
 
@@ -261,6 +267,9 @@ class JobSource:
         else:
             return
         self.telemetry.api_requests.labels(self.target.name, name, outcome).inc()
+        flag = _ATTEMPT_COUNTED.get()
+        if flag is not None:
+            flag[0] = True
 
     @contextlib.asynccontextmanager
     async def _call(self, operation: str, job_id: str | None = None) -> AsyncIterator[None]:
@@ -270,6 +279,11 @@ class JobSource:
             started = time.monotonic()
             # botocore's timeouts bound each attempt; this bounds the whole call, backoff included.
             deadline = self.settings.request_timeout * (self.settings.max_attempts + 1) + 30
+            # Whether the last attempt was counted by _count_failed_attempt. It was not when
+            # the call failed before sending (credentials, AssumeRole), on a body botocore
+            # could not parse, or at our deadline: then it is counted here.
+            flag = [False]
+            token = _ATTEMPT_COUNTED.set(flag)
             try:
                 async with asyncio.timeout(deadline):
                     yield
@@ -277,16 +291,7 @@ class JobSource:
                 raise
             except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 outcome = classify(exc)
-                # Failed attempts that got an HTTP response or a connection error were counted
-                # by _count_failed_attempt; an unparsable body and our own deadline were not.
-                if isinstance(
-                    exc,
-                    ResponseParserError
-                    | TimeoutError
-                    | NoRegionError
-                    | NoCredentialsError
-                    | PartialCredentialsError,
-                ):
+                if not flag[0]:
                     self._count(operation, outcome)
                 raise ApiError(outcome, operation, describe_exception(exc)) from None
             except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
@@ -295,6 +300,7 @@ class JobSource:
                 self._count(operation, "malformed")
                 raise ApiError("malformed", operation, type(exc).__name__) from None
             finally:
+                _ATTEMPT_COUNTED.reset(token)
                 self.telemetry.api_duration.labels(self.target.name, operation).observe(
                     time.monotonic() - started
                 )

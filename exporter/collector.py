@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -101,6 +100,7 @@ class TargetCollector:
         # described again until the next discovery says otherwise.
         self._expired: set[str] = set()
         self._missing: set[str] = set()
+        self._recheck: set[str] = set()
         self._next_discovery = 0.0
         self._stretched = False
         self._semaphore = asyncio.Semaphore(settings.concurrency)
@@ -150,8 +150,17 @@ class TargetCollector:
                 exc.detail,
             )
             return
+        listed = {s.job_id for s in summaries}
         # Forget expired jobs AWS no longer lists, so months of finished jobs do not pile up.
-        self._expired &= {s.job_id for s in summaries} | set(self.target.jobs.ids)
+        self._expired &= listed | set(self.target.jobs.ids)
+        # A frozen job is never described again, so its deletion would go unseen: when a
+        # listing without a status filter (the only filter a job can leave) no longer has
+        # it, describe it once more. NotFound then drops it; otherwise it freezes again.
+        if discover.status is None:
+            for job_id, tracked in self._jobs.items():
+                snapshot = tracked.snapshot
+                if job_id not in listed and snapshot is not None and snapshot.frozen:
+                    self._recheck.add(job_id)
         added = 0
         for summary in summaries:
             job_id = summary.job_id
@@ -253,7 +262,12 @@ class TargetCollector:
         if self.clock() >= self._next_discovery:
             await self.discover(cycle)
             self._next_discovery = self.clock() + self.settings.discovery_interval
-        pending = [job_id for job_id, t in self._jobs.items() if t.snapshot is None]
+        pending = [
+            job_id
+            for job_id, t in self._jobs.items()
+            if t.snapshot is None or job_id in self._recheck
+        ]
+        self._recheck.clear()
         known = [
             job_id
             for job_id, t in self._jobs.items()
@@ -365,6 +379,7 @@ class Collector:
         self.shard = shard
         self.tracing = tracing
         self._running: dict[str, _Running] = {}
+        self._ready = False
         self._lock = asyncio.Lock()
 
     @property
@@ -373,8 +388,15 @@ class Collector:
 
     @property
     def ready(self) -> bool:
-        """Every target has finished its first cycle, successful or not."""
-        return bool(self._running) and all(r.collector.cycles > 0 for r in self._running.values())
+        """Every target has finished its first cycle, successful or not.
+
+        Once ready, always ready: a target added by a reload must not take a serving
+        replica out of its Service while that target's first cycle runs.
+        """
+        if not self._ready:
+            running = self._running.values()
+            self._ready = bool(running) and all(r.collector.cycles > 0 for r in running)
+        return self._ready
 
     async def start(self) -> None:
         await self.apply(self.config)
@@ -443,12 +465,20 @@ class Collector:
             await asyncio.sleep(collector.settings.interval)
 
     async def _stop_target(self, name: str) -> None:
-        running = self._running.pop(name)
-        running.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running.task
+        await self._stop([self._running.pop(name)])
+
+    @staticmethod
+    async def _stop(running: list[_Running]) -> None:
+        # All at once, and with asyncio.wait rather than awaiting each task: a caller's
+        # deadline (SIGTERM's 5 s) must be able to cancel this wait, which a suppressed
+        # CancelledError around `await task` would swallow.
+        for r in running:
+            r.task.cancel()
+        if running:
+            await asyncio.wait([r.task for r in running])
 
     async def stop(self) -> None:
         async with self._lock:
-            for name in list(self._running):
-                await self._stop_target(name)
+            running = list(self._running.values())
+            self._running.clear()
+            await self._stop(running)

@@ -14,7 +14,7 @@ from exporter.collector import TargetCollector
 from exporter.config import Config, parse_config
 from exporter.metrics import OUTCOMES, SelfMetrics
 from exporter.store import MetricsStore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 from tests.iot_endpoint import IotEndpoint
 
 FULL = json.loads((ROOT / "tests" / "data" / "describe_job_full.json").read_text())
@@ -212,3 +212,50 @@ async def test_finished_jobs_are_frozen_then_dropped_after_retention(
         await collector.collect_once()
     assert endpoint.calls["DescribeJob:done"] == 1
     assert endpoint.calls["DescribeJob:draining"] == 4
+
+
+async def test_a_deleted_frozen_job_disappears_at_the_next_discovery(
+    endpoint: IotEndpoint,
+) -> None:
+    done = {"numberOfSucceededThings": 3, "processingTargets": []}
+    endpoint.jobs = {
+        "done": job("done", "COMPLETED", isConcurrent=False, completedAt=time.time(),
+                    jobProcessDetails=done),
+        "a": job("a"),
+    }  # fmt: skip
+    config = cfg(endpoint, jobs="discover: {}", collector="discovery_interval: 1s")
+    store, telemetry = MetricsStore(), SelfMetrics()
+    now = [time.time()]
+    target = config.targets[0]
+    async with JobSource(target, config.collector, telemetry) as source:
+        collector = TargetCollector(
+            target, config.collector, source, store, telemetry, clock=lambda: now[0]
+        )
+        await collector.collect_once()
+        await collector.collect_once()
+        assert store.get(("ep", "done")) is not None
+        assert endpoint.calls["DescribeJob:done"] == 1  # frozen: not described again
+        del endpoint.jobs["done"]
+        now[0] += 2  # the next discovery is due
+        await collector.collect_once()
+    assert store.get(("ep", "done")) is None
+    assert endpoint.calls["DescribeJob:done"] == 2
+
+
+async def test_a_role_that_cannot_be_assumed_is_counted(endpoint: IotEndpoint) -> None:
+    # STS refuses connections: the call fails before any IoT request is sent, so
+    # botocore's retry hook never sees it; the call itself must count it.
+    config = parse_config(
+        "collector: {max_attempts: 1, request_timeout: 2s}\ntargets:\n"
+        f"  - name: ep\n    region: eu-west-1\n    endpoint_url: {endpoint.url}\n"
+        "    role_arn: arn:aws:iam::123456789012:role/reader\n"
+        f"    sts_endpoint_url: http://127.0.0.1:{free_port()}\n"
+        "    jobs: {ids: [a]}\n"
+    )
+    telemetry = SelfMetrics()
+    async with JobSource(config.targets[0], config.collector, telemetry) as source:
+        with pytest.raises(ApiError) as info:
+            await source.describe_job("a")
+    assert info.value.outcome == "network"
+    assert count(telemetry, "DescribeJob", "network") == 1
+    assert endpoint.calls["DescribeJob:a"] == 0
