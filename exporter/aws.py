@@ -324,6 +324,7 @@ class JobSource:
         """Every job ListJobs returns for the filters, paged at the largest page size."""
         summaries: list[JobSummary] = []
         token: str | None = None
+        seen_tokens: set[str] = set()
         while True:
             kwargs: dict[str, Any] = dict(params, maxResults=LIST_JOBS_PAGE_SIZE)
             if token:
@@ -347,3 +348,8 @@ class JobSource:
                 )
             if not token:
                 return summaries
+            if token in seen_tokens:
+                # A token that comes back would page forever.
+                self._count("ListJobs", "malformed")
+                raise ApiError("malformed", "ListJobs", "response.nextToken: repeats a page")
+            seen_tokens.add(token)

@@ -200,6 +200,10 @@ class Reloader:
         async with self._lock:
             try:
                 config = self.adjust(await asyncio.to_thread(load_config, self.path))
+                if config.otel != self.collector.config.otel:
+                    # The OTLP pipeline is built once; pretending to apply a change to it
+                    # would leave operators believing it took effect.
+                    raise ConfigError(self.path, "otel", "changes need a restart")
             except ConfigError as exc:
                 self.telemetry.config_reload_ok.set(0)
                 log.error("reload failed, keeping the running config error=%s", exc)
@@ -208,6 +212,19 @@ class Reloader:
             self.loaded()
             log.info("configuration reloaded targets=%d", len(config.targets))
             return None
+
+
+def _check_web_flags(args: argparse.Namespace) -> str | None:
+    """What is wrong with the web flags, if anything."""
+    try:
+        parse_listen_address(args.listen_address)
+    except ValueError as exc:
+        return str(exc)
+    if not args.telemetry_path.startswith("/"):
+        return f"--web.telemetry-path {args.telemetry_path!r}: expected a path starting with /"
+    if args.max_requests < 1:
+        return "--web.max-requests must be at least 1"
+    return None
 
 
 def _web_config(args: argparse.Namespace) -> WebConfig | int | None:
@@ -337,10 +354,9 @@ def run(argv: list[str]) -> int:
     shard = _shard(args)
     if isinstance(shard, int):
         return shard
-    try:
-        parse_listen_address(args.listen_address)
-    except ValueError as exc:
-        return _fail(str(exc))
+    problem = _check_web_flags(args)
+    if problem:
+        return _fail(problem)
     web_config = _web_config(args)
     if isinstance(web_config, int):
         return web_config
@@ -387,6 +403,9 @@ def demo(argv: list[str]) -> int:
         return config
     if not Path(args.scenario).is_file():
         return _fail(f"{args.scenario}: scenario file not found")
+    problem = _check_web_flags(args)
+    if problem:
+        return _fail(problem)
     web_config = _web_config(args)
     if isinstance(web_config, int):
         return web_config

@@ -6,7 +6,16 @@ import platform
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from exporter import __version__
 from exporter.model import EXECUTION_STATES, JobSnapshot, target_type
@@ -358,6 +367,11 @@ class SelfMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # The process and runtime metrics every Prometheus client exposes by default:
+        # memory, CPU, open files, GC, which operators alert on for any exporter.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         ns = "aws_iot_jobs_exporter"
         r = self.registry
         self.build_info = Gauge(

@@ -181,7 +181,7 @@ class _Fields:
             return None
         if not isinstance(value, str):
             raise MalformedJob(f"{self._where(key)}: expected a string")
-        return value
+        return _text(value, self._where(key))
 
     def integer(self, key: str) -> int | None:
         value = self.data.get(key)
@@ -241,7 +241,17 @@ class _Fields:
             return ()
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise MalformedJob(f"{self._where(key)}: expected a list of strings")
-        return tuple(value)
+        return tuple(_text(text, self._where(key)) for text in value)
+
+
+def _text(value: str, where: str) -> str:
+    """The string as is, unless it cannot be encoded (JSON allows lone UTF-16 surrogates)."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedJob(f"{where}: not valid Unicode text") from None
+    return value
 
 
 def to_timestamp(value: Any) -> float | None:

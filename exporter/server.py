@@ -19,6 +19,7 @@ from exporter.store import MetricsStore, Segment
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 MAX_REQUEST_BODY = 64 * 1024
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 # Segments above this are compressed off the event loop (zlib releases the GIL), so a
 # large gzip never stalls the collector or other scrapes.
 _INLINE_GZIP_LIMIT = 256 * 1024
@@ -77,7 +78,7 @@ class MetricsHandler:
             headers={"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
         )
         parts: list[bytes | bytearray]
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
+        if wants_gzip(request.headers.get("Accept-Encoding", "")):
             parts = [await self._gzip_jobs(), gzip.compress(own, _GZIP_LEVEL)]
             response.headers["Content-Encoding"] = "gzip"
         else:
@@ -93,25 +94,37 @@ class MetricsHandler:
         return response
 
 
-def wants_openmetrics(accept: str) -> bool:
-    """True when the scraper ranks OpenMetrics at least as high as the text format."""
-    best_om, best_text = -1.0, -1.0
-    for part in accept.split(","):
-        media, _, params = part.strip().partition(";")
+def _qualities(header: str) -> dict[str, float]:
+    """`Accept`-style header → {value: q}, the highest q when a value repeats."""
+    out: dict[str, float] = {}
+    for part in header.split(","):
+        value, _, params = part.strip().partition(";")
         q = 1.0
         for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key == "q":
+            key, _, raw = param.strip().partition("=")
+            if key.strip() == "q":
                 try:
-                    q = float(value)
+                    q = float(raw)
                 except ValueError:
                     q = 0.0
-        media = media.strip().lower()
-        if media == "application/openmetrics-text":
-            best_om = max(best_om, q)
-        elif media in ("text/plain", "*/*"):
-            best_text = max(best_text, q)
-    return best_om > 0 and best_om >= best_text
+        value = value.strip().lower()
+        if value:
+            out[value] = max(out.get(value, q), q)
+    return out
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """True when the scraper ranks OpenMetrics at least as high as the text format."""
+    q = _qualities(accept)
+    om = q.get("application/openmetrics-text", 0.0)
+    text = max(q.get("text/plain", -1.0), q.get("*/*", -1.0))
+    return om > 0 and om >= text
+
+
+def wants_gzip(accept_encoding: str) -> bool:
+    """True when gzip is acceptable: named with q > 0, or `*` with q > 0 and gzip unnamed."""
+    q = _qualities(accept_encoding)
+    return q.get("gzip", q.get("*", 0.0)) > 0
 
 
 def _landing(telemetry_path: str) -> bytes:
@@ -127,13 +140,19 @@ def _landing(telemetry_path: str) -> bytes:
 Reload = Callable[[], Awaitable[str | None]]
 
 
-def limit_in_flight(limit: int) -> Middleware:
-    """At most `limit` requests served at once; more get 503 rather than queueing."""
+def limit_in_flight(limit: int, exempt: frozenset[str] = frozenset()) -> Middleware:
+    """At most `limit` requests served at once; more get 503 rather than queueing.
+
+    Paths in `exempt` (health probes) are always served: a flood of scrapes or of bad
+    logins must not make a kubelet restart a healthy process.
+    """
     in_flight = 0
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         nonlocal in_flight
+        if request.path in exempt:
+            return await handler(request)
         if in_flight >= limit:
             return web.Response(status=503, text="too many concurrent requests\n")
         in_flight += 1
@@ -156,7 +175,7 @@ def build_app(
     """The exporter's routes. `reload` enables POST /-/reload (--web.enable-lifecycle)."""
     app = web.Application(
         client_max_size=MAX_REQUEST_BODY,
-        middlewares=[limit_in_flight(max_requests)],
+        middlewares=[limit_in_flight(max_requests, PROBE_PATHS)],
     )
     landing = _landing(telemetry_path)
 

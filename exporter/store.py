@@ -51,7 +51,13 @@ def render_job(
     offsets = array("I", [0])
     size = 0
     for family in families:
+        seen: set[tuple[str, ...]] = set()
         for label_values, value in family.samples(snapshot):
+            # Two criteria of one failure type would be two series with the same labels,
+            # which Prometheus rejects as duplicates: the first one wins.
+            if label_values in seen:
+                continue
+            seen.add(label_values)
             own = "".join(
                 f',{name}="{escape_label_value(v)}"'
                 for name, v in zip(family.labels, label_values, strict=True)
@@ -136,8 +142,10 @@ class MetricsStore:
         return STABLE if key in self._stable else ACTIVE
 
     def put(self, key: JobKey, snapshot: JobSnapshot, identity: str) -> None:
-        self._snapshots[key] = snapshot
+        # Rendered before anything is stored, so a snapshot that cannot be rendered
+        # leaves the store as it was.
         rendered = render_job(snapshot, identity, self._families)
+        self._snapshots[key] = snapshot
         tier = STABLE if snapshot.frozen else ACTIVE
         if tier == STABLE:
             # zlib output is deterministic, so packed renderings still compare equal.

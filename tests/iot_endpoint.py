@@ -31,6 +31,8 @@ class IotEndpoint:
     # (monotonic time, job id) of every DescribeJob, to check how calls are spread.
     times: list[tuple[float, str]] = field(default_factory=list)
     url: str = ""
+    # A broken paginator: every page points back to the first.
+    repeat_token: bool = False
     _runner: web.AppRunner | None = None
 
     def error(self, job_id: str, status: int, code: str, times: int = 1) -> None:
@@ -86,7 +88,7 @@ class IotEndpoint:
         start = int(request.query.get("nextToken", "0"))
         page: dict[str, Any] = {"jobs": summaries[start : start + size]}
         if start + size < len(summaries):
-            page["nextToken"] = str(start + size)
+            page["nextToken"] = "0" if self.repeat_token else str(start + size)
         return web.json_response(page)
 
     async def start(self) -> IotEndpoint:

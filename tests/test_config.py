@@ -210,3 +210,22 @@ def test_running_with_bad_config_exits_2_without_traceback(tmp_path: Path) -> No
     assert result.returncode == 2
     assert "collector.interval: expected a duration" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--web.telemetry-path", "metrics"], "--web.telemetry-path 'metrics': expected a path"),
+        (["--web.max-requests", "0"], "--web.max-requests must be at least 1"),
+        (["--web.listen-address", "localhost"], "expected [host]:port"),
+    ],
+)
+def test_bad_web_flags_exit_2_without_traceback(flags: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.file", str(ROOT / "config/example.yaml"),
+         *flags],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

@@ -30,7 +30,7 @@ from exporter.collector import Collector, TargetCollector
 from exporter.config import parse_config
 from exporter.metrics import SelfMetrics
 from exporter.model import parse_describe_job
-from exporter.server import build_app, limit_in_flight, wants_openmetrics
+from exporter.server import build_app, limit_in_flight, wants_gzip, wants_openmetrics
 from exporter.store import MetricsStore
 from tests.conftest import ROOT, free_port
 from tests.iot_endpoint import IotEndpoint
@@ -222,6 +222,15 @@ def test_openmetrics_negotiation(accept: str, expected: bool) -> None:
     assert wants_openmetrics(accept) is expected
 
 
+@pytest.mark.parametrize(
+    ("accept_encoding", "expected"),
+    [("gzip", True), ("", False), ("identity", False), ("gzip;q=0, identity", False),
+     ("deflate, gzip;q=0.5", True), ("*", True), ("*;q=0", False), ("*, gzip;q=0", False)],
+)  # fmt: skip
+def test_gzip_negotiation(accept_encoding: str, expected: bool) -> None:
+    assert wants_gzip(accept_encoding) is expected
+
+
 @pytest.fixture
 async def server_url() -> AsyncIterator[str]:
     store, telemetry = MetricsStore(), SelfMetrics()
@@ -255,8 +264,12 @@ async def test_concurrent_requests_beyond_the_limit_get_503() -> None:
         await release.wait()
         return web.Response(text="ok")
 
-    app = web.Application(middlewares=[limit_in_flight(2)])
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(middlewares=[limit_in_flight(2, frozenset({"/healthz"}))])
     app.router.add_get("/slow", slow)
+    app.router.add_get("/healthz", healthz)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
@@ -266,6 +279,9 @@ async def test_concurrent_requests_beyond_the_limit_get_503() -> None:
             await asyncio.sleep(0.2)
             async with http.get(url) as third:
                 assert third.status == 503
+            # Probes are served whatever the load.
+            async with http.get(str(server.make_url("/healthz"))) as probe:
+                assert probe.status == 200
             release.set()
             for task in first:
                 response = await task
@@ -326,3 +342,20 @@ async def test_cycle_stretches_when_the_budget_is_short(
     # The budget, not a burst: after the bucket's two tokens, three more calls at 2 per
     # second take at least 1.5 s.
     assert elapsed >= 1.45
+
+
+async def test_reload_refuses_otel_changes_it_cannot_apply(tmp_path: Path) -> None:
+    from exporter.cli import Reloader
+
+    text = "targets: [{name: a, region: us-east-1, jobs: {ids: [x]}}]\n"
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    telemetry = SelfMetrics()
+    collector = Collector(parse_config(text), MetricsStore(), telemetry)
+    reloader = Reloader(str(path), collector, telemetry)
+    reloader.loaded()
+    path.write_text(text + "otel: {enabled: true}\n")
+    error = await reloader.reload()
+    assert error is not None and "otel: changes need a restart" in error
+    assert telemetry.config_reload_ok._value.get() == 0
+    assert not collector.config.otel.enabled

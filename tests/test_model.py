@@ -190,3 +190,14 @@ def test_helpers() -> None:
     )
     assert parse_schedule_time("2026-01-31T14:30:00Z") is not None
     assert parse_schedule_time("cron(0 2 ? * SUN *)") is None
+
+
+def test_text_that_cannot_be_encoded_is_malformed() -> None:
+    data = full()
+    data["job"]["reasonCode"] = "BAD\ud800"
+    with pytest.raises(MalformedJob, match="reasonCode: not valid Unicode text"):
+        parse_describe_job(data, 0)
+    data = full()
+    data["job"]["targets"] = ["arn:aws:iot:eu-west-1:1:thing/\udc00"]
+    with pytest.raises(MalformedJob, match="targets: not valid Unicode text"):
+        parse_describe_job(data, 0)

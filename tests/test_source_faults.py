@@ -259,3 +259,15 @@ async def test_a_role_that_cannot_be_assumed_is_counted(endpoint: IotEndpoint) -
     assert info.value.outcome == "network"
     assert count(telemetry, "DescribeJob", "network") == 1
     assert endpoint.calls["DescribeJob:a"] == 0
+
+
+async def test_a_paginator_that_repeats_itself_is_malformed(endpoint: IotEndpoint) -> None:
+    endpoint.jobs = {f"job-{i:03d}": job(f"job-{i:03d}") for i in range(300)}
+    endpoint.repeat_token = True
+    config, telemetry = cfg(endpoint, jobs="discover: {}"), SelfMetrics()
+    async with JobSource(config.targets[0], config.collector, telemetry) as source:
+        with pytest.raises(ApiError) as info:
+            await source.list_jobs({})
+    assert info.value.outcome == "malformed"
+    assert endpoint.calls["ListJobs"] == 2  # the second page hands back the same token
+    assert count(telemetry, "ListJobs", "malformed") == 1

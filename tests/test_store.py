@@ -113,3 +113,17 @@ async def test_gzip_follows_changes_of_either_part(served: tuple[str, MetricsSto
     zipped, plain = await fetch("gzip"), await fetch("identity")
     assert zipped == plain
     assert b'job_id="done"' not in plain and b"aws_iot_job_force_canceled" in plain
+
+
+def test_repeated_criteria_make_one_series_each() -> None:
+    body = json.loads(json.dumps(FULL))
+    criteria = body["job"]["abortConfig"]["criteriaList"]
+    criteria.append(dict(criteria[0], thresholdPercentage=99.0))
+    store = MetricsStore()
+    store.put_job(TARGET, "dup", parse_describe_job(body, 1.0))
+    lines = [
+        line
+        for line in store.body().decode().splitlines()
+        if line.startswith("aws_iot_job_abort_threshold_ratio{") and 'failure_type="FAILED"' in line
+    ]
+    assert len(lines) == 1 and lines[0].endswith(" 0.125")
