@@ -259,6 +259,8 @@ async def _serve_until_signalled(
         )
     except OtelUnavailable as exc:
         return _fail(str(exc))
+    if config.otel.enabled:
+        telemetry.registry.register(otel)
     collector = Collector(config, store, telemetry, shard, tracing=otel.tracing)
     reloader = Reloader(args.config_file, collector, telemetry, adjust)
     reloader.loaded()

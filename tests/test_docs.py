@@ -8,8 +8,10 @@ from pathlib import Path
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.config import RESERVED_LABELS
+from exporter.config import RESERVED_LABELS, Otel
 from exporter.metrics import FAMILIES, IDENTITY_LABELS, SelfMetrics
+from exporter.otel import OtelExporter
+from exporter.store import MetricsStore
 from tests.conftest import ROOT
 
 DOC = (ROOT / "docs" / "metrics.md").read_text()
@@ -37,9 +39,18 @@ def test_every_job_metric_and_label_is_documented() -> None:
         assert f"`{label}`" in DOC
 
 
-def test_every_self_metric_and_label_is_documented() -> None:
+def every_self_metric() -> SelfMetrics:
+    """Self-metrics with every optional part present: a target, and a pushing OTLP exporter."""
     telemetry = SelfMetrics()
     telemetry.init_target("t")
+    otel = OtelExporter(Otel(enabled=True), MetricsStore(), {})
+    otel.last_success = 1.0
+    telemetry.registry.register(otel)
+    return telemetry
+
+
+def test_every_self_metric_and_label_is_documented() -> None:
+    telemetry = every_self_metric()
     rows = documented_rows()
     text = generate_latest(telemetry.registry).decode()
     for family in text_string_to_metric_families(text):
@@ -52,7 +63,7 @@ def test_every_self_metric_and_label_is_documented() -> None:
 
 
 def test_documented_metrics_exist() -> None:
-    telemetry = SelfMetrics()
+    telemetry = every_self_metric()
     text = generate_latest(telemetry.registry).decode()
     exported = {f.name for f in FAMILIES}
     exported |= {f.name for f in text_string_to_metric_families(text)}

@@ -9,6 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import aiohttp
 import boto3
 
 from tests.conftest import free_port
@@ -31,9 +32,11 @@ async def test_process_pushes_metrics_and_spans(
         f"targets:\n  - name: moto\n    region: us-east-1\n    endpoint_url: {moto_url}\n"
         f"    jobs: {{ids: [{job_id}]}}\n"
     )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "exporter", "--config.file", str(config),
-        "--web.listen-address", f"127.0.0.1:{free_port()}",
+        "--web.listen-address", f"127.0.0.1:{port}",
         stderr=asyncio.subprocess.PIPE, env=dict(os.environ),
     )  # fmt: skip
     try:
@@ -62,6 +65,11 @@ async def test_process_pushes_metrics_and_spans(
 
         await until(pushed_job, "an OTLP push with the job", deadline=30)
         await until(traced_describe, "a DescribeJob span of the job", deadline=30)
+        # The push's own health is on /metrics.
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
+            body = await response.text()
+        assert "aws_iot_jobs_exporter_otel_push_failures_total 0.0" in body
+        assert "aws_iot_jobs_exporter_otel_last_push_success_timestamp_seconds " in body
     finally:
         process.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(process.communicate(), timeout=10)
