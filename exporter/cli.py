@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -36,14 +37,51 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
 
 
+_FIELD = re.compile(r" ([a-z_]+)=(%[-#0-9.]*[sdirfg])")
+_RESERVED_KEYS = frozenset({"ts", "level", "logger", "msg", "exc"})
+
+
+def event_fields(record: logging.LogRecord) -> tuple[str, list[tuple[str, str]]]:
+    """The event and its context as separate keys, for messages written `event key=%s ...`.
+
+    Call sites stay plain `logging` calls whose text reads well anywhere (pytest's caplog
+    included); the formatters lift the trailing `key=%s` pairs into fields of their own.
+    Any other message is the event whole.
+    """
+    fmt, args = record.msg, record.args
+    if not isinstance(fmt, str) or not isinstance(args, tuple):
+        return record.getMessage(), []
+    matches = list(_FIELD.finditer(fmt))
+    if not matches or len(matches) != len(args) or fmt.count("%") != len(matches):
+        return record.getMessage(), []
+    start = matches[0].start()
+    if fmt[start:] != "".join(m.group(0) for m in matches):
+        return record.getMessage(), []
+    if any(m.group(1) in _RESERVED_KEYS for m in matches):
+        return record.getMessage(), []
+    fields = [
+        # %r exists for readable quoting in the plain text; a field is quoted by the format.
+        (m.group(1), str(arg) if m.group(2) == "%r" else m.group(2) % (arg,))
+        for m, arg in zip(matches, args, strict=True)
+    ]
+    return fmt[:start], fields
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + (
+        f".{int(record.msecs):03d}Z"
+    )
+
+
 class LogfmtFormatter(logging.Formatter):
-    """One `key=value` line per event: time, level, logger, message."""
+    """One logfmt line per event: time, level, logger, message, then the event's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        msg = record.getMessage()
-        line = f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
-        line += f"logger={record.name} msg={_logfmt_value(msg)}"
+        event, fields = event_fields(record)
+        line = f"ts={_timestamp(record)} level={record.levelname.lower()} "
+        line += f"logger={record.name} msg={_logfmt_value(event)}"
+        for key, value in fields:
+            line += f" {key}={_logfmt_value(value)}"
         if record.exc_info:
             line += f" exc={_logfmt_value(self.formatException(record.exc_info))}"
         return line
@@ -56,14 +94,17 @@ def _logfmt_value(value: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per event, its fields as keys of their own."""
+
     def format(self, record: logging.LogRecord) -> str:
+        event, fields = event_fields(record)
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": event,
         }
+        entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
