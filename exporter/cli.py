@@ -347,11 +347,10 @@ async def _serve_until_signalled(
     # All interfaces: print a URL a browser on this machine can open.
     url = f"{scheme}://{host or 'localhost'}:{bound}{args.telemetry_path}"
     log.info(
-        "listening address=%s targets=%d shard=%d/%d",
+        "listening address=%s targets=%d shard=%s",
         url,
         len(config.targets),
-        shard.index,
-        shard.total,
+        f"{shard.index}/{shard.total}",
     )
     try:
         await collector.start()
