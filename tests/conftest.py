@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+
+from exporter.simulator import Simulator, start_simulator
+from exporter.simulator.testing import Admin
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,3 +43,24 @@ def moto_url() -> Iterator[str]:
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    """The demo fleet, frozen in time: it moves only when a test advances its clock.
+
+    Modules that need another fleet (a thread, faults, a scenario of their own) define
+    their own `sim`, which takes precedence.
+    """
+    s = await start_simulator(ROOT / "config" / "simulator" / "demo.yaml", speed=0, no_quotas=True)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def admin(sim: Simulator) -> AsyncIterator[Admin]:
+    """The simulator's admin API over HTTP."""
+    async with aiohttp.ClientSession() as session:
+        yield Admin(session, sim.url)

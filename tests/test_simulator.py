@@ -6,35 +6,17 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
-from exporter.simulator import Simulator, start_simulator
+from exporter.simulator import Simulator
 from exporter.simulator.testing import Admin, capture_raw, iot_client, shape_problems
 
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "simulator"
 DEMO = CONFIG / "demo.yaml"
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    # Speed 0: simulated time moves only when a test advances it, so tests are exact.
-    s = await start_simulator(DEMO, speed=0, no_quotas=True)
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
-async def admin(sim: Simulator) -> AsyncIterator[Admin]:
-    async with aiohttp.ClientSession() as session:
-        yield Admin(session, sim.url)
 
 
 async def _all_jobs(client: Any, **filters: Any) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,22 +28,6 @@ STATES = (
     "removed",
     "timed_out",
 )
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    # Speed 0: simulated time moves only when a test advances it, so tests are exact.
-    s = await start_simulator(DEMO, speed=0, no_quotas=True)
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
-async def admin(sim: Simulator) -> AsyncIterator[Admin]:
-    async with aiohttp.ClientSession() as session:
-        yield Admin(session, sim.url)
 
 
 def _allowed_rate(config: dict[str, Any], notified: int) -> int:
