@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import boto3
@@ -247,6 +248,22 @@ async def test_assumed_role_credentials_sign_calls(
     assert credentials.token
 
 
+@contextlib.asynccontextmanager
+async def ready_collector(cfg: Config) -> AsyncIterator[tuple[MetricsStore, SelfMetrics]]:
+    """A started Collector, once every target finished its first cycle; stopped after."""
+    store, telemetry = MetricsStore(), SelfMetrics()
+    collector = Collector(cfg, store, telemetry)
+    await collector.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not collector.ready and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert collector.ready
+        yield store, telemetry
+    finally:
+        await collector.stop()
+
+
 async def test_collector_runs_every_target_and_reports_ready(
     moto_url: str, fleet: dict[str, Any], prefix: str
 ) -> None:
@@ -257,17 +274,8 @@ async def test_collector_runs_every_target_and_reports_ready(
         f"  - name: b\n    region: us-east-1\n    endpoint_url: {moto_url}\n"
         f"    jobs: {{ids: [{prefix}-group]}}\n"
     )
-    store, telemetry = MetricsStore(), SelfMetrics()
-    collector = Collector(cfg, store, telemetry)
-    await collector.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not collector.ready and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert collector.ready
+    async with ready_collector(cfg) as (store, _):
         assert {k[0] for k in store.job_keys()} == {"a", "b"}
-    finally:
-        await collector.stop()
 
 
 async def test_a_target_whose_client_cannot_be_created_does_not_stop_the_others(
@@ -280,16 +288,7 @@ async def test_a_target_whose_client_cannot_be_created_does_not_stop_the_others(
         f"  - name: fine\n    region: us-east-1\n    endpoint_url: {moto_url}\n"
         f"    jobs: {{ids: [{prefix}-rollout]}}\n"
     )
-    store, telemetry = MetricsStore(), SelfMetrics()
-    collector = Collector(cfg, store, telemetry)
-    await collector.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not collector.ready and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert collector.ready
+    async with ready_collector(cfg) as (store, telemetry):
         assert store.get(("fine", f"{prefix}-rollout")) is not None
         assert telemetry.collection_success.labels("broken")._value.get() == 0
         assert telemetry.collection_success.labels("fine")._value.get() == 1
-    finally:
-        await collector.stop()

@@ -7,6 +7,7 @@ every time; max_examples keeps the module to a few seconds.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import tempfile
@@ -22,7 +23,8 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import cli
-from exporter.config import Config, ConfigError, Jobs, Target, parse_config
+from exporter.config import Collector as CollectorSettings
+from exporter.config import Config, ConfigError, Jobs, Otel, Target, parse_config
 from exporter.metrics import FAMILIES
 from exporter.model import JobSnapshot, MalformedJob, parse_describe_job
 from exporter.store import MetricsStore, escape_label_value
@@ -54,29 +56,12 @@ SCALARS = st.one_of(
 
 # --- config ----------------------------------------------------------------------------------
 
-TOP_KEYS = ("targets", "collector", "otel")
-TARGET_KEYS = (
-    "name",
-    "region",
-    "role_arn",
-    "external_id",
-    "session_name",
-    "profile",
-    "endpoint_url",
-    "sts_endpoint_url",
-    "labels",
-    "jobs",
-)
-COLLECTOR_KEYS = (
-    "interval",
-    "discovery_interval",
-    "request_timeout",
-    "concurrency",
-    "terminal_job_retention",
-    "max_attempts",
-    "requests_per_second",
-)
-OTEL_KEYS = ("enabled", "endpoint", "protocol", "interval", "timeout", "headers", "tracing")
+# The keys each section accepts are its dataclass's fields: derived, so a new key is
+# fuzzed the day it is added.
+TOP_KEYS = tuple(f.name for f in dataclasses.fields(Config))
+TARGET_KEYS = tuple(f.name for f in dataclasses.fields(Target))
+COLLECTOR_KEYS = tuple(f.name for f in dataclasses.fields(CollectorSettings))
+OTEL_KEYS = tuple(f.name for f in dataclasses.fields(Otel))
 PLAUSIBLE = st.sampled_from(
     [
         "prod",
