@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
@@ -32,6 +33,7 @@ from botocore.exceptions import (
 from botocore.parsers import ResponseParserError
 
 from exporter.config import Collector, Target
+from exporter.events import Message, QueueError, message_from_sqs
 from exporter.metrics import SelfMetrics
 from exporter.model import JobSnapshot, MalformedJob, parse_describe_job, to_timestamp
 from exporter.otel import NOOP_TRACING, Tracing
@@ -149,6 +151,33 @@ class TokenBucket:
                 await asyncio.sleep((1.0 - self._tokens) / self.rate)
 
 
+class Budgets:
+    """Token buckets per account, region and operation, shared by the targets that spend them.
+
+    AWS's quota is per account and region: two targets on one account (two discovery
+    filters, say) must not each spend the whole of it. With shards, each replica gets
+    its share (`divisor` is --total-shards).
+    """
+
+    def __init__(self, divisor: int = 1) -> None:
+        self.divisor = max(divisor, 1)
+        self._buckets: dict[tuple[str, str, str], TokenBucket] = {}
+
+    def bucket(self, account: str, region: str, operation: str, rate: float) -> TokenBucket:
+        key = (account, region, operation)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            # A burst of two lets the bucket make up for a late wake-up of the event loop,
+            # which a bucket of one token loses for good (measured: cycles 20 % over the
+            # quota-bound minimum with one token, under 10 % with two).
+            bucket = TokenBucket(rate / self.divisor, burst=2)
+            self._buckets[key] = bucket
+        return bucket
+
+
+_ROLE_ACCOUNT = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/")
+
+
 @dataclass(frozen=True, slots=True)
 class JobSummary:
     job_id: str
@@ -165,25 +194,31 @@ class JobSource:
         settings: Collector,
         telemetry: SelfMetrics,
         tracing: Tracing = NOOP_TRACING,
+        budgets: Budgets | None = None,
     ) -> None:
         self.target = target
         self.tracing = tracing
         self.settings = settings
         self.telemetry = telemetry
-        self._buckets = {
-            # A burst of two lets the bucket make up for a late wake-up of the event loop,
-            # which a bucket of one token loses for good (measured: cycles 20 % over the
-            # quota-bound minimum with one token, under 10 % with two).
-            op: TokenBucket(settings.requests_per_second, burst=2)
-            for op in ("DescribeJob", "ListJobs")
-        }
+        self.budgets = budgets if budgets is not None else Budgets()
+        self.account_key = ""
+        self._buckets: dict[str, TokenBucket] = {}
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        self._session: AioSession | None = None
 
     async def __aenter__(self) -> JobSource:
         session = AioSession(profile=self.target.profile)
+        self._session = session
         if self.target.role_arn:
             await self._assume_role(session)
+        self.account_key = await self._account_key(session)
+        self._buckets = {
+            op: self.budgets.bucket(
+                self.account_key, self.target.region, op, self.settings.requests_per_second
+            )
+            for op in ("DescribeJob", "ListJobs")
+        }
         boto_config = BotoConfig(
             region_name=self.target.region,
             connect_timeout=self.settings.request_timeout,
@@ -214,6 +249,68 @@ class JobSource:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stack.aclose()
         self._client = None
+        self._session = None
+
+    async def _account_key(self, session: AioSession) -> str:
+        """What identifies the target's quota: its account, resolved once.
+
+        The role's ARN names the account; otherwise STS GetCallerIdentity does. A target on
+        an endpoint of its own (a simulator, a proxy) and no STS endpoint is keyed by that
+        endpoint; one whose account cannot be resolved keeps a budget of its own.
+        """
+        target = self.target
+        match = _ROLE_ACCOUNT.match(target.role_arn or "")
+        if match:
+            return match.group(1)
+        if target.endpoint_url and not target.sts_endpoint_url:
+            return f"endpoint {target.endpoint_url}"
+        try:
+            async with session.create_client(
+                "sts",
+                region_name=target.region,
+                endpoint_url=target.sts_endpoint_url,
+                config=BotoConfig(
+                    connect_timeout=self.settings.request_timeout,
+                    read_timeout=self.settings.request_timeout,
+                    retries={"mode": "standard", "total_max_attempts": 2},
+                ),
+            ) as sts:
+                identity = await sts.get_caller_identity()
+            account = identity.get("Account") if isinstance(identity, dict) else None
+            if isinstance(account, str) and re.fullmatch(r"\d{12}", account):
+                return account
+        except Exception as exc:
+            log.warning(
+                "cannot resolve the account; the target keeps a budget of its own "
+                "target=%s error=%r",
+                target.name,
+                f"{type(exc).__name__}",
+            )
+        return f"target {target.name}"
+
+    async def event_queue(self) -> EventQueue | None:
+        """The target's SQS event queue, on the same credentials; None without `events`."""
+        events = self.target.events
+        if events is None or self._session is None:
+            return None
+        boto_config = BotoConfig(
+            region_name=self.target.region,
+            connect_timeout=self.settings.request_timeout,
+            # A long poll holds the request for up to WAIT_SECONDS before answering.
+            read_timeout=EventQueue.WAIT_SECONDS + self.settings.request_timeout,
+            retries={"mode": "standard", "total_max_attempts": self.settings.max_attempts},
+            user_agent_extra="aws-iot-jobs-exporter",
+        )
+        client = await self._stack.enter_async_context(
+            self._session.create_client(
+                "sqs",
+                region_name=self.target.region,
+                endpoint_url=events.sqs_endpoint,
+                config=boto_config,
+            )
+        )
+        client.meta.events.register("needs-retry.sqs", self._count_failed_attempt)
+        return EventQueue(self, client, events.sqs_queue_url)
 
     async def _assume_role(self, session: AioSession) -> None:
         """Swap the session's credentials for the role's, refreshed by botocore before expiry."""
@@ -353,3 +450,54 @@ class JobSource:
                 self._count("ListJobs", "malformed")
                 raise ApiError("malformed", "ListJobs", "response.nextToken: repeats a page")
             seen_tokens.add(token)
+
+
+class EventQueue:
+    """A target's SQS queue of job events: long polls and batch deletes.
+
+    SQS quotas are separate from IoT's, so these calls spend nothing of the IoT budget;
+    they are counted with the other calls in api_requests_total.
+    """
+
+    WAIT_SECONDS = 20
+    BATCH = 10
+
+    def __init__(self, source: JobSource, client: Any, queue_url: str) -> None:
+        self._source = source
+        self._client = client
+        self._queue_url = queue_url
+
+    async def receive(self, wait: bool = True) -> list[Message]:
+        """Up to BATCH messages; a long poll of WAIT_SECONDS when `wait`."""
+        try:
+            async with self._source._call("ReceiveMessage"):
+                page = await self._client.receive_message(
+                    QueueUrl=self._queue_url,
+                    MaxNumberOfMessages=self.BATCH,
+                    WaitTimeSeconds=self.WAIT_SECONDS if wait else 0,
+                )
+                items = page.get("Messages", []) if isinstance(page, dict) else None
+                if not isinstance(items, list):
+                    self._source._count("ReceiveMessage", "malformed")
+                    raise ApiError(
+                        "malformed", "ReceiveMessage", "response.Messages: expected a list"
+                    )
+                self._source._count("ReceiveMessage", "ok")
+        except ApiError as exc:
+            raise QueueError(exc.outcome, exc.detail) from None
+        return [m for m in map(message_from_sqs, items) if m is not None]
+
+    async def delete(self, receipt_handles: list[str]) -> None:
+        for start in range(0, len(receipt_handles), self.BATCH):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": handle}
+                for i, handle in enumerate(receipt_handles[start : start + self.BATCH])
+            ]
+            try:
+                async with self._source._call("DeleteMessageBatch"):
+                    await self._client.delete_message_batch(
+                        QueueUrl=self._queue_url, Entries=entries
+                    )
+                    self._source._count("DeleteMessageBatch", "ok")
+            except ApiError as exc:
+                raise QueueError(exc.outcome, exc.detail) from None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import heapq
 import logging
 import os
 import re
@@ -12,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from exporter.aws import ApiError, JobSource, JobSummary, describe_exception
+from exporter.aws import ApiError, Budgets, JobSource, JobSummary, describe_exception
 from exporter.config import Collector as CollectorSettings
 from exporter.config import Config, Target
+from exporter.events import EventConsumer, EventSettings, Queue, ReasonCounts
 from exporter.metrics import SelfMetrics
 from exporter.model import TERMINAL_STATUSES, JobSnapshot
 from exporter.otel import NOOP_TRACING, Tracing
@@ -95,6 +98,8 @@ class TargetCollector:
         self.clock = clock
         self.tracing = tracing
         self.cycles = 0
+        # The replica's share of the budget: every shard spends from the same quota.
+        self.rate = settings.requests_per_second / max(shard.total, 1)
         self._jobs: dict[str, _Tracked] = {}
         # Terminal jobs past retention, and explicit ids AWS does not know: neither is
         # described again until the next discovery says otherwise.
@@ -104,6 +109,16 @@ class TargetCollector:
         self._next_discovery = 0.0
         self._stretched = False
         self._semaphore = asyncio.Semaphore(settings.concurrency)
+        # Jobs an event marked changed: job id → when first marked (monotonic), and a heap
+        # of (due, marked, job id) so the oldest mark is described first.
+        self._dirty: dict[str, float] = {}
+        self._dirty_heap: list[tuple[float, float, str]] = []
+        self._dirty_wakeup = asyncio.Event()
+        self._event_described: dict[str, float] = {}
+        self.consumer: EventConsumer | None = None
+        self._event_driven = False
+        events = target.events
+        self.reasons = ReasonCounts(events.max_reasons_per_job if events else 10)
         for job_id in target.jobs.ids:
             if shard.owns(target, job_id):
                 self._jobs[job_id] = _Tracked(explicit=True)
@@ -118,12 +133,154 @@ class TargetCollector:
                 self._jobs[job_id] = _Tracked(explicit, tracked.snapshot)
         self._expired |= previous._expired
         self._missing |= previous._missing
+        if self.target.events is not None and previous.target.events is not None:
+            self.reasons = previous.reasons
         self._next_discovery = previous._next_discovery
         self.cycles = previous.cycles
 
     @property
     def jobs(self) -> dict[str, JobSnapshot | None]:
         return {job_id: t.snapshot for job_id, t in self._jobs.items()}
+
+    # --- events (EventSink) ---------------------------------------------------------------
+
+    def owns(self, job_id: str) -> bool:
+        return self.shard.owns(self.target, job_id)
+
+    def job_changed(self, job_id: str) -> bool:
+        """An event says the job changed: describe it soon. False when it is not followed."""
+        if job_id not in self._jobs:
+            discover = self.target.jobs.discover
+            if job_id in self._expired or discover is None or not discover.matches(job_id):
+                return False
+            # A job created since the last discovery: described at once, not minutes later.
+            self._jobs[job_id] = _Tracked(explicit=False)
+        if job_id not in self._dirty:
+            now = time.monotonic()
+            self._dirty[job_id] = now
+            settings = self.target.events
+            spacing = settings.min_describe_interval if settings else 0.0
+            due = max(now, self._event_described.get(job_id, -spacing) + spacing)
+            heapq.heappush(self._dirty_heap, (due, now, job_id))
+            self._dirty_wakeup.set()
+        return True
+
+    def job_deleted(self, job_id: str) -> None:
+        tracked = self._jobs.get(job_id)
+        if tracked is None:
+            return
+        log.info("job deleted target=%s job_id=%s", self.target.name, job_id)
+        if tracked.explicit:
+            self._missing.add(job_id)
+        self._drop(job_id)
+
+    def event_driven(self) -> bool:
+        """Events refresh the active jobs now; else they are polled every interval."""
+        consumer = self.consumer
+        if consumer is None or not consumer.healthy():
+            return False
+        active = any(t.snapshot is not None and not t.snapshot.frozen for t in self._jobs.values())
+        return not (active and consumer.silent())
+
+    def _check_event_driven(self) -> bool:
+        driven = self.event_driven()
+        if self.consumer is not None:
+            if driven != self._event_driven:
+                if driven:
+                    log.info("events drive collection target=%s", self.target.name)
+                else:
+                    log.warning(
+                        "events lost or failing, polling every interval target=%s "
+                        "interval_seconds=%g",
+                        self.target.name,
+                        self.settings.interval,
+                    )
+        self._event_driven = driven
+        return driven
+
+    async def describe_dirty(self) -> None:
+        """Describes the jobs events marked, oldest mark first, inside the same budget."""
+        settings = self.target.events
+        spacing = settings.min_describe_interval if settings else 0.0
+        cycle = _Cycle()
+        async with asyncio.TaskGroup() as group:
+            while True:
+                if not self._dirty_heap:
+                    self._dirty_wakeup.clear()
+                    await self._dirty_wakeup.wait()
+                    continue
+                due, marked, job_id = self._dirty_heap[0]
+                if self._dirty.get(job_id) != marked:
+                    heapq.heappop(self._dirty_heap)  # described meanwhile
+                    continue
+                delay = due - time.monotonic()
+                if delay > 0:
+                    # A newer, earlier-due mark wakes this wait up.
+                    self._dirty_wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._dirty_wakeup.wait()
+                    continue
+                heapq.heappop(self._dirty_heap)
+                del self._dirty[job_id]
+                if job_id not in self._jobs:
+                    continue
+                self._event_described[job_id] = time.monotonic()
+                self.telemetry.events_describes.labels(self.target.name).inc()
+                await self._spawn(group, job_id, cycle)
+                if len(self._event_described) > 2 * len(self._jobs) + 1000:
+                    horizon = time.monotonic() - spacing
+                    self._event_described = {
+                        j: t for j, t in self._event_described.items() if t > horizon
+                    }
+
+    async def run_events(self, queue: Queue) -> None:
+        """The target's event consumer and the describes it causes, until cancelled."""
+        events = self.target.events
+        assert events is not None
+        self.consumer = EventConsumer(
+            self.target.name,
+            EventSettings(
+                events.reason_key,
+                events.max_reasons_per_job,
+                events.dedup_capacity,
+                events.silence_timeout,
+            ),
+            queue,
+            self,
+            self.telemetry,
+            self.reasons,
+            clock=self.clock,
+        )
+        # Read at scrape time: the consumer's health changes between cycles.
+        driven = self.telemetry.events_driven.labels(self.target.name)
+        driven.set_function(lambda: 1.0 if self.event_driven() else 0.0)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.consumer.run())
+                group.create_task(self.describe_dirty())
+        finally:
+            self.consumer = None
+            driven.set_function(lambda: 0.0)
+
+    def execution_event_samples(self) -> list[tuple[dict[str, str], float]]:
+        """aws_iot_job_execution_events_total samples of the jobs in the store."""
+        out = []
+        target = self.target
+        for job_id in self.reasons.job_ids():
+            tracked = self._jobs.get(job_id)
+            if tracked is None or tracked.snapshot is None:
+                continue
+            identity = {
+                "target": target.name,
+                "region": target.region,
+                "account_id": tracked.snapshot.account_id,
+                "job_id": job_id,
+                **dict(target.labels),
+            }
+            for status, reason, value in self.reasons.samples(job_id):
+                out.append(({**identity, "status": status, "reason": reason}, float(value)))
+        return out
 
     def _expired_at(self, status: str | None, ended_at: float | None, now: float) -> bool:
         if status not in TERMINAL_STATUSES or ended_at is None:
@@ -231,6 +388,8 @@ class TargetCollector:
 
     def _drop(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
+        self._dirty.pop(job_id, None)
+        self.reasons.forget(job_id)
         self.store.remove((self.target.name, job_id))
 
     def _expire_frozen(self) -> None:
@@ -273,6 +432,17 @@ class TargetCollector:
             for job_id, t in self._jobs.items()
             if t.snapshot is not None and not t.snapshot.frozen
         ]
+        events = self.target.events
+        if events is not None and self._check_event_driven():
+            # Events say which jobs changed; the rest are reconciled less often, for lost
+            # events and for what no event reports (an execution going in progress). Half an
+            # interval early, so a job is not left a whole extra cycle behind.
+            horizon = self.clock() - events.reconcile_interval + self.settings.interval / 2
+            known = [
+                job_id
+                for job_id in known
+                if job_id not in self._dirty and self._fetched_at(job_id) <= horizon
+            ]
         self._check_budget(len(pending) + len(known))
         spacing = spread / len(known) if spread > 0 and known else 0.0
         async with asyncio.TaskGroup() as group:
@@ -301,9 +471,13 @@ class TargetCollector:
         )
         return cycle
 
+    def _fetched_at(self, job_id: str) -> float:
+        snapshot = self._jobs[job_id].snapshot
+        return snapshot.fetched_at if snapshot is not None else 0.0
+
     def _check_budget(self, calls: int) -> None:
         """Says, once per change, when the quota cannot describe every due job per interval."""
-        needed = calls / self.settings.requests_per_second
+        needed = calls / self.rate
         stretched = needed > self.settings.interval
         self.telemetry.collection_stretched.labels(self.target.name).set(1 if stretched else 0)
         if stretched != self._stretched:
@@ -314,7 +488,7 @@ class TargetCollector:
                     "cycle_seconds=%g interval_seconds=%g",
                     self.target.name,
                     calls,
-                    self.settings.requests_per_second,
+                    self.rate,
                     needed,
                     self.settings.interval,
                 )
@@ -381,6 +555,12 @@ class Collector:
         self._running: dict[str, _Running] = {}
         self._ready = False
         self._lock = asyncio.Lock()
+        # One budget per account, region and operation, shared by the targets that spend it.
+        self.budgets = Budgets(divisor=shard.total)
+        telemetry.watch_execution_events(self.execution_event_samples)
+
+    def execution_event_samples(self) -> list[tuple[dict[str, str], float]]:
+        return [s for r in self._running.values() for s in r.collector.execution_event_samples()]
 
     @property
     def targets(self) -> dict[str, TargetCollector]:
@@ -446,10 +626,17 @@ class Collector:
         while True:
             try:
                 async with JobSource(
-                    target, collector.settings, self.telemetry, self.tracing
+                    target, collector.settings, self.telemetry, self.tracing, self.budgets
                 ) as source:
                     collector.source = source
-                    await collector.run()
+                    queue = await source.event_queue()
+                    if queue is None:
+                        await collector.run()
+                    else:
+                        self.telemetry.init_events(target.name)
+                        async with asyncio.TaskGroup() as group:
+                            group.create_task(collector.run())
+                            group.create_task(collector.run_events(queue))
             except Exception as exc:
                 # An unknown profile or a broken credential source: this target waits
                 # and tries again, the others go on.

@@ -94,6 +94,34 @@ class Jobs:
 
 
 @dataclass(frozen=True, slots=True)
+class Events:
+    """Job events read from an SQS queue (docs/events.md); polling remains the safety net."""
+
+    sqs_queue_url: str
+    # SQS endpoint; by default AWS's, or the queue URL's host when that is not AWS's.
+    endpoint_url: str | None = None
+    # The statusDetails key whose value says why an execution failed.
+    reason_key: str | None = None
+    max_reasons_per_job: int = 10
+    # Active jobs are described this often while events flow (instead of every interval).
+    reconcile_interval: float = 300.0
+    # A job is described because of events at most this often.
+    min_describe_interval: float = 5.0
+    # No message for this long while jobs are active: events are taken as lost.
+    silence_timeout: float = 900.0
+    dedup_capacity: int = 100_000
+
+    @property
+    def sqs_endpoint(self) -> str | None:
+        if self.endpoint_url is not None:
+            return self.endpoint_url
+        match = re.match(r"^(https?://[^/]+)/", self.sqs_queue_url)
+        if match and not re.search(r"\.amazonaws\.com(\.cn)?(:\d+)?$", match.group(1)):
+            return match.group(1)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     name: str
     region: str
@@ -106,6 +134,7 @@ class Target:
     endpoint_url: str | None = None
     sts_endpoint_url: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    events: Events | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +145,9 @@ class Collector:
     concurrency: int = 10
     terminal_job_retention: float = 86400.0
     max_attempts: int = 3
-    requests_per_second: float = 10.0
+    # Half of AWS's default quota (10/s per account and region): the rest is left to
+    # the customer's own tools, which share the quota (docs/events.md has the arithmetic).
+    requests_per_second: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +226,48 @@ def _read_otel(r: Reader, value: Any) -> Otel:
         "tracing": r.boolean,
     }
     return Otel(**_read_section(r, value, "otel", readers))
+
+
+_SQS_QUEUE_URL = re.compile(r"^https?://[^\s/]+/\d{12}/[a-zA-Z0-9_-]{1,80}(\.fifo)?$")
+_REASON_KEY = re.compile(r"^[^\x00-\x1f]{1,128}$")
+
+
+def _read_events(r: Reader, value: Any, path: str) -> Events:
+    data = r.mapping(
+        value,
+        path,
+        (
+            "sqs_queue_url",
+            "endpoint_url",
+            "reason_key",
+            "max_reasons_per_job",
+            "reconcile_interval",
+            "min_describe_interval",
+            "silence_timeout",
+            "dedup_capacity",
+        ),
+    )
+    if "sqs_queue_url" not in data:
+        raise r.fail(f"{path}.sqs_queue_url", "is required when events is set")
+    readers: dict[str, Callable[[Any, str], Any]] = {
+        "endpoint_url": lambda v, p: r.string(v, p, _URL, "an http(s) URL"),
+        "reason_key": lambda v, p: r.string(v, p, _REASON_KEY, "a statusDetails key"),
+        "max_reasons_per_job": lambda v, p: r.integer(v, p, 1, 100),
+        "reconcile_interval": r.duration,
+        "min_describe_interval": r.duration,
+        "silence_timeout": r.duration,
+        "dedup_capacity": lambda v, p: r.integer(v, p, 1000, 10_000_000),
+    }
+    read = {key: r.opt(data, key, path, reader) for key, reader in readers.items()}
+    return Events(
+        sqs_queue_url=r.string(
+            data["sqs_queue_url"],
+            f"{path}.sqs_queue_url",
+            _SQS_QUEUE_URL,
+            "an SQS queue URL like https://sqs.us-east-1.amazonaws.com/123456789012/name",
+        ),
+        **{key: item for key, item in read.items() if item is not None},
+    )
 
 
 def _read_discover(r: Reader, value: Any, path: str) -> Discover:
@@ -281,6 +354,7 @@ def _read_target(r: Reader, value: Any, path: str) -> Target:
         "sts_endpoint_url",
         "labels",
         "jobs",
+        "events",
     )
     data = r.mapping(value, path, keys)
     for required in ("name", "region", "jobs"):
@@ -327,6 +401,7 @@ def _read_target(r: Reader, value: Any, path: str) -> Target:
             data, "sts_endpoint_url", path, lambda v, p: r.string(v, p, _URL, "an http(s) URL")
         ),
         labels=_read_labels(r, data["labels"], f"{path}.labels") if data.get("labels") else (),
+        events=_read_events(r, data["events"], f"{path}.events") if "events" in data else None,
     )
 
 

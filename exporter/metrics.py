@@ -16,8 +16,10 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.metrics_core import Metric
 
 from exporter import __version__
+from exporter.events import EVENT_NAMES
 from exporter.model import EXECUTION_STATES, JobSnapshot, target_type
 
 # `_created` series double the self-metrics for no use: Prometheus ignores them in the
@@ -349,6 +351,8 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 OPERATIONS = ("DescribeJob", "ListJobs")
+# The SQS calls of a target with `events:`; their series exist only for such targets.
+EVENT_OPERATIONS = ("ReceiveMessage", "DeleteMessageBatch")
 OUTCOMES = (
     "ok",
     "throttled",
@@ -360,6 +364,35 @@ OUTCOMES = (
     "error",
 )
 TRACKED_STATES = ("active", "frozen", "pending")
+
+EXECUTION_EVENTS_NAME = "aws_iot_job_execution_events"
+EXECUTION_EVENTS_HELP = (
+    "Failed, rejected and timed-out execution events of the job by status and reason "
+    "(the statusDetails value of events.reason_key), since the exporter started."
+)
+# (labels, value) of every aws_iot_job_execution_events_total sample.
+EventSamples = Callable[[], Iterable[tuple[dict[str, str], float]]]
+
+
+class _ExecutionEvents:
+    """aws_iot_job_execution_events_total: a counter per job, status and reason.
+
+    Not a row of FAMILIES, whose job series are gauges rendered from DescribeJob
+    snapshots: these counts come from events and are rendered per scrape through the
+    registry, which writes the counter right in both the text format and OpenMetrics.
+    """
+
+    def __init__(self, read: EventSamples) -> None:
+        self._read = read
+
+    def describe(self) -> list[Metric]:
+        return [Metric(EXECUTION_EVENTS_NAME, EXECUTION_EVENTS_HELP, "counter")]
+
+    def collect(self) -> Iterator[Metric]:
+        metric = Metric(EXECUTION_EVENTS_NAME, EXECUTION_EVENTS_HELP, "counter")
+        for labels, value in self._read():
+            metric.add_sample(EXECUTION_EVENTS_NAME + "_total", labels, value)
+        yield metric
 
 
 class SelfMetrics:
@@ -436,6 +469,45 @@ class SelfMetrics:
             ("target",),
             registry=r,
         )
+        self.events_received = Counter(
+            f"{ns}_events_received",
+            "Messages read from a target's event queue, by event (malformed: not an event).",
+            ("target", "event"),
+            registry=r,
+        )
+        self.events_duplicates = Counter(
+            f"{ns}_events_duplicates",
+            "Events dropped because their eventId was applied already (SQS redelivery).",
+            ("target",),
+            registry=r,
+        )
+        self.events_describes = Counter(
+            f"{ns}_events_describes",
+            "DescribeJob calls made because an event marked the job changed.",
+            ("target",),
+            registry=r,
+        )
+        self.events_lag = Histogram(
+            f"{ns}_events_lag_seconds",
+            "Time from AWS publishing an event to the exporter reading it.",
+            ("target",),
+            registry=r,
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+        )
+        self.events_consumer_errors = Counter(
+            f"{ns}_events_consumer_errors",
+            "Failed calls of a target's event queue consumer.",
+            ("target",),
+            registry=r,
+        )
+        self.events_driven = Gauge(
+            f"{ns}_events_driven",
+            "1 while the target's active jobs are refreshed by events (and reconciled "
+            "every events.reconcile_interval), 0 while they are polled every interval.",
+            ("target",),
+            registry=r,
+        )
+        self._event_targets: set[str] = set()
         self.config_reload_ok = Gauge(
             f"{ns}_config_last_reload_successful",
             "1 when the last configuration load succeeded.",
@@ -446,6 +518,57 @@ class SelfMetrics:
             "Unix time of the last successful configuration load.",
             registry=r,
         )
+
+    def watch_execution_events(self, read: EventSamples) -> None:
+        """Export aws_iot_job_execution_events_total from `read` (the collector's counts)."""
+        self.registry.register(_ExecutionEvents(read))
+
+    # EventTelemetry (events.py): what the event consumer reports.
+    def event_received(self, target: str, event: str) -> None:
+        self.events_received.labels(target, event).inc()
+
+    def event_duplicate(self, target: str) -> None:
+        self.events_duplicates.labels(target).inc()
+
+    def event_lag(self, target: str, seconds: float) -> None:
+        self.events_lag.labels(target).observe(seconds)
+
+    def event_consumer_error(self, target: str) -> None:
+        self.events_consumer_errors.labels(target).inc()
+
+    def init_events(self, target: str) -> None:
+        """The event series of a target with `events:`, at 0."""
+        self._event_targets.add(target)
+        for operation in EVENT_OPERATIONS:
+            for outcome in OUTCOMES:
+                self.api_requests.labels(target, operation, outcome)
+            self.api_duration.labels(target, operation)
+        for event in EVENT_NAMES:
+            self.events_received.labels(target, event)
+        for metric in self._event_metrics():
+            metric.labels(target)
+
+    def _event_metrics(self) -> tuple[Counter | Gauge | Histogram, ...]:
+        return (
+            self.events_duplicates,
+            self.events_describes,
+            self.events_lag,
+            self.events_consumer_errors,
+            self.events_driven,
+        )
+
+    def drop_events(self, target: str) -> None:
+        if target not in self._event_targets:
+            return
+        self._event_targets.discard(target)
+        for operation in EVENT_OPERATIONS:
+            for outcome in OUTCOMES:
+                self.api_requests.remove(target, operation, outcome)
+            self.api_duration.remove(target, operation)
+        for event in EVENT_NAMES:
+            self.events_received.remove(target, event)
+        for metric in self._event_metrics():
+            metric.remove(target)
 
     def init_target(self, target: str) -> None:
         """Create every series of a target at 0, so rate() and alerts work before any event.
@@ -480,6 +603,7 @@ class SelfMetrics:
             self.jobs_tracked.remove(target, state)
         for gauge in self._target_gauges():
             gauge.remove(target)
+        self.drop_events(target)
 
 
 __all__ = ["EXECUTION_STATES", "FAMILIES", "IDENTITY_LABELS", "Family", "SelfMetrics"]

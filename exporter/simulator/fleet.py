@@ -162,6 +162,10 @@ class Fleet:
         self._next_thing: dict[str, int] = {}
         self._order: list[Job] | None = None
         self._fleet_rng = random.Random(f"{scenario.seed}/fleet")
+        # Job events as AWS publishes them: (topic, payload) to every listener. Reasons
+        # draw from a generator of their own, so listening changes nothing else.
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self._event_rng = random.Random(f"{scenario.seed}/events")
 
         earliest = start
         for g in scenario.groups:
@@ -489,6 +493,59 @@ class Fleet:
         exe.status = state
         exe.last_updated_at = self.now
         job.version += 1
+        if state not in NON_TERMINAL and self.listeners:
+            self._execution_event(job, exe, state)
+
+    # --- job events ---------------------------------------------------------------------
+
+    def _publish(self, topic: str, payload: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            listener(topic, payload)
+
+    def _execution_event(self, job: Job, exe: Execution, state: str) -> None:
+        payload: dict[str, Any] = {
+            "eventType": "JOB_EXECUTION",
+            "eventId": str(uuid.UUID(int=self._event_rng.getrandbits(128), version=4)),
+            "timestamp": int(self.now),
+            "operation": state.lower(),
+            "jobId": job.job_id,
+            "thingArn": arn(self.scenario.region, self.account_id, "thing", exe.thing),
+            "status": state,
+        }
+        reasons = job.spec.devices.failure_reasons
+        if state in (FAILED, REJECTED, TIMED_OUT) and reasons:
+            names = [name for name, _ in reasons]
+            weights = [weight for _, weight in reasons]
+            reason = self._event_rng.choices(names, weights)[0]
+            payload["statusDetails"] = {"reason": reason}
+        self._publish(f"$aws/events/jobExecution/{job.job_id}/{state.lower()}", payload)
+
+    def _job_event(self, job: Job, operation: str) -> None:
+        if not self.listeners:
+            return
+        payload: dict[str, Any] = {
+            "eventType": "JOB",
+            "eventId": str(uuid.UUID(int=self._event_rng.getrandbits(128), version=4)),
+            "timestamp": int(self.now),
+            "operation": operation,
+            "jobId": job.job_id,
+            "status": job.status,
+            "targetSelection": job.spec.target_selection,
+            "createdAt": int(job.created_at * 1000),
+            "lastUpdatedAt": int(job.last_updated_at * 1000),
+        }
+        if operation == "completed":
+            c = job.counts
+            payload["completedAt"] = int(self.now * 1000)
+            # The completed event carries five of DescribeJob's eight counts.
+            payload["jobProcessDetails"] = {
+                "numberOfCanceledThings": c[CANCELED],
+                "numberOfRejectedThings": c[REJECTED],
+                "numberOfFailedThings": c[FAILED],
+                "numberOfRemovedThings": c[REMOVED],
+                "numberOfSucceededThings": c[SUCCEEDED],
+            }
+        self._publish(f"$aws/events/job/{job.job_id}/{operation}", payload)
 
     def _pickup(self, job: Job, exe: Execution) -> None:
         if exe.status != QUEUED or job.deleting:
@@ -575,6 +632,7 @@ class Fleet:
             job.completed_at = self.now
             job.last_updated_at = self.now
             job.version += 1
+            self._job_event(job, "completed")
 
     # --- cancel and delete --------------------------------------------------------------
 
@@ -621,6 +679,7 @@ class Fleet:
         job.cancel_in_progress = force or everything
         job.canceling_until = self.now + self.scenario.cancel_minutes * 60.0
         job.version += 1
+        self._job_event(job, "cancellation_in_progress")
         self._push(job.canceling_until, self._cancel_done, job)
 
     def _cancel_done(self, job: Job) -> None:
@@ -632,6 +691,7 @@ class Fleet:
                     self._set_state(job, exe, CANCELED)
         job.canceling_until = None
         job.version += 1
+        self._job_event(job, "canceled")
 
     def delete_job(self, job_id: str) -> Job:
         """Admin: DeleteJob (always forced): DELETION_IN_PROGRESS for a while, then gone."""
@@ -646,6 +706,7 @@ class Fleet:
         job.next_rollout = None
         job.canceling_until = None
         job.version += 1
+        self._job_event(job, "deletion_in_progress")
         self._push(self.now + self.scenario.deletion_minutes * 60.0, self._purge, job)
         return job
 
@@ -654,6 +715,7 @@ class Fleet:
             del self.jobs[job.job_id]
             self.deleted.add(job.job_id)
             self._order = None
+            self._job_event(job, "deleted")
 
     def get(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)

@@ -54,6 +54,9 @@ class Devices:
     failure_probability: float = 0.0
     # A stuck device never reports back: TIMED_OUT with a timeoutConfig, else IN_PROGRESS forever.
     stuck_probability: float = 0.0
+    # What a device reports in statusDetails["reason"] when its execution fails, is
+    # rejected or times out: (reason, weight) pairs; empty: no statusDetails.
+    failure_reasons: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +273,7 @@ _DEVICE_KEYS = (
     "reject_probability",
     "failure_probability",
     "stuck_probability",
+    "failure_reasons",
 )
 _JOB_KEYS = (
     "id",
@@ -326,12 +330,29 @@ def _devices(r: Reader, value: Any, path: str, base: Devices) -> Devices:
         key: r.probability(data.get(key, getattr(base, key)), join(path, key))
         for key in ("reject_probability", "failure_probability", "stuck_probability")
     }
+    if "failure_reasons" in data:
+        out = replace(out, failure_reasons=_reasons(r, data["failure_reasons"], path))
     return replace(
         out,
         reject_probability=probabilities["reject_probability"],
         failure_probability=probabilities["failure_probability"],
         stuck_probability=probabilities["stuck_probability"],
     )
+
+
+def _reasons(r: Reader, value: Any, path: str) -> tuple[tuple[str, float], ...]:
+    where = join(path, "failure_reasons")
+    if not isinstance(value, Mapping):
+        raise r.fail(where, "expected a mapping of reasons to weights")
+    data = value
+    out = []
+    for reason, weight in data.items():
+        if not isinstance(reason, str) or not 0 < len(reason) <= 128:
+            raise r.fail(where, "keys must be reasons of 1-128 characters")
+        out.append((reason, r.number(weight, join(where, reason), 0.0)))
+    if out and not any(weight > 0 for _, weight in out):
+        raise r.fail(where, "expected at least one reason with a weight above 0")
+    return tuple(out)
 
 
 def _target(r: Reader, value: Any, path: str) -> Target:

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from exporter.simulator import sqs
 from exporter.simulator.faults import FaultPicker, Stats, TokenBucket, faults_json, quotas_json
 from exporter.simulator.fleet import EXECUTION_STATES, JOB_SCHEDULED, Fleet, FleetError, Job
 from exporter.simulator.render import describe_job, execution_summary, job_summary
@@ -131,11 +132,19 @@ class Simulator:
         self._buckets = self._new_buckets()
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
+        # The fleet's job events, as an IoT rule with an SQS action would queue them.
+        self.events = sqs.EventQueue(fleet.account_id, scenario.seed)
+        fleet.listeners.append(self.events.publish)
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def queue_url(self) -> str:
+        """The events queue's URL, for a target's `events.sqs_queue_url`."""
+        return self.url + self.events.path()
 
     def _new_buckets(self) -> dict[str, TokenBucket]:
         now = time.monotonic()
@@ -151,6 +160,7 @@ class Simulator:
         """Listen (again) on the simulator's port; the fleet carries on either way."""
         if self._runner is not None:
             return
+        self.events.reopen()
         runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
@@ -167,6 +177,7 @@ class Simulator:
     async def stop_http(self) -> None:
         """Stop answering (connections refused) without stopping simulated time."""
         runner, self._runner = self._runner, None
+        self.events.close()
         if runner is not None:
             await runner.cleanup()
 
@@ -205,7 +216,27 @@ class Simulator:
         app.router.add_delete("/_sim/jobs/{jobId}", self._admin_delete)
         app.router.add_post("/_sim/groups/{group}/add", self._admin_group_add)
         app.router.add_post("/_sim/groups/{group}/remove", self._admin_group_remove)
+        app.router.add_post("/", self._sqs)
+        app.router.add_get("/_sim/events", self._admin_events_get)
+        app.router.add_post("/_sim/events", self._admin_events_post)
         return app
+
+    async def _sqs(self, request: web.Request) -> web.Response:
+        self.fleet.advance(self.clock.now())
+        return await sqs.handle(self.events, request)
+
+    async def _admin_events_get(self, request: web.Request) -> web.Response:
+        self.fleet.advance(self.clock.now())
+        return web.json_response(self.events.to_json())
+
+    async def _admin_events_post(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        try:
+            self.events.faults = sqs.faults_from_json(data, self.events.faults)
+        except ValueError as e:
+            return _admin_error(400, str(e))
+        log.info("event faults changed faults=%s", json.dumps(self.events.faults.to_json()))
+        return web.json_response(self.events.to_json())
 
     # --- AWS operations -----------------------------------------------------------------
 

@@ -1,0 +1,385 @@
+"""AWS IoT job events from an SQS queue: parsed, de-duplicated, counted, and turned into work.
+
+AWS publishes an event when a job completes, is canceled or deleted, and when an
+execution reaches a terminal state. An IoT topic rule sends them to an SQS queue, which
+this module reads. An event never replaces a DescribeJob (the `completed` event carries
+five of the eight counts, execution events none): it says which job to describe now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+# The topics' last segment: `$aws/events/job/<jobId>/<event>` and
+# `$aws/events/jobExecution/<jobId>/<event>`, also the payload's `operation`.
+JOB_EVENTS = (
+    "completed",
+    "canceled",
+    "deleted",
+    "cancellation_in_progress",
+    "deletion_in_progress",
+)
+EXECUTION_EVENTS = (
+    "succeeded",
+    "failed",
+    "rejected",
+    "canceled",
+    "timed_out",
+    "removed",
+    "deleted",
+)
+# Execution statuses whose reasons are counted: the ones an operator asks "why" about.
+FAILURE_STATUSES = ("FAILED", "REJECTED", "TIMED_OUT")
+# The `event` label of the received-events counter: every known event, plus what is not one.
+EVENT_NAMES = (
+    *(f"job_{e}" for e in JOB_EVENTS),
+    *(f"execution_{e}" for e in EXECUTION_EVENTS),
+    "unknown",
+    "malformed",
+)
+OTHER_REASON = "other"
+REASON_MAX_LENGTH = 64
+# Bodies larger than this are not events (AWS's are well under 8 KiB; SQS allows 256 KiB).
+MAX_BODY_BYTES = 64 * 1024
+
+_JOB_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+class MalformedEvent(ValueError):
+    """A message that is not a job event: counted, logged once, and deleted."""
+
+
+class QueueError(Exception):
+    """A failed queue call, classified like every AWS call (see aws.classify)."""
+
+    def __init__(self, outcome: str, detail: str) -> None:
+        super().__init__(f"{outcome}: {detail}")
+        self.outcome = outcome
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One job or execution event, as much of it as the exporter uses."""
+
+    event_id: str
+    # "job" or "execution"
+    kind: str
+    # the topic's last segment: completed, failed, timed_out, ...
+    name: str
+    job_id: str
+    # epoch seconds when AWS published it; None when the payload has no usable one
+    timestamp: float | None
+    status: str | None = None
+    reason: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The `event` label value of the received-events counter."""
+        prefix = "job" if self.kind == "job" else "execution"
+        known = JOB_EVENTS if self.kind == "job" else EXECUTION_EVENTS
+        return f"{prefix}_{self.name}" if self.name in known else "unknown"
+
+    @property
+    def is_failure(self) -> bool:
+        return self.kind == "execution" and self.status in FAILURE_STATUSES
+
+    @property
+    def deletes_job(self) -> bool:
+        return self.kind == "job" and self.name == "deleted"
+
+
+def sanitise_reason(value: str) -> str:
+    """A label-safe reason: printable ASCII, at most REASON_MAX_LENGTH characters."""
+    return _UNPRINTABLE.sub("_", value)[:REASON_MAX_LENGTH]
+
+
+def parse_event(body: str | bytes, reason_key: str | None = None) -> JobEvent:
+    """An SQS message body (the IoT rule's `SELECT *` payload) → JobEvent; MalformedEvent else.
+
+    Tolerant of new fields and new event names (counted as `unknown`), strict about what
+    the exporter acts on: the event id, the job id and the kind.
+    """
+    if len(body) > MAX_BODY_BYTES:
+        raise MalformedEvent(f"body of {len(body)} bytes is larger than {MAX_BODY_BYTES}")
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise MalformedEvent("body is not JSON") from None
+    if not isinstance(data, dict):
+        raise MalformedEvent("body is not a JSON object")
+    event_type = data.get("eventType")
+    if event_type == "JOB":
+        kind = "job"
+    elif event_type == "JOB_EXECUTION":
+        kind = "execution"
+    else:
+        raise MalformedEvent("eventType: expected JOB or JOB_EXECUTION")
+    job_id = data.get("jobId")
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        raise MalformedEvent("jobId: expected a job id")
+    event_id = data.get("eventId")
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= 128:
+        raise MalformedEvent("eventId: expected a string of 1-128 characters")
+    name = data.get("operation")
+    name = name.lower() if isinstance(name, str) and len(name) <= 64 else ""
+    status = data.get("status")
+    status = status if isinstance(status, str) and len(status) <= 64 else None
+    stamp = data.get("timestamp")
+    timestamp: float | None = None
+    if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+        value = float(stamp)
+        if math.isfinite(value) and 0 < value < 1e11:
+            timestamp = value
+    reason: str | None = None
+    if kind == "execution" and reason_key:
+        details = data.get("statusDetails")
+        if isinstance(details, dict):
+            raw = details.get(reason_key)
+            if isinstance(raw, str):
+                reason = sanitise_reason(raw)
+    return JobEvent(event_id, kind, name, job_id, timestamp, status, reason)
+
+
+class RecentIds:
+    """The last `capacity` event ids: SQS delivers at least once, so each is applied once.
+
+    An OrderedDict of ids costs about 150 bytes per entry: 100,000 ids are about 15 MB,
+    which covers SQS's redelivery window at thousands of events per minute.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def seen(self, event_id: str) -> bool:
+        """True when the id was seen already; otherwise remembers it and returns False."""
+        if event_id in self._ids:
+            self._ids.move_to_end(event_id)
+            return True
+        self._ids[event_id] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+        return False
+
+
+class ReasonCounts:
+    """Failed, rejected and timed-out execution events per job, by status and reason.
+
+    At most `max_reasons` distinct reasons per job; later ones count as `other`, so a
+    device that reports a fresh string each time cannot grow the series without bound.
+    """
+
+    def __init__(self, max_reasons: int) -> None:
+        self.max_reasons = max_reasons
+        self._counts: dict[str, dict[tuple[str, str], int]] = {}
+        self._reasons: dict[str, set[str]] = {}
+
+    def count(self, job_id: str, status: str, reason: str) -> None:
+        reasons = self._reasons.setdefault(job_id, set())
+        if reason not in reasons:
+            if len(reasons) >= self.max_reasons:
+                reason = OTHER_REASON
+            else:
+                reasons.add(reason)
+        counts = self._counts.setdefault(job_id, {})
+        counts[(status, reason)] = counts.get((status, reason), 0) + 1
+
+    def forget(self, job_id: str) -> None:
+        self._counts.pop(job_id, None)
+        self._reasons.pop(job_id, None)
+
+    def job_ids(self) -> list[str]:
+        return list(self._counts)
+
+    def samples(self, job_id: str) -> Iterator[tuple[str, str, int]]:
+        """(status, reason, count) of one job."""
+        for (status, reason), value in sorted(self._counts.get(job_id, {}).items()):
+            yield status, reason, value
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An SQS message as the consumer needs it."""
+
+    message_id: str
+    receipt_handle: str
+    body: str
+
+
+class Queue(Protocol):
+    """The SQS queue of one target (aws.py's EventQueue); failures raise QueueError."""
+
+    async def receive(self, wait: bool = True) -> list[Message]: ...
+    async def delete(self, receipt_handles: list[str]) -> None: ...
+
+
+class EventSink(Protocol):
+    """What the scheduler does with events (collector.TargetCollector)."""
+
+    def owns(self, job_id: str) -> bool: ...
+    def job_changed(self, job_id: str) -> bool: ...
+    def job_deleted(self, job_id: str) -> None: ...
+
+
+class EventTelemetry(Protocol):
+    """What the consumer reports (metrics.SelfMetrics)."""
+
+    def event_received(self, target: str, event: str) -> None: ...
+    def event_duplicate(self, target: str) -> None: ...
+    def event_lag(self, target: str, seconds: float) -> None: ...
+    def event_consumer_error(self, target: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EventSettings:
+    """A target's `events:` section (see config.Events)."""
+
+    reason_key: str | None
+    max_reasons_per_job: int
+    dedup_capacity: int
+    silence_timeout: float
+
+
+class EventConsumer:
+    """Long-polls a target's queue, applies each event once, deletes what it applied.
+
+    Messages are deleted only after they are applied, so an exporter that stops
+    half-way leaves the rest in the queue for its next start. Malformed messages are
+    deleted too: they would come back forever otherwise.
+    """
+
+    # A long poll lasts 20 s; a receive that has not succeeded for this long means the
+    # consumer is failing, and the target falls back to polling every interval.
+    HEALTHY_WITHIN = 60.0
+    BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+    def __init__(
+        self,
+        target: str,
+        settings: EventSettings,
+        queue: Queue,
+        sink: EventSink,
+        telemetry: EventTelemetry,
+        reasons: ReasonCounts,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.target = target
+        self.settings = settings
+        self.queue = queue
+        self.sink = sink
+        self.telemetry = telemetry
+        self.reasons = reasons
+        self.clock = clock
+        self._recent = RecentIds(settings.dedup_capacity)
+        self._last_receive: float | None = None
+        self._last_message: float | None = None
+        self._started = clock()
+        self._errors = 0
+
+    def healthy(self) -> bool:
+        """The queue answered lately and without errors since."""
+        last = self._last_receive
+        return self._errors == 0 and last is not None and self.clock() - last < self.HEALTHY_WITHIN
+
+    def silent(self) -> bool:
+        """No message for silence_timeout: while jobs are active, events are probably lost."""
+        last = self._last_message if self._last_message is not None else self._started
+        return self.clock() - last > self.settings.silence_timeout
+
+    async def run(self) -> None:
+        # The first call does not wait, so that a working queue is known at once.
+        wait = False
+        while True:
+            try:
+                messages = await self.queue.receive(wait)
+            except QueueError as exc:
+                await self._failed(exc.outcome, exc.detail)
+                continue
+            wait = True
+            self._errors = 0
+            self._last_receive = self.clock()
+            if not messages:
+                continue
+            self._last_message = self._last_receive
+            done = [m.receipt_handle for m in messages if self.apply(m)]
+            if done:
+                try:
+                    await self.queue.delete(done)
+                except QueueError as exc:
+                    # Undeleted messages come back after the visibility timeout; the
+                    # de-duplication drops them then.
+                    await self._failed(exc.outcome, exc.detail)
+
+    async def _failed(self, outcome: str, detail: str) -> None:
+        self._errors += 1
+        self.telemetry.event_consumer_error(self.target)
+        delay = self.BACKOFF[min(self._errors, len(self.BACKOFF)) - 1]
+        log.warning(
+            "event queue failed target=%s outcome=%s error=%r retry_in_seconds=%g",
+            self.target,
+            outcome,
+            detail,
+            delay,
+        )
+        await asyncio.sleep(delay)
+
+    def apply(self, message: Message) -> bool:
+        """Applies one message; True when it can be deleted (applied, duplicate or malformed)."""
+        try:
+            event = parse_event(message.body, self.settings.reason_key)
+        except MalformedEvent as exc:
+            self.telemetry.event_received(self.target, "malformed")
+            log.warning(
+                "malformed event target=%s message_id=%s error=%r",
+                self.target,
+                message.message_id[:128],
+                str(exc),
+            )
+            return True
+        self.telemetry.event_received(self.target, event.label)
+        if self._recent.seen(event.event_id):
+            self.telemetry.event_duplicate(self.target)
+            return True
+        if event.timestamp is not None:
+            self.telemetry.event_lag(self.target, max(0.0, self.clock() - event.timestamp))
+        if not self.sink.owns(event.job_id):
+            return True
+        if event.deletes_job:
+            self.reasons.forget(event.job_id)
+            self.sink.job_deleted(event.job_id)
+            return True
+        tracked = self.sink.job_changed(event.job_id)
+        if tracked and event.is_failure and event.status is not None:
+            self.reasons.count(event.job_id, event.status, event.reason or "")
+        return True
+
+
+def message_from_sqs(item: Any) -> Message | None:
+    """One element of ReceiveMessage's `Messages`; None when it lacks what deletion needs."""
+    if not isinstance(item, dict):
+        return None
+    handle, body = item.get("ReceiptHandle"), item.get("Body")
+    message_id = item.get("MessageId")
+    if not isinstance(handle, str) or not handle:
+        return None
+    return Message(
+        message_id if isinstance(message_id, str) else "",
+        handle,
+        body if isinstance(body, str) else "",
+    )
