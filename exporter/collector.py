@@ -184,17 +184,15 @@ class TargetCollector:
 
     def _check_event_driven(self) -> bool:
         driven = self.event_driven()
-        if self.consumer is not None:
-            if driven != self._event_driven:
-                if driven:
-                    log.info("events drive collection target=%s", self.target.name)
-                else:
-                    log.warning(
-                        "events lost or failing, polling every interval target=%s "
-                        "interval_seconds=%g",
-                        self.target.name,
-                        self.settings.interval,
-                    )
+        if self.consumer is not None and driven != self._event_driven:
+            if driven:
+                log.info("events drive collection target=%s", self.target.name)
+            else:
+                log.warning(
+                    "events lost or failing, polling every interval target=%s interval_seconds=%g",
+                    self.target.name,
+                    self.settings.interval,
+                )
         self._event_driven = driven
         return driven
 
