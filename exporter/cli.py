@@ -469,13 +469,22 @@ async def _demo(config: Config, args: argparse.Namespace, web_config: WebConfig 
     )
 
     def to_simulator(config: Config) -> Config:
-        targets = tuple(dataclasses.replace(t, endpoint_url=sim.url) for t in config.targets)
+        targets = tuple(
+            dataclasses.replace(
+                t,
+                endpoint_url=sim.url,
+                events=t.events
+                and dataclasses.replace(t.events, sqs_queue_url=sim.queue_url, endpoint_url=None),
+            )
+            for t in config.targets
+        )
         return dataclasses.replace(config, targets=targets)
 
     async def announce(url: str) -> None:
         print(
             f"simulator:  {sim.url}  (state: {sim.url}/_sim/stats, faults: {sim.url}/_sim/faults)"
         )
+        print(f"events:     {sim.queue_url}  (queue: {sim.url}/_sim/events)")
         print(f"metrics:    {url}")
         sys.stdout.flush()
 

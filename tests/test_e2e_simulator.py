@@ -58,6 +58,8 @@ KNOWN_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS"
 MEASURED = (
     "aws_iot_job_last_success_timestamp_seconds",
     "aws_iot_job_rollout_observed_rate_per_minute",
+    # From job events, compared with what the fleet published in the counts test.
+    "aws_iot_job_execution_events_total",
 )
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -246,6 +248,7 @@ class FrozenRun:
     bodies: dict[str, dict[str, Any]]
     force_canceled: dict[str, bool]
     account_id: str
+    events: dict[str, Any]
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +278,8 @@ def frozen_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrozenRun]
             "collector: {interval: 1s, discovery_interval: 1s, request_timeout: 5s}\n"
             f"targets:\n  - name: demo\n    region: {REGION}\n    endpoint_url: {sim.url}\n"
             "    labels: {env: e2e}\n    jobs: {discover: {}}\n"
+            f"    events: {{sqs_queue_url: '{sim.queue_url}', reason_key: reason,"
+            " reconcile_interval: 1s}\n"
         )
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -310,6 +315,9 @@ def frozen_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrozenRun]
                 stats = json.loads(http_get(f"{sim.url}/_sim/stats")[1])
 
                 def settled() -> dict[Key, float] | None:
+                    queue = json.loads(http_get(f"{sim.url}/_sim/events")[1])
+                    if queue["waiting"] or queue["in_flight"]:
+                        return None  # every event applied, so that the counts are whole
                     series = scrape()
                     for job_id in stats["jobs"]:
                         described = value(
@@ -334,7 +342,8 @@ def frozen_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrozenRun]
                     return bodies, {j: job.force_canceled for j, job in s.fleet.jobs.items()}
 
                 bodies, forced = sim.call(truth)
-                yield FrozenRun(series, stats, bodies, forced, stats["account_id"])
+                events = json.loads(http_get(f"{sim.url}/_sim/events")[1])
+                yield FrozenRun(series, stats, bodies, forced, stats["account_id"], events)
             finally:
                 process.send_signal(signal.SIGTERM)
                 try:
@@ -367,6 +376,24 @@ def test_counts_equal_the_simulators_ground_truth(frozen_demo: FrozenRun) -> Non
         if "jobExecutionsRolloutConfig" in frozen_demo.bodies[job_id]["job"]:
             limit = value(series, "aws_iot_job_rollout_rate_limit_per_minute", job_id)
             assert limit == truth["rateLimitPerMinute"], job_id
+        # Every failed, rejected and timed-out execution event the fleet published since
+        # the queue existed is counted once.
+        published = frozen_demo.events["execution_failures"].get(job_id, {})
+        for status in ("FAILED", "REJECTED", "TIMED_OUT"):
+            counted = sum(
+                v
+                for (name, pairs), v in series.items()
+                if name == "aws_iot_job_execution_events_total"
+                and dict(pairs)["job_id"] == job_id
+                and dict(pairs)["status"] == status
+            )
+            assert counted == published.get(status, 0), (job_id, status)
+    reasons = {
+        dict(pairs)["reason"]
+        for name, pairs in series
+        if name == "aws_iot_job_execution_events_total"
+    }
+    assert reasons and "" not in reasons, reasons
     # Every state is non-zero for some job, so none of the comparisons above was vacuous.
     for state in STATES.values():
         assert sum(executions(series, j)[state] for j in jobs) > 0, state

@@ -26,6 +26,7 @@ MAX_WAIT_SECONDS = 20
 # Enough for a fleet's burst; older messages are dropped beyond it, as a full rule would.
 MAX_MESSAGES = 1_000_000
 _JSON = "application/x-amz-json-1.0"
+_FAILURES = ("FAILED", "REJECTED", "TIMED_OUT")
 
 
 @dataclass
@@ -64,6 +65,9 @@ class QueueStats:
     deleted: int = 0
     dropped: int = 0
     by_topic: dict[str, int] = field(default_factory=dict)
+    # Failed, rejected and timed-out execution events published, per job and status: what
+    # an exporter reading every event once must count.
+    failures: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class EventQueue:
@@ -92,6 +96,10 @@ class EventQueue:
         kind = topic.split("/")[2] if topic.count("/") >= 3 else topic
         key = f"{kind}/{topic.rsplit('/', 1)[-1]}"
         self.stats.by_topic[key] = self.stats.by_topic.get(key, 0) + 1
+        status = payload.get("status")
+        if payload.get("eventType") == "JOB_EXECUTION" and status in _FAILURES:
+            per_job = self.stats.failures.setdefault(str(payload.get("jobId")), {})
+            per_job[status] = per_job.get(status, 0) + 1
         if self.faults.silent:
             self.stats.dropped += 1
             return
@@ -180,6 +188,7 @@ class EventQueue:
             "waiting": len(self._messages),
             "in_flight": len(self._inflight),
             "by_topic": dict(sorted(self.stats.by_topic.items())),
+            "execution_failures": self.stats.failures,
         }
 
 

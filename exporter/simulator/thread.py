@@ -56,6 +56,10 @@ class SimulatorThread:
         return self.simulator.url
 
     @property
+    def queue_url(self) -> str:
+        return self.simulator.queue_url
+
+    @property
     def port(self) -> int:
         return self.simulator.port
 
