@@ -21,8 +21,8 @@ from aiohttp import web
 
 from exporter import __version__
 from exporter.collector import Collector, Shard
-from exporter.config import Config, ConfigError, load_config
-from exporter.metrics import SelfMetrics
+from exporter.config import Config, ConfigError, Metrics, load_config
+from exporter.metrics import FAMILIES, Family, SelfMetrics, family_name_problem, select_families
 from exporter.otel import OtelExporter, OtelUnavailable
 from exporter.server import build_app
 from exporter.store import MetricsStore
@@ -170,12 +170,60 @@ def _add_run_flags(parser: argparse.ArgumentParser, with_config: bool = True) ->
         default=64,
         help="concurrent HTTP requests served before answering 503 (default: %(default)s)",
     )
+    _add_metrics_flags(parser)
     parser.add_argument(
         "--log.level", dest="log_level", default="info", choices=("debug", "info", "warn", "error")
     )
     parser.add_argument(
         "--log.format", dest="log_format", default="logfmt", choices=("logfmt", "json")
     )
+
+
+def _add_metrics_flags(parser: argparse.ArgumentParser) -> None:
+    for verb, meaning in (("allow", "export only these"), ("deny", "do not export these")):
+        parser.add_argument(
+            f"--metrics.{verb}",
+            dest=f"metrics_{verb}",
+            action="append",
+            default=[],
+            metavar="NAME[,NAME...]",
+            help=f"job metric families: {meaning} (repeatable or comma-separated; replaces "
+            "the config file's metrics section; allow and deny cannot be combined)",
+        )
+
+
+def _metrics_flags(args: argparse.Namespace) -> Metrics | int | None:
+    """The families the flags select, None without the flags, or exit code 2."""
+    lists: dict[str, tuple[str, ...]] = {}
+    for verb in ("allow", "deny"):
+        flag, names = f"--metrics.{verb}", []
+        for value in getattr(args, f"metrics_{verb}"):
+            for name in (part.strip() for part in value.split(",")):
+                if not name:
+                    continue
+                problem = family_name_problem(name)
+                if problem is not None:
+                    return _fail(f"{flag}: {problem}")
+                if name not in names:
+                    names.append(name)
+        lists[verb] = tuple(names)
+    if lists["allow"] and lists["deny"]:
+        return _fail(
+            "--metrics.allow and --metrics.deny: set one or the other, not both: allow keeps "
+            "only the families it lists, deny drops the ones it lists"
+        )
+    if not args.metrics_allow and not args.metrics_deny:
+        return None
+    return Metrics(allow=lists["allow"], deny=lists["deny"])
+
+
+def _with_metrics(config: Config, metrics: Metrics | None) -> Config:
+    """The config with the flags' selection in place of its own, when flags were given."""
+    return config if metrics is None else dataclasses.replace(config, metrics=metrics)
+
+
+def families_of(config: Config) -> tuple[Family, ...]:
+    return select_families(config.metrics.allow, config.metrics.deny)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,8 +298,13 @@ class Reloader:
                 log.error("reload failed, keeping the running config error=%s", exc)
                 return str(exc)
             await self.collector.apply(config)
+            # After apply, which has dropped the jobs of removed targets.
+            families = families_of(config)
+            await self.collector.store.select(families, {t.name: t for t in config.targets})
             self.loaded()
-            log.info("configuration reloaded targets=%d", len(config.targets))
+            log.info(
+                "configuration reloaded targets=%d families=%d", len(config.targets), len(families)
+            )
             return None
 
 
@@ -292,7 +345,7 @@ async def _serve_until_signalled(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     host, port = parse_listen_address(args.listen_address)
-    store = MetricsStore()
+    store = MetricsStore(families_of(config))
     telemetry = SelfMetrics()
     try:
         otel = OtelExporter(
@@ -393,6 +446,10 @@ def run(argv: list[str]) -> int:
     config = _load(args.config_file)
     if isinstance(config, int):
         return config
+    metrics = _metrics_flags(args)
+    if isinstance(metrics, int):
+        return metrics
+    config = _with_metrics(config, metrics)
     shard = _shard(args)
     if isinstance(shard, int):
         return shard
@@ -402,7 +459,16 @@ def run(argv: list[str]) -> int:
     web_config = _web_config(args)
     if isinstance(web_config, int):
         return web_config
-    return asyncio.run(_serve_until_signalled(config, args, shard, web_config=web_config))
+    return asyncio.run(
+        _serve_until_signalled(
+            config,
+            args,
+            shard,
+            web_config=web_config,
+            # Flags outlast reloads: they replace the metrics section of every file read.
+            adjust=lambda new: _with_metrics(new, metrics),
+        )
+    )
 
 
 def check_config(argv: list[str]) -> int:
@@ -418,7 +484,8 @@ def check_config(argv: list[str]) -> int:
     discovering = sum(1 for t in config.targets if t.jobs.discover is not None)
     print(
         f"{args.config_file}: valid: {len(config.targets)} target(s), {jobs} explicit job id(s), "
-        f"{discovering} target(s) with discovery"
+        f"{discovering} target(s) with discovery, "
+        f"{len(families_of(config))} of {len(FAMILIES)} job metric families"
     )
     return 0
 
@@ -443,6 +510,9 @@ def demo(argv: list[str]) -> int:
     config = _load(args.config_file)
     if isinstance(config, int):
         return config
+    metrics = _metrics_flags(args)
+    if isinstance(metrics, int):
+        return metrics
     if not Path(args.scenario).is_file():
         return _fail(f"{args.scenario}: scenario file not found")
     problem = _check_web_flags(args)
@@ -457,10 +527,15 @@ def demo(argv: list[str]) -> int:
         os.environ[key] = "demo"
     os.environ.pop("AWS_SESSION_TOKEN", None)
     os.environ.pop("AWS_PROFILE", None)
-    return asyncio.run(_demo(config, args, web_config))
+    return asyncio.run(_demo(config, args, web_config, metrics))
 
 
-async def _demo(config: Config, args: argparse.Namespace, web_config: WebConfig | None) -> int:
+async def _demo(
+    config: Config,
+    args: argparse.Namespace,
+    web_config: WebConfig | None,
+    metrics: Metrics | None = None,
+) -> int:
     from exporter.simulator import start_simulator
 
     sim_host, sim_port = parse_listen_address(args.sim_address)
@@ -470,7 +545,7 @@ async def _demo(config: Config, args: argparse.Namespace, web_config: WebConfig 
 
     def to_simulator(config: Config) -> Config:
         targets = tuple(dataclasses.replace(t, endpoint_url=sim.url) for t in config.targets)
-        return dataclasses.replace(config, targets=targets)
+        return dataclasses.replace(_with_metrics(config, metrics), targets=targets)
 
     async def announce(url: str) -> None:
         print(

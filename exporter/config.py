@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exporter.metrics import family_name_problem
 from exporter.reader import LocatedError, Reader, kind, load_yaml, read_file
 
 JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
@@ -137,10 +138,20 @@ class Otel:
 
 
 @dataclass(frozen=True, slots=True)
+class Metrics:
+    """Which job metric families are exported: all of `allow` (every family when empty),
+    or every family but `deny`. Setting both is refused, as kube-state-metrics does."""
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     targets: tuple[Target, ...]
     collector: Collector = Collector()
     otel: Otel = Otel()
+    metrics: Metrics = Metrics()
 
 
 def _read_section(
@@ -195,6 +206,40 @@ def _read_otel(r: Reader, value: Any) -> Otel:
         "tracing": r.boolean,
     }
     return Otel(**_read_section(r, value, "otel", readers))
+
+
+def _read_family_names(r: Reader, value: Any, path: str) -> tuple[str, ...]:
+    """A list of job metric family names (or one name), each checked against the table."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise r.fail(path, f"expected a list of metric family names, got {kind(value)}")
+    names: list[str] = []
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        name = r.string(item, where)
+        problem = family_name_problem(name)
+        if problem is not None:
+            raise r.fail(where, problem)
+        if name in names:
+            raise r.fail(where, f"{name!r} is listed twice")
+        names.append(name)
+    return tuple(names)
+
+
+def _read_metrics(r: Reader, value: Any) -> Metrics:
+    readers: dict[str, Callable[[Any, str], Any]] = {
+        "allow": lambda v, p: _read_family_names(r, v, p),
+        "deny": lambda v, p: _read_family_names(r, v, p),
+    }
+    metrics = Metrics(**_read_section(r, value, "metrics", readers))
+    if metrics.allow and metrics.deny:
+        raise r.fail(
+            "metrics.deny",
+            "set either allow or deny, not both: allow keeps only the families it lists, "
+            "deny drops the ones it lists",
+        )
+    return metrics
 
 
 def _read_discover(r: Reader, value: Any, path: str) -> Discover:
@@ -334,7 +379,7 @@ def parse_config(text: str, file: str = "config.yaml") -> Config:
     """Parse and validate configuration text; raises ConfigError."""
     r = Reader(file, ConfigError)
     raw = load_yaml(text, file, ConfigError)
-    data = r.mapping(raw, "", ("targets", "collector", "otel"))
+    data = r.mapping(raw, "", ("targets", "collector", "otel", "metrics"))
     if not data:
         raise r.fail("targets", "is required: a list of AWS accounts/regions to read from")
     collector = _read_collector(r, data.get("collector"))
@@ -348,7 +393,8 @@ def parse_config(text: str, file: str = "config.yaml") -> Config:
             raise r.fail(f"targets[{i}].name", f"{target.name!r} is used by another target")
         targets.append(target)
     otel = _read_otel(r, data.get("otel"))
-    return Config(targets=tuple(targets), collector=collector, otel=otel)
+    metrics = _read_metrics(r, data.get("metrics"))
+    return Config(targets=tuple(targets), collector=collector, otel=otel, metrics=metrics)
 
 
 def load_config(path: str | Path) -> Config:
