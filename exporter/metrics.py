@@ -366,7 +366,8 @@ def family_name_problem(name: str) -> str | None:
             f"{shown} is one of the exporter's own metrics, which are always exported; "
             "allow and deny select job metric families (aws_iot_job_*)"
         )
-    close = difflib.get_close_matches(name, FAMILY_NAMES, n=1, cutoff=0.75)
+    # Family names are lower case: a name typed in another case still finds its match.
+    close = difflib.get_close_matches(name[:100].lower(), FAMILY_NAMES, n=1, cutoff=0.75)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"{shown} is not a job metric family; {hint}expected one of {', '.join(FAMILY_NAMES)}"
 
