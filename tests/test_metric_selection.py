@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -376,3 +377,54 @@ def test_flags_replace_the_config_section_and_outlast_a_reload(start: Any) -> No
     status, body = exporter.reload()
     assert status == 200, body
     assert job_families(exporter.scrape()) == wanted
+
+
+# --- docs/metrics.md states each family's series per job ------------------------------------
+
+
+def series_per_job_column() -> dict[str, str]:
+    """Family → its 'Series per job' cell in the job metrics table of docs/metrics.md."""
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    section = text.split("## Job metrics", 1)[1].split("\n#", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    column = header.index("Series per job")
+    cells = {}
+    for row in rows[2:]:
+        parts = [cell.strip() for cell in row.strip("|").split("|")]
+        cells[parts[0].strip("`")] = parts[column]
+    return cells
+
+
+def test_every_family_documents_its_series_per_job_and_renders_within_it() -> None:
+    cells = series_per_job_column()
+    assert set(cells) == set(FAMILY_NAMES)
+    jobs = [job("full"), job("done", "COMPLETED")]
+    minimal = json.loads((ROOT / "tests" / "data" / "describe_job_minimal.json").read_text())
+    jobs.append(parse_describe_job(minimal, 1.0))
+    for family in FAMILIES:
+        cell = cells[family.name]
+        for snapshot in jobs:
+            count = len(set(label_values for label_values, _ in family.samples(snapshot)))
+            if cell == "1":
+                assert count == 1, (family.name, count)
+            elif cell == "0 or 1":
+                assert count <= 1, (family.name, count)
+            elif cell.startswith("5 "):
+                assert count == 5, (family.name, count)
+            elif cell.startswith("up to "):
+                assert count <= int(cell.split()[2].rstrip(":")), (family.name, count)
+            else:
+                assert cell.startswith("per "), f"{family.name}: unexpected cell {cell!r}"
+
+
+def test_configuration_doc_names_every_family_the_rules_read() -> None:
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    paragraph = doc.split("Mind what the bundled rules", 1)[1].split("\n\n", 1)[0]
+    rules = ROOT / "config" / "prometheus" / "rules"
+    used = set()
+    for path in rules.glob("*.yml"):
+        used |= set(re.findall(r"aws_iot_job_[a-z_]+", path.read_text())) & set(FAMILY_NAMES)
+    assert used, "the rules read job families"
+    mentioned = set(re.findall(r"`(aws_iot_job_[a-z_]+)`", paragraph.split("; keep those")[0]))
+    assert mentioned == used
