@@ -346,3 +346,25 @@ async def test_any_reload_failure_sets_the_gauge_and_answers_briefly(
     assert body == f"reload failed: {path}: unexpected {type(failure).__name__}\n"
     assert f"{GAUGE} 0.0" in metrics
     assert "Traceback" not in caplog.text
+
+
+def test_work_in_a_detached_thread_never_holds_the_exit() -> None:
+    # The mechanism behind both bcrypt checks and reload parsing, in a process of its own:
+    # a 60 s job in flight when the loop ends. asyncio.to_thread would hold the exit until
+    # it finished; the wait below is far shorter than that.
+    program = (
+        "import asyncio, time\n"
+        "from exporter.detached import run_detached\n"
+        "async def main():\n"
+        "    task = asyncio.create_task(run_detached(time.sleep, 60))\n"
+        "    await asyncio.sleep(0.2)\n"
+        "    task.cancel()\n"
+        "asyncio.run(main())\n"
+        "print('exited')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "exited\n"
+    assert result.stderr == ""

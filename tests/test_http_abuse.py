@@ -7,6 +7,7 @@ import asyncio
 import base64
 import copy
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import bcrypt
+import pytest
 from aiohttp import web
 
 from exporter.config import parse_config
@@ -160,10 +162,13 @@ async def test_clients_that_never_read_do_not_block_scrapes() -> None:
                 s.close()
 
 
-async def test_a_response_nobody_reads_is_cut_off_after_the_write_timeout() -> None:
+async def test_a_response_nobody_reads_is_cut_off_after_the_write_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     store = big_store(1200)
     size = len(store.body())
     app = build_app(store, SelfMetrics(), lambda: True, max_requests=4, write_timeout=2)
+    caplog.set_level(logging.DEBUG, logger="exporter")
     async with serve(app) as url:
         s = stuck_client(url)
         try:
@@ -190,3 +195,6 @@ async def test_a_response_nobody_reads_is_cut_off_after_the_write_timeout() -> N
             assert received < size  # cut short, not completed
         finally:
             s.close()
+        # An expected event, not an error: no traceback from aiohttp's handler either.
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert "response cut off" in caplog.text
