@@ -22,9 +22,11 @@ from aiohttp import web
 from exporter import __version__
 from exporter.collector import Collector, Shard
 from exporter.config import Config, ConfigError, Metrics, load_config
+from exporter.detached import run_detached
 from exporter.metrics import FAMILIES, Family, SelfMetrics, family_name_problem, select_families
 from exporter.otel import OtelExporter, OtelUnavailable
-from exporter.server import build_app
+from exporter.reader import cut, parse_duration
+from exporter.server import DEFAULT_WRITE_TIMEOUT, build_app
 from exporter.store import MetricsStore
 from exporter.webconfig import WebConfig, load_web_config
 
@@ -32,6 +34,7 @@ log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 9947
 SHUTDOWN_DEADLINE = 4.0  # seconds: SIGTERM must end the process within 5
+_RELOAD_ERROR_MAX = 1000
 # Probes must work without credentials, as with exporter-toolkit's health endpoints.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
@@ -172,6 +175,12 @@ def _add_run_flags(parser: argparse.ArgumentParser, with_config: bool = True) ->
     )
     _add_metrics_flags(parser)
     parser.add_argument(
+        "--web.write-timeout",
+        dest="write_timeout",
+        default=f"{DEFAULT_WRITE_TIMEOUT:g}s",
+        help="cut off a response whose client reads nothing for this long (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log.level", dest="log_level", default="info", choices=("debug", "info", "warn", "error")
     )
     parser.add_argument(
@@ -285,27 +294,42 @@ class Reloader:
         self.telemetry.config_reload_time.set(time.time())
 
     async def reload(self) -> str | None:
-        """None when the new config is running; else the error, with the old one kept."""
+        """None when the new config is running; else the error, with the old one kept.
+
+        Every failure, of any kind, leaves the gauge at 0 and comes back as a short
+        message: a reload is triggered from outside (SIGHUP, HTTP) and must never end as
+        an exception nobody retrieves, nor leave the gauge saying the last one worked.
+        """
         async with self._lock:
+            log.info("reloading configuration file=%s", self.path)
             try:
-                config = self.adjust(await asyncio.to_thread(load_config, self.path))
+                # A daemon thread: parsing a large file must not hold SIGTERM, and the
+                # loop keeps serving scrapes meanwhile.
+                config = self.adjust(await run_detached(load_config, self.path))
                 if config.otel != self.collector.config.otel:
                     # The OTLP pipeline is built once; pretending to apply a change to it
                     # would leave operators believing it took effect.
                     raise ConfigError(self.path, "otel", "changes need a restart")
+                await self.collector.apply(config)
+                # After apply, which has dropped the jobs of removed targets.
+                families = families_of(config)
+                await self.collector.store.select(families, {t.name: t for t in config.targets})
             except ConfigError as exc:
-                self.telemetry.config_reload_ok.set(0)
-                log.error("reload failed, keeping the running config error=%s", exc)
-                return str(exc)
-            await self.collector.apply(config)
-            # After apply, which has dropped the jobs of removed targets.
-            families = families_of(config)
-            await self.collector.store.select(families, {t.name: t for t in config.targets})
+                return self._failed(str(exc))
+            except Exception as exc:  # MemoryError, RecursionError, a bug: same outcome
+                # The class only: the message of an unexpected error can quote anything.
+                return self._failed(f"{self.path}: unexpected {type(exc).__name__}")
             self.loaded()
             log.info(
                 "configuration reloaded targets=%d families=%d", len(config.targets), len(families)
             )
             return None
+
+    def _failed(self, error: str) -> str:
+        self.telemetry.config_reload_ok.set(0)
+        error = cut(error, _RELOAD_ERROR_MAX)
+        log.error("reload failed, keeping the running config error=%s", error)
+        return error
 
 
 def _check_web_flags(args: argparse.Namespace) -> str | None:
@@ -318,6 +342,8 @@ def _check_web_flags(args: argparse.Namespace) -> str | None:
         return f"--web.telemetry-path {args.telemetry_path!r}: expected a path starting with /"
     if args.max_requests < 1:
         return "--web.max-requests must be at least 1"
+    if parse_duration(args.write_timeout) is None:
+        return f"--web.write-timeout {cut(repr(args.write_timeout))}: expected a duration like 30s"
     return None
 
 
@@ -360,10 +386,17 @@ async def _serve_until_signalled(
     reloader.loaded()
     reloads: set[asyncio.Task[str | None]] = set()
 
+    def reload_done(task: asyncio.Task[str | None]) -> None:
+        reloads.discard(task)
+        # Retrieved here so that nothing is ever reported as "never retrieved"; the
+        # reloader has logged and counted every failure already.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("reload crashed error=%s", type(task.exception()).__name__)
+
     def on_sighup() -> None:
         task = asyncio.create_task(reloader.reload())
         reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        task.add_done_callback(reload_done)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     app = build_app(
@@ -373,6 +406,7 @@ async def _serve_until_signalled(
         args.telemetry_path,
         reload=reloader.reload if args.enable_lifecycle else None,
         max_requests=args.max_requests,
+        write_timeout=parse_duration(args.write_timeout) or DEFAULT_WRITE_TIMEOUT,
     )
     if web_config is not None:
         web_config.install(app, OPEN_PATHS)
