@@ -21,10 +21,12 @@ from aiohttp import web
 
 from exporter import __version__
 from exporter.collector import Collector, Shard
-from exporter.config import Config, ConfigError, load_config
-from exporter.metrics import SelfMetrics
+from exporter.config import Config, ConfigError, Metrics, load_config
+from exporter.detached import run_detached
+from exporter.metrics import FAMILIES, Family, SelfMetrics, family_name_problem, select_families
 from exporter.otel import OtelExporter, OtelUnavailable
-from exporter.server import build_app
+from exporter.reader import cut, parse_duration
+from exporter.server import DEFAULT_WRITE_TIMEOUT, build_app
 from exporter.store import MetricsStore
 from exporter.webconfig import WebConfig, load_web_config
 
@@ -32,6 +34,7 @@ log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 9947
 SHUTDOWN_DEADLINE = 4.0  # seconds: SIGTERM must end the process within 5
+_RELOAD_ERROR_MAX = 1000
 # Probes must work without credentials, as with exporter-toolkit's health endpoints.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
@@ -170,12 +173,66 @@ def _add_run_flags(parser: argparse.ArgumentParser, with_config: bool = True) ->
         default=64,
         help="concurrent HTTP requests served before answering 503 (default: %(default)s)",
     )
+    _add_metrics_flags(parser)
+    parser.add_argument(
+        "--web.write-timeout",
+        dest="write_timeout",
+        default=f"{DEFAULT_WRITE_TIMEOUT:g}s",
+        help="cut off a response whose client reads nothing for this long (default: %(default)s)",
+    )
     parser.add_argument(
         "--log.level", dest="log_level", default="info", choices=("debug", "info", "warn", "error")
     )
     parser.add_argument(
         "--log.format", dest="log_format", default="logfmt", choices=("logfmt", "json")
     )
+
+
+def _add_metrics_flags(parser: argparse.ArgumentParser) -> None:
+    for verb, meaning in (("allow", "export only these"), ("deny", "do not export these")):
+        parser.add_argument(
+            f"--metrics.{verb}",
+            dest=f"metrics_{verb}",
+            action="append",
+            default=[],
+            metavar="NAME[,NAME...]",
+            help=f"job metric families: {meaning} (repeatable or comma-separated; replaces "
+            "the config file's metrics section; allow and deny cannot be combined)",
+        )
+
+
+def _metrics_flags(args: argparse.Namespace) -> Metrics | int | None:
+    """The families the flags select, None without the flags, or exit code 2."""
+    lists: dict[str, tuple[str, ...]] = {}
+    for verb in ("allow", "deny"):
+        flag, names = f"--metrics.{verb}", []
+        for value in getattr(args, f"metrics_{verb}"):
+            for name in (part.strip() for part in value.split(",")):
+                if not name:
+                    continue
+                problem = family_name_problem(name)
+                if problem is not None:
+                    return _fail(f"{flag}: {problem}")
+                if name not in names:
+                    names.append(name)
+        lists[verb] = tuple(names)
+    if lists["allow"] and lists["deny"]:
+        return _fail(
+            "--metrics.allow and --metrics.deny: set one or the other, not both: allow keeps "
+            "only the families it lists, deny drops the ones it lists"
+        )
+    if not args.metrics_allow and not args.metrics_deny:
+        return None
+    return Metrics(allow=lists["allow"], deny=lists["deny"])
+
+
+def _with_metrics(config: Config, metrics: Metrics | None) -> Config:
+    """The config with the flags' selection in place of its own, when flags were given."""
+    return config if metrics is None else dataclasses.replace(config, metrics=metrics)
+
+
+def families_of(config: Config) -> tuple[Family, ...]:
+    return select_families(config.metrics.allow, config.metrics.deny)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,22 +294,42 @@ class Reloader:
         self.telemetry.config_reload_time.set(time.time())
 
     async def reload(self) -> str | None:
-        """None when the new config is running; else the error, with the old one kept."""
+        """None when the new config is running; else the error, with the old one kept.
+
+        Every failure, of any kind, leaves the gauge at 0 and comes back as a short
+        message: a reload is triggered from outside (SIGHUP, HTTP) and must never end as
+        an exception nobody retrieves, nor leave the gauge saying the last one worked.
+        """
         async with self._lock:
+            log.info("reloading configuration file=%s", self.path)
             try:
-                config = self.adjust(await asyncio.to_thread(load_config, self.path))
+                # A daemon thread: parsing a large file must not hold SIGTERM, and the
+                # loop keeps serving scrapes meanwhile.
+                config = self.adjust(await run_detached(load_config, self.path))
                 if config.otel != self.collector.config.otel:
                     # The OTLP pipeline is built once; pretending to apply a change to it
                     # would leave operators believing it took effect.
                     raise ConfigError(self.path, "otel", "changes need a restart")
+                await self.collector.apply(config)
+                # After apply, which has dropped the jobs of removed targets.
+                families = families_of(config)
+                await self.collector.store.select(families, {t.name: t for t in config.targets})
             except ConfigError as exc:
-                self.telemetry.config_reload_ok.set(0)
-                log.error("reload failed, keeping the running config error=%s", exc)
-                return str(exc)
-            await self.collector.apply(config)
+                return self._failed(str(exc))
+            except Exception as exc:  # MemoryError, RecursionError, a bug: same outcome
+                # The class only: the message of an unexpected error can quote anything.
+                return self._failed(f"{self.path}: unexpected {type(exc).__name__}")
             self.loaded()
-            log.info("configuration reloaded targets=%d", len(config.targets))
+            log.info(
+                "configuration reloaded targets=%d families=%d", len(config.targets), len(families)
+            )
             return None
+
+    def _failed(self, error: str) -> str:
+        self.telemetry.config_reload_ok.set(0)
+        error = cut(error, _RELOAD_ERROR_MAX)
+        log.error("reload failed, keeping the running config error=%s", error)
+        return error
 
 
 def _check_web_flags(args: argparse.Namespace) -> str | None:
@@ -265,6 +342,8 @@ def _check_web_flags(args: argparse.Namespace) -> str | None:
         return f"--web.telemetry-path {args.telemetry_path!r}: expected a path starting with /"
     if args.max_requests < 1:
         return "--web.max-requests must be at least 1"
+    if parse_duration(args.write_timeout) is None:
+        return f"--web.write-timeout {cut(repr(args.write_timeout))}: expected a duration like 30s"
     return None
 
 
@@ -292,7 +371,7 @@ async def _serve_until_signalled(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     host, port = parse_listen_address(args.listen_address)
-    store = MetricsStore()
+    store = MetricsStore(families_of(config))
     telemetry = SelfMetrics()
     try:
         otel = OtelExporter(
@@ -307,10 +386,17 @@ async def _serve_until_signalled(
     reloader.loaded()
     reloads: set[asyncio.Task[str | None]] = set()
 
+    def reload_done(task: asyncio.Task[str | None]) -> None:
+        reloads.discard(task)
+        # Retrieved here so that nothing is ever reported as "never retrieved"; the
+        # reloader has logged and counted every failure already.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("reload crashed error=%s", type(task.exception()).__name__)
+
     def on_sighup() -> None:
         task = asyncio.create_task(reloader.reload())
         reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        task.add_done_callback(reload_done)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     app = build_app(
@@ -320,6 +406,7 @@ async def _serve_until_signalled(
         args.telemetry_path,
         reload=reloader.reload if args.enable_lifecycle else None,
         max_requests=args.max_requests,
+        write_timeout=parse_duration(args.write_timeout) or DEFAULT_WRITE_TIMEOUT,
     )
     if web_config is not None:
         web_config.install(app, OPEN_PATHS)
@@ -393,6 +480,10 @@ def run(argv: list[str]) -> int:
     config = _load(args.config_file)
     if isinstance(config, int):
         return config
+    metrics = _metrics_flags(args)
+    if isinstance(metrics, int):
+        return metrics
+    config = _with_metrics(config, metrics)
     shard = _shard(args)
     if isinstance(shard, int):
         return shard
@@ -402,7 +493,16 @@ def run(argv: list[str]) -> int:
     web_config = _web_config(args)
     if isinstance(web_config, int):
         return web_config
-    return asyncio.run(_serve_until_signalled(config, args, shard, web_config=web_config))
+    return asyncio.run(
+        _serve_until_signalled(
+            config,
+            args,
+            shard,
+            web_config=web_config,
+            # Flags outlast reloads: they replace the metrics section of every file read.
+            adjust=lambda new: _with_metrics(new, metrics),
+        )
+    )
 
 
 def check_config(argv: list[str]) -> int:
@@ -418,7 +518,8 @@ def check_config(argv: list[str]) -> int:
     discovering = sum(1 for t in config.targets if t.jobs.discover is not None)
     print(
         f"{args.config_file}: valid: {len(config.targets)} target(s), {jobs} explicit job id(s), "
-        f"{discovering} target(s) with discovery"
+        f"{discovering} target(s) with discovery, "
+        f"{len(families_of(config))} of {len(FAMILIES)} job metric families"
     )
     return 0
 
@@ -443,6 +544,9 @@ def demo(argv: list[str]) -> int:
     config = _load(args.config_file)
     if isinstance(config, int):
         return config
+    metrics = _metrics_flags(args)
+    if isinstance(metrics, int):
+        return metrics
     if not Path(args.scenario).is_file():
         return _fail(f"{args.scenario}: scenario file not found")
     problem = _check_web_flags(args)
@@ -457,10 +561,15 @@ def demo(argv: list[str]) -> int:
         os.environ[key] = "demo"
     os.environ.pop("AWS_SESSION_TOKEN", None)
     os.environ.pop("AWS_PROFILE", None)
-    return asyncio.run(_demo(config, args, web_config))
+    return asyncio.run(_demo(config, args, web_config, metrics))
 
 
-async def _demo(config: Config, args: argparse.Namespace, web_config: WebConfig | None) -> int:
+async def _demo(
+    config: Config,
+    args: argparse.Namespace,
+    web_config: WebConfig | None,
+    metrics: Metrics | None = None,
+) -> int:
     from exporter.simulator import start_simulator
 
     sim_host, sim_port = parse_listen_address(args.sim_address)
@@ -478,7 +587,7 @@ async def _demo(config: Config, args: argparse.Namespace, web_config: WebConfig 
             )
             for t in config.targets
         )
-        return dataclasses.replace(config, targets=targets)
+        return dataclasses.replace(_with_metrics(config, metrics), targets=targets)
 
     async def announce(url: str) -> None:
         print(

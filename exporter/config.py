@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter.reader import LocatedError, Reader, kind, load_yaml, read_file
+from exporter.metrics import family_name_problem
+from exporter.reader import LocatedError, Reader, field_name, kind, load_yaml, read_file, shown
 
 JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 TARGET_SELECTIONS = ("CONTINUOUS", "SNAPSHOT")
@@ -168,10 +169,20 @@ class Otel:
 
 
 @dataclass(frozen=True, slots=True)
+class Metrics:
+    """Which job metric families are exported: all of `allow` (every family when empty),
+    or every family but `deny`. Setting both is refused, as kube-state-metrics does."""
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     targets: tuple[Target, ...]
     collector: Collector = Collector()
     otel: Otel = Otel()
+    metrics: Metrics = Metrics()
 
 
 def _read_section(
@@ -203,7 +214,7 @@ def _read_string_map(
         raise r.fail(path, f"expected a mapping of names to string values, got {kind(value)}")
     out = []
     for key, item in value.items():
-        where = f"{path}.{key}"
+        where = f"{path}.{field_name(key)}"
         if not isinstance(key, str) or not key:
             raise r.fail(path, "keys must be non-empty strings")
         if isinstance(item, bool) or not isinstance(item, str | int | float):
@@ -270,6 +281,40 @@ def _read_events(r: Reader, value: Any, path: str) -> Events:
     )
 
 
+def _read_family_names(r: Reader, value: Any, path: str) -> tuple[str, ...]:
+    """A list of job metric family names (or one name), each checked against the table."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise r.fail(path, f"expected a list of metric family names, got {kind(value)}")
+    names: list[str] = []
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        name = r.string(item, where)
+        problem = family_name_problem(name)
+        if problem is not None:
+            raise r.fail(where, problem)
+        if name in names:
+            raise r.fail(where, f"{name!r} is listed twice")
+        names.append(name)
+    return tuple(names)
+
+
+def _read_metrics(r: Reader, value: Any) -> Metrics:
+    readers: dict[str, Callable[[Any, str], Any]] = {
+        "allow": lambda v, p: _read_family_names(r, v, p),
+        "deny": lambda v, p: _read_family_names(r, v, p),
+    }
+    metrics = Metrics(**_read_section(r, value, "metrics", readers))
+    if metrics.allow and metrics.deny:
+        raise r.fail(
+            "metrics.deny",
+            "set either allow or deny, not both: allow keeps only the families it lists, "
+            "deny drops the ones it lists",
+        )
+    return metrics
+
+
 def _read_discover(r: Reader, value: Any, path: str) -> Discover:
     keys = (
         "status",
@@ -307,6 +352,9 @@ def _read_jobs(r: Reader, value: Any, path: str) -> Jobs:
         raise r.fail(path, "expected a mapping with ids and/or discover")
     data = r.mapping(value, path, ("ids", "discover"))
     ids: list[str] = []
+    # A set beside the list: 60,000 ids checked against a list took 20 s, and a reload
+    # that slow holds SIGTERM past its deadline.
+    seen: set[str] = set()
     if data.get("ids") is not None:
         raw = data["ids"]
         if not isinstance(raw, list):
@@ -315,8 +363,9 @@ def _read_jobs(r: Reader, value: Any, path: str) -> Jobs:
             job_id = r.string(
                 item, f"{path}.ids[{i}]", _JOB_ID, "a job id (1-64 letters, digits, '-' or '_')"
             )
-            if job_id in ids:
-                raise r.fail(f"{path}.ids[{i}]", f"{job_id!r} is listed twice")
+            if job_id in seen:
+                raise r.fail(f"{path}.ids[{i}]", f"{shown(job_id)} is listed twice")
+            seen.add(job_id)
             ids.append(job_id)
     discover = None
     if "discover" in data:
@@ -330,15 +379,15 @@ def _read_labels(r: Reader, value: Any, path: str) -> tuple[tuple[str, str], ...
     if not isinstance(value, dict):
         raise r.fail(path, f"expected a mapping of label names to values, got {kind(value)}")
     out = []
-    for name, label_value in value.items():
-        where = f"{path}.{name}"
-        if not isinstance(name, str) or not _LABEL_NAME.match(name) or name.startswith("__"):
+    for label, label_value in value.items():
+        where = f"{path}.{field_name(label)}"
+        if not isinstance(label, str) or not _LABEL_NAME.match(label) or label.startswith("__"):
             raise r.fail(where, "is not a valid Prometheus label name")
-        if name in RESERVED_LABELS:
+        if label in RESERVED_LABELS:
             raise r.fail(where, "is a label name the exporter sets itself; choose another")
         if isinstance(label_value, bool) or not isinstance(label_value, str | int | float):
             raise r.fail(where, f"expected a string value, got {kind(label_value)}")
-        out.append((name, str(label_value)))
+        out.append((label, str(label_value)))
     return tuple(sorted(out))
 
 
@@ -409,7 +458,7 @@ def parse_config(text: str, file: str = "config.yaml") -> Config:
     """Parse and validate configuration text; raises ConfigError."""
     r = Reader(file, ConfigError)
     raw = load_yaml(text, file, ConfigError)
-    data = r.mapping(raw, "", ("targets", "collector", "otel"))
+    data = r.mapping(raw, "", ("targets", "collector", "otel", "metrics"))
     if not data:
         raise r.fail("targets", "is required: a list of AWS accounts/regions to read from")
     collector = _read_collector(r, data.get("collector"))
@@ -417,13 +466,16 @@ def parse_config(text: str, file: str = "config.yaml") -> Config:
     if not isinstance(raw_targets, list) or not raw_targets:
         raise r.fail("targets", f"expected a non-empty list of targets, got {kind(raw_targets)}")
     targets: list[Target] = []
+    names: set[str] = set()
     for i, item in enumerate(raw_targets):
         target = _read_target(r, item, f"targets[{i}]")
-        if any(t.name == target.name for t in targets):
-            raise r.fail(f"targets[{i}].name", f"{target.name!r} is used by another target")
+        if target.name in names:
+            raise r.fail(f"targets[{i}].name", f"{shown(target.name)} is used by another target")
+        names.add(target.name)
         targets.append(target)
     otel = _read_otel(r, data.get("otel"))
-    return Config(targets=tuple(targets), collector=collector, otel=otel)
+    metrics = _read_metrics(r, data.get("metrics"))
+    return Config(targets=tuple(targets), collector=collector, otel=otel, metrics=metrics)
 
 
 def load_config(path: str | Path) -> Config:

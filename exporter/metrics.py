@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import platform
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -350,6 +351,39 @@ FAMILIES: tuple[Family, ...] = (
     ),
 )
 
+FAMILY_NAMES = tuple(f.name for f in FAMILIES)
+# Prefixes of the self-metrics: the exporter's health, a fixed number of series per target,
+# which the alerts rely on. They are not selectable, and a name of theirs gets its own error.
+SELF_METRIC_PREFIXES = ("aws_iot_jobs_exporter_", "process_", "python_")
+
+
+def family_name_problem(name: str) -> str | None:
+    """Why `name` cannot be allowed or denied, or None when it names a job metric family."""
+    if name in FAMILY_NAMES:
+        return None
+    # repr escapes control characters; a long name is cut so the message stays one line.
+    shown = repr(name) if len(name) <= 100 else repr(name[:100]) + "..."
+    if name.startswith(SELF_METRIC_PREFIXES):
+        return (
+            f"{shown} is one of the exporter's own metrics, which are always exported; "
+            "allow and deny select job metric families (aws_iot_job_*)"
+        )
+    # Family names are lower case: a name typed in another case still finds its match.
+    close = difflib.get_close_matches(name[:100].lower(), FAMILY_NAMES, n=1, cutoff=0.75)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{shown} is not a job metric family; {hint}expected one of {', '.join(FAMILY_NAMES)}"
+
+
+def select_families(allow: Iterable[str] = (), deny: Iterable[str] = ()) -> tuple[Family, ...]:
+    """The families to render, in table order: those allowed (all when none is), less the denied.
+
+    Names are checked by the config and the flags (family_name_problem); an unknown one
+    here selects nothing.
+    """
+    allowed, denied = frozenset(allow), frozenset(deny)
+    return tuple(f for f in FAMILIES if (not allowed or f.name in allowed) and f.name not in denied)
+
+
 OPERATIONS = ("DescribeJob", "ListJobs")
 # The SQS calls of a target with `events:`; their series exist only for such targets.
 EVENT_OPERATIONS = ("ReceiveMessage", "DeleteMessageBatch")
@@ -606,4 +640,13 @@ class SelfMetrics:
         self.drop_events(target)
 
 
-__all__ = ["EXECUTION_STATES", "FAMILIES", "IDENTITY_LABELS", "Family", "SelfMetrics"]
+__all__ = [
+    "EXECUTION_STATES",
+    "FAMILIES",
+    "FAMILY_NAMES",
+    "IDENTITY_LABELS",
+    "Family",
+    "SelfMetrics",
+    "family_name_problem",
+    "select_families",
+]

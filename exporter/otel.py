@@ -444,7 +444,11 @@ class OtelExporter:
         with self._lock:
             try:
                 data = build_metrics_data(
-                    self._store, self._targets(), self._resource, time.time_ns()
+                    self._store,
+                    self._targets(),
+                    self._resource,
+                    time.time_ns(),
+                    self._store.families,
                 )
                 if data is None:
                     return True

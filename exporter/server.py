@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import html
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -14,12 +15,30 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from exporter import __version__
 from exporter.metrics import SelfMetrics
+from exporter.reader import cut
 from exporter.store import MetricsStore, Segment
+
+log = logging.getLogger("exporter.server")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 MAX_REQUEST_BODY = 64 * 1024
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+# A response whose client accepts no byte for this long is cut off (--web.write-timeout).
+# Prometheus gives up on a scrape after scrape_timeout (10 s by default), so no reader
+# that is still waiting is cut.
+DEFAULT_WRITE_TIMEOUT = 30.0
+# A response that has made no progress for this long gives its in-flight slot back: the
+# limit is there to bound work, and a client that does not read costs no work, only a
+# connection, until the write timeout. Without this, 64 clients that never read shut
+# every scraper out for as long as they keep their sockets open.
+STALL_GRACE = 1.0
+_STALL_CHECK = 0.25
+# Stalled responses kept open at once, per in-flight slot; past it a stalled one is cut
+# off at once, so that sockets that never read cannot pile up without bound.
+_STALLED_PER_SLOT = 4
+# Reload errors in a response body: a config error is already bounded, this is the cap.
+_RELOAD_ERROR_MAX = 1000
 # Segments above this are compressed off the event loop (zlib releases the GIL), so a
 # large gzip never stalls the collector or other scrapes.
 _INLINE_GZIP_LIMIT = 256 * 1024
@@ -140,26 +159,119 @@ def _landing(telemetry_path: str) -> bytes:
 Reload = Callable[[], Awaitable[str | None]]
 
 
-def limit_in_flight(limit: int, exempt: frozenset[str] = frozenset()) -> Middleware:
+class _StallWatch:
+    """Watches one response's write buffer: hands back its slot once it stalls, and ends
+    it (through `deadline`) once it has made no progress for `timeout` seconds.
+
+    Progress is the transport's write buffer emptying or changing size; aiohttp stops
+    writing while the buffer is above its high-water mark, so a client that never reads
+    leaves it full and unchanged.
+    """
+
+    def __init__(
+        self,
+        request: web.Request,
+        deadline: asyncio.Timeout,
+        timeout: float,
+        on_stall: Callable[[], bool],
+    ) -> None:
+        self._transport = request.transport
+        self._deadline = deadline
+        self._timeout = timeout
+        self._on_stall = on_stall
+        self._loop = asyncio.get_running_loop()
+        self._size = 0
+        self._progress = self._loop.time()
+        self.stalled = False
+        self.expired = False
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(_STALL_CHECK, self._tick)
+
+    def _tick(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._handle = None
+            return
+        now = self._loop.time()
+        size = transport.get_write_buffer_size()
+        if size == 0 or size != self._size:
+            self._size, self._progress = size, now
+        idle = now - self._progress
+        if not self.stalled and idle >= min(STALL_GRACE, self._timeout):
+            self.stalled = True
+            if not self._on_stall():
+                idle = self._timeout  # no room for another stalled client: cut it now
+        if idle >= self._timeout:
+            self.expired = True
+            self._handle = None
+            self._deadline.reschedule(now)
+            return
+        self._handle = self._loop.call_later(_STALL_CHECK, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+def limit_in_flight(
+    limit: int,
+    exempt: frozenset[str] = frozenset(),
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+) -> Middleware:
     """At most `limit` requests served at once; more get 503 rather than queueing.
 
     Paths in `exempt` (health probes) are always served: a flood of scrapes or of bad
-    logins must not make a kubelet restart a healthy process.
+    logins must not make a kubelet restart a healthy process. A response whose client
+    stops reading gives its slot back after STALL_GRACE and is cut off after
+    `write_timeout` seconds without progress.
     """
     in_flight = 0
+    stalled = 0
+    max_stalled = limit * _STALLED_PER_SLOT
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        nonlocal in_flight
+        nonlocal in_flight, stalled
         if request.path in exempt:
             return await handler(request)
         if in_flight >= limit:
             return web.Response(status=503, text="too many concurrent requests\n")
         in_flight += 1
-        try:
-            return await handler(request)
-        finally:
+        holding = True
+
+        def on_stall() -> bool:
+            nonlocal in_flight, stalled, holding
             in_flight -= 1
+            holding = False
+            stalled += 1
+            return stalled <= max_stalled
+
+        watch: _StallWatch | None = None
+        try:
+            async with asyncio.timeout(None) as deadline:
+                watch = _StallWatch(request, deadline, write_timeout, on_stall)
+                return await handler(request)
+        except TimeoutError:
+            if watch is None or not watch.expired:
+                raise
+            # Cancelled mid-write by the watch: drop the connection, since its response
+            # is cut short, and return a response that aiohttp fails to write quietly.
+            if request.transport is not None:
+                request.transport.abort()
+            log.debug(
+                "response cut off: the client read nothing for %ss path=%s remote=%s",
+                f"{write_timeout:g}",
+                request.path,
+                request.remote,
+            )
+            return web.Response(status=408)
+        finally:
+            if watch is not None:
+                watch.stop()
+                if watch.stalled:
+                    stalled -= 1
+            if holding:
+                in_flight -= 1
 
     return middleware
 
@@ -171,11 +283,12 @@ def build_app(
     telemetry_path: str = "/metrics",
     reload: Reload | None = None,
     max_requests: int = 64,
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT,
 ) -> web.Application:
     """The exporter's routes. `reload` enables POST /-/reload (--web.enable-lifecycle)."""
     app = web.Application(
         client_max_size=MAX_REQUEST_BODY,
-        middlewares=[limit_in_flight(max_requests, PROBE_PATHS)],
+        middlewares=[limit_in_flight(max_requests, PROBE_PATHS, write_timeout)],
     )
     landing = _landing(telemetry_path)
 
@@ -198,10 +311,15 @@ def build_app(
     if reload is not None:
 
         async def do_reload(request: web.Request) -> web.Response:
-            error = await reload()
+            try:
+                error = await reload()
+            except Exception as exc:  # the reloader reports its own; this is a backstop
+                error = f"unexpected {type(exc).__name__}"
             if error is None:
                 return web.Response(text="configuration reloaded\n")
-            return web.Response(status=500, text=f"reload failed: {error}\n")
+            return web.Response(
+                status=500, text=f"reload failed: {cut(error, _RELOAD_ERROR_MAX)}\n"
+            )
 
         app.router.add_post("/-/reload", do_reload)
     return app

@@ -25,7 +25,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from exporter.config import ConfigError
-from exporter.reader import Reader, kind, load_yaml, read_file
+from exporter.detached import run_detached
+from exporter.reader import Reader, field_name, kind, load_yaml, read_file, shown
 
 log = logging.getLogger("exporter.webconfig")
 
@@ -102,11 +103,19 @@ _HTTP_KEYS = ("http2", "headers")
 _RATE_LIMIT_KEYS = ("interval", "burst")
 # Modular crypt format of bcrypt as Go's x/crypto/bcrypt and pyca/bcrypt both read it.
 _BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
+# Each step of cost doubles a check: cost 10 takes about 0.1 s of a core, 14 about 1.5 s,
+# 17 about 7 s. exporter-toolkit users hash at 10 to 12; above 14 a single unknown
+# password costs seconds of CPU, and a check in flight would outlast SIGTERM's deadline.
+BCRYPT_MAX_COST = 14
 # A well-formed hash whose password nobody knows: unknown users are checked against it
 # at the configured cost so that they take as long as a wrong password does.
 _DECOY_BODY = "N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"
 # Successful logins remembered; only successes, so guessing cannot grow it.
 _VERIFIED_CACHE_SIZE = 256
+# Logins not yet verified that may wait for bcrypt (one runs at a time); more are turned
+# away at once with 503, so a flood of bad passwords queues a second or so of work at
+# most and never delays a remembered login, which skips bcrypt altogether.
+MAX_UNVERIFIED_LOGINS = 4
 _BCRYPT_MAX_PASSWORD = 72
 
 
@@ -162,11 +171,14 @@ class WebConfig:
     def install(self, app: web.Application, open_paths: frozenset[str] = frozenset()) -> None:
         """Adds the middleware and the extra response headers to an app not yet started.
 
+        The middleware goes first, outside the app's own in-flight limit: a request whose
+        login is not yet known to be good never holds one of the scrape slots.
+
         The headers are set when a response is prepared, the one moment every response
         passes through: streamed ones (/metrics) have sent theirs before a middleware
         sees them return, and error responses are built from exceptions.
         """
-        app.middlewares.append(self.middleware(open_paths))
+        app.middlewares.insert(0, self.middleware(open_paths))
         if self.headers:
             extra = dict(self.headers)
 
@@ -287,7 +299,7 @@ def _read_tls(r: Reader, value: Any, directory: Path) -> TLSServerConfig | None:
             if name not in CIPHER_SUITES:
                 raise r.fail(
                     f"{p}.cipher_suites[{i}]",
-                    f"{name!r} is not a supported cipher suite; expected one of "
+                    f"{shown(name)} is not a supported cipher suite; expected one of "
                     f"{', '.join(CIPHER_SUITES)} (TLS 1.3 suites are accepted and not "
                     "configurable)",
                 )
@@ -338,7 +350,7 @@ def _read_http(r: Reader, value: Any) -> tuple[bool, tuple[tuple[str, str], ...]
         text = r.string(raw, where)
         allowed = EXTRA_HEADERS[name]
         if allowed and text not in allowed:
-            raise r.fail(where, f"{text!r} is not one of {', '.join(allowed)}")
+            raise r.fail(where, f"{shown(text)} is not one of {', '.join(allowed)}")
         if any(c in text for c in "\r\n\0"):
             raise r.fail(where, "must be one line")
         out.append((name, text))
@@ -355,11 +367,22 @@ def _read_users(r: Reader, value: Any) -> tuple[tuple[str, str], ...]:
     for user, hashed in value.items():
         if not isinstance(user, str) or user == "" or ":" in user:
             # A colon ends the user name in the Authorization header (RFC 7617).
-            raise r.fail(p, f"user names must be non-empty strings without ':', got {user!r}")
-        where = f"{p}.{user}"
+            raise r.fail(p, f"user names must be non-empty strings without ':', got {shown(user)}")
+        where = f"{p}.{field_name(user)}"
         # The hash is never echoed: it can be brute-forced offline.
         if not isinstance(hashed, str) or not _BCRYPT_HASH.match(hashed):
-            raise r.fail(where, "is not a bcrypt hash ($2a$, $2b$ or $2y$, cost 04 to 31)")
+            raise r.fail(
+                where,
+                f"is not a bcrypt hash ($2a$, $2b$ or $2y$, cost 04 to {BCRYPT_MAX_COST})",
+            )
+        cost = int(hashed[4:6])
+        if cost > BCRYPT_MAX_COST:
+            raise r.fail(
+                where,
+                f"has bcrypt cost {cost}, above the {BCRYPT_MAX_COST} accepted: each check "
+                "of a wrong password would take seconds of CPU and hold shutdown; "
+                "hash it again at cost 10 to 12 (htpasswd -nBC 10 USER)",
+            )
         users.append((user, hashed))
     return tuple(users)
 
@@ -456,9 +479,18 @@ def _make_middleware(config: WebConfig, open_paths: frozenset[str]) -> Middlewar
             return await handler(request)
         if bucket is not None and not bucket.take():
             raise web.HTTPTooManyRequests(text="rate limit exceeded\n")
-        if auth is not None and not await auth.check(request.headers.get("Authorization")):
-            log.debug("basic auth rejected path=%s remote=%s", request.path, request.remote)
-            raise web.HTTPUnauthorized(text="unauthorized\n", headers={"WWW-Authenticate": "Basic"})
+        if auth is not None:
+            verdict = await auth.check(request.headers.get("Authorization"))
+            if verdict is None:
+                log.debug("basic auth shed path=%s remote=%s", request.path, request.remote)
+                raise web.HTTPServiceUnavailable(
+                    text="too many logins being checked\n", headers={"Retry-After": "1"}
+                )
+            if not verdict:
+                log.debug("basic auth rejected path=%s remote=%s", request.path, request.remote)
+                raise web.HTTPUnauthorized(
+                    text="unauthorized\n", headers={"WWW-Authenticate": "Basic"}
+                )
         return await handler(request)
 
     @web.middleware
@@ -511,6 +543,7 @@ class _BasicAuth:
         # One bcrypt at a time, as exporter-toolkit does: a flood of bad passwords then
         # costs one core, and cached logins (every scrape after the first) never wait.
         self._lock = asyncio.Lock()
+        self._unverified = 0
 
     def _cache_key(self, user: bytes, hashed: bytes, password: bytes) -> bytes:
         mac = hmac.new(self._key_secret, digestmod=hashlib.sha256)
@@ -519,7 +552,8 @@ class _BasicAuth:
             mac.update(part)
         return mac.digest()
 
-    async def check(self, header: str | None) -> bool:
+    async def check(self, header: str | None) -> bool | None:
+        """True for a good login, False for a bad one, None when too many wait to be checked."""
         credentials = _parse_basic(header)
         if credentials is None:
             return False
@@ -530,10 +564,17 @@ class _BasicAuth:
         if stored is not None and key in self._verified:
             self._verified.move_to_end(key)
             return True
-        async with self._lock:
-            # bcrypt takes tens of milliseconds by design and releases the GIL; on the
-            # event loop it would stall every other scrape and the collector.
-            ok = await asyncio.to_thread(_checkpw, password, hashed)
+        if self._unverified >= MAX_UNVERIFIED_LOGINS:
+            return None
+        self._unverified += 1
+        try:
+            async with self._lock:
+                # bcrypt takes tens of milliseconds by design and releases the GIL; on the
+                # event loop it would stall every other scrape and the collector. A daemon
+                # thread, so that a check in flight never delays the exit on SIGTERM.
+                ok = await run_detached(_checkpw, password, hashed)
+        finally:
+            self._unverified -= 1
         # Unknown users ran the same bcrypt, against the decoy, and fail here.
         if not ok or stored is None:
             return False

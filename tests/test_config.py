@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, load_config, parse_config
+from exporter.config import ConfigError, Metrics, load_config, parse_config
+from exporter.metrics import FAMILIES
 from exporter.reader import parse_duration
 from tests.conftest import ROOT
 
@@ -229,3 +232,154 @@ def test_bad_web_flags_exit_2_without_traceback(flags: list[str], message: str) 
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- metrics.allow / metrics.deny ----------------------------------------------------------
+
+
+def test_metric_selection_defaults_to_every_family_and_reads_lists() -> None:
+    assert parse_config("targets:" + BASE_TARGET).metrics == Metrics()
+    config = parse_config(
+        "metrics: {allow: [aws_iot_job_status, aws_iot_job_executions]}\ntargets:" + BASE_TARGET
+    )
+    assert config.metrics == Metrics(allow=("aws_iot_job_status", "aws_iot_job_executions"))
+    # One name as a plain string, as include/exclude take one regex; an empty list is unset.
+    config = parse_config(
+        "metrics: {deny: aws_iot_job_target_info, allow: []}\ntargets:" + BASE_TARGET
+    )
+    assert config.metrics == Metrics(deny=("aws_iot_job_target_info",))
+
+
+def test_example_config_documents_the_metric_selection() -> None:
+    text = (ROOT / "config" / "example.yaml").read_text()
+    assert "\nmetrics:\n" in text
+    assert "  allow:" in text and "  deny:" in text
+    assert load_config(ROOT / "config" / "example.yaml").metrics == Metrics()
+    # The commented examples are valid selections, so uncommenting one works.
+    examples = re.findall(r"^  # ((?:allow|deny): \[.*\])$", text, re.MULTILINE)
+    assert len(examples) == 2
+    for line in examples:
+        assert parse_config(f"metrics: {{{line}}}\ntargets:" + BASE_TARGET).metrics != Metrics()
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        (
+            "{deny: [aws_iot_job_target_infos]}",
+            "config.yaml: metrics.deny[0]: 'aws_iot_job_target_infos' is not a job metric "
+            "family; did you mean 'aws_iot_job_target_info'? expected one of aws_iot_job_info, "
+            "aws_iot_job_target_info,",
+        ),
+        (
+            "{allow: [aws_iot_job_status, bogus]}",
+            "config.yaml: metrics.allow[1]: 'bogus' is not a job metric family; expected one of "
+            "aws_iot_job_info,",
+        ),
+        (
+            "{allow: [aws_iot_job_status], deny: [aws_iot_job_info]}",
+            "config.yaml: metrics.deny: set either allow or deny, not both",
+        ),
+        (
+            "{deny: [aws_iot_jobs_exporter_api_requests_total]}",
+            "config.yaml: metrics.deny[0]: 'aws_iot_jobs_exporter_api_requests_total' is one of "
+            "the exporter's own metrics, which are always exported",
+        ),
+        (
+            "{deny: [process_open_fds]}",
+            "config.yaml: metrics.deny[0]: 'process_open_fds' is one of the exporter's own",
+        ),
+        (
+            "{deny: [aws_iot_job_info, aws_iot_job_info]}",
+            "config.yaml: metrics.deny[1]: 'aws_iot_job_info' is listed twice",
+        ),
+        ("{deny: 5}", "config.yaml: metrics.deny: expected a list of metric family names, got an"),
+        ("{deny: {a: b}}", "config.yaml: metrics.deny: expected a list of metric family names"),
+        (
+            "{deny: [null]}",
+            "config.yaml: metrics.deny[0]: expected a non-empty string, got nothing",
+        ),
+        ("{deny: ['']}", "config.yaml: metrics.deny[0]: expected a non-empty string"),
+        ("{deny: [[aws_iot_job_info]]}", "config.yaml: metrics.deny[0]: expected a non-empty"),
+        ("{drop: [aws_iot_job_info]}", "config.yaml: metrics.drop: unknown key; expected one of"),
+        ("[aws_iot_job_info]", "config.yaml: metrics: expected a mapping, got a list"),
+        # Case matters in Prometheus names.
+        (
+            "{deny: [AWS_IOT_JOB_INFO]}",
+            "config.yaml: metrics.deny[0]: 'AWS_IOT_JOB_INFO' is not a job metric family; did "
+            "you mean 'aws_iot_job_info'?",
+        ),
+    ],
+)
+def test_bad_metric_selection_is_rejected(section: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"metrics: {section}\ntargets:" + BASE_TARGET, "config.yaml")
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_metric_name_with_the_worst_bytes_is_shown_escaped_and_cut() -> None:
+    name = "aws_iot_job_info\n\x00\x1b[31m\u202e\r" + "x" * 100_000
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            json.dumps(
+                {
+                    "metrics": {"deny": [name]},
+                    "targets": [{"name": "a", "region": "us-east-1", "jobs": {"ids": ["j"]}}],
+                }
+            ),
+            "config.yaml",
+        )
+    message = str(info.value)
+    assert message.startswith(r"config.yaml: metrics.deny[0]: 'aws_iot_job_info\n\x00\x1b[31m")
+    assert not any(c in message for c in "\n\r\x00\x1b\u202e")
+    assert len(message) < 3000
+
+
+def test_check_config_and_run_refuse_a_bad_selection_with_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("metrics:\n  deny: [aws_iot_job_nope]\ntargets:" + BASE_TARGET)
+    for argv in (["check-config", "--config.file", str(bad)], ["--config.file", str(bad)]):
+        result = subprocess.run(
+            [sys.executable, "-m", "exporter", *argv], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 2, result
+        assert f"{bad}: metrics.deny[0]: 'aws_iot_job_nope' is not a job metric family" in (
+            result.stderr
+        )
+        assert "Traceback" not in result.stderr
+
+    good = tmp_path / "good.yaml"
+    good.write_text("metrics:\n  deny: [aws_iot_job_target_info]\ntargets:" + BASE_TARGET)
+    result = _check_config(good)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(FAMILIES) - 1} of {len(FAMILIES)} job metric families" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--metrics.deny", "aws_iot_job_info,aws_iot_job_target_infos"],
+            "--metrics.deny: 'aws_iot_job_target_infos' is not a job metric family; did you mean "
+            "'aws_iot_job_target_info'?",
+        ),
+        (
+            ["--metrics.allow", "aws_iot_job_status", "--metrics.deny", "aws_iot_job_info"],
+            "--metrics.allow and --metrics.deny: set one or the other, not both",
+        ),
+        (
+            ["--metrics.allow", "aws_iot_jobs_exporter_build_info"],
+            "--metrics.allow: 'aws_iot_jobs_exporter_build_info' is one of the exporter's own",
+        ),
+    ],
+)
+def test_bad_metric_flags_exit_2_without_traceback(flags: list[str], message: str) -> None:
+    for command in ([], ["demo"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "exporter", *command, "--config.file",
+             str(ROOT / "config/example.yaml"), *flags],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 2, result
+        assert f"error: {message}" in result.stderr
+        assert "Traceback" not in result.stderr
