@@ -18,7 +18,7 @@ from exporter.aws import ApiError, Budgets, JobSource, JobSummary, describe_exce
 from exporter.config import Collector as CollectorSettings
 from exporter.config import Config, Target
 from exporter.events import EventConsumer, EventSettings, Queue, ReasonCounts
-from exporter.metrics import SelfMetrics
+from exporter.metrics import EXECUTION_EVENTS_FAMILY, SelfMetrics, selects
 from exporter.model import TERMINAL_STATUSES, JobSnapshot
 from exporter.otel import NOOP_TRACING, Tracing
 from exporter.store import MetricsStore
@@ -558,6 +558,9 @@ class Collector:
         telemetry.watch_execution_events(self.execution_event_samples)
 
     def execution_event_samples(self) -> list[tuple[dict[str, str], float]]:
+        metrics = self.config.metrics
+        if not selects(EXECUTION_EVENTS_FAMILY, metrics.allow, metrics.deny):
+            return []
         return [s for r in self._running.values() for s in r.collector.execution_event_samples()]
 
     @property

@@ -357,9 +357,20 @@ FAMILY_NAMES = tuple(f.name for f in FAMILIES)
 SELF_METRIC_PREFIXES = ("aws_iot_jobs_exporter_", "process_", "python_")
 
 
+# A job family outside the table (events, not DescribeJob), selectable like the rows.
+EXECUTION_EVENTS_FAMILY = "aws_iot_job_execution_events_total"
+SELECTABLE_NAMES = (*FAMILY_NAMES, EXECUTION_EVENTS_FAMILY)
+
+
+def selects(name: str, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> bool:
+    """Whether an allow or deny list keeps the family `name`."""
+    allowed = tuple(allow)
+    return (not allowed or name in allowed) and name not in tuple(deny)
+
+
 def family_name_problem(name: str) -> str | None:
     """Why `name` cannot be allowed or denied, or None when it names a job metric family."""
-    if name in FAMILY_NAMES:
+    if name in SELECTABLE_NAMES:
         return None
     # repr escapes control characters; a long name is cut so the message stays one line.
     shown = repr(name) if len(name) <= 100 else repr(name[:100]) + "..."
@@ -369,9 +380,10 @@ def family_name_problem(name: str) -> str | None:
             "allow and deny select job metric families (aws_iot_job_*)"
         )
     # Family names are lower case: a name typed in another case still finds its match.
-    close = difflib.get_close_matches(name[:100].lower(), FAMILY_NAMES, n=1, cutoff=0.75)
+    close = difflib.get_close_matches(name[:100].lower(), SELECTABLE_NAMES, n=1, cutoff=0.75)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"{shown} is not a job metric family; {hint}expected one of {', '.join(FAMILY_NAMES)}"
+    expected = ", ".join(SELECTABLE_NAMES)
+    return f"{shown} is not a job metric family; {hint}expected one of {expected}"
 
 
 def select_families(allow: Iterable[str] = (), deny: Iterable[str] = ()) -> tuple[Family, ...]:
@@ -426,7 +438,9 @@ class _ExecutionEvents:
         metric = Metric(EXECUTION_EVENTS_NAME, EXECUTION_EVENTS_HELP, "counter")
         for labels, value in self._read():
             metric.add_sample(EXECUTION_EVENTS_NAME + "_total", labels, value)
-        yield metric
+        # No HELP and TYPE without a series: a target without events, or a family denied.
+        if metric.samples:
+            yield metric
 
 
 class SelfMetrics:
