@@ -423,3 +423,92 @@ async def test_an_unknown_job_is_described_at_once_and_a_deleted_one_dropped(
         return await run.value("aws_iot_job_info", job_id="fw-new") is None
 
     await wait_for(gone, deadline=10)
+
+
+# --- the same consumer against moto's SQS (contract) ---------------------------------------
+
+
+async def test_consumer_against_motos_sqs(moto_url: str) -> None:
+    """The consumer reads, de-duplicates and deletes through moto's SQS, as against AWS."""
+    from aiobotocore.session import get_session
+
+    session = get_session()
+    async with (
+        session.create_client("sqs", region_name="us-east-1", endpoint_url=moto_url) as sqs,
+        session.create_client("iot", region_name="us-east-1", endpoint_url=moto_url) as iot,
+    ):
+        queue_url = (await sqs.create_queue(QueueName="iot-job-events-contract"))["QueueUrl"]
+        await iot.create_thing(thingName="contract-thing")
+        thing_arn = (await iot.describe_thing(thingName="contract-thing"))["thingArn"]
+        await iot.create_job(jobId="contract-job", targets=[thing_arn], document="{}")
+        failed = {**EXECUTION, "jobId": "contract-job", "eventId": "contract-1"}
+        bodies = [
+            json.dumps(failed),
+            json.dumps(failed),  # a duplicate delivery
+            json.dumps({**failed, "eventId": "contract-2", "statusDetails": {"reason": "x" * 99}}),
+            "{not an event",
+        ]
+        for body in bodies:
+            await sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+        # moto names the queue by its own host; the account and name are what matter.
+        path = "/" + "/".join(queue_url.rstrip("/").split("/")[-2:])
+        config = parse_config(
+            textwrap.dedent(
+                f"""
+                collector: {{interval: 2m, discovery_interval: 1h, request_timeout: 5s}}
+                targets:
+                  - name: moto
+                    region: us-east-1
+                    endpoint_url: {moto_url}
+                    jobs: {{discover: {{}}}}
+                    events:
+                      sqs_queue_url: {moto_url}{path}
+                      endpoint_url: {moto_url}
+                      reason_key: reason
+                """
+            )
+        )
+        store, telemetry = MetricsStore(), SelfMetrics()
+        collector = Collector(config, store, telemetry)
+        await collector.start()
+        try:
+
+            async def consumed() -> dict[str, float] | None:
+                attributes = await sqs.get_queue_attributes(
+                    QueueUrl=queue_url,
+                    AttributeNames=[
+                        "ApproximateNumberOfMessages",
+                        "ApproximateNumberOfMessagesNotVisible",
+                    ],
+                )
+                left = sum(int(v) for v in attributes["Attributes"].values())
+                counts = {
+                    labels["reason"]: value
+                    for labels, value in collector.execution_event_samples()
+                    if labels["job_id"] == "contract-job"
+                }
+                return counts if left == 0 and sum(counts.values()) == 2 else None
+
+            counts = await wait_for(consumed, deadline=30)
+            assert counts == {"checksum_mismatch": 1.0, "x" * 64: 1.0}
+            registry = telemetry.registry
+            assert (
+                registry.get_sample_value(
+                    "aws_iot_jobs_exporter_events_duplicates_total", {"target": "moto"}
+                )
+                == 1
+            )
+            assert (
+                registry.get_sample_value(
+                    "aws_iot_jobs_exporter_events_received_total",
+                    {"target": "moto", "event": "malformed"},
+                )
+                == 1
+            )
+            ok = registry.get_sample_value(
+                "aws_iot_jobs_exporter_api_requests_total",
+                {"target": "moto", "operation": "DeleteMessageBatch", "outcome": "ok"},
+            )
+            assert ok is not None and ok >= 1
+        finally:
+            await collector.stop()
