@@ -6,16 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -23,6 +20,7 @@ from exporter import __version__
 from exporter.collector import Collector, Shard
 from exporter.config import Config, ConfigError, Metrics, load_config
 from exporter.detached import run_detached
+from exporter.logs import LEVELS, setup_logging
 from exporter.metrics import FAMILIES, Family, SelfMetrics, family_name_problem, select_families
 from exporter.otel import OtelExporter, OtelUnavailable
 from exporter.reader import cut, parse_duration
@@ -38,91 +36,6 @@ _RELOAD_ERROR_MAX = 1000
 # Probes must work without credentials, as with exporter-toolkit's health endpoints.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
-
-
-_FIELD = re.compile(r" ([a-z_]+)=(%[-#0-9.]*[sdirfg])")
-_RESERVED_KEYS = frozenset({"ts", "level", "logger", "msg", "exc"})
-
-
-def event_fields(record: logging.LogRecord) -> tuple[str, list[tuple[str, str]]]:
-    """The event and its context as separate keys, for messages written `event key=%s ...`.
-
-    Call sites stay plain `logging` calls whose text reads well anywhere (pytest's caplog
-    included); the formatters lift the trailing `key=%s` pairs into fields of their own.
-    Any other message is the event whole.
-    """
-    fmt, args = record.msg, record.args
-    if not isinstance(fmt, str) or not isinstance(args, tuple):
-        return record.getMessage(), []
-    matches = list(_FIELD.finditer(fmt))
-    if not matches or len(matches) != len(args) or fmt.count("%") != len(matches):
-        return record.getMessage(), []
-    start = matches[0].start()
-    if fmt[start:] != "".join(m.group(0) for m in matches):
-        return record.getMessage(), []
-    if any(m.group(1) in _RESERVED_KEYS for m in matches):
-        return record.getMessage(), []
-    fields = [
-        # %r exists for readable quoting in the plain text; a field is quoted by the format.
-        (m.group(1), str(arg) if m.group(2) == "%r" else m.group(2) % (arg,))
-        for m, arg in zip(matches, args, strict=True)
-    ]
-    return fmt[:start], fields
-
-
-def _timestamp(record: logging.LogRecord) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + (
-        f".{int(record.msecs):03d}Z"
-    )
-
-
-class LogfmtFormatter(logging.Formatter):
-    """One logfmt line per event: time, level, logger, message, then the event's fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        event, fields = event_fields(record)
-        line = f"ts={_timestamp(record)} level={record.levelname.lower()} "
-        line += f"logger={record.name} msg={_logfmt_value(event)}"
-        for key, value in fields:
-            line += f" {key}={_logfmt_value(value)}"
-        if record.exc_info:
-            line += f" exc={_logfmt_value(self.formatException(record.exc_info))}"
-        return line
-
-
-def _logfmt_value(value: str) -> str:
-    if value and not any(c in value for c in ' "=\n\\'):
-        return value
-    return json.dumps(value)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per event, its fields as keys of their own."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        event, fields = event_fields(record)
-        entry: dict[str, Any] = {
-            "ts": _timestamp(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": event,
-        }
-        entry.update(fields)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # botocore and aiohttp are chatty at debug and can echo request details; keep them
-    # at warning unless asked for explicitly through their own loggers.
-    for noisy in ("botocore", "aiobotocore", "aiohttp.access", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:
@@ -180,9 +93,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, with_config: bool = True) ->
         default=f"{DEFAULT_WRITE_TIMEOUT:g}s",
         help="cut off a response whose client reads nothing for this long (default: %(default)s)",
     )
-    parser.add_argument(
-        "--log.level", dest="log_level", default="info", choices=("debug", "info", "warn", "error")
-    )
+    parser.add_argument("--log.level", dest="log_level", default="info", choices=LEVELS)
     parser.add_argument(
         "--log.format", dest="log_format", default="logfmt", choices=("logfmt", "json")
     )

@@ -104,6 +104,12 @@ class TargetCollector:
         self._next_discovery = 0.0
         self._stretched = False
         self._semaphore = asyncio.Semaphore(settings.concurrency)
+        # Calls outlive the cycle that started them when they are slow: a slow call must
+        # not hold the target's other jobs. Their results count in the cycle they end in.
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._discovery: asyncio.Task[None] | None = None
+        self._cycle = _Cycle()
+        self._tracked_at = 0.0
         for job_id in target.jobs.ids:
             if shard.owns(target, job_id):
                 self._jobs[job_id] = _Tracked(explicit=True)
@@ -177,23 +183,41 @@ class TargetCollector:
         self.telemetry.discovery_last_success.labels(self.target.name).set(now)
         if added:
             log.info("discovered jobs target=%s added=%d", self.target.name, added)
+            # Queued jobs show as pending now, not at the end of a long first cycle.
+            self._update_tracked()
 
-    async def _spawn(self, group: asyncio.TaskGroup, job_id: str, cycle: _Cycle) -> None:
+    async def _discover(self) -> None:
+        # A discovery may end in a later cycle than it began: it counts in that one.
+        outcome = _Cycle()
+        try:
+            await self.discover(outcome)
+        except Exception:
+            # A bug must cost one discovery, not the target's describes.
+            log.exception("discovery crashed target=%s", self.target.name)
+            outcome.failures += 1
+        self._cycle.failures += outcome.failures
+
+    async def _spawn(self, job_id: str, tasks: list[asyncio.Task[None]]) -> None:
         # Taking the slot before creating the task keeps at most `concurrency` tasks alive,
         # however many jobs are due: 10,000 sleeping tasks would cost more than the jobs.
+        if job_id in self._in_flight:
+            return
         await self._semaphore.acquire()
-        group.create_task(self._describe(job_id, cycle))
+        task = asyncio.create_task(self._describe(job_id))
+        self._in_flight[job_id] = task
+        task.add_done_callback(lambda _: self._in_flight.pop(job_id, None))
+        tasks.append(task)
 
-    async def _describe(self, job_id: str, cycle: _Cycle) -> None:
+    async def _describe(self, job_id: str) -> None:
         try:
             snapshot = await self.source.describe_job(job_id)
-            self._update(job_id, snapshot, cycle)
+            self._update(job_id, snapshot, self._cycle)
         except ApiError as exc:
-            self._describe_failed(job_id, exc, cycle)
+            self._describe_failed(job_id, exc, self._cycle)
         except Exception:
             # A bug must cost one job one cycle, not the whole cycle of the target.
             log.exception("describe crashed target=%s job_id=%s", self.target.name, job_id)
-            cycle.failures += 1
+            self._cycle.failures += 1
         finally:
             self._semaphore.release()
 
@@ -202,6 +226,8 @@ class TargetCollector:
         if tracked is None:
             return
         cycle.described += 1
+        if time.monotonic() - self._tracked_at >= 1.0:
+            self._update_tracked()
         snapshot = snapshot.with_observed_rate(tracked.snapshot)
         if self._expired_at(snapshot.status, snapshot.ended_at, self.clock()):
             self._drop(job_id)
@@ -258,16 +284,17 @@ class TargetCollector:
         the quota cannot fit every active job in one interval.
         """
         started = time.monotonic()
-        cycle = _Cycle()
-        if self.clock() >= self._next_discovery:
-            await self.discover(cycle)
+        cycle = self._cycle
+        first_cycle = spread <= 0
+        tasks: list[asyncio.Task[None]] = []
+        # Discovery runs beside the describes: a long or slow listing never stops the
+        # known jobs from being described. One at a time; a slow one carries over.
+        if self._discovery is None and self.clock() >= self._next_discovery:
+            self._discovery = asyncio.create_task(self._discover())
             self._next_discovery = self.clock() + self.settings.discovery_interval
-        pending = [
-            job_id
-            for job_id, t in self._jobs.items()
-            if t.snapshot is None or job_id in self._recheck
-        ]
-        self._recheck.clear()
+            await asyncio.sleep(0)  # let it queue the explicit ids it re-adds first
+        discovery = self._discovery
+        pending = self._pending()
         known = [
             job_id
             for job_id, t in self._jobs.items()
@@ -275,15 +302,31 @@ class TargetCollector:
         ]
         self._check_budget(len(pending) + len(known))
         spacing = spread / len(known) if spread > 0 and known else 0.0
-        async with asyncio.TaskGroup() as group:
-            for job_id in pending:
-                await self._spawn(group, job_id, cycle)
-            first = time.monotonic()
-            for i, job_id in enumerate(known):
-                delay = first + i * spacing - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await self._spawn(group, job_id, cycle)
+        for job_id in pending:
+            await self._spawn(job_id, tasks)
+        first = time.monotonic()
+        for i, job_id in enumerate(known):
+            delay = first + i * spacing - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._spawn(job_id, tasks)
+        if discovery is not None:
+            # The first cycle waits for discovery: readiness means every job was seen once.
+            hold = None if first_cycle else self._hold(started)
+            await asyncio.wait([discovery], timeout=hold)
+            if discovery.done():
+                self._discovery = None
+                for job_id in self._pending():
+                    await self._spawn(job_id, tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=None if first_cycle else self._hold(started))
+        # A call still running, started by this cycle or an earlier one, is a job this
+        # cycle could not refresh: not a success, or the gauge would flap while it is slow.
+        carried = len(self._in_flight)
+        if carried:
+            cycle.failures += carried
+            log.debug("calls carried over target=%s calls=%d", self.target.name, carried)
+        self._cycle = _Cycle()
         self._expire_frozen()
         self.cycles += 1
         name = self.target.name
@@ -300,6 +343,34 @@ class TargetCollector:
             len(cycle.dropped),
         )
         return cycle
+
+    def _pending(self) -> list[str]:
+        """Jobs never described, and frozen jobs discovery wants described once more."""
+        pending = [
+            job_id
+            for job_id, t in self._jobs.items()
+            if t.snapshot is None or job_id in self._recheck
+        ]
+        self._recheck.clear()
+        return pending
+
+    def _hold(self, started: float) -> float:
+        """How long a cycle waits for its calls: to the end of its interval, and at least
+        `request_timeout` for the calls it started last; a slower call ends in a later cycle."""
+        return max(
+            started + self.settings.interval - time.monotonic(), self.settings.request_timeout
+        )
+
+    async def close(self) -> None:
+        """Cancel the calls and the discovery still running, and wait for them."""
+        tasks = list(self._in_flight.values())
+        if self._discovery is not None:
+            tasks.append(self._discovery)
+            self._discovery = None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     def _check_budget(self, calls: int) -> None:
         """Says, once per change, when the quota cannot describe every due job per interval."""
@@ -322,6 +393,7 @@ class TargetCollector:
                 log.info("collection fits its interval again target=%s", self.target.name)
 
     def _update_tracked(self) -> None:
+        self._tracked_at = time.monotonic()
         counts = {"active": 0, "frozen": 0, "pending": 0}
         for tracked in self._jobs.values():
             snap = tracked.snapshot
@@ -333,17 +405,20 @@ class TargetCollector:
 
     async def run(self) -> None:
         """Cycles forever, one every interval; a failing cycle never ends the loop."""
-        while True:
-            started = time.monotonic()
-            try:
-                # The first cycle describes everything at once so /readyz comes quickly.
-                await self.collect_once(spread=self.settings.interval if self.cycles else 0.0)
-            except Exception:
-                # Unexpected bugs must not stop collection: the cycle is retried next interval.
-                log.exception("collection cycle crashed target=%s", self.target.name)
-                self.telemetry.collection_success.labels(self.target.name).set(0)
-            elapsed = time.monotonic() - started
-            await asyncio.sleep(max(0.0, self.settings.interval - elapsed))
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    # The first cycle describes everything at once so /readyz comes quickly.
+                    await self.collect_once(spread=self.settings.interval if self.cycles else 0.0)
+                except Exception:
+                    # Unexpected bugs must not stop collection: retried next interval.
+                    log.exception("collection cycle crashed target=%s", self.target.name)
+                    self.telemetry.collection_success.labels(self.target.name).set(0)
+                elapsed = time.monotonic() - started
+                await asyncio.sleep(max(0.0, self.settings.interval - elapsed))
+        finally:
+            await self.close()
 
 
 @dataclass(slots=True)
