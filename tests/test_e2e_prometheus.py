@@ -28,7 +28,7 @@ from tests.test_dashboards import dashboards, data_panels, queries, substitute
 from tests.test_rules import load_generator
 
 EXE = Path(sys.executable).parent / "aws-iot-jobs-exporter"
-SCENARIO = ROOT / "config" / "simulator" / "demo.yaml"
+SCENARIO = ROOT / "exporter" / "simulator" / "scenarios" / "demo.yaml"
 FAILING = "firmware-v2-failing"
 HEALTHY = "firmware-v2-healthy"
 # Slower than the scenario's one simulated minute per second: the failing rollout's FAILED

@@ -41,7 +41,7 @@ from exporter.simulator.testing import Admin, wait_for
 from exporter.store import MetricsStore
 from tests.conftest import ROOT, free_port
 
-SIMULATOR = ROOT / "config" / "simulator"
+SIMULATOR = ROOT / "exporter" / "simulator" / "scenarios"
 REGION = "us-east-1"
 STATES = {
     "numberOfQueuedThings": "queued",
