@@ -27,6 +27,8 @@ from tests.conftest import ROOT, free_port
 from tests.test_dashboards import dashboards, data_panels, queries, substitute
 from tests.test_rules import load_generator
 
+pytestmark = pytest.mark.slow
+
 EXE = Path(sys.executable).parent / "aws-iot-jobs-exporter"
 SCENARIO = ROOT / "exporter" / "simulator" / "scenarios" / "demo.yaml"
 FAILING = "firmware-v2-failing"

@@ -519,6 +519,7 @@ jobs:
 """
 
 
+@pytest.mark.slow
 async def test_observed_rollout_rate_stays_within_the_limit(tmp_path: Path) -> None:
     """Over several cycles of a running rollout, observed ≤ limit up to measurement slack.
 
