@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,14 @@ def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run from an empty folder outside the repository, as an installed command would."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo command sets up the root logger; later tests get theirs back."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
 
 
 def test_every_scenario_file_is_bundled_by_name() -> None:
@@ -63,6 +72,7 @@ def test_the_demo_configuration_is_package_data() -> None:
     assert [t.name for t in config.targets] == ["demo"]
 
 
+@pytest.mark.usefixtures("keep_logging")
 def test_demo_with_an_unknown_scenario_fails_cleanly(
     elsewhere: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
