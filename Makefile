@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit prometheus bench clean run
+.PHONY: demo test test-all lint typecheck unit prometheus bench clean run
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The inner loop: everything but the tests marked slow (soak, Prometheus end to end,
+# deploy, processes, fault storms, the installed wheel).
 unit: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
+# Every test, slow ones included: what `make test` and CI run.
+test-all: $(STAMP)
 	$(BIN)/pytest -q
 
-test: $(STAMP) prometheus lint typecheck unit
+test: $(STAMP) prometheus lint typecheck test-all
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
@@ -35,7 +36,9 @@ SHUTDOWN_DEADLINE = 4.0  # seconds: SIGTERM must end the process within 5
 _RELOAD_ERROR_MAX = 1000
 # Probes must work without credentials, as with exporter-toolkit's health endpoints.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
+# The demo's exporter side ships in the package: pip unpacks a wheel into a directory, so
+# this is a real file, which a reload re-reads like any other.
+DEMO_CONFIG = str(resources.files("exporter") / "demo.yaml")
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:
@@ -442,11 +445,11 @@ def demo(argv: list[str]) -> int:
         description="Run the exporter against a local simulated AWS IoT Jobs fleet.",
     )
     _add_run_flags(parser, with_config=False)
-    parser.add_argument("--config.file", dest="config_file", default=str(REPO_CONFIG / "demo.yaml"))
+    parser.add_argument("--config.file", dest="config_file", default=DEMO_CONFIG)
     parser.add_argument(
         "--scenario",
-        default=str(REPO_CONFIG / "simulator" / "demo.yaml"),
-        help="simulator scenario",
+        default="demo",
+        help="simulator scenario: a file, or a bundled name (abort, demo, scale)",
     )
     parser.add_argument("--simulator.listen-address", dest="sim_address", default="127.0.0.1:0")
     parser.add_argument("--speed", type=float, default=None, help="simulated minutes per second")
@@ -458,8 +461,10 @@ def demo(argv: list[str]) -> int:
     metrics = _metrics_flags(args)
     if isinstance(metrics, int):
         return metrics
-    if not Path(args.scenario).is_file():
-        return _fail(f"{args.scenario}: scenario file not found")
+    from exporter.simulator.scenario import bundled_scenario
+
+    if not Path(args.scenario).is_file() and bundled_scenario(args.scenario) is None:
+        return _fail(f"{args.scenario}: no such scenario file, nor a bundled scenario")
     problem = _check_web_flags(args)
     if problem:
         return _fail(problem)

@@ -59,6 +59,8 @@ OCI_LABELS = (
 sys.path.insert(0, str(KUBE))
 import generate_prometheusrule  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 def project_version() -> str:
     with (ROOT / "pyproject.toml").open("rb") as f:

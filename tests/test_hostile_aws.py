@@ -439,11 +439,9 @@ def test_warn_is_spelled_warn(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 async def test_simulator_logs_like_the_exporter(tmp_path: Path) -> None:
-    from tests.conftest import ROOT
-
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "exporter", "simulator", "--listen", "127.0.0.1:0",
-        "--scenario", str(ROOT / "config" / "simulator" / "demo.yaml"),
+        "--scenario", "demo",
         "--log.level", "info", "--log.format", "logfmt",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -35,7 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address to listen on (default 127.0.0.1:8980; port 0 picks one)",
     )
-    p.add_argument("--scenario", required=True, metavar="FILE", help="scenario YAML file")
+    p.add_argument(
+        "--scenario",
+        required=True,
+        metavar="FILE",
+        help="scenario YAML file, or a bundled name: abort, demo, scale",
+    )
     p.add_argument(
         "--jobs", type=int, metavar="N", help="number of generated jobs (scale scenarios)"
     )
