@@ -320,6 +320,7 @@ async def _serve_until_signalled(
         args.telemetry_path,
         reload=reloader.reload if args.enable_lifecycle else None,
         max_requests=args.max_requests,
+        status=collector.status,
     )
     if web_config is not None:
         web_config.install(app, OPEN_PATHS)
