@@ -383,11 +383,10 @@ class TargetCollector:
         """
         started = time.monotonic()
         cycle = _Cycle()
-        if self.clock() >= self._next_discovery:
-            # A failed discovery is tried again next cycle rather than a discovery
-            # interval later, so a target recovers as soon as ListJobs works again.
-            if await self.discover(cycle):
-                self._next_discovery = self.clock() + self.settings.discovery_interval
+        # A failed discovery is tried again next cycle rather than a discovery interval
+        # later, so a target recovers as soon as ListJobs works again.
+        if self.clock() >= self._next_discovery and await self.discover(cycle):
+            self._next_discovery = self.clock() + self.settings.discovery_interval
         pending = [
             job_id
             for job_id, t in self._jobs.items()

@@ -1,4 +1,4 @@
-"""aiohttp server: /metrics from the store (never AWS), /healthz, /readyz, /status and a landing page."""
+"""aiohttp server: /metrics from the store (never AWS), probes, /status and a landing page."""
 
 from __future__ import annotations
 

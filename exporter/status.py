@@ -119,7 +119,9 @@ _FAILING = '<span class="bad">failing</span>'
 
 
 def _target_html(t: TargetStatus, now: float) -> str:
-    state = "not run yet" if t.collection_success is None else _OK if t.collection_success else _FAILING
+    state = (
+        "not run yet" if t.collection_success is None else _OK if t.collection_success else _FAILING
+    )
     ready = "yes" if t.ready else '<span class="bad">no</span>'
     error = "none"
     if t.last_error is not None:

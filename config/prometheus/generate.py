@@ -398,6 +398,7 @@ class Rules:
         throttled = a["throttled"]
         stale = a["data_stale"]
         discovery = a["discovery_failing"]
+        discovered = "aws_iot_jobs_exporter_discovery_last_success_timestamp_seconds"
         requests = "aws_iot_jobs_exporter_api_requests_total"
         return [
             self.alert(
@@ -440,10 +441,7 @@ class Rules:
             self.alert(
                 "AwsIotJobsExporterDiscoveryFailing",
                 "discovery_failing",
-                (
-                    f"time() - {self.metric('aws_iot_jobs_exporter_discovery_last_success_timestamp_seconds')}\n"
-                    f"> {seconds(discovery['max_age']):g}"
-                ),
+                (f"time() - {self.metric(discovered)}\n> {seconds(discovery['max_age']):g}"),
                 "warning",
                 "The AWS IoT Jobs exporter cannot list the jobs of a target.",
                 (
