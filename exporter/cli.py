@@ -23,7 +23,7 @@ from exporter import __version__
 from exporter.collector import Collector, Shard
 from exporter.config import Config, ConfigError, load_config
 from exporter.metrics import SelfMetrics
-from exporter.otel import OtelExporter, OtelUnavailable
+from exporter.otel import OtelExporter, OtelUnavailable, check_packages
 from exporter.server import build_app
 from exporter.store import MetricsStore
 from exporter.webconfig import WebConfig, load_web_config
@@ -299,7 +299,7 @@ async def _serve_until_signalled(
             config.otel, store, lambda: {t.name: t for t in collector.config.targets}
         )
     except OtelUnavailable as exc:
-        return _fail(str(exc))
+        return _fail(f"{args.config_file}: {exc}")
     if config.otel.enabled:
         telemetry.registry.register(otel)
     collector = Collector(config, store, telemetry, shard, tracing=otel.tracing)
@@ -407,21 +407,43 @@ def run(argv: list[str]) -> int:
 
 
 def check_config(argv: list[str]) -> int:
+    """Exit 0 valid, 2 invalid; with --probe, 1 when a target's AWS calls fail."""
     parser = argparse.ArgumentParser(
-        prog="aws-iot-jobs-exporter check-config", description="Validate a configuration file."
+        prog="aws-iot-jobs-exporter check-config",
+        description="Validate a configuration file, and the packages it needs. With --probe, "
+        "also call AWS once per target with the exporter's credentials.",
     )
     parser.add_argument("--config.file", dest="config_file", default="config.yaml")
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="per target: resolve credentials (and the role), GetCallerIdentity, ListJobs "
+        "(one job) and DescribeJob (one job); exit 1 if any target fails",
+    )
     args = parser.parse_args(argv)
     config = _load(args.config_file)
     if isinstance(config, int):
         return config
+    try:
+        check_packages(config.otel)
+    except OtelUnavailable as exc:
+        return _fail(f"{args.config_file}: {exc}")
     jobs = sum(len(t.jobs.ids) for t in config.targets)
     discovering = sum(1 for t in config.targets if t.jobs.discover is not None)
     print(
         f"{args.config_file}: valid: {len(config.targets)} target(s), {jobs} explicit job id(s), "
         f"{discovering} target(s) with discovery"
     )
-    return 0
+    if not args.probe:
+        return 0
+    from exporter.probe import probe
+
+    results = asyncio.run(probe(config))
+    for result in results:
+        print(result.line())
+    failed = sum(1 for r in results if not r.ok)
+    print(f"probe: {len(results) - failed} of {len(results)} target(s) OK")
+    return 1 if failed else 0
 
 
 def demo(argv: list[str]) -> int:
