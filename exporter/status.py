@@ -162,7 +162,7 @@ body { font-family: system-ui, sans-serif; margin: 2em; max-width: 60em; color: 
 table { border-collapse: collapse; margin-bottom: 1em; }
 th, td { text-align: left; vertical-align: top; padding: .3em .8em; border-bottom: 1px solid #ddd; }
 th { font-weight: 600; white-space: nowrap; }
-code { background: #f4f4f4; padding: 0 .2em; word-break: break-all; }
+code { background: #f4f4f4; padding: 0 .2em; overflow-wrap: anywhere; }
 .ok { color: #1a7f37; font-weight: 600; }
 .bad { color: #c62828; font-weight: 600; }
 small { color: #666; font-weight: normal; }
