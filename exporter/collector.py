@@ -36,7 +36,9 @@ _MESSAGE_LIMIT = 300
 # canonical request, whose signed headers include the session token.
 _ECHOES = re.compile(r"(canonical string|string-to-sign|stringtosign)", re.IGNORECASE)
 _KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
-_TOKEN = re.compile(r"[A-Za-z0-9+/=_-]{40,}")
+# Secret keys (40 characters) and session tokens are base64; job ids and ARNs have
+# hyphens, underscores or colons that break them into shorter runs.
+_TOKEN = re.compile(r"[A-Za-z0-9+/=]{40,}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 

@@ -278,6 +278,8 @@ def test_sanitise_removes_request_echoes_keys_and_tokens() -> None:
     assert sanitise("key AKIAIOSFODNN7EXAMPLE used") == "key [key id] used"
     assert "wJalrXUtnFEMI" not in sanitise("secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
     assert len(sanitise("word " * 1000)) == 300
+    arn = "arn:aws:iot:eu-west-1:123456789012:job/firmware-rollout-2024-06-eu-west-gateways"
+    assert sanitise(f"job {arn} not found") == f"job {arn} not found"
     assert sanitise("a\x00b\x1b[0mc\u2028d") == "a b [0mc\u2028d"
 
 
