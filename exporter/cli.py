@@ -23,7 +23,7 @@ from exporter.config import Config, ConfigError, Metrics, load_config
 from exporter.detached import run_detached
 from exporter.logs import LEVELS, setup_logging
 from exporter.metrics import FAMILIES, Family, SelfMetrics, family_name_problem, select_families
-from exporter.otel import OtelExporter, OtelUnavailable
+from exporter.otel import OtelExporter, OtelUnavailable, check_packages
 from exporter.reader import cut, parse_duration
 from exporter.server import DEFAULT_WRITE_TIMEOUT, build_app
 from exporter.store import MetricsStore
@@ -292,7 +292,7 @@ async def _serve_until_signalled(
             config.otel, store, lambda: {t.name: t for t in collector.config.targets}
         )
     except OtelUnavailable as exc:
-        return _fail(str(exc))
+        return _fail(f"{args.config_file}: {exc}")
     if config.otel.enabled:
         telemetry.registry.register(otel)
     collector = Collector(config, store, telemetry, shard, tracing=otel.tracing)
@@ -321,6 +321,7 @@ async def _serve_until_signalled(
         reload=reloader.reload if args.enable_lifecycle else None,
         max_requests=args.max_requests,
         write_timeout=parse_duration(args.write_timeout) or DEFAULT_WRITE_TIMEOUT,
+        status=collector.status,
     )
     if web_config is not None:
         web_config.install(app, OPEN_PATHS)
@@ -420,14 +421,27 @@ def run(argv: list[str]) -> int:
 
 
 def check_config(argv: list[str]) -> int:
+    """Exit 0 valid, 2 invalid; with --probe, 1 when a target's AWS calls fail."""
     parser = argparse.ArgumentParser(
-        prog="aws-iot-jobs-exporter check-config", description="Validate a configuration file."
+        prog="aws-iot-jobs-exporter check-config",
+        description="Validate a configuration file, and the packages it needs. With --probe, "
+        "also call AWS once per target with the exporter's credentials.",
     )
     parser.add_argument("--config.file", dest="config_file", default="config.yaml")
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="per target: resolve credentials (and the role), GetCallerIdentity, ListJobs "
+        "(one job) and DescribeJob (one job); exit 1 if any target fails",
+    )
     args = parser.parse_args(argv)
     config = _load(args.config_file)
     if isinstance(config, int):
         return config
+    try:
+        check_packages(config.otel)
+    except OtelUnavailable as exc:
+        return _fail(f"{args.config_file}: {exc}")
     jobs = sum(len(t.jobs.ids) for t in config.targets)
     discovering = sum(1 for t in config.targets if t.jobs.discover is not None)
     print(
@@ -435,7 +449,16 @@ def check_config(argv: list[str]) -> int:
         f"{discovering} target(s) with discovery, "
         f"{len(families_of(config))} of {len(FAMILIES)} job metric families"
     )
-    return 0
+    if not args.probe:
+        return 0
+    from exporter.probe import probe
+
+    results = asyncio.run(probe(config))
+    for result in results:
+        print(result.line())
+    failed = sum(1 for r in results if not r.ok)
+    print(f"probe: {len(results) - failed} of {len(results)} target(s) OK")
+    return 1 if failed else 0
 
 
 def demo(argv: list[str]) -> int:

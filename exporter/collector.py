@@ -3,24 +3,103 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from exporter.aws import ApiError, JobSource, JobSummary, describe_exception
+from exporter.aws import ApiError, JobSource, JobSummary, classify, describe_exception
 from exporter.config import Collector as CollectorSettings
 from exporter.config import Config, Target
-from exporter.metrics import SelfMetrics
+from exporter.metrics import TRACKED_STATES, SelfMetrics
 from exporter.model import TERMINAL_STATUSES, JobSnapshot
 from exporter.otel import NOOP_TRACING, Tracing
 from exporter.store import MetricsStore
 
 log = logging.getLogger(__name__)
+
+# The status page counts API calls over this window ("the last minutes").
+STATUS_WINDOW = 300.0
+# A job that is still described every cycle is stale once its data is older than this
+# many intervals: one late cycle is normal, two mean describes are failing or stretched.
+STALE_INTERVALS = 2
+# Stale jobs listed per target on the status page; the count says how many there are.
+STATUS_STALE_LISTED = 50
+_MESSAGE_LIMIT = 300
+# Parts of AWS error messages that echo the request: SignatureDoesNotMatch quotes the
+# canonical request, whose signed headers include the session token.
+_ECHOES = re.compile(r"(canonical string|string-to-sign|stringtosign)", re.IGNORECASE)
+_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
+# Secret keys (40 characters) and session tokens are base64; job ids and ARNs have
+# hyphens, underscores or colons that break them into shorter runs.
+_TOKEN = re.compile(r"[A-Za-z0-9+/=]{40,}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def sanitise(message: str) -> str:
+    """An error message fit for the status page: no request echo, key ids or tokens."""
+    echo = _ECHOES.search(message)
+    if echo:
+        message = message[: echo.start()].rstrip() + " [request details removed]"
+    message = _KEY_ID.sub("[key id]", message)
+    message = _TOKEN.sub("[redacted]", message)
+    message = _CONTROL.sub(" ", message).strip()
+    if len(message) > _MESSAGE_LIMIT:
+        message = message[: _MESSAGE_LIMIT - 1] + "…"
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class LastError:
+    """The most recent failed call of a target: its class and a sanitised message."""
+
+    at: float
+    outcome: str
+    operation: str
+    message: str
+    job_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StaleJob:
+    job_id: str
+    age_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class TargetStatus:
+    """What the status page shows of one target, read at one instant."""
+
+    name: str
+    region: str
+    discovery: bool
+    ready: bool
+    collection_success: bool | None
+    last_discovery_success: float | None
+    last_collection_success: float | None
+    last_error: LastError | None
+    api_window_seconds: float
+    api_calls: int
+    api_throttled: int
+    api_failed: int
+    jobs_by_state: tuple[tuple[str, int], ...]
+    jobs_by_status: tuple[tuple[str, int], ...]
+    stale_after_seconds: float
+    stale_total: int
+    stale_jobs: tuple[StaleJob, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    generated_at: float
+    ready: bool
+    targets: tuple[TargetStatus, ...]
 
 
 class Source(Protocol):
@@ -114,6 +193,23 @@ class TargetCollector:
             if shard.owns(target, job_id):
                 self._jobs[job_id] = _Tracked(explicit=True)
         telemetry.init_target(target.name)
+        if target.jobs.discover is None:
+            # No ListJobs, so no discovery to date: a series at 0 would read as a
+            # discovery that never succeeded and page for a target that cannot have one.
+            with contextlib.suppress(KeyError):
+                telemetry.discovery_last_success.remove(target.name)
+        # Ready once AWS answered: a discovery, or for explicit ids only, a describe.
+        self.primed = False
+        # Whether the last discovery failed: the target counts as failing until one
+        # succeeds, however many describe-only cycles run in between.
+        self._discovery_failed = False
+        self._last_success: bool | None = None
+        self._last_discovery: float | None = None
+        self._last_collection: float | None = None
+        self.last_error: LastError | None = None
+        # (time, attempts, throttled, failed) of this target's API counters, one per cycle.
+        self._calls: deque[tuple[float, int, int, int]] = deque()
+        self._sample_calls()
 
     def inherit(self, previous: TargetCollector) -> None:
         """Take over what a collector of the same target knew, so a reload loses nothing."""
@@ -126,6 +222,13 @@ class TargetCollector:
         self._missing |= previous._missing
         self._next_discovery = previous._next_discovery
         self.cycles = previous.cycles
+        self.primed = previous.primed
+        self._discovery_failed = previous._discovery_failed
+        self._last_success = previous._last_success
+        self._last_discovery = previous._last_discovery
+        self._last_collection = previous._last_collection
+        self.last_error = previous.last_error
+        self._calls = previous._calls
 
     @property
     def jobs(self) -> dict[str, JobSnapshot | None]:
@@ -136,26 +239,39 @@ class TargetCollector:
             return False
         return now - ended_at > self.settings.terminal_job_retention
 
-    async def discover(self, cycle: _Cycle) -> None:
-        """Add the jobs ListJobs finds; jobs leave only by NotFound or retention."""
+    def record_error(
+        self, outcome: str, operation: str, message: str, job_id: str | None = None
+    ) -> None:
+        self.last_error = LastError(self.clock(), outcome, operation, sanitise(message), job_id)
+
+    async def discover(self, cycle: _Cycle) -> bool:
+        """Add the jobs ListJobs finds; jobs leave only by NotFound or retention.
+
+        False when ListJobs failed: the target then stays failed until a discovery succeeds.
+        """
         discover = self.target.jobs.discover
         now = self.clock()
         for job_id in self._missing:
             self._jobs.setdefault(job_id, _Tracked(explicit=True))
         self._missing.clear()
         if discover is None:
-            return
+            return True
         try:
             summaries = await self.source.list_jobs(discover.list_jobs_params())
         except ApiError as exc:
             cycle.failures += 1
+            self._discovery_failed = True
+            self.record_error(exc.outcome, exc.operation, exc.detail)
             log.warning(
                 "discovery failed target=%s outcome=%s error=%r",
                 self.target.name,
                 exc.outcome,
                 exc.detail,
             )
-            return
+            return False
+        self._discovery_failed = False
+        self.primed = True
+        self._last_discovery = now
         listed = {s.job_id for s in summaries}
         # Forget expired jobs AWS no longer lists, so months of finished jobs do not pile up.
         self._expired &= listed | set(self.target.jobs.ids)
@@ -185,16 +301,24 @@ class TargetCollector:
             log.info("discovered jobs target=%s added=%d", self.target.name, added)
             # Queued jobs show as pending now, not at the end of a long first cycle.
             self._update_tracked()
+        return True
 
     async def _discover(self) -> None:
         # A discovery may end in a later cycle than it began: it counts in that one.
         outcome = _Cycle()
         try:
-            await self.discover(outcome)
-        except Exception:
+            listed = await self.discover(outcome)
+        except Exception as exc:
             # A bug must cost one discovery, not the target's describes.
             log.exception("discovery crashed target=%s", self.target.name)
+            self.record_error("error", "ListJobs", type(exc).__name__)
+            self._discovery_failed = True
             outcome.failures += 1
+            listed = False
+        if not listed:
+            # A failed discovery is tried again next cycle rather than a discovery interval
+            # later, so a target recovers as soon as ListJobs works again.
+            self._next_discovery = self.clock()
         self._cycle.failures += outcome.failures
 
     async def _spawn(self, job_id: str, tasks: list[asyncio.Task[None]]) -> None:
@@ -214,9 +338,10 @@ class TargetCollector:
             self._update(job_id, snapshot, self._cycle)
         except ApiError as exc:
             self._describe_failed(job_id, exc, self._cycle)
-        except Exception:
+        except Exception as exc:
             # A bug must cost one job one cycle, not the whole cycle of the target.
             log.exception("describe crashed target=%s job_id=%s", self.target.name, job_id)
+            self.record_error("error", "DescribeJob", type(exc).__name__, job_id)
             self._cycle.failures += 1
         finally:
             self._semaphore.release()
@@ -228,6 +353,7 @@ class TargetCollector:
         cycle.described += 1
         if time.monotonic() - self._tracked_at >= 1.0:
             self._update_tracked()
+        self._answered()
         snapshot = snapshot.with_observed_rate(tracked.snapshot)
         if self._expired_at(snapshot.status, snapshot.ended_at, self.clock()):
             self._drop(job_id)
@@ -239,6 +365,8 @@ class TargetCollector:
     def _describe_failed(self, job_id: str, exc: ApiError, cycle: _Cycle) -> None:
         tracked = self._jobs.get(job_id)
         if exc.outcome == "not_found":
+            # AWS answered, so the credentials work: a wrong id is not an unready target.
+            self._answered()
             if tracked is not None and tracked.explicit:
                 self._missing.add(job_id)
                 log.warning("job not found target=%s job_id=%s", self.target.name, job_id)
@@ -246,6 +374,7 @@ class TargetCollector:
             self._drop(job_id)
             return
         cycle.failures += 1
+        self.record_error(exc.outcome, exc.operation, exc.detail, job_id)
         # The last good snapshot stays exported; its last_success timestamp shows the age.
         log.warning(
             "describe failed target=%s job_id=%s outcome=%s error=%r",
@@ -254,6 +383,10 @@ class TargetCollector:
             exc.outcome,
             exc.detail,
         )
+
+    def _answered(self) -> None:
+        if self.target.jobs.discover is None:
+            self.primed = True
 
     def _drop(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
@@ -331,10 +464,19 @@ class TargetCollector:
         self.cycles += 1
         name = self.target.name
         self.telemetry.collection_duration.labels(name).set(time.monotonic() - started)
-        self.telemetry.collection_success.labels(name).set(0 if cycle.failures else 1)
-        if not cycle.failures:
-            self.telemetry.last_collection_success.labels(name).set(self.clock())
+        # A cycle without discovery cannot show that ListJobs works again: until a
+        # discovery succeeds, the target stays failed instead of flapping back to 1.
+        success = not cycle.failures and not self._discovery_failed
+        self._last_success = success
+        self.telemetry.collection_success.labels(name).set(1 if success else 0)
+        if success:
+            self._last_collection = self.clock()
+            self.telemetry.last_collection_success.labels(name).set(self._last_collection)
+        if self.target.jobs.discover is None and not self._jobs:
+            # Nothing of this target is this shard's to describe: nothing to wait for.
+            self.primed = True
         self._update_tracked()
+        self._sample_calls()
         log.debug(
             "cycle done target=%s described=%d failures=%d dropped=%d",
             name,
@@ -392,6 +534,79 @@ class TargetCollector:
             else:
                 log.info("collection fits its interval again target=%s", self.target.name)
 
+    def _api_totals(self) -> tuple[int, int, int]:
+        """This target's attempts so far: all, throttled, and failed (anything but ok)."""
+        total = throttled = failed = 0
+        for family in self.telemetry.api_requests.collect():
+            for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                if sample.labels.get("target") != self.target.name:
+                    continue
+                count = int(sample.value)
+                total += count
+                outcome = sample.labels.get("outcome")
+                if outcome == "throttled":
+                    throttled += count
+                if outcome != "ok":
+                    failed += count
+        return total, throttled, failed
+
+    def _sample_calls(self) -> None:
+        now = self.clock()
+        self._calls.append((now, *self._api_totals()))
+        # Keep one sample older than the window, the baseline of its difference.
+        while len(self._calls) > 2 and self._calls[1][0] <= now - STATUS_WINDOW:
+            self._calls.popleft()
+
+    def status(self) -> TargetStatus:
+        """The target as the status page shows it, computed now from what the poller knows."""
+        now = self.clock()
+        total, throttled, failed = self._api_totals()
+        # The newest sample at least a window old, else the oldest: the window shown is
+        # the time since that sample, a little over STATUS_WINDOW once the target ran.
+        old = [c for c in self._calls if c[0] <= now - STATUS_WINDOW]
+        base = old[-1] if old else (self._calls[0] if self._calls else None)
+        if base is None or base[1] > total:
+            # No sample in the window yet, or counters that started again (a removed and
+            # re-added target): count from now rather than show a negative number.
+            base = (now, total, throttled, failed)
+        states = dict.fromkeys(TRACKED_STATES, 0)
+        statuses: dict[str, int] = {}
+        stale_after = STALE_INTERVALS * self.settings.interval
+        stale: list[StaleJob] = []
+        for job_id, tracked in self._jobs.items():
+            snap = tracked.snapshot
+            if snap is None:
+                states["pending"] += 1
+                continue
+            states["frozen" if snap.frozen else "active"] += 1
+            status = snap.status or "UNKNOWN"
+            statuses[status] = statuses.get(status, 0) + 1
+            age = now - snap.fetched_at
+            if not snap.frozen and age > stale_after:
+                stale.append(StaleJob(job_id, age))
+        stale.sort(key=lambda j: (-j.age_seconds, j.job_id))
+        return TargetStatus(
+            name=self.target.name,
+            region=self.target.region,
+            discovery=self.target.jobs.discover is not None,
+            ready=self.primed,
+            collection_success=self._last_success,
+            last_discovery_success=self._last_discovery,
+            last_collection_success=self._last_collection,
+            last_error=self.last_error,
+            api_window_seconds=now - base[0],
+            api_calls=total - base[1],
+            api_throttled=throttled - base[2],
+            api_failed=failed - base[3],
+            jobs_by_state=tuple(states.items()),
+            jobs_by_status=tuple(sorted(statuses.items())),
+            stale_after_seconds=stale_after,
+            stale_total=len(stale),
+            stale_jobs=tuple(stale[:STATUS_STALE_LISTED]),
+        )
+
     def _update_tracked(self) -> None:
         self._tracked_at = time.monotonic()
         counts = {"active": 0, "frozen": 0, "pending": 0}
@@ -415,6 +630,7 @@ class TargetCollector:
                     # Unexpected bugs must not stop collection: retried next interval.
                     log.exception("collection cycle crashed target=%s", self.target.name)
                     self.telemetry.collection_success.labels(self.target.name).set(0)
+                    self._last_success = False
                 elapsed = time.monotonic() - started
                 await asyncio.sleep(max(0.0, self.settings.interval - elapsed))
         finally:
@@ -463,15 +679,25 @@ class Collector:
 
     @property
     def ready(self) -> bool:
-        """Every target has finished its first cycle, successful or not.
+        """Every target has finished a cycle and has had one successful ListJobs discovery,
+        or, for a target with explicit job ids only, one DescribeJob that AWS answered (the
+        job, or not found).
 
-        Once ready, always ready: a target added by a reload must not take a serving
-        replica out of its Service while that target's first cycle runs.
+        A target whose every call is denied keeps the replica unready. Once ready, always
+        ready: a target added by a reload must not take a serving replica out of its
+        Service while that target's first cycle runs.
         """
         if not self._ready:
             running = self._running.values()
-            self._ready = bool(running) and all(r.collector.cycles > 0 for r in running)
+            self._ready = bool(running) and all(
+                r.collector.primed and r.collector.cycles > 0 for r in running
+            )
         return self._ready
+
+    def status(self) -> Status:
+        """Every target's status at this instant, for the status page."""
+        targets = tuple(r.collector.status() for _, r in sorted(self._running.items()))
+        return Status(generated_at=time.time(), ready=self.ready, targets=targets)
 
     async def start(self) -> None:
         await self.apply(self.config)
@@ -534,6 +760,7 @@ class Collector:
                     describe_exception(exc),
                 )
                 self.telemetry.collection_success.labels(target.name).set(0)
+                collector.record_error(classify(exc), "CreateClient", describe_exception(exc))
                 collector.cycles += 1
             finally:
                 collector.source = _NotConnected()

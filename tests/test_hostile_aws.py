@@ -316,7 +316,8 @@ async def run_exporter(
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    async with http.get(base + "/readyz") as r:
+                    # Up, not ready: a target whose every call fails is never ready.
+                    async with http.get(base + "/healthz") as r:
                         if r.status == 200:
                             break
                 except aiohttp.ClientError:
