@@ -1,0 +1,54 @@
+#!/bin/sh
+# Builds a stand-in for the official python:3.11-slim-bookworm image from Debian's own
+# packages and imports it under the official tag, so that the repository's Dockerfile
+# builds unchanged on a machine that can reach Debian's archive but not Docker Hub.
+#
+#   sudo deploy/docker/make-base-image.sh [TAG]      (default: python:3.11-slim-bookworm)
+#
+# Needs root, debootstrap and a running Docker daemon. The result matches the official
+# image where the Dockerfile depends on it: python, python3 and python3.11 in
+# /usr/local/bin (the venv's interpreter links to it), a working `python -m venv` with
+# pip, groupadd/useradd, LANG=C.UTF-8, and a standard library shipped without bytecode
+# (the official image deletes its .pyc files; Debian's packages compile them on
+# installation, so they are removed here). It is not the official image: the interpreter
+# is Debian's python3.11 build, with its standard library in /usr/lib/python3.11.
+set -eu
+
+TAG=${1:-python:3.11-slim-bookworm}
+SUITE=${SUITE:-bookworm}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+
+for cmd in debootstrap docker tar; do
+  command -v "$cmd" >/dev/null 2>&1 || { echo "make-base-image: $cmd is not installed" >&2; exit 2; }
+done
+[ "$(id -u)" = 0 ] || { echo "make-base-image: debootstrap needs root" >&2; exit 2; }
+
+ROOTFS=$(mktemp -d /tmp/python-slim-rootfs.XXXXXX)
+trap 'rm -rf "$ROOTFS"' EXIT INT TERM
+
+# minbase: essential and required packages only (this includes passwd, for useradd).
+# python3.11-venv brings ensurepip's bundled pip and setuptools for `python -m venv`.
+debootstrap --variant=minbase \
+  --include=python3.11,python3.11-venv,ca-certificates \
+  "$SUITE" "$ROOTFS" "$MIRROR"
+
+# The official image's interpreter paths.
+for name in python python3 python3.11; do
+  ln -sf /usr/bin/python3.11 "$ROOTFS/usr/local/bin/$name"
+done
+
+# No bytecode in the standard library, as in the official image; no apt lists or
+# downloaded packages, which the official image does not carry either.
+find "$ROOTFS/usr/lib/python3.11" "$ROOTFS/usr/lib/python3" -depth -type d \
+  -name __pycache__ -exec rm -rf {} +
+rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/*.bin \
+  "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/log/*.log
+
+tar --numeric-owner --xattrs -C "$ROOTFS" -c . | docker import \
+  --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+  --change 'ENV LANG=C.UTF-8' \
+  --change 'CMD ["python3"]' \
+  --message "stand-in for $TAG: debootstrap $SUITE with Debian's python3.11" \
+  - "$TAG"
+
+docker run --rm "$TAG" python -c 'import sys, venv; print(sys.version)'
