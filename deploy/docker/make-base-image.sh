@@ -24,7 +24,16 @@ done
 [ "$(id -u)" = 0 ] || { echo "make-base-image: debootstrap needs root" >&2; exit 2; }
 
 ROOTFS=$(mktemp -d /tmp/python-slim-rootfs.XXXXXX)
-trap 'rm -rf "$ROOTFS"' EXIT INT TERM
+cleanup() {
+  status=$?
+  if [ "$status" != 0 ] && [ -f "$ROOTFS/debootstrap/debootstrap.log" ]; then
+    tail -n 40 "$ROOTFS/debootstrap/debootstrap.log" >&2
+  fi
+  rm -rf "$ROOTFS"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # minbase: essential and required packages only (this includes passwd, for useradd).
 # python3.11-venv brings ensurepip's bundled pip and setuptools for `python -m venv`.
