@@ -36,9 +36,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # minbase: essential and required packages only (this includes passwd, for useradd).
-# python3.11-venv brings ensurepip's bundled pip and setuptools for `python -m venv`.
+# python3.11-venv brings ensurepip's bundled pip and setuptools for `python -m venv`;
+# its dependency python3.11-distutils is virtual (provided by python3-distutils), which
+# debootstrap does not resolve by itself.
 debootstrap --variant=minbase \
-  --include=python3.11,python3.11-venv,ca-certificates \
+  --include=python3.11,python3.11-venv,python3-distutils,python3-lib2to3,python3-setuptools-whl,ca-certificates \
   "$SUITE" "$ROOTFS" "$MIRROR"
 
 # The official image's interpreter paths.
