@@ -8,6 +8,7 @@
 # Both stages must start from the same image: the venv's interpreter is a symlink to the
 # base image's /usr/local/bin/python3.11. Pin it by digest for reproducible builds, e.g.
 #   --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest>
+# The Python packages are pinned by requirements.lock.txt (`make lock`).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
@@ -44,18 +45,6 @@ RUN /opt/venv/bin/pip install --no-deps --no-index --no-build-isolation . \
 
 FROM ${PYTHON_IMAGE}
 
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-ARG CREATED=unknown
-
-LABEL org.opencontainers.image.title="aws-iot-jobs-exporter" \
-      org.opencontainers.image.description="Prometheus exporter for AWS IoT Jobs: job status, execution counts, rollout, abort and scheduling configuration." \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.created="${CREATED}" \
-      org.opencontainers.image.documentation="docs/deployment.md"
-
 # A passwd entry for the numeric user, so that libraries asking for a home directory
 # (botocore's ~/.aws lookup) get an answer instead of an error. No home is created: the
 # container never writes to disk.
@@ -77,6 +66,20 @@ COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
+
+# Build arguments and labels last: a new CREATED or REVISION changes the layers after it,
+# and here nothing expensive follows.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+
+LABEL org.opencontainers.image.title="aws-iot-jobs-exporter" \
+      org.opencontainers.image.description="Prometheus exporter for AWS IoT Jobs: job status, execution counts, rollout, abort and scheduling configuration." \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.documentation="docs/deployment.md"
 
 # Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 65532:65532

@@ -5,6 +5,9 @@
 #
 #   sudo deploy/docker/make-base-image.sh [TAG]      (default: python:3.11-slim-bookworm)
 #
+# SUITE and MIRROR (environment) choose the Debian release and archive; EXTRA_CA_CERTS
+# adds CA certificates (see below).
+#
 # Needs root, debootstrap and a running Docker daemon. The result matches the official
 # image where the Dockerfile depends on it: python, python3 and python3.11 in
 # /usr/local/bin (the venv's interpreter links to it), a working `python -m venv` with
@@ -42,6 +45,17 @@ trap 'exit 130' INT TERM
 debootstrap --variant=minbase \
   --include=python3.11,python3.11-venv,python3-distutils,python3-lib2to3,python3-setuptools-whl,ca-certificates \
   "$SUITE" "$ROOTFS" "$MIRROR"
+
+# Behind a proxy that intercepts TLS with a CA of its own, pip inside the build cannot
+# reach PyPI unless the image trusts that CA too (Debian's pip reads the system store):
+#   EXTRA_CA_CERTS="/usr/local/share/ca-certificates/proxy.crt" make-base-image.sh
+# The official image has no such CA; without EXTRA_CA_CERTS nothing is added.
+if [ -n "${EXTRA_CA_CERTS:-}" ]; then
+  for cert in $EXTRA_CA_CERTS; do
+    cp "$cert" "$ROOTFS/usr/local/share/ca-certificates/$(basename "$cert" .crt).crt"
+  done
+  chroot "$ROOTFS" update-ca-certificates
+fi
 
 # The official image's interpreter paths.
 for name in python python3 python3.11; do
