@@ -472,6 +472,18 @@ def test_final_stage_compiles_the_standard_library_as_root() -> None:
     assert compiles[0] < user_at, "only root can write bytecode beside the standard library"
 
 
+def test_stand_in_base_image_script_makes_the_dockerfile_base_image() -> None:
+    # deploy/docker/make-base-image.sh builds the base image where Docker Hub is out of
+    # reach; it must tag what the Dockerfile builds from, or the build pulls anyway.
+    script = ROOT / "deploy" / "docker" / "make-base-image.sh"
+    assert os.access(script, os.X_OK), f"{script.name} is not executable"
+    result = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    default = re.search(r"^TAG=\$\{1:-([^}]+)\}$", script.read_text(), flags=re.M)
+    assert default, f"{script.name} has no default TAG"
+    assert default.group(1) == dockerfile()[0]["PYTHON_IMAGE"]
+
+
 # --- docker compose ----------------------------------------------------------------------
 
 
