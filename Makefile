@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit prometheus bench clean run
+.PHONY: demo test test-all lint typecheck unit prometheus bench clean run
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,13 +32,36 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The inner loop: everything but the tests marked slow (soak, Prometheus end to end,
+# deploy, processes, fault storms, the installed wheel).
 unit: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
+# Every test, slow ones included: what `make test` and CI run.
+test-all: $(STAMP)
 	$(BIN)/pytest -q
 
-test: $(STAMP) prometheus lint typecheck unit
+test: $(STAMP) prometheus lint typecheck test-all
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+# requirements.lock.txt: every runtime dependency and the build backend, pinned with
+# hashes, for the Docker image (pip install --require-hashes). `pip install .` stays
+# unpinned. uv runs from a throwaway venv; its version is pinned so the lock's format only
+# changes on purpose. The lock targets the image's Python and resolves for every platform.
+# The build backend comes in on stdin (pyproject's build-system.requires), so the image
+# builds the project without downloading an unpinned setuptools.
+UV_VERSION ?= 0.13.8
+.PHONY: lock
+lock:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PYTHON) -m venv "$$tmp/venv" && \
+	"$$tmp/venv/bin/pip" install --quiet "uv==$(UV_VERSION)" && \
+	$(PYTHON) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' | \
+	"$$tmp/venv/bin/uv" pip compile --quiet --no-config --universal --python-version 3.11 \
+	  --generate-hashes --custom-compile-command "make lock" \
+	  --output-file requirements.lock.txt pyproject.toml -

@@ -10,11 +10,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import collection, memory, scrape, sharding
+from bench import collection, events, memory, scrape, sharding
 from bench.common import SCALE_SCENARIO, fetch_describe_bodies, write_fixture
 from bench.report import Table
 
-SECTIONS = ("scrape", "collection", "memory", "sharding")
+SECTIONS = ("scrape", "collection", "memory", "sharding", "events")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,11 +37,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cycles", type=int, default=4, help="steady-state collection cycles")
     p.add_argument("--only", default=",".join(SECTIONS), help="sections, comma-separated")
     p.add_argument(
+        "--events-jobs", default="100,1000,10000", help="fleet sizes of the events section"
+    )
+    p.add_argument(
+        "--events-window", type=float, default=120.0, help="seconds measured per events run"
+    )
+    p.add_argument(
         "--quick", action="store_true", help="1,000 jobs, fewer scrapes and cycles (< 2 min)"
     )
     args = p.parse_args(argv)
     if args.quick:
         args.jobs, args.scrapes, args.baseline_scrapes, args.cycles = "1000", 30, 4, 3
+        args.events_jobs, args.events_window = "100,1000", 60.0
     args.job_counts = sorted(int(n) for n in args.jobs.split(","))
     args.sections = [s for s in args.only.split(",") if s]
     unknown = set(args.sections) - set(SECTIONS)
@@ -112,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         if "memory" in args.sections:
             stores = [memory.measure(fixtures[n]) for n in args.job_counts]
             tables = [memory.table(stores, [c.raw for c in collected])]
+            show(tables)
+            all_tables += tables
+
+        if "events" in args.sections:
+            sizes = sorted(int(n) for n in args.events_jobs.split(","))
+            tables = events.run(sizes, args.events_window)
             show(tables)
             all_tables += tables
 

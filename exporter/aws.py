@@ -14,26 +14,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiobotocore.config import AioConfig
 from aiobotocore.credentials import (
     AioAssumeRoleCredentialFetcher,
     AioDeferredRefreshableCredentials,
 )
+from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import (
-    BotoCoreError,
     ClientError,
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
+    ReadTimeoutError,
 )
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
-from botocore.parsers import ResponseParserError
+from botocore.parsers import DEFAULT_TIMESTAMP_PARSER, ResponseParserError
 
 from exporter.config import Collector, Target
 from exporter.events import Message, QueueError, message_from_sqs
+from exporter.logs import redact, summarise
 from exporter.metrics import SelfMetrics
 from exporter.model import JobSnapshot, MalformedJob, parse_describe_job, to_timestamp
 from exporter.otel import NOOP_TRACING, Tracing
@@ -97,35 +99,85 @@ def classify_error(code: str | None, status: int | None) -> str:
     return "error"
 
 
+# What botocore's parsers raise on a body they cannot read: `[]` where an object belongs,
+# "x" where an integer belongs, 1e309 as a date (RuntimeError), 100,000 nested `[`
+# (RecursionError), a count of 1e309 (OverflowError), bytes that are not UTF-8.
+_UNREADABLE = (
+    ResponseParserError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    ArithmeticError,
+    RecursionError,
+    RuntimeError,
+)
+
+
 def classify(exc: BaseException) -> str:
-    """The outcome class of an exception raised by a botocore call."""
+    """The outcome class of any exception raised by a botocore call."""
     if isinstance(exc, ApiError):
         return exc.outcome
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return classify_error(error.get("Code"), status)
-    if isinstance(exc, ResponseParserError):
-        return "malformed"
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return "denied"
     if isinstance(
         exc, BotoConnectionError | HTTPClientError | aiohttp.ClientError | OSError | TimeoutError
     ):
         return "network"
+    if isinstance(exc, _UNREADABLE):
+        return "malformed"
     return "error"
 
 
 def describe_exception(exc: BaseException) -> str:
-    """A log-safe one-line description: the error code and message, never request data."""
+    """A log-safe one-line description: the error code and message, never a body.
+
+    Library messages can quote what the server sent (botocore's parser errors quote the
+    whole body, credentials included), so every message is redacted to one short line.
+    """
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'Unknown')}: {error.get('Message', '')}".strip()
-    if isinstance(exc, BotoCoreError):
-        # botocore's own messages name profiles, endpoints and missing variables, never
-        # credential values.
-        return f"{type(exc).__name__}: {exc}"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        code, message = str(error.get("Code", "Unknown")), str(error.get("Message", ""))
+        return redact(f"{code}: {message}".strip())
+    return summarise(exc)
+
+
+def _lenient_timestamp(value: Any) -> Any:
+    """Epoch numbers as they are, and strings botocore cannot read as they are too.
+
+    botocore's own parser raises RuntimeError or OverflowError on 1e309 or 10**40 and a
+    bare ValueError on "yesterday"; passed through, model.py reads them and names the field.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    try:
+        return DEFAULT_TIMESTAMP_PARSER(value)
+    except Exception:
+        return value
+
+
+class _DeadlineSession(AIOHTTPSession):  # type: ignore[misc]
+    """aiobotocore's HTTP session with a total deadline per attempt: connect and whole body.
+
+    botocore's read timeout bounds each read, so a body dripping a byte a second never
+    trips it. Past the deadline the attempt fails as a read timeout, which botocore retries
+    and we count as `network`, like any other.
+    """
+
+    attempt_timeout = 30.0
+
+    async def send(self, request: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.attempt_timeout):
+                return await super().send(request)
+        except TimeoutError as exc:
+            # The session turns its own timeouts into botocore errors: this one is ours.
+            raise ReadTimeoutError(endpoint_url=request.url, error=exc) from None
 
 
 class TokenBucket:
@@ -210,6 +262,10 @@ class JobSource:
     async def __aenter__(self) -> JobSource:
         session = AioSession(profile=self.target.profile)
         self._session = session
+        # Per session, so per target: this client's parser and the STS client's.
+        session.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=_lenient_timestamp
+        )
         if self.target.role_arn:
             await self._assume_role(session)
         self.account_key = await self._account_key(session)
@@ -219,10 +275,11 @@ class JobSource:
             )
             for op in ("DescribeJob", "ListJobs")
         }
-        boto_config = BotoConfig(
+        boto_config = AioConfig(
             region_name=self.target.region,
             connect_timeout=self.settings.request_timeout,
             read_timeout=self.settings.request_timeout,
+            http_session_cls=self._http_session_cls(),
             # Adaptive mode is botocore's own AIMD: after a ThrottlingException it meters
             # the client's send rate down (CUBIC) and lets it recover. Our token buckets stay
             # the ceiling: AWS's published quota, which adaptive mode does not know.
@@ -269,10 +326,11 @@ class JobSource:
                 "sts",
                 region_name=target.region,
                 endpoint_url=target.sts_endpoint_url,
-                config=BotoConfig(
+                config=AioConfig(
                     connect_timeout=self.settings.request_timeout,
                     read_timeout=self.settings.request_timeout,
                     retries={"mode": "standard", "total_max_attempts": 2},
+                    http_session_cls=self._http_session_cls(),
                 ),
             ) as sts:
                 identity = await sts.get_caller_identity()
@@ -293,12 +351,14 @@ class JobSource:
         events = self.target.events
         if events is None or self._session is None:
             return None
-        boto_config = BotoConfig(
+        # A long poll holds the request for up to WAIT_SECONDS before answering.
+        long_poll = EventQueue.WAIT_SECONDS + self.settings.request_timeout
+        boto_config = AioConfig(
             region_name=self.target.region,
             connect_timeout=self.settings.request_timeout,
-            # A long poll holds the request for up to WAIT_SECONDS before answering.
-            read_timeout=EventQueue.WAIT_SECONDS + self.settings.request_timeout,
+            read_timeout=long_poll,
             retries={"mode": "standard", "total_max_attempts": self.settings.max_attempts},
+            http_session_cls=self._http_session_cls(max(long_poll, self.settings.attempt_timeout)),
             user_agent_extra="aws-iot-jobs-exporter",
         )
         client = await self._stack.enter_async_context(
@@ -311,6 +371,10 @@ class JobSource:
         )
         client.meta.events.register("needs-retry.sqs", self._count_failed_attempt)
         return EventQueue(self, client, events.sqs_queue_url)
+
+    def _http_session_cls(self, attempt_timeout: float | None = None) -> type[AIOHTTPSession]:
+        timeout = self.settings.attempt_timeout if attempt_timeout is None else attempt_timeout
+        return type("DeadlineSession", (_DeadlineSession,), {"attempt_timeout": timeout})
 
     async def _assume_role(self, session: AioSession) -> None:
         """Swap the session's credentials for the role's, refreshed by botocore before expiry."""
@@ -326,6 +390,11 @@ class JobSource:
             session.create_client,
             region_name=self.target.region,
             endpoint_url=self.target.sts_endpoint_url,
+            config=AioConfig(
+                connect_timeout=self.settings.request_timeout,
+                read_timeout=self.settings.request_timeout,
+                http_session_cls=self._http_session_cls(),
+            ),
         )
         fetcher = AioAssumeRoleCredentialFetcher(
             client_creator=client_creator,
@@ -374,8 +443,8 @@ class JobSource:
         # The span takes its outcome from the ApiError raised inside it.
         with self.tracing.api_span(self.target.name, operation, job_id):
             started = time.monotonic()
-            # botocore's timeouts bound each attempt; this bounds the whole call, backoff included.
-            deadline = self.settings.request_timeout * (self.settings.max_attempts + 1) + 30
+            # Each attempt has its deadline; this bounds the whole call, backoff included.
+            deadline = self.settings.attempt_timeout * (self.settings.max_attempts + 1) + 30
             # Whether the last attempt was counted by _count_failed_attempt. It was not when
             # the call failed before sending (credentials, AssumeRole), on a body botocore
             # could not parse, or at our deadline: then it is counted here.
@@ -386,16 +455,13 @@ class JobSource:
                     yield
             except ApiError:
                 raise
-            except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except Exception as exc:
+                # Whatever a call raises concerns this call only: classified, counted once,
+                # and described in one redacted line (never a body, never a traceback).
                 outcome = classify(exc)
                 if not flag[0]:
                     self._count(operation, outcome)
                 raise ApiError(outcome, operation, describe_exception(exc)) from None
-            except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
-                # botocore's parser trusts the body's shape: `[]` where an object belongs, or
-                # "x" where an integer belongs, surface as these. The response was unreadable.
-                self._count(operation, "malformed")
-                raise ApiError("malformed", operation, type(exc).__name__) from None
             finally:
                 _ATTEMPT_COUNTED.reset(token)
                 self.telemetry.api_duration.labels(self.target.name, operation).observe(
@@ -413,28 +479,35 @@ class JobSource:
                 snapshot = parse_describe_job(response, time.time())
             except MalformedJob as exc:
                 self._count("DescribeJob", "malformed")
-                raise ApiError("malformed", "DescribeJob", str(exc)) from None
+                raise ApiError("malformed", "DescribeJob", summarise(exc)) from None
             self._count("DescribeJob", "ok")
         return snapshot
 
     async def list_jobs(self, params: dict[str, str]) -> list[JobSummary]:
-        """Every job ListJobs returns for the filters, paged at the largest page size."""
+        """Every job ListJobs returns for the filters, paged at the largest page size.
+
+        A listing is all or nothing: an unreadable page, a paginator that never ends, or
+        more jobs than `discovery_max_jobs` fail it as `malformed`, so the caller keeps
+        what it knew instead of taking a partial or empty listing for the account's jobs.
+        """
         summaries: list[JobSummary] = []
         token: str | None = None
         seen_tokens: set[str] = set()
-        while True:
+        max_pages, max_jobs = self.settings.discovery_max_pages, self.settings.discovery_max_jobs
+        for _ in range(max_pages):
             kwargs: dict[str, Any] = dict(params, maxResults=LIST_JOBS_PAGE_SIZE)
             if token:
                 kwargs["nextToken"] = token
             async with self._call("ListJobs"):
                 page = await self._client.list_jobs(**kwargs)
-                jobs = page.get("jobs") if isinstance(page, dict) else None
-                token = page.get("nextToken") if isinstance(page, dict) else None
-                if not isinstance(jobs, list | None) or not isinstance(token, str | None):
+                problem, jobs, token = _read_page(page)
+                if problem is None and len(summaries) + len(jobs) > max_jobs:
+                    problem = f"response.jobs: more than discovery_max_jobs ({max_jobs}) jobs"
+                if problem is not None:
                     self._count("ListJobs", "malformed")
-                    raise ApiError("malformed", "ListJobs", "response.jobs: expected a list")
+                    raise ApiError("malformed", "ListJobs", problem)
                 self._count("ListJobs", "ok")
-            for item in jobs or []:
+            for item in jobs:
                 job_id = item.get("jobId") if isinstance(item, dict) else None
                 if not isinstance(job_id, str) or not job_id:
                     continue
@@ -450,6 +523,30 @@ class JobSource:
                 self._count("ListJobs", "malformed")
                 raise ApiError("malformed", "ListJobs", "response.nextToken: repeats a page")
             seen_tokens.add(token)
+        # Like a repeated token: the pages were fine, the listing is not; counted so the
+        # failure shows on the same series.
+        self._count("ListJobs", "malformed")
+        raise ApiError(
+            "malformed",
+            "ListJobs",
+            f"response.nextToken: still set after discovery_max_pages ({max_pages}) pages",
+        )
+
+
+def _read_page(page: Any) -> tuple[str | None, list[Any], str | None]:
+    """A ListJobs page's problem (or None), its jobs and its next token.
+
+    botocore turns a body that is not JSON into `{"message": <body>}`: a page without a
+    `jobs` list is unreadable, never an empty listing.
+    """
+    if not isinstance(page, dict):
+        return "response: expected an object", [], None
+    jobs, token = page.get("jobs"), page.get("nextToken")
+    if not isinstance(jobs, list):
+        return "response.jobs: expected a list", [], None
+    if not isinstance(token, str | None):
+        return "response.nextToken: expected a string", [], None
+    return None, jobs, token
 
 
 class EventQueue:

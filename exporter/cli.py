@@ -6,16 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -23,8 +21,9 @@ from exporter import __version__
 from exporter.collector import Collector, Shard
 from exporter.config import Config, ConfigError, Metrics, load_config
 from exporter.detached import run_detached
+from exporter.logs import LEVELS, setup_logging
 from exporter.metrics import FAMILIES, Family, SelfMetrics, family_name_problem, select_families
-from exporter.otel import OtelExporter, OtelUnavailable
+from exporter.otel import OtelExporter, OtelUnavailable, check_packages
 from exporter.reader import cut, parse_duration
 from exporter.server import DEFAULT_WRITE_TIMEOUT, build_app
 from exporter.store import MetricsStore
@@ -37,92 +36,9 @@ SHUTDOWN_DEADLINE = 4.0  # seconds: SIGTERM must end the process within 5
 _RELOAD_ERROR_MAX = 1000
 # Probes must work without credentials, as with exporter-toolkit's health endpoints.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
-
-
-_FIELD = re.compile(r" ([a-z_]+)=(%[-#0-9.]*[sdirfg])")
-_RESERVED_KEYS = frozenset({"ts", "level", "logger", "msg", "exc"})
-
-
-def event_fields(record: logging.LogRecord) -> tuple[str, list[tuple[str, str]]]:
-    """The event and its context as separate keys, for messages written `event key=%s ...`.
-
-    Call sites stay plain `logging` calls whose text reads well anywhere (pytest's caplog
-    included); the formatters lift the trailing `key=%s` pairs into fields of their own.
-    Any other message is the event whole.
-    """
-    fmt, args = record.msg, record.args
-    if not isinstance(fmt, str) or not isinstance(args, tuple):
-        return record.getMessage(), []
-    matches = list(_FIELD.finditer(fmt))
-    if not matches or len(matches) != len(args) or fmt.count("%") != len(matches):
-        return record.getMessage(), []
-    start = matches[0].start()
-    if fmt[start:] != "".join(m.group(0) for m in matches):
-        return record.getMessage(), []
-    if any(m.group(1) in _RESERVED_KEYS for m in matches):
-        return record.getMessage(), []
-    fields = [
-        # %r exists for readable quoting in the plain text; a field is quoted by the format.
-        (m.group(1), str(arg) if m.group(2) == "%r" else m.group(2) % (arg,))
-        for m, arg in zip(matches, args, strict=True)
-    ]
-    return fmt[:start], fields
-
-
-def _timestamp(record: logging.LogRecord) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + (
-        f".{int(record.msecs):03d}Z"
-    )
-
-
-class LogfmtFormatter(logging.Formatter):
-    """One logfmt line per event: time, level, logger, message, then the event's fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        event, fields = event_fields(record)
-        line = f"ts={_timestamp(record)} level={record.levelname.lower()} "
-        line += f"logger={record.name} msg={_logfmt_value(event)}"
-        for key, value in fields:
-            line += f" {key}={_logfmt_value(value)}"
-        if record.exc_info:
-            line += f" exc={_logfmt_value(self.formatException(record.exc_info))}"
-        return line
-
-
-def _logfmt_value(value: str) -> str:
-    if value and not any(c in value for c in ' "=\n\\'):
-        return value
-    return json.dumps(value)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per event, its fields as keys of their own."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        event, fields = event_fields(record)
-        entry: dict[str, Any] = {
-            "ts": _timestamp(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": event,
-        }
-        entry.update(fields)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # botocore and aiohttp are chatty at debug and can echo request details; keep them
-    # at warning unless asked for explicitly through their own loggers.
-    for noisy in ("botocore", "aiobotocore", "aiohttp.access", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+# The demo's exporter side ships in the package: pip unpacks a wheel into a directory, so
+# this is a real file, which a reload re-reads like any other.
+DEMO_CONFIG = str(resources.files("exporter") / "demo.yaml")
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:
@@ -180,9 +96,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, with_config: bool = True) ->
         default=f"{DEFAULT_WRITE_TIMEOUT:g}s",
         help="cut off a response whose client reads nothing for this long (default: %(default)s)",
     )
-    parser.add_argument(
-        "--log.level", dest="log_level", default="info", choices=("debug", "info", "warn", "error")
-    )
+    parser.add_argument("--log.level", dest="log_level", default="info", choices=LEVELS)
     parser.add_argument(
         "--log.format", dest="log_format", default="logfmt", choices=("logfmt", "json")
     )
@@ -378,7 +292,7 @@ async def _serve_until_signalled(
             config.otel, store, lambda: {t.name: t for t in collector.config.targets}
         )
     except OtelUnavailable as exc:
-        return _fail(str(exc))
+        return _fail(f"{args.config_file}: {exc}")
     if config.otel.enabled:
         telemetry.registry.register(otel)
     collector = Collector(config, store, telemetry, shard, tracing=otel.tracing)
@@ -407,6 +321,7 @@ async def _serve_until_signalled(
         reload=reloader.reload if args.enable_lifecycle else None,
         max_requests=args.max_requests,
         write_timeout=parse_duration(args.write_timeout) or DEFAULT_WRITE_TIMEOUT,
+        status=collector.status,
     )
     if web_config is not None:
         web_config.install(app, OPEN_PATHS)
@@ -506,14 +421,27 @@ def run(argv: list[str]) -> int:
 
 
 def check_config(argv: list[str]) -> int:
+    """Exit 0 valid, 2 invalid; with --probe, 1 when a target's AWS calls fail."""
     parser = argparse.ArgumentParser(
-        prog="aws-iot-jobs-exporter check-config", description="Validate a configuration file."
+        prog="aws-iot-jobs-exporter check-config",
+        description="Validate a configuration file, and the packages it needs. With --probe, "
+        "also call AWS once per target with the exporter's credentials.",
     )
     parser.add_argument("--config.file", dest="config_file", default="config.yaml")
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="per target: resolve credentials (and the role), GetCallerIdentity, ListJobs "
+        "(one job) and DescribeJob (one job); exit 1 if any target fails",
+    )
     args = parser.parse_args(argv)
     config = _load(args.config_file)
     if isinstance(config, int):
         return config
+    try:
+        check_packages(config.otel)
+    except OtelUnavailable as exc:
+        return _fail(f"{args.config_file}: {exc}")
     jobs = sum(len(t.jobs.ids) for t in config.targets)
     discovering = sum(1 for t in config.targets if t.jobs.discover is not None)
     print(
@@ -521,7 +449,16 @@ def check_config(argv: list[str]) -> int:
         f"{discovering} target(s) with discovery, "
         f"{len(families_of(config))} of {len(FAMILIES)} job metric families"
     )
-    return 0
+    if not args.probe:
+        return 0
+    from exporter.probe import probe
+
+    results = asyncio.run(probe(config))
+    for result in results:
+        print(result.line())
+    failed = sum(1 for r in results if not r.ok)
+    print(f"probe: {len(results) - failed} of {len(results)} target(s) OK")
+    return 1 if failed else 0
 
 
 def demo(argv: list[str]) -> int:
@@ -531,11 +468,11 @@ def demo(argv: list[str]) -> int:
         description="Run the exporter against a local simulated AWS IoT Jobs fleet.",
     )
     _add_run_flags(parser, with_config=False)
-    parser.add_argument("--config.file", dest="config_file", default=str(REPO_CONFIG / "demo.yaml"))
+    parser.add_argument("--config.file", dest="config_file", default=DEMO_CONFIG)
     parser.add_argument(
         "--scenario",
-        default=str(REPO_CONFIG / "simulator" / "demo.yaml"),
-        help="simulator scenario",
+        default="demo",
+        help="simulator scenario: a file, or a bundled name (abort, demo, scale)",
     )
     parser.add_argument("--simulator.listen-address", dest="sim_address", default="127.0.0.1:0")
     parser.add_argument("--speed", type=float, default=None, help="simulated minutes per second")
@@ -547,8 +484,10 @@ def demo(argv: list[str]) -> int:
     metrics = _metrics_flags(args)
     if isinstance(metrics, int):
         return metrics
-    if not Path(args.scenario).is_file():
-        return _fail(f"{args.scenario}: scenario file not found")
+    from exporter.simulator.scenario import bundled_scenario
+
+    if not Path(args.scenario).is_file() and bundled_scenario(args.scenario) is None:
+        return _fail(f"{args.scenario}: no such scenario file, nor a bundled scenario")
     problem = _check_web_flags(args)
     if problem:
         return _fail(problem)

@@ -10,20 +10,98 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from exporter.aws import ApiError, Budgets, JobSource, JobSummary, describe_exception
+from exporter.aws import ApiError, Budgets, JobSource, JobSummary, classify, describe_exception
 from exporter.config import Collector as CollectorSettings
 from exporter.config import Config, Target
 from exporter.events import EventConsumer, EventSettings, Queue, ReasonCounts
-from exporter.metrics import EXECUTION_EVENTS_FAMILY, SelfMetrics, selects
+from exporter.metrics import EXECUTION_EVENTS_FAMILY, TRACKED_STATES, SelfMetrics, selects
 from exporter.model import TERMINAL_STATUSES, JobSnapshot
 from exporter.otel import NOOP_TRACING, Tracing
 from exporter.store import MetricsStore
 
 log = logging.getLogger(__name__)
+
+# The status page counts API calls over this window ("the last minutes").
+STATUS_WINDOW = 300.0
+# A job that is still described every cycle is stale once its data is older than this
+# many intervals: one late cycle is normal, two mean describes are failing or stretched.
+STALE_INTERVALS = 2
+# Stale jobs listed per target on the status page; the count says how many there are.
+STATUS_STALE_LISTED = 50
+_MESSAGE_LIMIT = 300
+# Parts of AWS error messages that echo the request: SignatureDoesNotMatch quotes the
+# canonical request, whose signed headers include the session token.
+_ECHOES = re.compile(r"(canonical string|string-to-sign|stringtosign)", re.IGNORECASE)
+_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
+# Secret keys (40 characters) and session tokens are base64; job ids and ARNs have
+# hyphens, underscores or colons that break them into shorter runs.
+_TOKEN = re.compile(r"[A-Za-z0-9+/=]{40,}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def sanitise(message: str) -> str:
+    """An error message fit for the status page: no request echo, key ids or tokens."""
+    echo = _ECHOES.search(message)
+    if echo:
+        message = message[: echo.start()].rstrip() + " [request details removed]"
+    message = _KEY_ID.sub("[key id]", message)
+    message = _TOKEN.sub("[redacted]", message)
+    message = _CONTROL.sub(" ", message).strip()
+    if len(message) > _MESSAGE_LIMIT:
+        message = message[: _MESSAGE_LIMIT - 1] + "…"
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class LastError:
+    """The most recent failed call of a target: its class and a sanitised message."""
+
+    at: float
+    outcome: str
+    operation: str
+    message: str
+    job_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StaleJob:
+    job_id: str
+    age_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class TargetStatus:
+    """What the status page shows of one target, read at one instant."""
+
+    name: str
+    region: str
+    discovery: bool
+    ready: bool
+    collection_success: bool | None
+    last_discovery_success: float | None
+    last_collection_success: float | None
+    last_error: LastError | None
+    api_window_seconds: float
+    api_calls: int
+    api_throttled: int
+    api_failed: int
+    jobs_by_state: tuple[tuple[str, int], ...]
+    jobs_by_status: tuple[tuple[str, int], ...]
+    stale_after_seconds: float
+    stale_total: int
+    stale_jobs: tuple[StaleJob, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    generated_at: float
+    ready: bool
+    targets: tuple[TargetStatus, ...]
 
 
 class Source(Protocol):
@@ -119,10 +197,33 @@ class TargetCollector:
         self._event_driven = False
         events = target.events
         self.reasons = ReasonCounts(events.max_reasons_per_job if events else 10)
+        # Calls outlive the cycle that started them when they are slow: a slow call must
+        # not hold the target's other jobs. Their results count in the cycle they end in.
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._discovery: asyncio.Task[None] | None = None
+        self._cycle = _Cycle()
+        self._tracked_at = 0.0
         for job_id in target.jobs.ids:
             if shard.owns(target, job_id):
                 self._jobs[job_id] = _Tracked(explicit=True)
         telemetry.init_target(target.name)
+        if target.jobs.discover is None:
+            # No ListJobs, so no discovery to date: a series at 0 would read as a
+            # discovery that never succeeded and page for a target that cannot have one.
+            with contextlib.suppress(KeyError):
+                telemetry.discovery_last_success.remove(target.name)
+        # Ready once AWS answered: a discovery, or for explicit ids only, a describe.
+        self.primed = False
+        # Whether the last discovery failed: the target counts as failing until one
+        # succeeds, however many describe-only cycles run in between.
+        self._discovery_failed = False
+        self._last_success: bool | None = None
+        self._last_discovery: float | None = None
+        self._last_collection: float | None = None
+        self.last_error: LastError | None = None
+        # (time, attempts, throttled, failed) of this target's API counters, one per cycle.
+        self._calls: deque[tuple[float, int, int, int]] = deque()
+        self._sample_calls()
 
     def inherit(self, previous: TargetCollector) -> None:
         """Take over what a collector of the same target knew, so a reload loses nothing."""
@@ -137,6 +238,13 @@ class TargetCollector:
             self.reasons = previous.reasons
         self._next_discovery = previous._next_discovery
         self.cycles = previous.cycles
+        self.primed = previous.primed
+        self._discovery_failed = previous._discovery_failed
+        self._last_success = previous._last_success
+        self._last_discovery = previous._last_discovery
+        self._last_collection = previous._last_collection
+        self.last_error = previous.last_error
+        self._calls = previous._calls
 
     @property
     def jobs(self) -> dict[str, JobSnapshot | None]:
@@ -200,37 +308,42 @@ class TargetCollector:
         """Describes the jobs events marked, oldest mark first, inside the same budget."""
         settings = self.target.events
         spacing = settings.min_describe_interval if settings else 0.0
-        cycle = _Cycle()
-        async with asyncio.TaskGroup() as group:
-            while True:
-                if not self._dirty_heap:
-                    self._dirty_wakeup.clear()
-                    await self._dirty_wakeup.wait()
-                    continue
-                due, marked, job_id = self._dirty_heap[0]
-                if self._dirty.get(job_id) != marked:
-                    heapq.heappop(self._dirty_heap)  # described meanwhile
-                    continue
-                delay = due - time.monotonic()
-                if delay > 0:
-                    # A newer, earlier-due mark wakes this wait up.
-                    self._dirty_wakeup.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(delay):
-                            await self._dirty_wakeup.wait()
-                    continue
-                heapq.heappop(self._dirty_heap)
-                del self._dirty[job_id]
-                if job_id not in self._jobs:
-                    continue
-                self._event_described[job_id] = time.monotonic()
-                self.telemetry.events_describes.labels(self.target.name).inc()
-                await self._spawn(group, job_id, cycle)
-                if len(self._event_described) > 2 * len(self._jobs) + 1000:
-                    horizon = time.monotonic() - spacing
-                    self._event_described = {
-                        j: t for j, t in self._event_described.items() if t > horizon
-                    }
+        while True:
+            if not self._dirty_heap:
+                self._dirty_wakeup.clear()
+                await self._dirty_wakeup.wait()
+                continue
+            due, marked, job_id = self._dirty_heap[0]
+            if self._dirty.get(job_id) != marked:
+                heapq.heappop(self._dirty_heap)  # described meanwhile
+                continue
+            now = time.monotonic()
+            if job_id in self._in_flight and due <= now:
+                # Being described: what that call reads may predate the event, so the job
+                # is described again once it ends, keeping its place by mark time.
+                heapq.heapreplace(self._dirty_heap, (now + 0.25, marked, job_id))
+                continue
+            delay = due - now
+            if delay > 0:
+                # A newer, earlier-due mark wakes this wait up.
+                self._dirty_wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._dirty_wakeup.wait()
+                continue
+            heapq.heappop(self._dirty_heap)
+            del self._dirty[job_id]
+            if job_id not in self._jobs:
+                continue
+            self._event_described[job_id] = time.monotonic()
+            self.telemetry.events_describes.labels(self.target.name).inc()
+            # Tracked in _in_flight like the cycle's calls, and closed with them.
+            await self._spawn(job_id, [])
+            if len(self._event_described) > 2 * len(self._jobs) + 1000:
+                horizon = time.monotonic() - spacing
+                self._event_described = {
+                    j: t for j, t in self._event_described.items() if t > horizon
+                }
 
     async def run_events(self, queue: Queue) -> None:
         """The target's event consumer and the describes it causes, until cancelled."""
@@ -285,26 +398,39 @@ class TargetCollector:
             return False
         return now - ended_at > self.settings.terminal_job_retention
 
-    async def discover(self, cycle: _Cycle) -> None:
-        """Add the jobs ListJobs finds; jobs leave only by NotFound or retention."""
+    def record_error(
+        self, outcome: str, operation: str, message: str, job_id: str | None = None
+    ) -> None:
+        self.last_error = LastError(self.clock(), outcome, operation, sanitise(message), job_id)
+
+    async def discover(self, cycle: _Cycle) -> bool:
+        """Add the jobs ListJobs finds; jobs leave only by NotFound or retention.
+
+        False when ListJobs failed: the target then stays failed until a discovery succeeds.
+        """
         discover = self.target.jobs.discover
         now = self.clock()
         for job_id in self._missing:
             self._jobs.setdefault(job_id, _Tracked(explicit=True))
         self._missing.clear()
         if discover is None:
-            return
+            return True
         try:
             summaries = await self.source.list_jobs(discover.list_jobs_params())
         except ApiError as exc:
             cycle.failures += 1
+            self._discovery_failed = True
+            self.record_error(exc.outcome, exc.operation, exc.detail)
             log.warning(
                 "discovery failed target=%s outcome=%s error=%r",
                 self.target.name,
                 exc.outcome,
                 exc.detail,
             )
-            return
+            return False
+        self._discovery_failed = False
+        self.primed = True
+        self._last_discovery = now
         listed = {s.job_id for s in summaries}
         # Forget expired jobs AWS no longer lists, so months of finished jobs do not pile up.
         self._expired &= listed | set(self.target.jobs.ids)
@@ -332,23 +458,50 @@ class TargetCollector:
         self.telemetry.discovery_last_success.labels(self.target.name).set(now)
         if added:
             log.info("discovered jobs target=%s added=%d", self.target.name, added)
+            # Queued jobs show as pending now, not at the end of a long first cycle.
+            self._update_tracked()
+        return True
 
-    async def _spawn(self, group: asyncio.TaskGroup, job_id: str, cycle: _Cycle) -> None:
+    async def _discover(self) -> None:
+        # A discovery may end in a later cycle than it began: it counts in that one.
+        outcome = _Cycle()
+        try:
+            listed = await self.discover(outcome)
+        except Exception as exc:
+            # A bug must cost one discovery, not the target's describes.
+            log.exception("discovery crashed target=%s", self.target.name)
+            self.record_error("error", "ListJobs", type(exc).__name__)
+            self._discovery_failed = True
+            outcome.failures += 1
+            listed = False
+        if not listed:
+            # A failed discovery is tried again next cycle rather than a discovery interval
+            # later, so a target recovers as soon as ListJobs works again.
+            self._next_discovery = self.clock()
+        self._cycle.failures += outcome.failures
+
+    async def _spawn(self, job_id: str, tasks: list[asyncio.Task[None]]) -> None:
         # Taking the slot before creating the task keeps at most `concurrency` tasks alive,
         # however many jobs are due: 10,000 sleeping tasks would cost more than the jobs.
+        if job_id in self._in_flight:
+            return
         await self._semaphore.acquire()
-        group.create_task(self._describe(job_id, cycle))
+        task = asyncio.create_task(self._describe(job_id))
+        self._in_flight[job_id] = task
+        task.add_done_callback(lambda _: self._in_flight.pop(job_id, None))
+        tasks.append(task)
 
-    async def _describe(self, job_id: str, cycle: _Cycle) -> None:
+    async def _describe(self, job_id: str) -> None:
         try:
             snapshot = await self.source.describe_job(job_id)
-            self._update(job_id, snapshot, cycle)
+            self._update(job_id, snapshot, self._cycle)
         except ApiError as exc:
-            self._describe_failed(job_id, exc, cycle)
-        except Exception:
+            self._describe_failed(job_id, exc, self._cycle)
+        except Exception as exc:
             # A bug must cost one job one cycle, not the whole cycle of the target.
             log.exception("describe crashed target=%s job_id=%s", self.target.name, job_id)
-            cycle.failures += 1
+            self.record_error("error", "DescribeJob", type(exc).__name__, job_id)
+            self._cycle.failures += 1
         finally:
             self._semaphore.release()
 
@@ -357,6 +510,9 @@ class TargetCollector:
         if tracked is None:
             return
         cycle.described += 1
+        if time.monotonic() - self._tracked_at >= 1.0:
+            self._update_tracked()
+        self._answered()
         snapshot = snapshot.with_observed_rate(tracked.snapshot)
         if self._expired_at(snapshot.status, snapshot.ended_at, self.clock()):
             self._drop(job_id)
@@ -368,6 +524,8 @@ class TargetCollector:
     def _describe_failed(self, job_id: str, exc: ApiError, cycle: _Cycle) -> None:
         tracked = self._jobs.get(job_id)
         if exc.outcome == "not_found":
+            # AWS answered, so the credentials work: a wrong id is not an unready target.
+            self._answered()
             if tracked is not None and tracked.explicit:
                 self._missing.add(job_id)
                 log.warning("job not found target=%s job_id=%s", self.target.name, job_id)
@@ -375,6 +533,7 @@ class TargetCollector:
             self._drop(job_id)
             return
         cycle.failures += 1
+        self.record_error(exc.outcome, exc.operation, exc.detail, job_id)
         # The last good snapshot stays exported; its last_success timestamp shows the age.
         log.warning(
             "describe failed target=%s job_id=%s outcome=%s error=%r",
@@ -383,6 +542,10 @@ class TargetCollector:
             exc.outcome,
             exc.detail,
         )
+
+    def _answered(self) -> None:
+        if self.target.jobs.discover is None:
+            self.primed = True
 
     def _drop(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
@@ -415,16 +578,17 @@ class TargetCollector:
         the quota cannot fit every active job in one interval.
         """
         started = time.monotonic()
-        cycle = _Cycle()
-        if self.clock() >= self._next_discovery:
-            await self.discover(cycle)
+        cycle = self._cycle
+        first_cycle = spread <= 0
+        tasks: list[asyncio.Task[None]] = []
+        # Discovery runs beside the describes: a long or slow listing never stops the
+        # known jobs from being described. One at a time; a slow one carries over.
+        if self._discovery is None and self.clock() >= self._next_discovery:
+            self._discovery = asyncio.create_task(self._discover())
             self._next_discovery = self.clock() + self.settings.discovery_interval
-        pending = [
-            job_id
-            for job_id, t in self._jobs.items()
-            if t.snapshot is None or job_id in self._recheck
-        ]
-        self._recheck.clear()
+            await asyncio.sleep(0)  # let it queue the explicit ids it re-adds first
+        discovery = self._discovery
+        pending = self._pending()
         known = [
             job_id
             for job_id, t in self._jobs.items()
@@ -443,23 +607,48 @@ class TargetCollector:
             ]
         self._check_budget(len(pending) + len(known))
         spacing = spread / len(known) if spread > 0 and known else 0.0
-        async with asyncio.TaskGroup() as group:
-            for job_id in pending:
-                await self._spawn(group, job_id, cycle)
-            first = time.monotonic()
-            for i, job_id in enumerate(known):
-                delay = first + i * spacing - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await self._spawn(group, job_id, cycle)
+        for job_id in pending:
+            await self._spawn(job_id, tasks)
+        first = time.monotonic()
+        for i, job_id in enumerate(known):
+            delay = first + i * spacing - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._spawn(job_id, tasks)
+        if discovery is not None:
+            # The first cycle waits for discovery: readiness means every job was seen once.
+            hold = None if first_cycle else self._hold(started)
+            await asyncio.wait([discovery], timeout=hold)
+            if discovery.done():
+                self._discovery = None
+                for job_id in self._pending():
+                    await self._spawn(job_id, tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=None if first_cycle else self._hold(started))
+        # A call still running, started by this cycle or an earlier one, is a job this
+        # cycle could not refresh: not a success, or the gauge would flap while it is slow.
+        carried = len(self._in_flight)
+        if carried:
+            cycle.failures += carried
+            log.debug("calls carried over target=%s calls=%d", self.target.name, carried)
+        self._cycle = _Cycle()
         self._expire_frozen()
         self.cycles += 1
         name = self.target.name
         self.telemetry.collection_duration.labels(name).set(time.monotonic() - started)
-        self.telemetry.collection_success.labels(name).set(0 if cycle.failures else 1)
-        if not cycle.failures:
-            self.telemetry.last_collection_success.labels(name).set(self.clock())
+        # A cycle without discovery cannot show that ListJobs works again: until a
+        # discovery succeeds, the target stays failed instead of flapping back to 1.
+        success = not cycle.failures and not self._discovery_failed
+        self._last_success = success
+        self.telemetry.collection_success.labels(name).set(1 if success else 0)
+        if success:
+            self._last_collection = self.clock()
+            self.telemetry.last_collection_success.labels(name).set(self._last_collection)
+        if self.target.jobs.discover is None and not self._jobs:
+            # Nothing of this target is this shard's to describe: nothing to wait for.
+            self.primed = True
         self._update_tracked()
+        self._sample_calls()
         log.debug(
             "cycle done target=%s described=%d failures=%d dropped=%d",
             name,
@@ -472,6 +661,34 @@ class TargetCollector:
     def _fetched_at(self, job_id: str) -> float:
         snapshot = self._jobs[job_id].snapshot
         return snapshot.fetched_at if snapshot is not None else 0.0
+
+    def _pending(self) -> list[str]:
+        """Jobs never described, and frozen jobs discovery wants described once more."""
+        pending = [
+            job_id
+            for job_id, t in self._jobs.items()
+            if t.snapshot is None or job_id in self._recheck
+        ]
+        self._recheck.clear()
+        return pending
+
+    def _hold(self, started: float) -> float:
+        """How long a cycle waits for its calls: to the end of its interval, and at least
+        `request_timeout` for the calls it started last; a slower call ends in a later cycle."""
+        return max(
+            started + self.settings.interval - time.monotonic(), self.settings.request_timeout
+        )
+
+    async def close(self) -> None:
+        """Cancel the calls and the discovery still running, and wait for them."""
+        tasks = list(self._in_flight.values())
+        if self._discovery is not None:
+            tasks.append(self._discovery)
+            self._discovery = None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     def _check_budget(self, calls: int) -> None:
         """Says, once per change, when the quota cannot describe every due job per interval."""
@@ -493,7 +710,81 @@ class TargetCollector:
             else:
                 log.info("collection fits its interval again target=%s", self.target.name)
 
+    def _api_totals(self) -> tuple[int, int, int]:
+        """This target's attempts so far: all, throttled, and failed (anything but ok)."""
+        total = throttled = failed = 0
+        for family in self.telemetry.api_requests.collect():
+            for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                if sample.labels.get("target") != self.target.name:
+                    continue
+                count = int(sample.value)
+                total += count
+                outcome = sample.labels.get("outcome")
+                if outcome == "throttled":
+                    throttled += count
+                if outcome != "ok":
+                    failed += count
+        return total, throttled, failed
+
+    def _sample_calls(self) -> None:
+        now = self.clock()
+        self._calls.append((now, *self._api_totals()))
+        # Keep one sample older than the window, the baseline of its difference.
+        while len(self._calls) > 2 and self._calls[1][0] <= now - STATUS_WINDOW:
+            self._calls.popleft()
+
+    def status(self) -> TargetStatus:
+        """The target as the status page shows it, computed now from what the poller knows."""
+        now = self.clock()
+        total, throttled, failed = self._api_totals()
+        # The newest sample at least a window old, else the oldest: the window shown is
+        # the time since that sample, a little over STATUS_WINDOW once the target ran.
+        old = [c for c in self._calls if c[0] <= now - STATUS_WINDOW]
+        base = old[-1] if old else (self._calls[0] if self._calls else None)
+        if base is None or base[1] > total:
+            # No sample in the window yet, or counters that started again (a removed and
+            # re-added target): count from now rather than show a negative number.
+            base = (now, total, throttled, failed)
+        states = dict.fromkeys(TRACKED_STATES, 0)
+        statuses: dict[str, int] = {}
+        stale_after = STALE_INTERVALS * self.settings.interval
+        stale: list[StaleJob] = []
+        for job_id, tracked in self._jobs.items():
+            snap = tracked.snapshot
+            if snap is None:
+                states["pending"] += 1
+                continue
+            states["frozen" if snap.frozen else "active"] += 1
+            status = snap.status or "UNKNOWN"
+            statuses[status] = statuses.get(status, 0) + 1
+            age = now - snap.fetched_at
+            if not snap.frozen and age > stale_after:
+                stale.append(StaleJob(job_id, age))
+        stale.sort(key=lambda j: (-j.age_seconds, j.job_id))
+        return TargetStatus(
+            name=self.target.name,
+            region=self.target.region,
+            discovery=self.target.jobs.discover is not None,
+            ready=self.primed,
+            collection_success=self._last_success,
+            last_discovery_success=self._last_discovery,
+            last_collection_success=self._last_collection,
+            last_error=self.last_error,
+            api_window_seconds=now - base[0],
+            api_calls=total - base[1],
+            api_throttled=throttled - base[2],
+            api_failed=failed - base[3],
+            jobs_by_state=tuple(states.items()),
+            jobs_by_status=tuple(sorted(statuses.items())),
+            stale_after_seconds=stale_after,
+            stale_total=len(stale),
+            stale_jobs=tuple(stale[:STATUS_STALE_LISTED]),
+        )
+
     def _update_tracked(self) -> None:
+        self._tracked_at = time.monotonic()
         counts = {"active": 0, "frozen": 0, "pending": 0}
         for tracked in self._jobs.values():
             snap = tracked.snapshot
@@ -505,17 +796,21 @@ class TargetCollector:
 
     async def run(self) -> None:
         """Cycles forever, one every interval; a failing cycle never ends the loop."""
-        while True:
-            started = time.monotonic()
-            try:
-                # The first cycle describes everything at once so /readyz comes quickly.
-                await self.collect_once(spread=self.settings.interval if self.cycles else 0.0)
-            except Exception:
-                # Unexpected bugs must not stop collection: the cycle is retried next interval.
-                log.exception("collection cycle crashed target=%s", self.target.name)
-                self.telemetry.collection_success.labels(self.target.name).set(0)
-            elapsed = time.monotonic() - started
-            await asyncio.sleep(max(0.0, self.settings.interval - elapsed))
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    # The first cycle describes everything at once so /readyz comes quickly.
+                    await self.collect_once(spread=self.settings.interval if self.cycles else 0.0)
+                except Exception:
+                    # Unexpected bugs must not stop collection: retried next interval.
+                    log.exception("collection cycle crashed target=%s", self.target.name)
+                    self.telemetry.collection_success.labels(self.target.name).set(0)
+                    self._last_success = False
+                elapsed = time.monotonic() - started
+                await asyncio.sleep(max(0.0, self.settings.interval - elapsed))
+        finally:
+            await self.close()
 
 
 @dataclass(slots=True)
@@ -569,15 +864,25 @@ class Collector:
 
     @property
     def ready(self) -> bool:
-        """Every target has finished its first cycle, successful or not.
+        """Every target has finished a cycle and has had one successful ListJobs discovery,
+        or, for a target with explicit job ids only, one DescribeJob that AWS answered (the
+        job, or not found).
 
-        Once ready, always ready: a target added by a reload must not take a serving
-        replica out of its Service while that target's first cycle runs.
+        A target whose every call is denied keeps the replica unready. Once ready, always
+        ready: a target added by a reload must not take a serving replica out of its
+        Service while that target's first cycle runs.
         """
         if not self._ready:
             running = self._running.values()
-            self._ready = bool(running) and all(r.collector.cycles > 0 for r in running)
+            self._ready = bool(running) and all(
+                r.collector.primed and r.collector.cycles > 0 for r in running
+            )
         return self._ready
+
+    def status(self) -> Status:
+        """Every target's status at this instant, for the status page."""
+        targets = tuple(r.collector.status() for _, r in sorted(self._running.items()))
+        return Status(generated_at=time.time(), ready=self.ready, targets=targets)
 
     async def start(self) -> None:
         await self.apply(self.config)
@@ -647,6 +952,7 @@ class Collector:
                     describe_exception(exc),
                 )
                 self.telemetry.collection_success.labels(target.name).set(0)
+                collector.record_error(classify(exc), "CreateClient", describe_exception(exc))
                 collector.cycles += 1
             finally:
                 collector.source = _NotConnected()

@@ -149,6 +149,10 @@ class Collector:
     # Half of AWS's default quota (10/s per account and region): the rest is left to
     # the customer's own tools, which share the quota (docs/events.md has the arithmetic).
     requests_per_second: float = 5.0
+    # Bounds on what a hostile or broken endpoint can make us do (docs/security.md).
+    attempt_timeout: float = 30.0
+    discovery_max_pages: int = 1000
+    discovery_max_jobs: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +207,9 @@ def _read_collector(r: Reader, value: Any) -> Collector:
         "terminal_job_retention": r.duration,
         "max_attempts": lambda v, p: r.integer(v, p, 1, 10),
         "requests_per_second": lambda v, p: r.number(v, p, 0.1),
+        "attempt_timeout": r.duration,
+        "discovery_max_pages": lambda v, p: r.integer(v, p, 1, 1_000_000),
+        "discovery_max_jobs": lambda v, p: r.integer(v, p, 1, 100_000_000),
     }
     return Collector(**_read_section(r, value, "collector", readers))
 

@@ -44,7 +44,7 @@ SCOPE = "aws-iot-jobs-exporter"
 MAX_POINTS_PER_REQUEST = 5_000
 _MISSING_SDK = (
     "otel.enabled: true needs the opentelemetry-sdk and opentelemetry-exporter-otlp-proto-http "
-    "packages: pip install 'aws-iot-jobs-exporter[otel]'"
+    "packages: pip install '.[otel]' in a clone of the repository (no release is published)"
 )
 _MISSING_GRPC = (
     "otel.protocol: grpc needs the opentelemetry-exporter-otlp-proto-grpc package: "
@@ -211,6 +211,15 @@ def _require_sdk(config: Otel) -> None:
         modules.append("opentelemetry.exporter.otlp.proto.http.metric_exporter")
     for module in modules:
         _import(module, _MISSING_SDK)
+
+
+def check_packages(config: Otel) -> None:
+    """Raises OtelUnavailable when the config needs a package that is not installed."""
+    if not config.enabled:
+        return
+    _require_sdk(config)
+    if config.protocol == "grpc":
+        _import("opentelemetry.exporter.otlp.proto.grpc.metric_exporter", _MISSING_GRPC)
 
 
 def build_resource(config: Otel) -> Resource:

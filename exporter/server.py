@@ -1,4 +1,4 @@
-"""aiohttp server: /metrics from the store (never AWS), /healthz, /readyz and a landing page."""
+"""aiohttp server: /metrics from the store (never AWS), probes, /status and a landing page."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import gzip
 import html
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -16,7 +17,11 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from exporter import __version__
 from exporter.metrics import SelfMetrics
 from exporter.reader import cut
+from exporter.status import JSON_TYPE, render_html, render_json, wants_json
 from exporter.store import MetricsStore, Segment
+
+if TYPE_CHECKING:
+    from exporter.collector import Status
 
 log = logging.getLogger("exporter.server")
 
@@ -146,12 +151,13 @@ def wants_gzip(accept_encoding: str) -> bool:
     return q.get("gzip", q.get("*", 0.0)) > 0
 
 
-def _landing(telemetry_path: str) -> bytes:
+def _landing(telemetry_path: str, status: bool = False) -> bytes:
     path = html.escape(telemetry_path)
+    status_link = '<li><a href="/status">Status</a></li>' if status else ""
     return f"""<!DOCTYPE html>
 <html><head><title>AWS IoT Jobs Exporter</title></head>
 <body><h1>AWS IoT Jobs Exporter</h1><p>Version {html.escape(__version__)}</p>
-<ul><li><a href="{path}">Metrics</a></li><li><a href="/healthz">Health</a></li>
+<ul><li><a href="{path}">Metrics</a></li>{status_link}<li><a href="/healthz">Health</a></li>
 <li><a href="/readyz">Readiness</a></li></ul></body></html>
 """.encode()
 
@@ -284,13 +290,15 @@ def build_app(
     reload: Reload | None = None,
     max_requests: int = 64,
     write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+    status: Callable[[], Status] | None = None,
 ) -> web.Application:
-    """The exporter's routes. `reload` enables POST /-/reload (--web.enable-lifecycle)."""
+    """The exporter's routes. `reload` enables POST /-/reload (--web.enable-lifecycle);
+    `status` serves /status (HTML, or JSON with `Accept: application/json`)."""
     app = web.Application(
         client_max_size=MAX_REQUEST_BODY,
         middlewares=[limit_in_flight(max_requests, PROBE_PATHS, write_timeout)],
     )
-    landing = _landing(telemetry_path)
+    landing = _landing(telemetry_path, status is not None and telemetry_path != "/status")
 
     async def index(request: web.Request) -> web.Response:
         return web.Response(body=landing, content_type="text/html", charset="utf-8")
@@ -308,6 +316,24 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     if telemetry_path != "/":
         app.router.add_get("/", index)
+    if status is not None and telemetry_path != "/status":
+        snapshot = status
+
+        async def status_page(request: web.Request) -> web.Response:
+            headers = {"Vary": "Accept", "Cache-Control": "no-store"}
+            if wants_json(request.headers.get("Accept", "")):
+                body, content_type = render_json(snapshot()), JSON_TYPE
+            else:
+                body, content_type = render_html(snapshot(), telemetry_path), "text/html"
+                # The page has no script; should escaping ever miss, none may run.
+                headers["Content-Security-Policy"] = (
+                    "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+                )
+            return web.Response(
+                body=body, content_type=content_type, charset="utf-8", headers=headers
+            )
+
+        app.router.add_get("/status", status_page)
     if reload is not None:
 
         async def do_reload(request: web.Request) -> web.Response:

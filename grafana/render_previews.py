@@ -6,8 +6,8 @@ Usage:
     python grafana/render_previews.py --prometheus http://localhost:9090 --seconds 3600
 
 Without --prometheus it starts what tests/test_e2e_prometheus.py starts: the simulator with
-the demo fleet (config/simulator/demo.yaml, one simulated minute per second), the exporter,
-and Prometheus (from PATH) with the mixin's rules, scraping every second. After --seconds
+the demo fleet (exporter/simulator/scenarios/demo.yaml, one simulated minute per second), the
+exporter, and Prometheus (from PATH) with the mixin's rules, scraping every second. After --seconds
 it draws every panel from Prometheus' HTTP API (range queries for graphs, instant queries
 for stats and tables), placed by its gridPos in Grafana's dark theme, and stops everything.
 
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 OUT_DIR = ROOT / "docs" / "images"
-SCENARIO = ROOT / "config" / "simulator" / "demo.yaml"
+SCENARIO = ROOT / "exporter" / "simulator" / "scenarios" / "demo.yaml"
 RULES = ROOT / "config" / "prometheus" / "rules"
 SCRAPE_JOB = "aws-iot-jobs-exporter"  # the mixin's exporter_selector
 # The job the job-detail dashboard shows: the demo's rollout near its abort threshold.

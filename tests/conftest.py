@@ -14,6 +14,7 @@ from exporter.simulator import Simulator, start_simulator
 from exporter.simulator.testing import Admin
 
 ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ROOT / "exporter" / "simulator" / "scenarios"
 
 # Tests talk to local endpoints only; fixed dummy credentials keep botocore from looking
 # for real ones and make any accidental call to real AWS fail.
@@ -52,7 +53,7 @@ async def sim() -> AsyncIterator[Simulator]:
     Modules that need another fleet (a thread, faults, a scenario of their own) define
     their own `sim`, which takes precedence.
     """
-    s = await start_simulator(ROOT / "config" / "simulator" / "demo.yaml", speed=0, no_quotas=True)
+    s = await start_simulator(SCENARIOS / "demo.yaml", speed=0, no_quotas=True)
     try:
         yield s
     finally:

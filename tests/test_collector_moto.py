@@ -288,7 +288,20 @@ async def test_a_target_whose_client_cannot_be_created_does_not_stop_the_others(
         f"  - name: fine\n    region: us-east-1\n    endpoint_url: {moto_url}\n"
         f"    jobs: {{ids: [{prefix}-rollout]}}\n"
     )
-    async with ready_collector(cfg) as (store, telemetry):
+    store, telemetry = MetricsStore(), SelfMetrics()
+    collector = Collector(cfg, store, telemetry)
+    await collector.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+            store.get(("fine", f"{prefix}-rollout")) is not None
+            and collector.targets["broken"].cycles >= 2
+        ):
+            await asyncio.sleep(0.05)
         assert store.get(("fine", f"{prefix}-rollout")) is not None
         assert telemetry.collection_success.labels("broken")._value.get() == 0
         assert telemetry.collection_success.labels("fine")._value.get() == 1
+        # A target AWS never answered keeps the replica out of its Service.
+        assert not collector.ready
+    finally:
+        await collector.stop()

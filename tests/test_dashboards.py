@@ -324,7 +324,7 @@ def test_provisioning_loads_the_committed_dashboards() -> None:
     assert source["type"] == "prometheus" and source["isDefault"]
 
 
-def test_compose_runs_what_the_repository_ships(tmp_path: Path) -> None:
+def test_compose_runs_what_the_repository_ships() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
     assert {"simulator", "exporter", "prometheus", "alertmanager", "grafana"} <= set(services)
@@ -332,9 +332,12 @@ def test_compose_runs_what_the_repository_ships(tmp_path: Path) -> None:
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             assert (ROOT / source).exists(), f"docker-compose.yml mounts missing {source}"
-    # The exporter's inline config is valid for the exporter itself.
-    config = tmp_path / "config.yaml"
-    config.write_text(compose["configs"]["exporter-config"]["content"])
+    # The exporter's mounted config is valid for the exporter itself.
+    (config,) = [
+        ROOT / volume.split(":")[0]
+        for volume in services["exporter"]["volumes"]
+        if volume.split(":")[1] == "/etc/aws-iot-jobs-exporter/config.yaml"
+    ]
     exe = Path(sys.executable).parent / "aws-iot-jobs-exporter"
     result = subprocess.run(
         [str(exe), "check-config", "--config.file", str(config)],

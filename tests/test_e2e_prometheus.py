@@ -27,8 +27,10 @@ from tests.conftest import ROOT, free_port
 from tests.test_dashboards import dashboards, data_panels, queries, substitute
 from tests.test_rules import load_generator
 
+pytestmark = pytest.mark.slow
+
 EXE = Path(sys.executable).parent / "aws-iot-jobs-exporter"
-SCENARIO = ROOT / "config" / "simulator" / "demo.yaml"
+SCENARIO = ROOT / "exporter" / "simulator" / "scenarios" / "demo.yaml"
 FAILING = "firmware-v2-failing"
 HEALTHY = "firmware-v2-healthy"
 # Slower than the scenario's one simulated minute per second: the failing rollout's FAILED

@@ -41,7 +41,7 @@ from exporter.simulator.testing import Admin, wait_for
 from exporter.store import MetricsStore
 from tests.conftest import ROOT, free_port
 
-SIMULATOR = ROOT / "config" / "simulator"
+SIMULATOR = ROOT / "exporter" / "simulator" / "scenarios"
 REGION = "us-east-1"
 STATES = {
     "numberOfQueuedThings": "queued",
@@ -546,6 +546,7 @@ jobs:
 """
 
 
+@pytest.mark.slow
 async def test_observed_rollout_rate_stays_within_the_limit(tmp_path: Path) -> None:
     """Over several cycles of a running rollout, observed ≤ limit up to measurement slack.
 

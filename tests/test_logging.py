@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from exporter.cli import JsonFormatter, LogfmtFormatter, event_fields
+from exporter.logs import JsonFormatter, LogfmtFormatter, event_fields
 
 
 def record(msg: str, *args: object) -> logging.LogRecord:
@@ -31,7 +31,7 @@ def test_trailing_key_values_become_fields() -> None:
     )
     entry = json.loads(JsonFormatter().format(r))
     assert entry["msg"] == "describe failed" and entry["job_id"] == "fw-1"
-    assert entry["error"] == "AccessDenied: no" and entry["level"] == "warning"
+    assert entry["error"] == "AccessDenied: no" and entry["level"] == "warn"
     # The plain message, as caplog and other handlers see it, is unchanged.
     assert r.getMessage() == "describe failed target=prod job_id=fw-1 outcome=denied " + (
         "error='AccessDenied: no'"

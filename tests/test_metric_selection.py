@@ -210,7 +210,7 @@ async def test_select_drops_jobs_of_targets_no_longer_configured() -> None:
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[SimulatorThread]:
-    with SimulatorThread(ROOT / "config" / "simulator" / "demo.yaml", no_quotas=True) as sim:
+    with SimulatorThread("demo", no_quotas=True) as sim:
         # Half an hour in, every job has executions and targets.
         request = urllib.request.Request(
             f"{sim.url}/_sim/clock",

@@ -246,6 +246,7 @@ async def test_shutdown_pushes_the_last_values_once(receiver: Receiver) -> None:
     assert otlp_series([last]) == prometheus_series(store)
 
 
+@pytest.mark.slow
 async def test_push_follows_the_store_and_never_overflows(receiver: Receiver) -> None:
     """Jobs come and go for the life of the process: each push is exactly /metrics now."""
     config = load_config(receiver)

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import aiohttp
 import boto3
+import pytest
 
 from tests.conftest import free_port
 from tests.test_otel import Receiver, attrs, receiver, until  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow
 
 
 async def test_process_pushes_metrics_and_spans(

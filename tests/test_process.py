@@ -13,8 +13,11 @@ import uuid
 from pathlib import Path
 
 import boto3
+import pytest
 
 from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
 
 
 def wait_for(url: str, status: int = 200, timeout: float = 30) -> bytes:

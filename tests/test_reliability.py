@@ -37,6 +37,8 @@ from exporter.store import MetricsStore
 from tests.conftest import ROOT, free_port
 from tests.iot_endpoint import IotEndpoint
 
+pytestmark = pytest.mark.slow
+
 FULL = json.loads((ROOT / "tests" / "data" / "describe_job_full.json").read_text())
 JOBS = ("alpha", "beta", "gamma", "delta")
 

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConn
 from exporter.simulator import Simulator
 from exporter.simulator.testing import Admin, capture_raw, iot_client, shape_problems
 
-CONFIG = Path(__file__).resolve().parent.parent / "config" / "simulator"
+CONFIG = Path(__file__).resolve().parent.parent / "exporter" / "simulator" / "scenarios"
 DEMO = CONFIG / "demo.yaml"
 
 

@@ -15,7 +15,7 @@ from exporter.simulator import Simulator, SimulatorThread, start_simulator
 from exporter.simulator.fleet import minute_string
 from exporter.simulator.testing import Admin, iot_client, wait_for
 
-CONFIG = Path(__file__).resolve().parent.parent / "config" / "simulator"
+CONFIG = Path(__file__).resolve().parent.parent / "exporter" / "simulator" / "scenarios"
 DEMO = CONFIG / "demo.yaml"
 ABORT = CONFIG / "abort.yaml"
 STATES = (

@@ -24,7 +24,7 @@ from exporter.simulator.cron import CronError, CronExpression
 from exporter.simulator.scenario import parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "config" / "simulator"
+CONFIG = ROOT / "exporter" / "simulator" / "scenarios"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG.glob("*.yaml")), ids=lambda p: p.name)

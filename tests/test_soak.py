@@ -30,6 +30,8 @@ from exporter.simulator import SimulatorThread
 from exporter.simulator.testing import Admin
 from exporter.store import MetricsStore
 
+pytestmark = pytest.mark.slow
+
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "20"))
 SCRAPERS = 50
 JOBS = [f"soak-{i:02d}" for i in range(12)]

@@ -242,6 +242,7 @@ async def test_a_deleted_frozen_job_disappears_at_the_next_discovery(
     assert endpoint.calls["DescribeJob:done"] == 2
 
 
+@pytest.mark.slow
 async def test_a_role_that_cannot_be_assumed_is_counted(endpoint: IotEndpoint) -> None:
     # STS refuses connections: the call fails before any IoT request is sent, so
     # botocore's retry hook never sees it; the call itself must count it.

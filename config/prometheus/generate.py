@@ -397,6 +397,8 @@ class Rules:
         a = self.c["alerts"]
         throttled = a["throttled"]
         stale = a["data_stale"]
+        discovery = a["discovery_failing"]
+        discovered = "aws_iot_jobs_exporter_discovery_last_success_timestamp_seconds"
         requests = "aws_iot_jobs_exporter_api_requests_total"
         return [
             self.alert(
@@ -433,6 +435,20 @@ class Rules:
                     f"Every collection cycle of target {T_TARGET} on {T_INSTANCE} has had a "
                     f"failed AWS call for {a['collection_failing']['for']}; its job metrics are "
                     "incomplete or getting old."
+                ),
+                self.exporter_dashboard(),
+            ),
+            self.alert(
+                "AwsIotJobsExporterDiscoveryFailing",
+                "discovery_failing",
+                (f"time() - {self.metric(discovered)}\n> {seconds(discovery['max_age']):g}"),
+                "warning",
+                "The AWS IoT Jobs exporter cannot list the jobs of a target.",
+                (
+                    f"The last successful ListJobs discovery of target {T_TARGET} on "
+                    f"{T_INSTANCE} was {{{{ $value | humanizeDuration }}}} ago (limit "
+                    f"{discovery['max_age']}); new jobs are not found and, with no job "
+                    "found, no job alert can fire."
                 ),
                 self.exporter_dashboard(),
             ),

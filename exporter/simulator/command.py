@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 
+from exporter.logs import LEVELS, setup_logging
 from exporter.simulator.scenario import ScenarioError
 from exporter.simulator.server import start_simulator
 
@@ -34,7 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address to listen on (default 127.0.0.1:8980; port 0 picks one)",
     )
-    p.add_argument("--scenario", required=True, metavar="FILE", help="scenario YAML file")
+    p.add_argument(
+        "--scenario",
+        required=True,
+        metavar="FILE",
+        help="scenario YAML file, or a bundled name: abort, demo, scale",
+    )
     p.add_argument(
         "--jobs", type=int, metavar="N", help="number of generated jobs (scale scenarios)"
     )
@@ -46,7 +52,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="X",
         help="simulated minutes per real second (overrides the scenario's)",
     )
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--log.level", dest="log_level", default="info", choices=LEVELS, help="(default: info)"
+    )
+    # The spelling of earlier versions, kept working but no longer shown.
+    p.add_argument(
+        "--log-level", dest="log_level", choices=(*LEVELS, "warning"), help=argparse.SUPPRESS
+    )
+    p.add_argument(
+        "--log.format",
+        dest="log_format",
+        default="logfmt",
+        choices=("logfmt", "json"),
+        help="(default: logfmt)",
+    )
     return p
 
 
@@ -76,11 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the simulator; 0 on a signal, 2 on a bad scenario or arguments, 1 if it cannot listen."""
     args = _parser().parse_args(argv)
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=args.log_level.upper(),
-            format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",
-            stream=sys.stderr,
-        )
+        # The same lines as the exporter's: one style to read and to parse.
+        setup_logging(args.log_level, args.log_format)
     try:
         asyncio.run(_serve(args))
     except ScenarioError as e:

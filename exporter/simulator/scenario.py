@@ -8,6 +8,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
 from typing import Any
 
 from exporter.reader import LocatedError, Reader, join, load_yaml, read_file
@@ -732,6 +735,25 @@ def parse_scenario(data: Any, file: str) -> Scenario:
     )
 
 
+def bundled_scenarios() -> tuple[str, ...]:
+    """Names of the scenarios shipped inside the package (`--scenario demo`)."""
+    folder = resources.files("exporter.simulator") / "scenarios"
+    return tuple(
+        sorted(f.name.removesuffix(".yaml") for f in folder.iterdir() if f.name.endswith(".yaml"))
+    )
+
+
+def bundled_scenario(name: str) -> Traversable | None:
+    """The packaged scenario called `name`, so that an installed wheel needs no checkout.
+
+    Only bare names count (`demo`, not `demo.yaml` or a path); callers let an existing file of
+    the same name win.
+    """
+    if name not in bundled_scenarios():
+        return None
+    return resources.files("exporter.simulator") / "scenarios" / f"{name}.yaml"
+
+
 def load_scenario(
     path: str | os.PathLike[str],
     *,
@@ -740,9 +762,19 @@ def load_scenario(
     seed: int | None = None,
     speed: float | None = None,
 ) -> Scenario:
-    """Read and validate a scenario file, then apply command-line overrides."""
+    """Read and validate a scenario file (or a bundled one by name), then apply overrides."""
     file = os.fspath(path)
-    data = load_yaml(read_file(file, ScenarioError), file, ScenarioError)
+    bundled = None if Path(file).exists() else bundled_scenario(file)
+    if bundled is not None:
+        file, text = str(bundled), bundled.read_text(encoding="utf-8")
+    elif not Path(file).exists():
+        names = ", ".join(bundled_scenarios())
+        raise ScenarioError(
+            file, "", f"cannot read: no such file, nor a bundled scenario ({names})"
+        )
+    else:
+        text = read_file(file, ScenarioError)
+    data = load_yaml(text, file, ScenarioError)
     scenario = parse_scenario(data, file)
     if jobs is not None:
         if jobs < 0:

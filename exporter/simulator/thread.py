@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 
 class SimulatorThread:
-    """`with SimulatorThread("config/simulator/demo.yaml", speed=60) as sim: sim.url`.
+    """`with SimulatorThread("demo", speed=60) as sim: sim.url`.
 
     The simulator lives on a private loop; `call` runs a function there, which is the only
     safe way to touch `fleet` from the outside.

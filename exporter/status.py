@@ -1,0 +1,187 @@
+"""The status page: the collector's status snapshot as escaped HTML or as JSON."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from typing import Any
+
+from exporter import __version__
+from exporter.collector import LastError, Status, TargetStatus
+
+HTML_TYPE = "text/html"
+JSON_TYPE = "application/json"
+
+
+def wants_json(accept: str) -> bool:
+    """True when the client ranks JSON above HTML (`Accept: application/json`)."""
+    ranks: dict[str, float] = {}
+    for part in accept.split(","):
+        value, _, params = part.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            key, _, raw = param.strip().partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(raw)
+                except ValueError:
+                    q = 0.0
+        value = value.strip().lower()
+        if value:
+            ranks[value] = max(ranks.get(value, q), q)
+    js = ranks.get(JSON_TYPE, 0.0)
+    return js > 0 and js > ranks.get(HTML_TYPE, -1.0)
+
+
+def _error(error: LastError | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    return {
+        "at": error.at,
+        "class": error.outcome,
+        "operation": error.operation,
+        "job_id": error.job_id,
+        "message": error.message,
+    }
+
+
+def _target(t: TargetStatus) -> dict[str, Any]:
+    return {
+        "name": t.name,
+        "region": t.region,
+        "discovery": t.discovery,
+        "ready": t.ready,
+        "collection_success": t.collection_success,
+        "last_discovery_success": t.last_discovery_success,
+        "last_collection_success": t.last_collection_success,
+        "last_error": _error(t.last_error),
+        "api": {
+            "window_seconds": round(t.api_window_seconds, 3),
+            "calls": t.api_calls,
+            "throttled": t.api_throttled,
+            "failed": t.api_failed,
+        },
+        "jobs_by_state": dict(t.jobs_by_state),
+        "jobs_by_status": dict(t.jobs_by_status),
+        "stale": {
+            "after_seconds": t.stale_after_seconds,
+            "total": t.stale_total,
+            "jobs": [
+                {"job_id": j.job_id, "age_seconds": round(j.age_seconds, 3)} for j in t.stale_jobs
+            ],
+        },
+    }
+
+
+def to_dict(status: Status) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "generated_at": status.generated_at,
+        "ready": status.ready,
+        "targets": [_target(t) for t in status.targets],
+    }
+
+
+def render_json(status: Status) -> bytes:
+    # ensure_ascii: the body is plain ASCII whatever a job id or an AWS message holds.
+    return json.dumps(to_dict(status), indent=2, ensure_ascii=True).encode() + b"\n"
+
+
+def _when(at: float | None, now: float) -> str:
+    if at is None:
+        return "never"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+    return f"{stamp} ({_age(now - at)} ago)"
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _counts(pairs: tuple[tuple[str, int], ...]) -> str:
+    if not pairs:
+        return "none"
+    return ", ".join(f"{_e(name)}&nbsp;{count}" for name, count in pairs)
+
+
+_OK = '<span class="ok">OK</span>'
+_FAILING = '<span class="bad">failing</span>'
+
+
+def _target_html(t: TargetStatus, now: float) -> str:
+    state = (
+        "not run yet" if t.collection_success is None else _OK if t.collection_success else _FAILING
+    )
+    ready = "yes" if t.ready else '<span class="bad">no</span>'
+    error = "none"
+    if t.last_error is not None:
+        e = t.last_error
+        job = f" job <code>{_e(e.job_id)}</code>" if e.job_id else ""
+        error = (
+            f'<span class="bad">{_e(e.outcome)}</span> in {_e(e.operation)}{job}, '
+            f"{_e(_when(e.at, now))}<br><code>{_e(e.message)}</code>"
+        )
+    discovery = _e(_when(t.last_discovery_success, now)) if t.discovery else "not configured"
+    stale_rows = "".join(
+        f"<li><code>{_e(j.job_id)}</code>: {_e(_age(j.age_seconds))} old</li>" for j in t.stale_jobs
+    )
+    more = t.stale_total - len(t.stale_jobs)
+    if more > 0:
+        stale_rows += f"<li>… and {more} more</li>"
+    stale = f"<ul>{stale_rows}</ul>" if stale_rows else "none"
+    window = _age(t.api_window_seconds)
+    return f"""<section>
+<h2>Target <code>{_e(t.name)}</code> <small>{_e(t.region)}</small></h2>
+<table>
+<tr><th>Collection</th><td>{state}</td></tr>
+<tr><th>Ready</th><td>{ready}</td></tr>
+<tr><th>Last successful discovery</th><td>{discovery}</td></tr>
+<tr><th>Last successful collection</th><td>{_e(_when(t.last_collection_success, now))}</td></tr>
+<tr><th>Last error</th><td>{error}</td></tr>
+<tr><th>API calls (last {_e(window)})</th><td>{t.api_calls} attempts, {t.api_throttled} throttled, {t.api_failed} failed</td></tr>
+<tr><th>Jobs tracked</th><td>{_counts(t.jobs_by_state)}</td></tr>
+<tr><th>Jobs by status</th><td>{_counts(t.jobs_by_status)}</td></tr>
+<tr><th>Stale jobs (data older than {_e(_age(t.stale_after_seconds))})</th><td>{t.stale_total}{stale if t.stale_total else ""}</td></tr>
+</table>
+</section>
+"""  # noqa: E501
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; max-width: 60em; color: #222; }
+table { border-collapse: collapse; margin-bottom: 1em; }
+th, td { text-align: left; vertical-align: top; padding: .3em .8em; border-bottom: 1px solid #ddd; }
+th { font-weight: 600; white-space: nowrap; }
+code { background: #f4f4f4; padding: 0 .2em; overflow-wrap: anywhere; }
+.ok { color: #1a7f37; font-weight: 600; }
+.bad { color: #c62828; font-weight: 600; }
+small { color: #666; font-weight: normal; }
+ul { margin: .3em 0; padding-left: 1.2em; }
+"""
+
+
+def render_html(status: Status, telemetry_path: str = "/metrics") -> bytes:
+    """A page without scripts; every value from AWS or the config is escaped."""
+    now = status.generated_at
+    ready = "ready" if status.ready else '<span class="bad">not ready</span>'
+    sections = "".join(_target_html(t, now) for t in status.targets) or "<p>No targets.</p>"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>AWS IoT Jobs Exporter status</title>
+<style>{_STYLE}</style></head>
+<body><h1>AWS IoT Jobs Exporter status</h1>
+<p>Version {_e(__version__)}; {ready}; as of {_e(_when(now, now).split(" (")[0])}.
+<a href="{_e(telemetry_path)}">Metrics</a> · <a href="/">Home</a> ·
+JSON: <code>curl -H 'Accept: application/json' …/status</code></p>
+{sections}</body></html>
+""".encode()

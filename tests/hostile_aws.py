@@ -1,0 +1,121 @@
+"""A hostile AWS endpoint over real HTTP: IoT ListJobs/DescribeJob and STS AssumeRole that
+answer whatever bytes a test sets, at whatever pace (tests/test_hostile_aws.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+# Credentials an STS answer hands out; no output of the exporter may ever contain them.
+SECRET_KEY = "hostile-secret-access-key-Zq9xW2"
+SESSION_TOKEN = "hostile-session-token-Fh7Kp1"
+
+
+def job_body(job_id: str, **extra: Any) -> dict[str, Any]:
+    job = {
+        "jobId": job_id,
+        "jobArn": f"arn:aws:iot:eu-west-1:123456789012:job/{job_id}",
+        "status": "IN_PROGRESS",
+        "targetSelection": "SNAPSHOT",
+        "createdAt": 1700000000.0,
+        "jobProcessDetails": {"numberOfQueuedThings": 1, "numberOfSucceededThings": 2},
+    }
+    job.update(extra)
+    return {"job": job}
+
+
+def unclosed_sts_body() -> bytes:
+    """Well-formed credentials in XML that never closes: botocore's parser quotes it."""
+    return (
+        '<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+        "<AssumeRoleResult><Credentials><AccessKeyId>ASIAHOSTILE0001</AccessKeyId>"
+        f"<SecretAccessKey>{SECRET_KEY}</SecretAccessKey>"
+        f"<SessionToken>{SESSION_TOKEN}</SessionToken>"
+        "<Expiration>2099-01-01T00:00:00Z</Expiration>"
+    ).encode()
+
+
+@dataclass
+class Drip:
+    """A 200 answer that sends `body` one byte every `every` seconds."""
+
+    body: bytes
+    every: float = 0.3
+
+
+Answer = bytes | Drip | tuple[int, bytes]
+
+
+@dataclass
+class HostileAws:
+    # DescribeJob answers by job id; a job without one gets a plain valid body.
+    describe: dict[str, Answer] = field(default_factory=dict)
+    # ListJobs: the page for a token (None for the first page).
+    list_page: Callable[[str | None], Answer] = lambda token: b'{"jobs": []}'
+    sts: Answer = field(default_factory=unclosed_sts_body)
+    calls: Counter[str] = field(default_factory=Counter)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def _send(self, request: web.Request, answer: Answer) -> web.StreamResponse:
+        if isinstance(answer, tuple):
+            status, body = answer
+            return web.Response(status=status, body=body, content_type="application/json")
+        if isinstance(answer, bytes):
+            return web.Response(body=answer, content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Length": str(len(answer.body))})
+        response.content_type = "application/json"
+        await response.prepare(request)
+        for i in range(len(answer.body)):
+            await response.write(answer.body[i : i + 1])
+            await asyncio.sleep(answer.every)
+        return response
+
+    async def _describe(self, request: web.Request) -> web.StreamResponse:
+        job_id = request.match_info["job_id"]
+        self.calls[f"DescribeJob:{job_id}"] += 1
+        answer = self.describe.get(job_id)
+        if answer is None:
+            answer = json.dumps(job_body(job_id)).encode()
+        return await self._send(request, answer)
+
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        self.calls["ListJobs"] += 1
+        return await self._send(request, self.list_page(request.query.get("nextToken")))
+
+    async def _sts(self, request: web.Request) -> web.StreamResponse:
+        self.calls["AssumeRole"] += 1
+        if isinstance(self.sts, bytes):
+            return web.Response(body=self.sts, content_type="text/xml")
+        return await self._send(request, self.sts)
+
+    async def start(self) -> HostileAws:
+        app = web.Application()
+        app.router.add_get("/jobs", self._list)
+        app.router.add_get("/jobs/{job_id}", self._describe)
+        app.router.add_post("/", self._sts)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def listing(*job_ids: str, token: str | None = None, **extra: Any) -> bytes:
+    page: dict[str, Any] = {
+        "jobs": [{"jobId": j, "status": "IN_PROGRESS", **extra} for j in job_ids]
+    }
+    if token is not None:
+        page["nextToken"] = token
+    return json.dumps(page).encode()

@@ -1,0 +1,297 @@
+"""Failures that stay visible, readiness that means AWS answered, and the /status page.
+
+Everything over real HTTP: the collector calls the simulator (or a canned IoT endpoint)
+through botocore, and the tests read /readyz, /metrics and /status from the exporter's
+aiohttp app the way curl and Python's HTTP clients do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+import aiohttp
+import bcrypt
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.collector import Collector, sanitise
+from exporter.config import Config, parse_config
+from exporter.metrics import SelfMetrics
+from exporter.server import build_app
+from exporter.simulator import Simulator
+from exporter.simulator.testing import Admin
+from exporter.status import wants_json
+from exporter.store import MetricsStore
+from exporter.webconfig import parse_web_config
+from tests.iot_endpoint import IotEndpoint, Reply
+from tests.test_source_faults import job
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+@dataclass
+class Served:
+    url: str
+    collector: Collector
+    telemetry: SelfMetrics
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., asyncio.Future[Served]]]:
+    """Starts a Collector for a config and the exporter's app in front of it, on port 0."""
+    runners: list[web.AppRunner] = []
+    collectors: list[Collector] = []
+
+    async def start(config: Config, web_config_text: str | None = None) -> Served:
+        store, telemetry = MetricsStore(), SelfMetrics()
+        collector = Collector(config, store, telemetry)
+        app = build_app(store, telemetry, lambda: collector.ready, status=collector.status)
+        if web_config_text is not None:
+            parse_web_config(web_config_text, "web.yml", Path(".")).install(
+                app, frozenset({"/healthz", "/readyz"})
+            )
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        await collector.start()
+        collectors.append(collector)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return Served(f"http://127.0.0.1:{port}", collector, telemetry)
+
+    yield start  # type: ignore[misc]
+    for collector in collectors:
+        await collector.stop()
+    for runner in runners:
+        await runner.cleanup()
+
+
+def discovering(url: str, interval: str = "100ms", discovery: str = "1h") -> Config:
+    return parse_config(
+        f"collector: {{interval: {interval}, discovery_interval: {discovery}, "
+        "request_timeout: 2s, max_attempts: 1}\n"
+        f"targets:\n  - name: sim\n    region: us-east-1\n    endpoint_url: {url}\n"
+        "    jobs: {discover: {}}\n"
+    )
+
+
+async def get(url: str, **headers: str) -> tuple[int, str, aiohttp.typedefs.LooseHeaders]:
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as r:
+        return r.status, await r.text(), r.headers
+
+
+def gauge(metrics: str, name: str, target: str = "sim") -> float | None:
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("target") == target:
+                return sample.value
+    return None
+
+
+async def until(what: str, check: Callable[[], object], within: float = 20) -> None:
+    deadline = time.monotonic() + within
+    while not await check() if asyncio.iscoroutinefunction(check) else not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_denied_discovery_stays_failed_and_unready_until_listing_works(
+    sim: Simulator, admin: Admin, serve: Callable[..., asyncio.Future[Served]]
+) -> None:
+    await admin.faults({"faults": {"denied": {"ratio": 1}}})
+    # Discovery is due once an hour: every cycle after the first is describe-only, the
+    # cycles that used to report success between discoveries.
+    served = await serve(discovering(sim.url))
+    target = lambda: served.collector.targets["sim"]  # noqa: E731
+    seen: list[float | None] = []
+    statuses: set[int] = set()
+    start = target().cycles
+    while target().cycles < start + 10:
+        metrics = (await get(f"{served.url}/metrics"))[1]
+        seen.append(gauge(metrics, "aws_iot_jobs_exporter_collection_success"))
+        statuses.add((await get(f"{served.url}/readyz"))[0])
+        await asyncio.sleep(0.03)
+    assert set(seen) <= {0.0}, f"collection_success flapped: {seen}"
+    assert statuses == {503}
+    metrics = (await get(f"{served.url}/metrics"))[1]
+    assert gauge(metrics, "aws_iot_jobs_exporter_discovery_last_success_timestamp_seconds") == 0
+    assert gauge(metrics, "aws_iot_jobs_exporter_last_collection_success_timestamp_seconds") == 0
+
+    status, body, headers = await get(f"{served.url}/status", Accept="application/json")
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    page = json.loads(body)
+    assert page["ready"] is False
+    (sim_status,) = page["targets"]
+    assert sim_status["name"] == "sim" and sim_status["ready"] is False
+    assert sim_status["collection_success"] is False
+    assert sim_status["last_discovery_success"] is None
+    error = sim_status["last_error"]
+    assert error["class"] == "denied" and error["operation"] == "ListJobs"
+    assert error["message"].startswith("AccessDeniedException")
+    # A failed discovery is retried every cycle: at least one ListJobs per cycle.
+    assert sim_status["api"]["calls"] >= 10 and sim_status["api"]["failed"] >= 10
+
+    # Listing works again: the very next cycle discovers, and the target recovers.
+    await admin.faults({"clear": True})
+    await until("ready", lambda: served.collector.ready)
+    assert (await get(f"{served.url}/readyz"))[0] == 200
+    await until(
+        "collection success",
+        lambda: served.telemetry.collection_success.labels("sim")._value.get() == 1,
+    )
+    page = json.loads((await get(f"{served.url}/status", Accept="application/json"))[1])
+    (sim_status,) = page["targets"]
+    assert sim_status["last_discovery_success"] is not None
+    assert sum(sim_status["jobs_by_state"].values()) == len(sim.fleet.jobs)
+
+
+async def test_healthy_target_is_ready_and_its_status_counts_its_jobs(
+    sim: Simulator, serve: Callable[..., asyncio.Future[Served]]
+) -> None:
+    # Long enough an interval that no job of a healthy target looks stale on a busy machine.
+    served = await serve(discovering(sim.url, interval="2s", discovery="2s"))
+    await until("ready", lambda: served.collector.ready)
+    status, text, _ = await get(f"{served.url}/readyz")
+    assert (status, text) == (200, "ready\n")
+    await until("a successful cycle", lambda: served.collector.targets["sim"].cycles >= 2)
+    page = json.loads((await get(f"{served.url}/status", Accept="application/json"))[1])
+    assert page["ready"] is True
+    (t,) = page["targets"]
+    assert t["collection_success"] is True and t["last_error"] is None
+    assert 0 < t["last_discovery_success"] <= time.time()
+    assert 0 < t["last_collection_success"] <= time.time()
+    assert set(t["jobs_by_state"]) == {"active", "frozen", "pending"}
+    expected: dict[str, int] = {}
+    for j in sim.fleet.jobs.values():
+        expected[j.status] = expected.get(j.status, 0) + 1
+    assert t["jobs_by_status"] == expected
+    assert t["api"]["calls"] > 0 and t["api"]["throttled"] == 0
+    assert t["stale"] == {"after_seconds": 4.0, "total": 0, "jobs": []}
+    # The landing page links the status page.
+    assert 'href="/status"' in (await get(f"{served.url}/"))[1]
+
+
+async def test_explicit_ids_only_are_ready_once_aws_answers_a_describe(
+    sim: Simulator, admin: Admin, serve: Callable[..., asyncio.Future[Served]]
+) -> None:
+    await admin.faults({"faults": {"denied": {"ratio": 1}}})
+    config = parse_config(
+        "collector: {interval: 100ms, request_timeout: 2s, max_attempts: 1}\n"
+        f"targets:\n  - name: sim\n    region: us-east-1\n    endpoint_url: {sim.url}\n"
+        "    jobs: {ids: [firmware-v2-failing, no-such-job]}\n"
+    )
+    served = await serve(config)
+    await until("cycles", lambda: served.collector.targets["sim"].cycles >= 3)
+    assert (await get(f"{served.url}/readyz"))[0] == 503
+    metrics = (await get(f"{served.url}/metrics"))[1]
+    # No discovery, so no discovery timestamp to alert on.
+    assert "aws_iot_jobs_exporter_discovery_last_success_timestamp_seconds{" not in metrics
+    await admin.faults({"clear": True})
+    await until("ready", lambda: served.collector.ready)
+    # A job AWS does not know does not keep the target unready: AWS answered.
+    assert gauge(metrics, "aws_iot_jobs_exporter_jobs_missing") is not None
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[IotEndpoint]:
+    ep = IotEndpoint()
+    ep.jobs = {HOSTILE: job(HOSTILE), "fine": job("fine")}
+    await ep.start()
+    yield ep
+    await ep.close()
+
+
+class _Elements(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+async def test_hostile_job_ids_and_error_texts_are_escaped(
+    hostile: IotEndpoint, serve: Callable[..., asyncio.Future[Served]]
+) -> None:
+    config = parse_config(
+        "collector: {interval: 100ms, discovery_interval: 1h, request_timeout: 2s, "
+        "max_attempts: 1}\n"
+        f"targets:\n  - name: ep\n    region: eu-west-1\n    endpoint_url: {hostile.url}\n"
+        "    jobs: {discover: {}}\n"
+    )
+    served = await serve(config)
+    await until("ready", lambda: served.collector.ready)
+    message = json.dumps({"message": f"{HOSTILE} \x1b[31m\r\nforged=line"}).encode()
+    hostile.queued["fine"] = [Reply(403, message, "AccessDeniedException")] * 1000
+    hostile.queued[HOSTILE] = [Reply(500, b"{}", "InternalFailure")] * 1000
+    await until("the error", lambda: served.collector.targets["ep"].last_error is not None)
+    # Both jobs stop being described: after two intervals their data is stale.
+    await until("stale jobs", lambda: served.collector.targets["ep"].status().stale_total == 2)
+    hostile.queued[HOSTILE] = []
+    status, page, headers = await get(f"{served.url}/status", Accept="text/html")
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "script-src" not in headers["Content-Security-Policy"]
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert "<script" not in page and "\x1b" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    parser = _Elements()
+    parser.feed(page)
+    assert "script" not in parser.tags
+    # The error text is there, as text, on one line: control characters are spaces, and
+    # what followed a line break (a forged log line) is not shown at all.
+    assert any(f"{HOSTILE}  [31m" in t for t in parser.text), parser.text
+    assert "forged=line" not in page
+    # A browser asking for everything gets the page, not JSON.
+    assert not wants_json("text/html,application/xhtml+xml,*/*;q=0.8")
+    assert wants_json("application/json")
+    status, body, headers = await get(f"{served.url}/status", Accept="application/json")
+    data = json.loads(body)
+    assert body.isascii()
+    (t,) = data["targets"]
+    assert t["last_error"]["job_id"] == "fine"
+    assert t["last_error"]["message"].startswith(f"AccessDeniedException: {HOSTILE}")
+    assert {j["job_id"] for j in t["stale"]["jobs"]} >= {"fine"}
+    assert t["stale"]["after_seconds"] == pytest.approx(0.2)
+    assert HOSTILE in {j for j in served.collector.targets["ep"].jobs}
+
+
+def test_sanitise_removes_request_echoes_keys_and_tokens() -> None:
+    echo = (
+        "SignatureDoesNotMatch: The request signature we calculated does not match. "
+        "The Canonical String for this request should have been 'GET\n/jobs\n"
+        "x-amz-security-token:IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQ'"
+    )
+    assert sanitise(echo) == (
+        "SignatureDoesNotMatch: The request signature we calculated does not match. The "
+        "[request details removed]"
+    )
+    assert sanitise("key AKIAIOSFODNN7EXAMPLE used") == "key [key id] used"
+    assert "wJalrXUtnFEMI" not in sanitise("secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    assert len(sanitise("word " * 1000)) == 300
+    arn = "arn:aws:iot:eu-west-1:123456789012:job/firmware-rollout-2024-06-eu-west-gateways"
+    assert sanitise(f"job {arn} not found") == f"job {arn} not found"
+    assert sanitise("a\x00b\x1b[0mc\u2028d") == "a b [0mc\u2028d"
+
+
+async def test_status_page_is_behind_the_web_config(
+    sim: Simulator, serve: Callable[..., asyncio.Future[Served]]
+) -> None:
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    served = await serve(discovering(sim.url), f"basic_auth_users:\n  admin: '{hashed}'\n")
+    assert (await get(f"{served.url}/status"))[0] == 401
+    assert (await get(f"{served.url}/status", Accept="application/json"))[0] == 401
+    auth = aiohttp.encode_basic_auth("admin", "pw")
+    status, page, _ = await get(f"{served.url}/status", Authorization=auth)
+    assert status == 200 and "AWS IoT Jobs Exporter status" in page
