@@ -227,6 +227,7 @@ async def test_hostile_job_ids_and_error_texts_are_escaped(
 ) -> None:
     config = parse_config(
         "collector: {interval: 100ms, discovery_interval: 1h, request_timeout: 2s, "
+        "requests_per_second: 50, "
         "max_attempts: 1}\n"
         f"targets:\n  - name: ep\n    region: eu-west-1\n    endpoint_url: {hostile.url}\n"
         "    jobs: {discover: {}}\n"
