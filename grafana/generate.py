@@ -759,6 +759,26 @@ class Mixin:
                 threshold_line=alerts["abort_threshold_approaching"]["usage"],
                 links=self.series_links,
             ),
+            timeseries(
+                "Why executions fail",
+                "Failed, rejected and timed-out execution events per minute by the reason "
+                "the devices report (statusDetails[events.reason_key]), stacked. Only for "
+                "targets with job events (docs/events.md); `other` gathers the reasons past "
+                "events.max_reasons_per_job.",
+                [
+                    query(
+                        f"sum by ({JOB_KEY}, status, reason) (\n"
+                        "  max without ("
+                        f"{self.replicas}) (rate(aws_iot_job_execution_events_total"
+                        f"{{{f}}}[$__rate_interval]))\n"
+                        ") * 60",
+                        "{{status}} {{reason}}",
+                    )
+                ],
+                RATE_PER_MINUTE,
+                stack=True,
+                links=self.series_links,
+            ),
             row("Configuration"),
             stat(
                 "Timeouts and retries",
@@ -1129,6 +1149,40 @@ class Mixin:
                 ],
                 "s",
                 threshold_line=_seconds(alerts["data_stale"]["max_age"]),
+            ),
+            timeseries(
+                "Job events",
+                "Targets with job events (docs/events.md): how late events arrive (p50 and "
+                "p99 of the time from AWS publishing to the exporter reading), and whether "
+                "events drive the target (1) or it is polled every interval (0).",
+                [
+                    query(
+                        "histogram_quantile(0.5, sum by (target, le) (rate("
+                        f"aws_iot_jobs_exporter_events_lag_seconds_bucket{{{t}}}"
+                        "[$__rate_interval])))",
+                        "lag p50 {{target}}",
+                    ),
+                    query(
+                        "histogram_quantile(0.99, sum by (target, le) (rate("
+                        f"aws_iot_jobs_exporter_events_lag_seconds_bucket{{{t}}}"
+                        "[$__rate_interval])))",
+                        "lag p99 {{target}}",
+                    ),
+                    query(
+                        f"max by (target) (aws_iot_jobs_exporter_events_driven{{{t}}})",
+                        "event-driven {{target}}",
+                    ),
+                ],
+                "s",
+                overrides=[
+                    {
+                        "matcher": {"id": "byRegexp", "options": "event-driven.*"},
+                        "properties": [
+                            {"id": "unit", "value": "bool_yes_no"},
+                            {"id": "custom.axisPlacement", "value": "right"},
+                        ],
+                    }
+                ],
             ),
             timeseries(
                 "Jobs tracked over time",

@@ -140,6 +140,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                         "endpoint_url": f"http://127.0.0.1:{sim_port}",
                         "labels": {"env": "demo"},
                         "jobs": {"discover": {}},
+                        # Event-driven, as the demo runs; reconciled every second so the
+                        # series move as fast as with polling alone.
+                        "events": {
+                            "sqs_queue_url": (
+                                f"http://127.0.0.1:{sim_port}/123456789012/aws-iot-jobs-events"
+                            ),
+                            "reason_key": "reason",
+                            "reconcile_interval": "1s",
+                        },
                     }
                 ],
             }

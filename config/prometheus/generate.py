@@ -398,7 +398,9 @@ class Rules:
         throttled = a["throttled"]
         stale = a["data_stale"]
         discovery = a["discovery_failing"]
+        events = a["events_failing"]
         discovered = "aws_iot_jobs_exporter_discovery_last_success_timestamp_seconds"
+        consumer_errors = "aws_iot_jobs_exporter_events_consumer_errors_total"
         requests = "aws_iot_jobs_exporter_api_requests_total"
         return [
             self.alert(
@@ -449,6 +451,19 @@ class Rules:
                     f"{T_INSTANCE} was {{{{ $value | humanizeDuration }}}} ago (limit "
                     f"{discovery['max_age']}); new jobs are not found and, with no job "
                     "found, no job alert can fire."
+                ),
+                self.exporter_dashboard(),
+            ),
+            self.alert(
+                "AwsIotJobsExporterEventsFailing",
+                "events_failing",
+                f"increase({self.metric(consumer_errors)}[{events['window']}]) > 0",
+                "warning",
+                "The AWS IoT Jobs exporter cannot read job events.",
+                (
+                    f"The job event consumer of target {T_TARGET} on {T_INSTANCE} has failed "
+                    f"calls to its SQS queue for {events['for']}; the target's jobs are polled "
+                    "every interval instead, and failure reasons are not counted."
                 ),
                 self.exporter_dashboard(),
             ),

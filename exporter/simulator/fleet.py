@@ -6,6 +6,7 @@ import heapq
 import logging
 import math
 import random
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -166,6 +167,9 @@ class Fleet:
         # draw from a generator of their own, so listening changes nothing else.
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._event_rng = random.Random(f"{scenario.seed}/events")
+        # Events are stamped when published, in real time, as AWS stamps them: simulated
+        # time runs ahead at a speed-up, and the exporter measures lag against its clock.
+        self.wall_clock: Callable[[], float] = time.time
 
         earliest = start
         for g in scenario.groups:
@@ -506,7 +510,7 @@ class Fleet:
         payload: dict[str, Any] = {
             "eventType": "JOB_EXECUTION",
             "eventId": str(uuid.UUID(int=self._event_rng.getrandbits(128), version=4)),
-            "timestamp": int(self.now),
+            "timestamp": int(self.wall_clock()),
             "operation": state.lower(),
             "jobId": job.job_id,
             "thingArn": arn(self.scenario.region, self.account_id, "thing", exe.thing),
@@ -526,7 +530,7 @@ class Fleet:
         payload: dict[str, Any] = {
             "eventType": "JOB",
             "eventId": str(uuid.UUID(int=self._event_rng.getrandbits(128), version=4)),
-            "timestamp": int(self.now),
+            "timestamp": int(self.wall_clock()),
             "operation": operation,
             "jobId": job.job_id,
             "status": job.status,
