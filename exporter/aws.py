@@ -215,6 +215,11 @@ class Budgets:
         self.divisor = max(divisor, 1)
         self._buckets: dict[tuple[str, str, str], TokenBucket] = {}
 
+    def set_rate(self, rate: float) -> None:
+        """A reload's new requests_per_second, for the buckets of every account."""
+        for bucket in self._buckets.values():
+            bucket.rate = rate / self.divisor
+
     def bucket(self, account: str, region: str, operation: str, rate: float) -> TokenBucket:
         key = (account, region, operation)
         bucket = self._buckets.get(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import heapq
 import logging
@@ -194,6 +195,7 @@ class TargetCollector:
         self._dirty_wakeup = asyncio.Event()
         self._event_described: dict[str, float] = {}
         self.consumer: EventConsumer | None = None
+        self._consumer_started = asyncio.Event()
         self._event_driven = False
         events = target.events
         self.reasons = ReasonCounts(events.max_reasons_per_job if events else 10)
@@ -363,6 +365,7 @@ class TargetCollector:
             self.reasons,
             clock=self.clock,
         )
+        self._consumer_started.set()
         # Read at scrape time: the consumer's health changes between cycles.
         driven = self.telemetry.events_driven.labels(self.target.name)
         driven.set_function(lambda: 1.0 if self.event_driven() else 0.0)
@@ -372,6 +375,7 @@ class TargetCollector:
                 group.create_task(self.describe_dirty())
         finally:
             self.consumer = None
+            self._consumer_started.clear()
             driven.set_function(lambda: 0.0)
 
     def execution_event_samples(self) -> list[tuple[dict[str, str], float]]:
@@ -595,6 +599,8 @@ class TargetCollector:
             if t.snapshot is not None and not t.snapshot.frozen
         ]
         events = self.target.events
+        if events is not None:
+            await self._await_consumer()
         if events is not None and self._check_event_driven():
             # Events say which jobs changed; the rest are reconciled less often, for lost
             # events and for what no event reports (an execution going in progress). Half an
@@ -657,6 +663,20 @@ class TargetCollector:
             len(cycle.dropped),
         )
         return cycle
+
+    def set_budget(self, settings: CollectorSettings) -> None:
+        """A reload that changed requests_per_second only (the buckets are Budgets')."""
+        self.settings = settings
+        self.rate = settings.requests_per_second / max(self.shard.total, 1)
+
+    async def _await_consumer(self) -> None:
+        """Whether events flow is known once the queue answered: wait for that a moment, so
+        that a restart or a reload does not poll every active job before the first receive."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.request_timeout):
+                await self._consumer_started.wait()
+                if self.consumer is not None:
+                    await self.consumer.answered.wait()
 
     def _fetched_at(self, job_id: str) -> float:
         snapshot = self._jobs[job_id].snapshot
@@ -891,7 +911,17 @@ class Collector:
         """Switch to a new config; targets whose settings did not change keep running."""
         async with self._lock:
             wanted = {t.name: t for t in config.targets}
-            settings_changed = config.collector != self.config.collector
+            # A new budget alone is applied in place: the buckets are shared and running
+            # targets keep their clients, event consumers and schedule.
+            rate = config.collector.requests_per_second
+            budget_only = dataclasses.replace(config.collector, requests_per_second=0.0)
+            settings_changed = budget_only != dataclasses.replace(
+                self.config.collector, requests_per_second=0.0
+            )
+            self.budgets.set_rate(rate)
+            if not settings_changed:
+                for running in self._running.values():
+                    running.collector.set_budget(config.collector)
             for name in list(self._running):
                 running = self._running[name]
                 if name not in wanted or wanted[name] != running.collector.target:

@@ -267,6 +267,7 @@ class EventConsumer:
     # A long poll lasts 20 s; a receive that has not succeeded for this long means the
     # consumer is failing, and the target falls back to polling every interval.
     HEALTHY_WITHIN = 60.0
+    RECEIVERS = 4
     BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 
     def __init__(
@@ -291,6 +292,9 @@ class EventConsumer:
         self._last_message: float | None = None
         self._started = clock()
         self._errors = 0
+        # Set once the queue has answered (or failed) the first time: until then, whether
+        # events flow is not known, and the scheduler waits a moment rather than guess.
+        self.answered = asyncio.Event()
 
     def healthy(self) -> bool:
         """The queue answered lately and without errors since."""
@@ -303,14 +307,37 @@ class EventConsumer:
         return self.clock() - last > self.settings.silence_timeout
 
     async def run(self) -> None:
-        # The first call does not wait, so that a working queue is known at once.
-        wait = False
+        """RECEIVERS long polls at once, each deleting what it applied in the background.
+
+        One poller reads at most 10 messages per round trip; a burst of a thousand
+        execution events (a rollout failing on every device) would wait seconds in the
+        queue. Several pollers, and deletes that do not hold the next receive, keep the
+        lag at a round trip or two. SQS spreads messages across concurrent receivers.
+        """
+        deletes = asyncio.Semaphore(self.RECEIVERS * 2)
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for i in range(self.RECEIVERS):
+                    group.create_task(self._receive(i, deletes, pending))
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def _receive(
+        self, index: int, deletes: asyncio.Semaphore, pending: set[asyncio.Task[None]]
+    ) -> None:
+        # The first poller's first call does not wait, so that a working queue is known at
+        # once; the others start long polling right away.
+        wait = index > 0
         while True:
             try:
                 messages = await self.queue.receive(wait)
             except QueueError as exc:
+                self.answered.set()
                 await self._failed(exc.outcome, exc.detail)
                 continue
+            self.answered.set()
             wait = True
             self._errors = 0
             self._last_receive = self.clock()
@@ -319,12 +346,20 @@ class EventConsumer:
             self._last_message = self._last_receive
             done = [m.receipt_handle for m in messages if self.apply(m)]
             if done:
-                try:
-                    await self.queue.delete(done)
-                except QueueError as exc:
-                    # Undeleted messages come back after the visibility timeout; the
-                    # de-duplication drops them then.
-                    await self._failed(exc.outcome, exc.detail)
+                await deletes.acquire()
+                task = asyncio.create_task(self._delete(done, deletes))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+    async def _delete(self, handles: list[str], deletes: asyncio.Semaphore) -> None:
+        try:
+            await self.queue.delete(handles)
+        except QueueError as exc:
+            # Undeleted messages come back after the visibility timeout; the de-duplication
+            # drops them then.
+            await self._failed(exc.outcome, exc.detail)
+        finally:
+            deletes.release()
 
     async def _failed(self, outcome: str, detail: str) -> None:
         self._errors += 1

@@ -163,6 +163,16 @@ class EventQueue:
             except TimeoutError:
                 pass
 
+    def release(self, messages: list[_Message]) -> None:
+        """Messages taken for a client that went away: visible again at once."""
+        for message in reversed(messages):
+            if self._inflight.pop(message.receipt, None) is not None:
+                message.visible_at = time.monotonic()
+                self._messages.appendleft(message)
+                self.stats.delivered -= 1
+        if messages:
+            self._arrived.set()
+
     def close(self) -> None:
         """Ends waiting long polls, so that the HTTP server can stop at once."""
         self._closed = True
@@ -230,7 +240,7 @@ async def handle(queue: EventQueue, request: web.Request) -> web.Response:
         if not isinstance(url, str) or not url.endswith(queue.path()):
             raise SqsError(400, "QueueDoesNotExist", "The specified queue does not exist.")
         if operation == "ReceiveMessage":
-            return await _receive(queue, data)
+            return await _receive(queue, data, request)
         if operation == "DeleteMessageBatch":
             return _delete_batch(queue, data)
         if operation == "DeleteMessage":
@@ -253,7 +263,7 @@ async def handle(queue: EventQueue, request: web.Request) -> web.Response:
         return _error(e)
 
 
-async def _receive(queue: EventQueue, data: dict[str, Any]) -> web.Response:
+async def _receive(queue: EventQueue, data: dict[str, Any], request: web.Request) -> web.Response:
     limit = data.get("MaxNumberOfMessages", 1)
     wait = data.get("WaitTimeSeconds", 0)
     if not isinstance(limit, int) or not 1 <= limit <= 10:
@@ -261,6 +271,12 @@ async def _receive(queue: EventQueue, data: dict[str, Any]) -> web.Response:
     if not isinstance(wait, int) or not 0 <= wait <= MAX_WAIT_SECONDS:
         raise SqsError(400, "InvalidParameterValue", "WaitTimeSeconds must be 0 to 20")
     messages = await queue.receive(limit, float(wait))
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        # The client gave up on its long poll (an exporter stopping or reloading): what
+        # it would have been sent stays in the queue for the next receive.
+        queue.release(messages)
+        return _ok({"Messages": []})
     return _ok(
         {
             "Messages": [
