@@ -16,6 +16,7 @@ import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 # CRC-32 (IEEE 802.3), reflected, as zlib and gzip compute it.
 _POLY = 0xEDB88320
@@ -58,8 +59,29 @@ def multmodp(a: int, b: int) -> int:
     return (p >> 4) ^ x4[p & 15] ^ t[(a >> 28) & 15]
 
 
+def _byte_tables() -> tuple[tuple[int, ...], ...]:
+    """table[k][v] = x^(8 * v * 256^k) modulo the polynomial, for k = 0..3 and v = 0..255."""
+    tables = []
+    x2n = 1 << 30  # x^(2^0)
+    for _ in range(3):  # x^(2^3) = x^8: one byte
+        x2n = multmodp(x2n, x2n)
+    for _ in range(4):
+        powers = []  # x^(8 * 2^j * 256^k) for the 8 bits j of v
+        for _ in range(8):
+            powers.append(x2n)
+            x2n = multmodp(x2n, x2n)
+        table = [_TOP]
+        for bit, power in enumerate(powers):
+            table += [multmodp(power, t) for t in table[: 1 << bit]]
+        tables.append(tuple(table))
+    return tuple(tables)
+
+
+_BYTES = _byte_tables()
+
+
 def _x2n_table() -> tuple[int, ...]:
-    """x^(2^n) modulo the polynomial for n = 0..31."""
+    """x^(2^n) modulo the polynomial for n = 0..31; x^(2^32) is x again (zlib's x2n_table)."""
     table, p = [], 1 << 30  # x^1
     for _ in range(32):
         table.append(p)
@@ -70,22 +92,34 @@ def _x2n_table() -> tuple[int, ...]:
 _X2N = _x2n_table()
 
 
+def x2nmodp(n: int, k: int) -> int:
+    """x^(n * 2^k) modulo the polynomial, bit by bit (zlib's x2nmodp)."""
+    p = _TOP
+    while n:
+        if n & 1:
+            p = multmodp(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return p
+
+
+@lru_cache(maxsize=4096)
 def shift_operator(length: int) -> int:
     """x^(8 * length) modulo the polynomial: what appending `length` bytes does to a CRC.
 
-    zlib's x2nmodp(length, 3). Multiplying by it is the GF(2) matrix power of the older
-    crc32_combine (zlib before 1.2.12), in a few dozen operations instead of matrix
-    squarings.
+    zlib's x2nmodp(length, 3), read a byte of `length` at a time from tables of powers
+    (3 multiplications instead of one per set bit), and cached: parts that did not change
+    keep their lengths from scrape to scrape. Multiplying by it is the GF(2) matrix power
+    of the older crc32_combine.
     """
     if length < 0:
         raise ValueError(f"length must be >= 0, got {length}")
-    p, k = _TOP, 3
-    while length:
-        if length & 1:
-            p = multmodp(_X2N[k & 31], p)
-        length >>= 1
-        k += 1
-    return p
+    t0, t1, t2, t3 = _BYTES
+    low = multmodp(
+        multmodp(t0[length & 255], t1[(length >> 8) & 255]),
+        multmodp(t2[(length >> 16) & 255], t3[(length >> 24) & 255]),
+    )
+    return multmodp(x2nmodp(length >> 32, 35), low) if length >> 32 else low
 
 
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
@@ -95,33 +129,31 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """CRC-32 and length of some bytes, and the shift operator of that length."""
+    """CRC-32 and length of some bytes."""
 
     crc: int = 0
     size: int = 0
-    shift: int = _TOP
 
     @staticmethod
     def of(data: bytes | bytearray | memoryview) -> Run:
-        size = len(data)
-        return Run(zlib.crc32(data), size, shift_operator(size))
+        return Run(zlib.crc32(data), len(data))
+
+    @property
+    def shift(self) -> int:
+        return shift_operator(self.size)
 
     def then(self, other: Run) -> Run:
         """The run of these bytes followed by `other`'s."""
-        return Run(
-            multmodp(other.shift, self.crc) ^ other.crc,
-            self.size + other.size,
-            multmodp(self.shift, other.shift),
-        )
+        return Run(multmodp(other.shift, self.crc) ^ other.crc, self.size + other.size)
 
 
 def fold(runs: Iterable[Run]) -> Run:
     """The run of the concatenation, left to right: one multiplication per run."""
     crc = size = 0
     for run in runs:
-        crc = multmodp(run.shift, crc) ^ run.crc
+        crc = multmodp(shift_operator(run.size), crc) ^ run.crc
         size += run.size
-    return Run(crc, size, shift_operator(size))
+    return Run(crc, size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +183,13 @@ def header(level: int) -> bytes:
 
 def trailer(run: Run, level: int) -> bytes:
     """The final deflate block, then CRC-32 and ISIZE (length mod 2^32) of the whole text."""
-    final = zlib.compressobj(level, zlib.DEFLATED, -15).flush(zlib.Z_FINISH)
-    return final + struct.pack("<II", run.crc, run.size & 0xFFFFFFFF)
+    return _final_block(level) + struct.pack("<II", run.crc, run.size & 0xFFFFFFFF)
+
+
+@lru_cache(maxsize=16)
+def _final_block(level: int) -> bytes:
+    """An empty final deflate block, as a fresh stream ends with nothing to compress."""
+    return zlib.compressobj(level, zlib.DEFLATED, -15).flush(zlib.Z_FINISH)
 
 
 def member(parts: Iterable[Part], level: int) -> bytes:

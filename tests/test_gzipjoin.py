@@ -52,14 +52,26 @@ def test_combine_at_lengths_around_powers_of_two(length: int) -> None:
     assert gzipjoin.crc32_combine(c1, c2, length) == shifted ^ c2
 
 
-def test_shift_operators_compose_beyond_four_gib() -> None:
-    # Lengths past 2^32 (ISIZE wraps, the CRC does not): x^(8(m+n)) = x^(8m) * x^(8n).
-    m, n = 3 << 31, (1 << 33) + 12345
+@pytest.mark.parametrize(
+    ("m", "n"), [(0, 0), (1, 255), (256, 65535), (3 << 31, (1 << 33) + 12345), (1 << 40, 7)]
+)
+def test_shift_operators_compose_and_match_zlibs_bitwise_power(m: int, n: int) -> None:
+    # Lengths past 2^32 too (ISIZE wraps, the CRC does not): x^(8(m+n)) = x^(8m) * x^(8n).
     combined = gzipjoin.shift_operator(m + n)
     assert combined == gzipjoin.multmodp(gzipjoin.shift_operator(m), gzipjoin.shift_operator(n))
+    # The byte tables agree with zlib's bit-by-bit x2nmodp(length, 3).
+    assert gzipjoin.shift_operator(m + n) == gzipjoin.x2nmodp(m + n, 3)
+
+
+def test_shift_of_nothing_is_one_and_of_less_than_nothing_an_error() -> None:
     assert gzipjoin.shift_operator(0) == 1 << 31
     with pytest.raises(ValueError, match="length must be >= 0"):
         gzipjoin.shift_operator(-1)
+
+
+@given(st.integers(0, 2**40))
+def test_shift_operator_is_x2nmodp(length: int) -> None:
+    assert gzipjoin.shift_operator(length) == gzipjoin.x2nmodp(length, 3)
 
 
 def test_fold_and_then_equal_the_run_of_the_concatenation() -> None:
