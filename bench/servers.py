@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,8 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.exposition import generate_latest
 
 from bench.common import bench_target, load_snapshots, reply, touched, wait_for_parent
+from bench.report import median
+from exporter import gzipjoin
 from exporter.metrics import FAMILIES, IDENTITY_LABELS
 from exporter.metrics import SelfMetrics as Telemetry
 from exporter.model import JobSnapshot
@@ -74,7 +77,17 @@ def serve_store(fixture: str) -> None:
         store.put_job(target, snapshot.job_id, touched(snapshot, step))
 
     _touch_route(app, touch)
-    asyncio.run(_serve(app, {"jobs": len(store)}))
+    asyncio.run(_serve(app, {"jobs": len(store), "own": self_metrics_cost(telemetry)}))
+
+
+def self_metrics_cost(telemetry: Telemetry, count: int = 50) -> float:
+    """Median seconds to render and compress the self-metrics, which every scrape does."""
+    costs = []
+    for _ in range(count):
+        started = time.perf_counter()
+        gzipjoin.compress(generate_latest(telemetry.registry), 1)
+        costs.append(time.perf_counter() - started)
+    return median(costs)
 
 
 def serve_static(fixture: str) -> None:
