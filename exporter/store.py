@@ -82,6 +82,12 @@ def render_job(
     return Rendered(b"".join(lines), offsets)
 
 
+def _changed_families(old: Rendered, new: Rendered) -> set[int]:
+    """The families whose lines differ between two unpacked renderings of one job."""
+    a, ao, b, bo = old.data, old.offsets, new.data, new.offsets
+    return {i for i in range(len(ao) - 1) if a[ao[i] : ao[i + 1]] != b[bo[i] : bo[i + 1]]}
+
+
 def _header(family: Family) -> bytes:
     help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
     return f"# HELP {family.name} {help_text}\n# TYPE {family.name} {family.type}\n".encode()
@@ -139,9 +145,11 @@ class MetricsStore:
         # The version of each part that is joined apart: the stable tier and each bucket.
         self._part_versions: dict[str, int] = {STABLE: 0}
         self._part_versions.update((_bucket_name(b), 0) for b in range(ACTIVE_BUCKETS))
-        # Joined once per part version and never changed after: bytearrays, to build in
-        # place. Each buffer carries a serial that changes only when its bytes do.
-        self._joined: dict[str, tuple[int, list[tuple[int, bytes | bytearray]]]] = {}
+        # Joined once per part version, a segment per family, never changed after; a
+        # segment's version is a serial that changes only when its bytes do.
+        self._joined: dict[str, tuple[int, list[Segment]]] = {}
+        # Families of an active bucket to join again; None: all of them.
+        self._dirty: dict[str, set[int] | None] = {}
         self._serial = 0
         self._segments: tuple[int, list[Segment]] = (-1, [])
 
@@ -162,9 +170,12 @@ class MetricsStore:
     def _tier(self, key: JobKey) -> str:
         return STABLE if key in self._stable else ACTIVE
 
-    def _changed(self, key: JobKey, tier: str) -> None:
+    def _changed(self, key: JobKey, tier: str, families: set[int] | None = None) -> None:
         self._versions[tier] += 1
-        self._part_versions[STABLE if tier == STABLE else _bucket_name(_bucket(key))] += 1
+        part = STABLE if tier == STABLE else _bucket_name(_bucket(key))
+        self._part_versions[part] += 1
+        dirty = self._dirty.get(part, set())
+        self._dirty[part] = None if families is None or dirty is None else dirty | families
 
     def _place(self, key: JobKey, tier: str) -> None:
         if tier == STABLE:
@@ -184,9 +195,16 @@ class MetricsStore:
             # zlib output is deterministic, so packed renderings still compare equal.
             rendered = rendered.pack()
         old = self._rendered.get(key)
-        if old is not None:
-            if old == rendered and self._tier(key) == tier:
+        if old is not None and self._tier(key) == tier:
+            if old == rendered:
                 return
+            # An active job that stays active: only the families whose lines changed
+            # need joining again (a new count or timestamp touches a few of them).
+            families = None if tier == STABLE else _changed_families(old, rendered)
+            self._rendered[key] = rendered
+            self._changed(key, tier, families)
+            return
+        if old is not None:
             self._changed(key, self._tier(key))
         self._rendered[key] = rendered
         self._changed(key, tier)
@@ -209,13 +227,16 @@ class MetricsStore:
         for key in [k for k in self._snapshots if k[0] == target]:
             self.remove(key)
 
-    def _join(self, part: str, keys: set[JobKey]) -> list[tuple[int, bytes | bytearray]]:
-        """One buffer per family: the part's jobs, the family header leading the stable part."""
+    def _join(self, part: str, keys: set[JobKey]) -> list[Segment]:
+        """A segment per family: the part's jobs, the family header leading the stable part."""
         version = self._part_versions[part]
         cached = self._joined.get(part)
         if cached is not None and cached[0] == version:
             return cached[1]
-        parts: list[bytes | bytearray]
+        families = range(len(self._headers))
+        old = cached[1] if cached is not None else [Segment((part, i), -1, b"") for i in families]
+        dirty = self._dirty.get(part) if cached is not None else None
+        fresh: dict[int, bytes | bytearray] = {}
         if part == STABLE:
             # Job by job, so that one packed job at a time is unpacked: unpacking them all
             # first would hold the whole text twice at the peak, and the allocator keeps a
@@ -226,27 +247,22 @@ class MetricsStore:
                 text, offsets = memoryview(rendered.text), rendered.offsets
                 for i, buffer in enumerate(stable):
                     buffer += text[offsets[i] : offsets[i + 1]]
-            parts = list(stable)
+            fresh = dict(enumerate(stable))
         else:
             # Active jobs are not packed: one join per family is a third faster than
             # appending job by job, and this runs on the scrape after every change.
             texts = [(r.text, r.offsets) for r in (self._rendered[k] for k in sorted(keys))]
-            parts = [
-                b"".join([text[o[i] : o[i + 1]] for text, o in texts])
-                for i in range(len(self._headers))
-            ]
-        # A family whose bytes did not change keeps its buffer and serial: a job's change
-        # touches a few of its families, and the gzip cache redoes only those.
-        empty: list[tuple[int, bytes | bytearray]] = [(-1, b"")] * len(parts)
-        old = cached[1] if cached is not None else empty
-        joined: list[tuple[int, bytes | bytearray]] = []
-        for (serial, before), data in zip(old, parts, strict=True):
-            if serial < 0 or before != data:
+            for i in families if dirty is None else sorted(dirty):
+                fresh[i] = b"".join([text[o[i] : o[i + 1]] for text, o in texts])
+        # A family whose bytes did not change keeps its segment: a job's change touches a
+        # few of its families, and the gzip cache redoes only those.
+        joined = list(old)
+        for i, data in fresh.items():
+            if old[i].version < 0 or old[i].data != data:
                 self._serial += 1
-                joined.append((self._serial, data))
-            else:
-                joined.append((serial, before))
+                joined[i] = Segment((part, i), self._serial, data)
         self._joined[part] = (version, joined)
+        self._dirty[part] = set()
         return joined
 
     def segments(self) -> list[Segment]:
@@ -257,17 +273,11 @@ class MetricsStore:
         if self._segments[0] == self.version:
             return self._segments[1]
         stable = self._join(STABLE, self._stable)
-        buckets = [
-            (_bucket_name(b), self._join(_bucket_name(b), keys))
-            for b, keys in enumerate(self._active)
-        ]
+        buckets = [self._join(_bucket_name(b), keys) for b, keys in enumerate(self._active)]
         out = []
-        for i in range(len(self._headers)):
-            out.append(Segment((STABLE, i), *stable[i]))
-            for name, joined in buckets:
-                serial, data = joined[i]
-                if data:
-                    out.append(Segment((name, i), serial, data))
+        for i, segment in enumerate(stable):
+            out.append(segment)
+            out.extend(joined[i] for joined in buckets if joined[i].data)
         self._segments = (self.version, out)
         return out
 
