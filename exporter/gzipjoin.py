@@ -40,7 +40,7 @@ def multmodp(a: int, b: int) -> int:
     """a(x) * b(x) modulo the CRC-32 polynomial, both reflected 32-bit (zlib's multmodp).
 
     zlib walks a's 32 bits; this walks its 8 nibbles (Horner, highest degrees first)
-    with a 16-entry table of b's multiples, which is about twice as fast in Python.
+    with a 16-entry table of b's multiples: about 1.5 times as fast in Python, measured.
     """
     b1 = (b >> 1) ^ _POLY if b & 1 else b >> 1
     b2 = (b1 >> 1) ^ _POLY if b1 & 1 else b1 >> 1
