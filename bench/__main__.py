@@ -100,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             runs: list[scrape.Run] = []
             checks: list[str] = []
             for n in args.job_counts:
-                r, check = scrape.measure(
-                    n, fixtures[n], args.scrapes, args.baseline_scrapes, check_samples=True
-                )
+                r, check = scrape.measure(n, fixtures[n], args.scrapes, args.baseline_scrapes)
                 runs += r
                 checks.append(check)
             tables = scrape.tables(runs, checks)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import gc
-import gzip
 from pathlib import Path
 from typing import Any
 
 from bench.common import bench_target, child, load_bodies, reply, rss_bytes, snapshot_of
 from bench.report import Table, size, verdict
+from exporter import gzipjoin
 from exporter.store import MetricsStore
 
 TARGET_PER_JOB = 10 * 1024
@@ -30,11 +30,13 @@ def fill_store(fixture: str) -> None:
         store.put_job(target, snapshot.job_id, snapshot)
     gc.collect()
     stored = rss_bytes()
-    # What the server holds between scrapes: the store's joined segments and one gzip
-    # member per segment (the body itself is streamed, never joined into one copy).
+    # What the server holds between scrapes: the store's joined segments, one raw deflate
+    # part per segment and those parts joined once (the plain body is streamed, never
+    # joined into one copy).
     segments = store.segments()
     joined = rss_bytes()
-    zipped = [gzip.compress(segment.data, 1) for segment in segments]
+    parts = [gzipjoin.compress(segment.data, 1) for segment in segments]
+    zipped = [b"".join(part.deflate for part in parts)]
     served = rss_bytes()
     body = b"".join(segment.data for segment in segments)
     reply(

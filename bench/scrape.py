@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import http.client
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -13,8 +15,16 @@ from bench.common import child
 from bench.report import Table, median, ms, percentile, ratio, size, verdict
 
 SELF_PREFIX = "aws_iot_jobs_exporter_"
+# Process and runtime collectors of the exporter's self-metrics registry: the store's
+# body has them, prometheus_client's baseline registry does not.
+RUNTIME_PREFIXES = ("process_", "python_")
 SPEEDUP_TARGET = 30.0
 FLOOR_TARGET = 1.5
+# gzip right after one active job changed: absolute and against the constant body.
+GZIP_CHANGED_MS = 10.0
+GZIP_CHANGED_FLOOR = 5.0
+# gzip body of the exporter against one-shot gzip.compress of the same text.
+GZIP_SIZE_TARGET = 2.0
 
 
 @dataclass(slots=True)
@@ -24,6 +34,8 @@ class Run:
     encoding: str  # identity or gzip
     latencies: list[float]
     size: int
+    # Seconds the server spends per scrape rendering and compressing its self-metrics.
+    own: float = 0.0
 
     @property
     def median(self) -> float:
@@ -74,31 +86,40 @@ class Scraper:
         self.conn.close()
 
 
+def single_member(body: bytes) -> bytes:
+    """A gzip body decoded as curl and browsers do: its first member, which must be all."""
+    d = zlib.decompressobj(31)
+    text = d.decompress(body) + d.flush()
+    if not d.eof or d.unused_data:
+        raise RuntimeError(f"gzip body is not one whole member ({len(d.unused_data)} bytes after)")
+    return text
+
+
 def job_samples(body: bytes) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
     """The job samples of an exposition, read by prometheus_client's own parser."""
     samples = set()
     for family in text_string_to_metric_families(body.decode()):
-        if family.name.startswith(SELF_PREFIX):
+        if family.name.startswith((SELF_PREFIX, *RUNTIME_PREFIXES)):
             continue
         for s in family.samples:
             samples.add((s.name, tuple(sorted(s.labels.items())), float(s.value)))
     return samples
 
 
-def measure(
-    jobs: int, fixture: Path, scrapes: int, baseline_scrapes: int, check_samples: bool
-) -> tuple[list[Run], str]:
+def measure(jobs: int, fixture: Path, scrapes: int, baseline_scrapes: int) -> tuple[list[Run], str]:
     runs: list[Run] = []
     bodies: dict[str, bytes] = {}
     with child("serve-store", fixture=str(fixture)) as proc:
-        scraper = Scraper(proc.read()["port"])
+        started = proc.read()
+        scraper = Scraper(started["port"])
         bodies["store"] = scraper.get(gzip=False)
+        bodies["store gzip"] = single_member(scraper.get(gzip=True))
         for gzip in (False, True):
             enc = "gzip" if gzip else "identity"
             lat, n = scraper.series(scrapes, gzip, change=False)
-            runs.append(Run(jobs, "store", enc, lat, n))
+            runs.append(Run(jobs, "store", enc, lat, n, started["own"]))
             lat, n = scraper.series(scrapes, gzip, change=True)
-            runs.append(Run(jobs, "store, 1 job changed", enc, lat, n))
+            runs.append(Run(jobs, "store, 1 job changed", enc, lat, n, started["own"]))
         scraper.close()
     with child("serve-static", fixture=str(fixture)) as proc:
         scraper = Scraper(proc.read()["port"])
@@ -113,13 +134,15 @@ def measure(
             lat, n = scraper.series(baseline_scrapes, gzip, change=False, warmup=1)
             runs.append(Run(jobs, "prometheus_client", "gzip" if gzip else "identity", lat, n))
         scraper.close()
-    if check_samples:
-        ours, theirs = job_samples(bodies["store"]), job_samples(bodies["prom"])
-        same = "same" if ours == theirs else f"DIFFERENT ({len(ours ^ theirs)} differ)"
-        check = f"{jobs} jobs: {len(ours)} job samples in the store, {len(theirs)} in "
-        check += f"prometheus_client's body: {same}"
-    else:
-        check = f"{jobs} jobs: sample sets not compared (--quick)"
+    ours, zipped = job_samples(bodies["store"]), job_samples(bodies["store gzip"])
+    theirs = job_samples(bodies["prom"])
+
+    def same(a: set[Any], b: set[Any]) -> str:
+        return "same" if a == b else f"DIFFERENT ({len(a ^ b)} differ)"
+
+    check = f"{jobs} jobs: {len(ours)} job samples in the store, {len(theirs)} in "
+    check += f"prometheus_client's body: {same(ours, theirs)}; the store's gzip body, "
+    check += f"decoded as one member: {same(ours, zipped)}"
     return runs, check
 
 
@@ -181,13 +204,76 @@ def tables(runs: list[Run], checks: list[str]) -> list[Table]:
             floor = index[(top, "static body", enc)]
             speedup = base.median / r.median
             over = r.median / floor.median
+            bound = (
+                GZIP_CHANGED_FLOOR
+                if (enc, server) == ("gzip", "store, 1 job changed")
+                else FLOOR_TARGET
+            )
             targets.add(
                 server,
                 enc,
                 f"{speedup:.1f}x",
                 f">={SPEEDUP_TARGET:.0f}x",
                 f"{over:.2f}x",
-                f"<={FLOOR_TARGET}x",
-                verdict(speedup >= SPEEDUP_TARGET and over <= FLOOR_TARGET),
+                f"<={bound}x",
+                verdict(speedup >= SPEEDUP_TARGET and over <= bound),
             )
-    return [latency, targets]
+    targets.note(
+        "The bound on a gzip scrape right after a change is 5x: it compresses what changed."
+    )
+    gzip = Table(
+        f"gzip at {top} jobs: one member joined from cached parts vs a constant one-shot gzip",
+        ["measure", "this", "constant", "ratio", "target", "result"],
+    )
+    floor = index[(top, "static body", "gzip")]
+    still = index[(top, "store", "gzip")]
+    changed = index[(top, "store, 1 job changed", "gzip")]
+    gzip.add(
+        "median, nothing changed",
+        ms(still.median),
+        ms(floor.median),
+        ratio(still.median, floor.median),
+        f"<={FLOOR_TARGET}x",
+        verdict(still.median <= FLOOR_TARGET * floor.median),
+    )
+    gzip.add(
+        "  less the self-metrics (render + compress)",
+        ms(still.median - still.own),
+        ms(floor.median),
+        ratio(still.median - still.own, floor.median),
+        "",
+        "",
+    )
+    gzip.add(
+        "median, 1 active job changed",
+        ms(changed.median),
+        ms(floor.median),
+        ratio(changed.median, floor.median),
+        f"<={GZIP_CHANGED_MS:.0f} ms and <={GZIP_CHANGED_FLOOR:.0f}x",
+        verdict(
+            changed.median * 1000 <= GZIP_CHANGED_MS
+            and changed.median <= GZIP_CHANGED_FLOOR * floor.median
+        ),
+    )
+    gzip.add(
+        "  less the self-metrics (render + compress)",
+        ms(changed.median - changed.own),
+        ms(floor.median),
+        ratio(changed.median - changed.own, floor.median),
+        "",
+        "",
+    )
+    gzip.add(
+        "body size",
+        size(still.size),
+        size(floor.size),
+        ratio(still.size, floor.size),
+        f"<={GZIP_SIZE_TARGET:.0f}x",
+        verdict(still.size <= GZIP_SIZE_TARGET * floor.size),
+    )
+    gzip.note("constant: gzip.compress(body, 1) of the same text, made before the timer started.")
+    gzip.note(
+        f"self-metrics: every scrape renders and compresses them, {ms(still.own)} median "
+        "measured in the server process; the constant has them pre-rendered."
+    )
+    return [latency, targets, gzip]

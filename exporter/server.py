@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
 import html
 import logging
 from collections.abc import Awaitable, Callable
@@ -14,7 +13,7 @@ from aiohttp.typedefs import Handler, Middleware
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from exporter import __version__
+from exporter import __version__, gzipjoin
 from exporter.metrics import SelfMetrics
 from exporter.reader import cut
 from exporter.status import JSON_TYPE, render_html, render_json, wants_json
@@ -53,40 +52,68 @@ _GZIP_LEVEL = 1
 
 
 class MetricsHandler:
-    """Serves the store's segments as they are; their gzip members are cached by version."""
+    """Serves the store's segments as they are, or as one gzip member built from cached parts.
+
+    Each segment is compressed once per version into a raw deflate part
+    (`exporter.gzipjoin`); a scrape joins the parts between one gzip header and one
+    trailer whose CRC-32 is combined from the parts' own. After a collection cycle only
+    the segments that changed are compressed again, and only their families' CRCs
+    combined again.
+    """
 
     def __init__(self, store: MetricsStore, telemetry: SelfMetrics) -> None:
         self.store = store
         self.telemetry = telemetry
-        self._gzipped: dict[tuple[str, int], tuple[int, bytes]] = {}
-        self._gzip_joined: tuple[int, bytes] = (-1, b"")
+        self._parts: dict[tuple[str, int], tuple[int, gzipjoin.Part]] = {}
+        # Per family: the segment versions it was folded from and the folded run.
+        self._families: dict[int, tuple[tuple[tuple[str, int], ...], gzipjoin.Run]] = {}
+        self._jobs: tuple[int, bytes, gzipjoin.Run] = (-1, b"", gzipjoin.Run())
         self._gzip_lock = asyncio.Lock()
 
-    async def _gzip_jobs(self) -> bytes:
-        """The job part as gzip members, joined once per store version (about 1 MB)."""
-        version = self.store.version
-        if self._gzip_joined[0] != version:
-            members = await self._gzip_segments(self.store.segments())
-            self._gzip_joined = (version, b"".join(members))
-        return self._gzip_joined[1]
+    async def _gzip_jobs(self) -> tuple[bytes, gzipjoin.Run]:
+        """The gzip header and the jobs' raw deflate (not final), with the jobs' text run.
 
-    async def _gzip_segments(self, segments: list[Segment]) -> list[bytes]:
-        # Concatenated gzip members are one valid gzip stream (RFC 1952 §2.2), so each
-        # segment is compressed on its own and only the segments that changed are redone:
-        # after a cycle that is the active jobs, not the frozen bulk of the fleet.
+        Joined once per store version.
+        """
         async with self._gzip_lock:
-            out = []
-            for segment in segments:
-                cached = self._gzipped.get(segment.key)
-                if cached is None or cached[0] != segment.version:
-                    if len(segment.data) > _INLINE_GZIP_LIMIT:
-                        data = await asyncio.to_thread(gzip.compress, segment.data, _GZIP_LEVEL)
-                    else:
-                        data = gzip.compress(segment.data, _GZIP_LEVEL)
-                    cached = (segment.version, data)
-                    self._gzipped[segment.key] = cached
-                out.append(cached[1])
-            return out
+            version = self.store.version
+            if self._jobs[0] != version:
+                self._jobs = (version, *await self._join(self.store.segments()))
+            return self._jobs[1], self._jobs[2]
+
+    async def _join(self, segments: list[Segment]) -> tuple[bytes, gzipjoin.Run]:
+        deflates: list[bytes] = []
+        families: dict[int, list[tuple[tuple[str, int], int, gzipjoin.Run]]] = {}
+        for segment in segments:
+            cached = self._parts.get(segment.key)
+            if cached is None or cached[0] != segment.version:
+                if len(segment.data) > _INLINE_GZIP_LIMIT:
+                    part = await asyncio.to_thread(gzipjoin.compress, segment.data, _GZIP_LEVEL)
+                else:
+                    part = gzipjoin.compress(segment.data, _GZIP_LEVEL)
+                cached = (segment.version, part)
+                self._parts[segment.key] = cached
+            deflates.append(cached[1].deflate)
+            families.setdefault(segment.key[1], []).append(
+                (segment.key, segment.version, cached[1].run)
+            )
+        # Two levels, so that a change to a few families folds those families and the
+        # family runs, not every segment: the combination is Python arithmetic.
+        runs = []
+        for family, members in families.items():
+            versions = tuple((key[0], version) for key, version, _ in members)
+            folded = self._families.get(family)
+            if folded is None or folded[0] != versions:
+                folded = (versions, gzipjoin.fold(run for _, _, run in members))
+                self._families[family] = folded
+            runs.append(folded[1])
+        # Families and segments that left the body (a bucket emptied) leave the caches.
+        for family in self._families.keys() - families.keys():
+            del self._families[family]
+        for key in self._parts.keys() - {segment.key for segment in segments}:
+            del self._parts[key]
+        # The header leads the cached bytes: one write fewer per scrape.
+        return gzipjoin.header(_GZIP_LEVEL) + b"".join(deflates), gzipjoin.fold(runs)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # Job families are all gauges, whose lines read the same in both formats, so the
@@ -103,7 +130,10 @@ class MetricsHandler:
         )
         parts: list[bytes | bytearray]
         if wants_gzip(request.headers.get("Accept-Encoding", "")):
-            parts = [await self._gzip_jobs(), gzip.compress(own, _GZIP_LEVEL)]
+            # One gzip member: curl and browsers decode only the first of several.
+            jobs, run = await self._gzip_jobs()
+            tail = gzipjoin.compress(own, _GZIP_LEVEL)
+            parts = [jobs, tail.deflate + gzipjoin.trailer(run.then(tail.run), _GZIP_LEVEL)]
             response.headers["Content-Encoding"] = "gzip"
         else:
             parts = [segment.data for segment in self.store.segments()]
