@@ -35,9 +35,10 @@ from exporter.simulator import SimulatorThread
 from exporter.store import MetricsStore
 
 QUOTA = 10.0  # AWS's default DescribeJob quota per account and region
-# The scale fleet's shape, with rollouts that keep going for hours: each active job notifies
-# 3 devices a minute out of 600, and devices finish within a minute, so every active job
-# makes about 3 terminal changes a minute (10 active jobs: 0.5 a second; 1,000: 50).
+# The scale fleet's shape: a tenth of the jobs active, most of them continuous jobs whose
+# devices are done (active, but quiet, as most active jobs are), and a few rollouts that
+# keep going for hours: 3 devices a minute out of 600 each, every device done within a
+# minute, so each rollout makes about 3 terminal changes a minute.
 SCENARIO = """
 seed: 11
 speed: 1
@@ -47,14 +48,29 @@ devices:
   reject_probability: 0.02
   failure_probability: 0.05
   failure_reasons: {checksum_mismatch: 3, download_timeout: 1}
+groups:
+  - {name: rollout, things: 600}
 generate:
   jobs: 1000
   groups: 200
-  things_per_group: 600
+  things_per_group: 25
   active_ratio: 0.1
   canceled_ratio: 0.15
-  maximum_per_minute: 3
+  maximum_per_minute: 25
+jobs:
 """
+
+
+def scenario_text(jobs: int) -> str:
+    """The fleet for `jobs` jobs, with one rollout per 200 jobs (at least two)."""
+    rollouts = "".join(
+        f"  - {{id: rollout-{i}, targets: [group:rollout], created_minutes: -5,"
+        " rollout: {maximum_per_minute: 3}}\n"
+        for i in range(max(2, jobs // 200))
+    )
+    return SCENARIO + rollouts
+
+
 TERMINAL = ("SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED")
 STATE_FIELD = {s: s.lower() for s in TERMINAL}
 
@@ -105,7 +121,7 @@ async def _measure(jobs: int, events: bool, window: float) -> Result:
     changes: collections.deque[Change] = collections.deque()
     with tempfile.TemporaryDirectory(prefix="bench-events-") as tmp:
         scenario = Path(tmp) / "events.yaml"
-        scenario.write_text(SCENARIO)
+        scenario.write_text(scenario_text(jobs))
         return await _measure_fleet(scenario, jobs, events, window, changes)
 
 
@@ -139,14 +155,16 @@ async def _measure_fleet(
         collector = Collector(Config(targets=(target,), collector=settings), store, telemetry)
         await collector.start()
         try:
-            tracked = collector.targets["production"]._jobs
+            target_collector = collector.targets["production"]
             # Polled: the store has no event to wait on, and this is the warm-up only.
-            while len(tracked) < jobs * 0.9 or any(t.snapshot is None for t in tracked.values()):  # noqa: ASYNC110
+            while True:
+                tracked = target_collector.jobs
+                if len(tracked) >= jobs * 0.9 and all(s is not None for s in tracked.values()):
+                    break
                 await asyncio.sleep(0.2)
             # From now on, AWS's quota and the exporter's default budget.
             _post(f"{sim.url}/_sim/faults", {"quotas": {"DescribeJob": QUOTA, "enabled": True}})
-            for bucket in collector.budgets._buckets.values():
-                bucket.rate = CollectorSettings().requests_per_second
+            collector.budgets.set_rate(CollectorSettings().requests_per_second)
             changes.clear()
             calls_before = _describe_calls(sim.url)
             started = time.monotonic()
