@@ -34,6 +34,7 @@ RESERVED_LABELS = frozenset(
         "target_type",
         "package_version_arn",
         "reason_code",
+        "reason",
         "status",
         "state",
         "failure_type",
