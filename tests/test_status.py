@@ -241,6 +241,12 @@ async def test_hostile_job_ids_and_error_texts_are_escaped(
     # Both jobs stop being described: after two intervals their data is stale.
     await until("stale jobs", lambda: served.collector.targets["ep"].status().stale_total == 2)
     hostile.queued[HOSTILE] = []
+    # The hostile job answers again; "fine" keeps failing, so its error becomes the last.
+    target = served.collector.targets["ep"]
+    await until(
+        "fine's error last",
+        lambda: target.last_error is not None and target.last_error.job_id == "fine",
+    )
     status, page, headers = await get(f"{served.url}/status", Accept="text/html")
     assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
     assert "script-src" not in headers["Content-Security-Policy"]
