@@ -138,3 +138,30 @@ def test_demo_starts_prometheus_and_alertmanager_and_stops_them(tmp_path: Path) 
         else:
             raise AssertionError(f"{name} (pid {pid}) still running after Ctrl-C")
         assert not Path(log).parent.exists(), "temporary directory left behind"
+
+
+def test_demo_bad_flags_and_scenarios_exit_2_naming_them(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("jobs:\n  - {id: x, targets: ['thing:a'], every_minutes: -1}\n")
+    cases = [
+        (["--speed", "-1"], "error: --speed -1.0: expected a number ≥ 0 (1/60 is real time)"),
+        (["--speed", "nan"], "error: --speed nan: expected a number ≥ 0 (1/60 is real time)"),
+        (
+            ["--prometheus.listen-address", "127.0.0.1:\x1b[2J"],
+            "error: --prometheus.listen-address '127.0.0.1:\\x1b[2J': expected [host]:port",
+        ),
+        (
+            ["--scenario", str(bad), "--simulator.listen-address", "127.0.0.1:0"],
+            f"error: {bad}: jobs[0].every_minutes: expected a number ≥ 1, got -1",
+        ),
+    ]
+    for args, message in cases:
+        result = subprocess.run(
+            [str(EXE), "demo", "--web.listen-address", "127.0.0.1:0", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.strip().splitlines()[-1] == message, (args, result.stderr)
+        assert "Traceback" not in result.stderr
