@@ -19,8 +19,19 @@ prometheus:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	@promtool --version | head -1
 
-demo: $(STAMP)
-	$(BIN)/aws-iot-jobs-exporter demo
+# The demo needs only the exporter's runtime dependencies: a venv of its own, without the
+# test toolchain. Prometheus and Alertmanager join when on the PATH (README, "Demo").
+DEMO_VENV ?= .venv-demo
+DEMO_STAMP := $(DEMO_VENV)/.installed
+
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/pip install --quiet --upgrade pip
+	$(DEMO_VENV)/bin/pip install --quiet -e .
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(DEMO_VENV)/bin/aws-iot-jobs-exporter demo $(DEMO_ARGS)
 
 run: $(STAMP)
 	$(BIN)/aws-iot-jobs-exporter --config.file config/example.yaml
@@ -47,7 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(DEMO_VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
 # requirements.lock.txt: every runtime dependency and the build backend, pinned with
 # hashes, for the Docker image (pip install --require-hashes). `pip install .` stays

@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -20,6 +22,7 @@ from aiohttp import web
 from exporter import __version__
 from exporter.collector import Collector, Shard
 from exporter.config import Config, ConfigError, Metrics, load_config
+from exporter.demo_stack import ALERTMANAGER_ADDRESS, PROMETHEUS_ADDRESS, DemoStack
 from exporter.detached import run_detached
 from exporter.logs import LEVELS, setup_logging
 from exporter.metrics import FAMILIES, Family, SelfMetrics, family_name_problem, select_families
@@ -474,9 +477,51 @@ def demo(argv: list[str]) -> int:
         default="demo",
         help="simulator scenario: a file, or a bundled name (abort, demo, scale)",
     )
-    parser.add_argument("--simulator.listen-address", dest="sim_address", default="127.0.0.1:0")
-    parser.add_argument("--speed", type=float, default=None, help="simulated minutes per second")
+    parser.add_argument(
+        "--simulator.listen-address",
+        dest="sim_address",
+        default="127.0.0.1:4566",
+        help="address of the simulated AWS IoT endpoint (default: %(default)s; port 0 picks one)",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="simulated minutes per real second (default: the scenario's; the demo "
+        "scenario runs in real time, 1/60). Faster runs get time-scaled rules",
+    )
+    parser.add_argument(
+        "--prometheus.listen-address",
+        dest="prometheus_address",
+        default=PROMETHEUS_ADDRESS,
+        help="where the demo's Prometheus listens, when `prometheus` is on the PATH "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--alertmanager.listen-address",
+        dest="alertmanager_address",
+        default=ALERTMANAGER_ADDRESS,
+        help="where the demo's Alertmanager listens, when `prometheus-alertmanager` or "
+        "`alertmanager` is on the PATH (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-prometheus",
+        dest="prometheus",
+        action="store_false",
+        help="do not start Prometheus and Alertmanager even when they are installed",
+    )
     args = parser.parse_args(argv)
+    if args.speed is not None and not (math.isfinite(args.speed) and args.speed >= 0):
+        return _fail(f"--speed {args.speed}: expected a number ≥ 0 (1/60 is real time)")
+    for flag, address in (
+        ("--simulator.listen-address", args.sim_address),
+        ("--prometheus.listen-address", args.prometheus_address),
+        ("--alertmanager.listen-address", args.alertmanager_address),
+    ):
+        try:
+            parse_listen_address(address)
+        except ValueError:
+            return _fail(f"{flag} {address!r}: expected [host]:port")
     setup_logging(args.log_level, args.log_format)
     config = _load(args.config_file)
     if isinstance(config, int):
@@ -509,12 +554,18 @@ async def _demo(
     web_config: WebConfig | None,
     metrics: Metrics | None = None,
 ) -> int:
-    from exporter.simulator import start_simulator
+    from exporter.simulator import ScenarioError, start_simulator
 
     sim_host, sim_port = parse_listen_address(args.sim_address)
-    sim = await start_simulator(
-        args.scenario, host=sim_host or "127.0.0.1", port=sim_port, speed=args.speed
-    )
+    try:
+        sim = await start_simulator(
+            args.scenario, host=sim_host or "127.0.0.1", port=sim_port, speed=args.speed
+        )
+    except ScenarioError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"--simulator.listen-address {args.sim_address}: {exc.strerror or exc}")
+    stack: DemoStack | None = None
 
     def to_simulator(config: Config) -> Config:
         targets = tuple(
@@ -529,11 +580,29 @@ async def _demo(
         return dataclasses.replace(_with_metrics(config, metrics), targets=targets)
 
     async def announce(url: str) -> None:
+        nonlocal stack
         print(
-            f"simulator:  {sim.url}  (state: {sim.url}/_sim/stats, faults: {sim.url}/_sim/faults)"
+            f"simulator:    {sim.url}  (state: {sim.url}/_sim/stats, faults: {sim.url}/_sim/faults)"
         )
-        print(f"events:     {sim.queue_url}  (queue: {sim.url}/_sim/events)")
-        print(f"metrics:    {url}")
+        print(f"events:       {sim.queue_url}  (queue: {sim.url}/_sim/events)")
+        print(f"metrics:      {url}")
+        sys.stdout.flush()
+        if not args.prometheus:
+            return
+        if web_config is not None:
+            print(
+                "prometheus:   not started: the demo's Prometheus scrapes without --web.config.file"
+            )
+            return
+        stack = DemoStack(
+            urllib.parse.urlsplit(url).netloc,
+            speed=sim.clock.speed,
+            metrics_path=args.telemetry_path,
+            prometheus_address=args.prometheus_address,
+            alertmanager_address=args.alertmanager_address,
+        )
+        for line in await stack.start():
+            print(line)
         sys.stdout.flush()
 
     try:
@@ -541,6 +610,8 @@ async def _demo(
             to_simulator(config), args, Shard(), announce, web_config, to_simulator
         )
     finally:
+        if stack is not None:
+            await stack.stop()
         await sim.close()
 
 

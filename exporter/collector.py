@@ -195,7 +195,6 @@ class TargetCollector:
         self._dirty_wakeup = asyncio.Event()
         self._event_described: dict[str, float] = {}
         self.consumer: EventConsumer | None = None
-        self._consumer_started = asyncio.Event()
         self._event_driven = False
         events = target.events
         self.reasons = ReasonCounts(events.max_reasons_per_job if events else 10)
@@ -347,8 +346,12 @@ class TargetCollector:
                     j: t for j, t in self._event_described.items() if t > horizon
                 }
 
-    async def run_events(self, queue: Queue) -> None:
-        """The target's event consumer and the describes it causes, until cancelled."""
+    def attach_events(self, queue: Queue) -> EventConsumer:
+        """The target's event consumer on `queue`; run it with run_events().
+
+        Made before the cycles start, so that the first cycle knows to wait for the
+        queue's first answer instead of polling every active job.
+        """
         events = self.target.events
         assert events is not None
         self.consumer = EventConsumer(
@@ -365,17 +368,19 @@ class TargetCollector:
             self.reasons,
             clock=self.clock,
         )
-        self._consumer_started.set()
+        return self.consumer
+
+    async def run_events(self, consumer: EventConsumer) -> None:
+        """The consumer and the describes it causes, until cancelled."""
         # Read at scrape time: the consumer's health changes between cycles.
         driven = self.telemetry.events_driven.labels(self.target.name)
         driven.set_function(lambda: 1.0 if self.event_driven() else 0.0)
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self.consumer.run())
+                group.create_task(consumer.run())
                 group.create_task(self.describe_dirty())
         finally:
             self.consumer = None
-            self._consumer_started.clear()
             driven.set_function(lambda: 0.0)
 
     def execution_event_samples(self) -> list[tuple[dict[str, str], float]]:
@@ -672,11 +677,12 @@ class TargetCollector:
     async def _await_consumer(self) -> None:
         """Whether events flow is known once the queue answered: wait for that a moment, so
         that a restart or a reload does not poll every active job before the first receive."""
+        consumer = self.consumer
+        if consumer is None or consumer.answered.is_set():
+            return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.request_timeout):
-                await self._consumer_started.wait()
-                if self.consumer is not None:
-                    await self.consumer.answered.wait()
+                await consumer.answered.wait()
 
     def _fetched_at(self, job_id: str) -> float:
         snapshot = self._jobs[job_id].snapshot
@@ -970,9 +976,10 @@ class Collector:
                         await collector.run()
                     else:
                         self.telemetry.init_events(target.name)
+                        consumer = collector.attach_events(queue)
                         async with asyncio.TaskGroup() as group:
                             group.create_task(collector.run())
-                            group.create_task(collector.run_events(queue))
+                            group.create_task(collector.run_events(consumer))
             except Exception as exc:
                 # An unknown profile or a broken credential source: this target waits
                 # and tries again, the others go on.

@@ -33,7 +33,7 @@ EXE = Path(sys.executable).parent / "aws-iot-jobs-exporter"
 SCENARIO = ROOT / "exporter" / "simulator" / "scenarios" / "demo.yaml"
 FAILING = "firmware-v2-failing"
 HEALTHY = "firmware-v2-healthy"
-# Slower than the scenario's one simulated minute per second: the failing rollout's FAILED
+# 15 times the scenario's real time, with rules whose for: is 0s: the failing rollout's FAILED
 # ratio starts at about 83 % of its abort threshold and sinks under the 80 % warning level
 # within a few simulated minutes as retries succeed. At this speed the alert has
 # tens of real seconds to be seen, on a slow CI machine too.

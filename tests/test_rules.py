@@ -177,7 +177,7 @@ def test_alert_follows_the_mixin_conventions(alert: dict[str, Any]) -> None:
     if name in RATIO_ALERTS:
         assert "{{ $value | humanizePercentage }}" in notes["description"]
     base, _, anchor = notes["runbook_url"].partition("#")
-    assert base.endswith("/docs/runbook.md")
+    assert base.endswith("docs/runbook.md")
     assert anchor in runbook_anchors(), f"{name}: docs/runbook.md has no #{anchor}"
 
 

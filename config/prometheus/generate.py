@@ -74,6 +74,28 @@ _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+def time_scaled(config: Config, factor: float) -> dict[str, Any]:
+    """A copy of the config with every window and `for:` divided by `factor`.
+
+    For the demo run faster than real time (`demo --speed`): when the simulated fleet
+    moves `factor` times as fast as the wall clock, the same story fires the same alerts
+    if the rules' durations shrink by as much. Thresholds are unchanged. Whole seconds,
+    at least one.
+    """
+    out = copy.deepcopy(dict(config))
+
+    def scale(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: scale(item) for key, item in value.items()}
+        if isinstance(value, str) and _DURATION.match(value):
+            return f"{max(1, round(seconds(value) / factor))}s"
+        return value
+
+    out["alerts"] = scale(out["alerts"])
+    out["observed_rate_window"] = scale(out["observed_rate_window"])
+    return out
+
+
 def seconds(duration: str) -> float:
     match = _DURATION.match(duration)
     if not match:

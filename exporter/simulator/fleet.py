@@ -9,7 +9,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -180,6 +180,8 @@ class Fleet:
             earliest = min(earliest, created)
             if spec.precomputed is not None:
                 self._create_precomputed(spec, spec.precomputed, created)
+            elif spec.every_minutes is not None:
+                self._push(created, self._create_repeated, spec, 1)
             else:
                 self._push(created, self._create_later, spec, start)
         for event in scenario.timeline:
@@ -342,6 +344,13 @@ class Fleet:
         except FleetError as e:
             # An admin call took the id first; AWS would refuse the second CreateJob too.
             log.warning("scenario job not created job_id=%s reason=%r", spec.job_id, e.message)
+
+    def _create_repeated(self, spec: JobSpec, number: int) -> None:
+        """One copy of a repeated job now, and the next one `every_minutes` later."""
+        assert spec.every_minutes is not None
+        copy = replace(spec, job_id=f"{spec.job_id}-{number:04d}", every_minutes=None)
+        self._create_later(copy, self.now)
+        self._push(self.now + spec.every_minutes * 60.0, self._create_repeated, spec, number + 1)
 
     def _create(self, spec: JobSpec, origin: float) -> Job:
         sched = spec.scheduling
@@ -746,6 +755,9 @@ class Fleet:
             # A timeline step on a job that already ended (say, aborted before its planned
             # cancel) is a no-op, as it would be against AWS.
             pass
+        finally:
+            if event.every_minutes is not None:
+                self._push(self.now + event.every_minutes * 60.0, self._timeline, event)
 
     # --- bulk generation ----------------------------------------------------------------
 

@@ -152,6 +152,14 @@ class JobSpec:
     scheduling: Scheduling | None = None
     devices: Devices = Devices()
     precomputed: Precomputed | None = None
+    # A job created again every so many minutes (a nightly push, a config sync): the
+    # copies are `{id}-0001`, `{id}-0002`, ... so that a long-running fleet keeps getting
+    # new jobs. Their scheduling minutes count from each copy's creation.
+    every_minutes: float | None = None
+
+
+# Room for the `-NNNN` suffix of a repeated job within AWS's 64 characters.
+REPEATED_ID_MAX = 59
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +180,8 @@ class TimelineEvent:
     force: bool = False
     reason_code: str | None = None
     comment: str | None = None
+    # add_things and remove_things can repeat, so that continuous jobs keep moving.
+    every_minutes: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +307,7 @@ _JOB_KEYS = (
     "scheduling",
     "devices",
     "precomputed",
+    "every_minutes",
 )
 _EXECUTION_STATES = (
     "queued",
@@ -516,6 +527,17 @@ def _job(r: Reader, value: Any, path: str, devices: Devices) -> JobSpec:
     def text(key: str, pattern: re.Pattern[str] | None = None) -> str | None:
         return r.opt(d, key, path, lambda v, p: r.string(v, p, pattern))
 
+    every = r.opt(d, "every_minutes", path, lambda v, p: r.number(v, p, 1.0))
+    if every is not None:
+        if len(job_id) > REPEATED_ID_MAX:
+            raise r.fail(
+                join(path, "id"),
+                f"expected at most {REPEATED_ID_MAX} characters for a repeated job "
+                "(copies are named ID-0001, ID-0002, ...)",
+            )
+        if d.get("precomputed") is not None:
+            raise r.fail(join(path, "every_minutes"), "a precomputed job cannot repeat")
+
     return JobSpec(
         job_id=job_id,
         targets=targets,
@@ -539,6 +561,7 @@ def _job(r: Reader, value: Any, path: str, devices: Devices) -> JobSpec:
         scheduling=r.opt(d, "scheduling", path, lambda v, p: _scheduling(r, v, p)),
         devices=_devices(r, d.get("devices"), join(path, "devices"), devices),
         precomputed=r.opt(d, "precomputed", path, lambda v, p: _precomputed(r, v, p)),
+        every_minutes=every,
     )
 
 
@@ -546,7 +569,17 @@ _TIMELINE_ACTIONS = ("add_things", "remove_things", "cancel_job", "delete_job")
 
 
 def _timeline_event(r: Reader, value: Any, path: str) -> TimelineEvent:
-    keys = ("at_minutes", "action", "group", "count", "job", "force", "reason_code", "comment")
+    keys = (
+        "at_minutes",
+        "action",
+        "group",
+        "count",
+        "job",
+        "force",
+        "reason_code",
+        "comment",
+        "every_minutes",
+    )
     d = r.mapping(value, path, keys)
     action = r.choice(d.get("action"), join(path, "action"), _TIMELINE_ACTIONS)
     at = r.number(d.get("at_minutes"), join(path, "at_minutes"))
@@ -556,7 +589,10 @@ def _timeline_event(r: Reader, value: Any, path: str) -> TimelineEvent:
             action,
             group=r.string(d.get("group"), join(path, "group"), _NAME),
             count=r.integer(d.get("count"), join(path, "count"), 1),
+            every_minutes=r.opt(d, "every_minutes", path, lambda v, p: r.number(v, p, 1.0)),
         )
+    if d.get("every_minutes") is not None:
+        raise r.fail(join(path, "every_minutes"), "only add_things and remove_things can repeat")
     return TimelineEvent(
         at,
         action,
