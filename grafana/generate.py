@@ -20,25 +20,31 @@ links, variables and layout are the same:
 - `schemaVersion` is the SDK's (41, Grafana 11.6) rather than 39, and keys come in the
   order of the SDK's models.
 - The SDK writes fields the dicts left to Grafana's defaults, with those defaults' values:
-  `fiscalYearStartMonth: 0`, `transparent: false` and `repeatDirection: "h"` on panels,
-  `skipUrlSync`, `allowCustomValue`, `auto*` on variables, `icon`, `tooltip`,
-  `targetBlank: false` on dashboard links, and `showLegend: true` in time series legends
-  (the SDK's legend would otherwise write `false` and hide it).
+  `fiscalYearStartMonth: 0`; `transparent: false` and `repeatDirection: "h"` on panels;
+  `justifyMode`, `wideLayout`, `showPercentChange` and `percentChangeColorMode` on stats;
+  `footer`, `frameIndex` and `showTypeIcons` on tables; `alignValue` and `perPage` on state
+  timelines; `skipUrlSync`, `allowCustomValue`, `auto*` (and `multi`/`includeAll` false on
+  the data source) on variables; `icon`, `tooltip` and `targetBlank: false` on links.
+- Legends are written out: the SDK's legend model defaults to `showLegend: false`, which
+  would hide them, so time series set `showLegend: true` and state timelines get Grafana's
+  own default legend and tooltip (list at the bottom; single, unsorted).
 - Field data links (a click on a series or a table row) are DashboardLink models in the
   SDK's schema, so they also carry the dashboard-link keys (`type: "link"`, `tags: []`,
   `asDropdown`, `includeVars`, `keepTime`), which Grafana's data links ignore.
-- `annotations` is `{}` rather than `{"list": []}`: the same empty list to Grafana.
 - What the SDK has no setter for is left out: variables' `current: {}` (an unset current
-  value, as when absent), the datasource variable's `options: []` and `refresh: 1` (Grafana
-  lists data sources on every load whatever `refresh` says), and query variables'
-  `definition`, a display copy of the query that Grafana writes back when a dashboard is
-  saved; the query itself is set, as `{"query": ..., "refId": ...}`.
+  value, as when absent), the data source variable's `options: []` and `refresh: 1`
+  (Grafana lists data sources on every load whatever `refresh` says), the single-job
+  variable's `allValue: null`, and query variables' `definition`, a display copy of the
+  query that Grafana writes back when a dashboard is saved; the query itself is set, as
+  `{"query": ..., "refId": ...}`.
 
-Nothing the dashboards need is beyond the SDK, so no hand-written dict remains. Two things
-are positioned by this module rather than by the SDK: panel ids, which the SDK leaves unset,
-and grid positions, because the SDK's automatic layout only wraps to a new line after a row
-is full, so a panel that does not fit on the current line would overflow the 24 columns;
-`layout()` wraps before it, as Grafana's editor does.
+Nothing the dashboards need is beyond the SDK. Plain dicts remain only where Grafana's
+schema itself leaves a value free-form (`object` in the SDK): the options of the merge and
+organize transformations, and a query variable's query object. Two things are placed by
+this module rather than by the SDK: panel ids, which the SDK leaves unset, and grid
+positions, because the SDK's automatic layout wraps to a new line only once a line is full,
+so a panel that does not fit on the current line would overflow the 24 columns; `layout()`
+wraps before it, as Grafana's editor does.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ import json
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import yaml
 from grafana_foundation_sdk.builders import common as common_builders
@@ -56,6 +62,7 @@ from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.builders import prometheus, stat, statetimeline, table, timeseries
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.cog.variants import Dataquery
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
@@ -79,10 +86,40 @@ ACTIVE = 'status=~"IN_PROGRESS|SCHEDULED"'
 # counts, durations and timestamps red; every such field gets this fixed colour instead.
 NEUTRAL = "text"
 
-# Any of the SDK's panel builders (stat, timeseries, table, state-timeline).
-Panel = Builder[models.Panel]
 Query = prometheus.Dataquery
 Steps = list[tuple[float | None, str]]
+Links = list[Builder[models.DashboardLink]]
+
+
+class Panel(Protocol):
+    """What every panel builder of the SDK has (stat, time series, table, state timeline).
+
+    The SDK declares these methods on each panel kind rather than on a common base class;
+    this protocol lets the shared settings be written once and still be type-checked.
+    """
+
+    def build(self) -> models.Panel: ...
+    def id(self, id_val: int) -> Self: ...
+    def grid_pos(self, grid_pos: models.GridPos) -> Self: ...
+    def title(self, title: str) -> Self: ...
+    def description(self, description: str) -> Self: ...
+    def datasource(self, datasource: models.DataSourceRef) -> Self: ...
+    def unit(self, unit: str) -> Self: ...
+    def span(self, w: int) -> Self: ...
+    def height(self, h: int) -> Self: ...
+    def with_target(self, target: Builder[Dataquery]) -> Self: ...
+    def data_links(self, links: Links) -> Self: ...
+    def mappings(self, mappings: list[models.ValueMapping]) -> Self: ...
+    def color_scheme(self, color: Builder[models.FieldColor]) -> Self: ...
+    def thresholds(self, thresholds: Builder[models.ThresholdsConfig]) -> Self: ...
+    def overrides(
+        self, overrides: list[Builder[models.DashboardFieldConfigSourceOverrides]]
+    ) -> Self: ...
+    def with_override(
+        self, matcher: models.MatcherConfig, properties: list[models.DynamicConfigValue]
+    ) -> Self: ...
+
+
 P = TypeVar("P", bound=Panel)
 
 
@@ -182,18 +219,14 @@ def panel(
     *,
     w: int = 12,
     h: int = 8,
-    links: list[dashboard_builders.DashboardLink] | None = None,
+    links: Links | None = None,
     overrides: Iterable[tuple[models.MatcherConfig, list[models.DynamicConfigValue]]] = (),
     mappings: list[models.ValueMapping] | None = None,
     thresholds: Steps | None = None,
     color: str | None = None,
 ) -> P:
-    """The settings every panel kind shares; the builder's own options are set by its kind.
-
-    The generic calls go through Any: each kind's builder has the same methods, but the SDK
-    declares them per kind rather than on a common base class.
-    """
-    b: Any = builder
+    """The settings every panel kind shares; the builder's own options are set by its kind."""
+    b = builder
     b.title(title).description(description).datasource(datasource()).unit(unit)
     b.span(w).height(h)
     for ref, target in zip("ABCDEFGH", targets, strict=False):
@@ -375,8 +408,7 @@ def layout(items: list[Item]) -> list[Item]:
         if isinstance(item, dashboard_builders.Row):
             item.id(index).grid_pos(position)
         else:
-            anything: Any = item  # every panel builder has id() and grid_pos()
-            anything.id(index).grid_pos(position)
+            item.id(index).grid_pos(position)
         x += w
         line_height = max(line_height, h)
         if is_row:
@@ -468,6 +500,9 @@ def dashboard(
         if isinstance(item, dashboard_builders.Row):
             board.with_row(item)
         else:
+            # Every panel builder of the SDK is a Builder; the protocol only says which
+            # methods it has.
+            assert isinstance(item, Builder)
             board.with_panel(item)
     return board.build()
 
@@ -486,10 +521,10 @@ class Mixin:
 
     # New builders on every call: a builder is mutable, and a link shared by two panels
     # would be one object in both.
-    def series_links(self) -> list[dashboard_builders.DashboardLink]:
+    def series_links(self) -> Links:
         return [console_link(SERIES), job_dashboard_link(self.uids["job"], SERIES)]
 
-    def row_links(self) -> list[dashboard_builders.DashboardLink]:
+    def row_links(self) -> Links:
         return [console_link(ROW), job_dashboard_link(self.uids["job"], ROW)]
 
     def dedup(self, metric: str, extra: str = "") -> str:
@@ -1048,8 +1083,7 @@ class Mixin:
                 continue
             config = item.build().field_config
             if config is None or config.defaults is None or not config.defaults.links:
-                anything: Any = item  # every panel builder has data_links()
-                anything.data_links(self.series_links())
+                item.data_links(self.series_links())
         return dashboard(
             self.uids["job"],
             "AWS IoT Jobs / Job detail",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -286,6 +287,34 @@ def test_dashboards_are_built_with_grafanas_sdk() -> None:
                 assert [t.to_json()["expr"] for t in ours.targets or []] == [
                     t.to_json()["expr"] for t in theirs.targets or []
                 ], f"{name}: {ours.title}"
+
+
+MYPY = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir", os.devnull]
+
+
+def mypy_strict(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MYPY, str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_generator_is_type_checked(tmp_path: Path) -> None:
+    # What the SDK's typed builders are for: an option Grafana does not know, or a value of
+    # the wrong kind, is a type error in the generator instead of a key Grafana ignores.
+    source = (ROOT / "grafana" / "generate.py").read_text()
+    result = mypy_strict(ROOT / "grafana" / "generate.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    wrong = tmp_path / "generate.py"
+    typo = ".text_mode(common.BigValueTextMode.VALUE_AND_NAME)"
+    assert typo in source
+    wrong.write_text(source.replace(typo, '.text_mode("value_and_name")'))
+    result = mypy_strict(wrong)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "BigValueTextMode" in result.stdout
 
 
 def test_metric_name_extraction() -> None:
