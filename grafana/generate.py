@@ -226,7 +226,7 @@ def panel(
     color: str | None = None,
 ) -> P:
     """The settings every panel kind shares; the builder's own options are set by its kind."""
-    b = builder
+    b = builder  # returned as given, so the caller keeps its kind's type
     b.title(title).description(description).datasource(datasource()).unit(unit)
     b.span(w).height(h)
     for ref, target in zip("ABCDEFGH", targets, strict=False):
@@ -248,8 +248,6 @@ def panel(
         b.color_scheme(
             dashboard_builders.FieldColor().mode(models.FieldColorModeId.FIXED).fixed_color(color)
         )
-    # An empty list rather than none, as Grafana writes it.
-    b.overrides([])
     for matcher, properties in overrides:
         b.with_override(matcher, properties)
     return builder
