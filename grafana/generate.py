@@ -1,4 +1,4 @@
-"""Generates the Grafana dashboards of the mixin (grafana/dashboards/*.json) from plain dicts.
+"""Generates the Grafana dashboards of the mixin (grafana/dashboards/*.json) with Grafana's SDK.
 
 Usage:
     python grafana/generate.py           # rewrite grafana/dashboards/*.json
@@ -6,6 +6,45 @@ Usage:
 
 Selectors, dashboard uids and alert thresholds come from config/prometheus/mixin.yaml, the
 same file the Prometheus rules are generated from, so panels and alerts agree.
+
+Dashboards, panels, queries, variables, field colours, thresholds, value mappings, overrides
+and panel options are built with the typed builders of `grafana-foundation-sdk` (a test
+dependency: the JSON is generated and committed, nothing of this runs in the exporter). The
+SDK is pinned to one release in pyproject.toml: its models decide which keys the JSON has and
+in which order, so another release can change the output, which `--check` then reports.
+
+Compared with the hand-built dicts this module used to write, the JSON differs only where the
+SDK's models write differently; the panels, titles, queries, units, thresholds, overrides,
+links, variables and layout are the same:
+
+- `schemaVersion` is the SDK's (41, Grafana 11.6) rather than 39, and keys come in the
+  order of the SDK's models.
+- The SDK writes fields the dicts left to Grafana's defaults, with those defaults' values:
+  `fiscalYearStartMonth: 0`; `transparent: false` and `repeatDirection: "h"` on panels;
+  `justifyMode`, `wideLayout`, `showPercentChange` and `percentChangeColorMode` on stats;
+  `footer`, `frameIndex` and `showTypeIcons` on tables; `alignValue` and `perPage` on state
+  timelines; `skipUrlSync`, `allowCustomValue`, `auto*` (and `multi`/`includeAll` false on
+  the data source) on variables; `icon`, `tooltip` and `targetBlank: false` on links.
+- Legends are written out: the SDK's legend model defaults to `showLegend: false`, which
+  would hide them, so time series set `showLegend: true` and state timelines get Grafana's
+  own default legend and tooltip (list at the bottom; single, unsorted).
+- Field data links (a click on a series or a table row) are DashboardLink models in the
+  SDK's schema, so they also carry the dashboard-link keys (`type: "link"`, `tags: []`,
+  `asDropdown`, `includeVars`, `keepTime`), which Grafana's data links ignore.
+- What the SDK has no setter for is left out: variables' `current: {}` (an unset current
+  value, as when absent), the data source variable's `options: []` and `refresh: 1`
+  (Grafana lists data sources on every load whatever `refresh` says), the single-job
+  variable's `allValue: null`, and query variables' `definition`, a display copy of the
+  query that Grafana writes back when a dashboard is saved; the query itself is set, as
+  `{"query": ..., "refId": ...}`.
+
+Nothing the dashboards need is beyond the SDK. Plain dicts remain only where Grafana's
+schema itself leaves a value free-form (`object` in the SDK): the options of the merge and
+organize transformations, and a query variable's query object. Two things are placed by
+this module rather than by the SDK: panel ids, which the SDK leaves unset, and grid
+positions, because the SDK's automatic layout wraps to a new line only once a line is full,
+so a panel that does not fit on the current line would overflow the 24 columns; `layout()`
+wraps before it, as Grafana's editor does.
 """
 
 from __future__ import annotations
@@ -13,18 +52,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
 
 import yaml
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders import dashboard as dashboard_builders
+from grafana_foundation_sdk.builders import prometheus, stat, statetimeline, table, timeseries
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.cog.variants import Dataquery
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as models
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 ROOT = Path(__file__).resolve().parent.parent
 MIXIN = ROOT / "config" / "prometheus" / "mixin.yaml"
 OUT_DIR = ROOT / "grafana" / "dashboards"
 
 TAG = "aws-iot-jobs"
-DS = {"type": "prometheus", "uid": "${datasource}"}
 # One row per job in a Grafana grid of 24 columns.
 WIDTH = 24
 # The labels that identify a job, as in the rules' joins.
@@ -39,7 +86,45 @@ ACTIVE = 'status=~"IN_PROGRESS|SCHEDULED"'
 # counts, durations and timestamps red; every such field gets this fixed colour instead.
 NEUTRAL = "text"
 
-Panel = dict[str, Any]
+Query = prometheus.Dataquery
+Steps = list[tuple[float | None, str]]
+Links = list[Builder[models.DashboardLink]]
+
+
+class Panel(Protocol):
+    """What every panel builder of the SDK has (stat, time series, table, state timeline).
+
+    The SDK declares these methods on each panel kind rather than on a common base class;
+    this protocol lets the shared settings be written once and still be type-checked.
+    """
+
+    def build(self) -> models.Panel: ...
+    def id(self, id_val: int) -> Self: ...
+    def grid_pos(self, grid_pos: models.GridPos) -> Self: ...
+    def title(self, title: str) -> Self: ...
+    def description(self, description: str) -> Self: ...
+    def datasource(self, datasource: models.DataSourceRef) -> Self: ...
+    def unit(self, unit: str) -> Self: ...
+    def span(self, w: int) -> Self: ...
+    def height(self, h: int) -> Self: ...
+    def with_target(self, target: Builder[Dataquery]) -> Self: ...
+    def data_links(self, links: Links) -> Self: ...
+    def mappings(self, mappings: list[models.ValueMapping]) -> Self: ...
+    def color_scheme(self, color: Builder[models.FieldColor]) -> Self: ...
+    def thresholds(self, thresholds: Builder[models.ThresholdsConfig]) -> Self: ...
+    def overrides(
+        self, overrides: list[Builder[models.DashboardFieldConfigSourceOverrides]]
+    ) -> Self: ...
+    def with_override(
+        self, matcher: models.MatcherConfig, properties: list[models.DynamicConfigValue]
+    ) -> Self: ...
+
+
+P = TypeVar("P", bound=Panel)
+
+
+def datasource() -> models.DataSourceRef:
+    return models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
 
 def load_mixin() -> dict[str, Any]:
@@ -52,177 +137,202 @@ def load_mixin() -> dict[str, Any]:
 # columns as ${__data.fields.x}; job links are built for both.
 
 
-def console_link(ref: str) -> dict[str, Any]:
+def console_link(ref: str) -> dashboard_builders.DashboardLink:
     region, job_id = ref.format("region"), ref.format("job_id")
-    return {
-        "title": "Open job in the AWS IoT console",
-        "url": (f"https://{region}.console.aws.amazon.com/iot/home?region={region}#/job/{job_id}"),
-        "targetBlank": True,
-    }
+    return (
+        dashboard_builders.DashboardLink("Open job in the AWS IoT console")
+        .url(f"https://{region}.console.aws.amazon.com/iot/home?region={region}#/job/{job_id}")
+        .target_blank(True)
+    )
 
 
-def job_dashboard_link(uid: str, ref: str) -> dict[str, Any]:
-    return {
-        "title": "Job detail",
-        "url": (
-            f"/d/{uid}?var-target={ref.format('target')}&var-region={ref.format('region')}"
-            f"&var-job_id={ref.format('job_id')}&${{datasource:queryparam}}&${{__url_time_range}}"
-        ),
-    }
+def job_dashboard_link(uid: str, ref: str) -> dashboard_builders.DashboardLink:
+    return dashboard_builders.DashboardLink("Job detail").url(
+        f"/d/{uid}?var-target={ref.format('target')}&var-region={ref.format('region')}"
+        f"&var-job_id={ref.format('job_id')}&${{datasource:queryparam}}&${{__url_time_range}}"
+    )
 
 
 SERIES = "${{__field.labels.{}}}"
 ROW = "${{__data.fields.{}}}"
 
 
+# Field configuration ----------------------------------------------------------------
+
+
+def fixed(color: str) -> models.FieldColor:
+    return models.FieldColor(mode=models.FieldColorModeId.FIXED, fixed_color=color)
+
+
+def by_thresholds() -> models.FieldColor:
+    return models.FieldColor(mode=models.FieldColorModeId.THRESHOLDS)
+
+
+def threshold_steps(steps: Steps) -> models.ThresholdsConfig:
+    return models.ThresholdsConfig(
+        mode=models.ThresholdsMode.ABSOLUTE,
+        steps=[models.Threshold(value=value, color=color) for value, color in steps],
+    )
+
+
+def prop(name: str, value: object) -> models.DynamicConfigValue:
+    return models.DynamicConfigValue(id_val=name, value=value)
+
+
+def coloured_by(steps: Steps) -> list[models.DynamicConfigValue]:
+    """Field properties that colour a column by thresholds, whatever the panel's default."""
+    return [prop("color", by_thresholds()), prop("thresholds", threshold_steps(steps))]
+
+
+def value_mappings(values: Sequence[tuple[int, str, str]]) -> list[models.ValueMapping]:
+    """A value mapping from each code to its (text, colour), in that order."""
+    return [
+        models.ValueMap(
+            options={
+                str(code): models.ValueMappingResult(text=text, color=color, index=index)
+                for index, (code, text, color) in enumerate(values)
+            }
+        )
+    ]
+
+
 # Panels -----------------------------------------------------------------------------
 
 
-def query(expr: str, legend: str = "", *, instant: bool = False, table: bool = False) -> Panel:
-    return {
-        "datasource": DS,
-        "expr": expr,
-        "legendFormat": legend or "__auto",
-        "instant": instant or table,
-        "range": not (instant or table),
-        "format": "table" if table else "time_series",
-    }
-
-
-def threshold_steps(steps: list[tuple[float | None, str]]) -> dict[str, Any]:
-    return {"mode": "absolute", "steps": [{"value": v, "color": c} for v, c in steps]}
-
-
-def fixed(color: str) -> dict[str, str]:
-    return {"mode": "fixed", "fixedColor": color}
-
-
-def by_thresholds(steps: list[tuple[float | None, str]]) -> dict[str, Any]:
-    """Field properties that colour a column by thresholds, whatever the panel's default."""
-    return {"color": {"mode": "thresholds"}, "thresholds": threshold_steps(steps)}
+def query(expr: str, legend: str = "", *, instant: bool = False) -> Query:
+    q = (
+        prometheus.Dataquery()
+        .datasource(datasource())
+        .expr(expr)
+        .legend_format(legend or "__auto")
+        .format(PromQueryFormat.TIME_SERIES)
+    )
+    return q.instant() if instant else q.range()
 
 
 def panel(
-    kind: str,
+    builder: P,
     title: str,
     description: str,
-    targets: list[Panel],
+    targets: list[Query],
     unit: str,
     *,
     w: int = 12,
     h: int = 8,
-    links: list[dict[str, Any]] | None = None,
-    options: dict[str, Any] | None = None,
-    custom: dict[str, Any] | None = None,
-    overrides: list[dict[str, Any]] | None = None,
-    mappings: list[dict[str, Any]] | None = None,
-    thresholds: list[tuple[float | None, str]] | None = None,
+    links: Links | None = None,
+    overrides: Iterable[tuple[models.MatcherConfig, list[models.DynamicConfigValue]]] = (),
+    mappings: list[models.ValueMapping] | None = None,
+    thresholds: Steps | None = None,
     color: str | None = None,
-    minmax: tuple[float | None, float | None] = (None, None),
-    transformations: list[dict[str, Any]] | None = None,
-) -> Panel:
-    defaults: dict[str, Any] = {"unit": unit}
+) -> P:
+    """The settings every panel kind shares; the builder's own options are set by its kind."""
+    b = builder  # returned as given, so the caller keeps its kind's type
+    b.title(title).description(description).datasource(datasource()).unit(unit)
+    b.span(w).height(h)
+    for ref, target in zip("ABCDEFGH", targets, strict=False):
+        b.with_target(target.ref_id(ref))
     if links:
-        defaults["links"] = links
-    if custom:
-        defaults["custom"] = custom
+        b.data_links(links)
     if mappings:
-        defaults["mappings"] = mappings
+        b.mappings(mappings)
     if thresholds and color:
         raise ValueError(f"{title}: a colour comes from thresholds or is fixed, not both")
     if thresholds:
-        defaults["color"] = {"mode": "thresholds"}
-        defaults["thresholds"] = threshold_steps(thresholds)
+        b.color_scheme(dashboard_builders.FieldColor().mode(models.FieldColorModeId.THRESHOLDS))
+        b.thresholds(
+            dashboard_builders.ThresholdsConfig()
+            .mode(models.ThresholdsMode.ABSOLUTE)
+            .steps([models.Threshold(value=v, color=c) for v, c in thresholds])
+        )
     elif color:
-        defaults["color"] = fixed(color)
-    if minmax[0] is not None:
-        defaults["min"] = minmax[0]
-    if minmax[1] is not None:
-        defaults["max"] = minmax[1]
-    for ref, target in zip("ABCDEFGH", targets, strict=False):
-        target["refId"] = ref
-    result: Panel = {
-        "type": kind,
-        "title": title,
-        "description": description,
-        "datasource": DS,
-        "targets": targets,
-        "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
-        "options": options or {},
-        "gridPos": {"w": w, "h": h},
-    }
-    if transformations:
-        result["transformations"] = transformations
-    return result
+        b.color_scheme(
+            dashboard_builders.FieldColor().mode(models.FieldColorModeId.FIXED).fixed_color(color)
+        )
+    for matcher, properties in overrides:
+        b.with_override(matcher, properties)
+    return builder
 
 
-def timeseries(
+def by_name(name: str) -> models.MatcherConfig:
+    return models.MatcherConfig(id_val="byName", options=name)
+
+
+def by_regexp(pattern: str) -> models.MatcherConfig:
+    return models.MatcherConfig(id_val="byRegexp", options=pattern)
+
+
+def by_query(ref: str) -> models.MatcherConfig:
+    return models.MatcherConfig(id_val="byFrameRefID", options=ref)
+
+
+def timeseries_panel(
     title: str,
     description: str,
-    targets: list[Panel],
+    targets: list[Query],
     unit: str,
     *,
     stack: bool = False,
     threshold_line: float | None = None,
     **kwargs: Any,
-) -> Panel:
-    custom: dict[str, Any] = {"fillOpacity": 20 if stack else 0, "showPoints": "never"}
+) -> timeseries.Panel:
+    b = timeseries.Panel().fill_opacity(20 if stack else 0)
+    b.show_points(common.VisibilityMode.NEVER)
     if stack:
-        custom["stacking"] = {"mode": "normal", "group": "A"}
-    thresholds = None
+        b.stacking(common_builders.StackingConfig().mode(common.StackingMode.NORMAL).group("A"))
     if threshold_line is not None:
-        custom["thresholdsStyle"] = {"mode": "dashed"}
-        thresholds = [(None, "transparent"), (threshold_line, "red")]
-    return panel(
-        "timeseries",
-        title,
-        description,
-        targets,
-        unit,
-        custom=custom,
-        thresholds=thresholds,
-        options={
-            "legend": {"displayMode": "table", "placement": "right", "calcs": ["lastNotNull"]},
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        },
-        **kwargs,
+        b.thresholds_style(
+            common_builders.GraphThresholdsStyleConfig().mode(
+                common.GraphThresholdsStyleMode.DASHED
+            )
+        )
+        kwargs["thresholds"] = [(None, "transparent"), (threshold_line, "red")]
+    b.legend(
+        common_builders.VizLegendOptions()
+        .show_legend(True)
+        .display_mode(common.LegendDisplayMode.TABLE)
+        .placement(common.LegendPlacement.RIGHT)
+        .calcs(["lastNotNull"])
     )
+    b.tooltip(
+        common_builders.VizTooltipOptions()
+        .mode(common.TooltipDisplayMode.MULTI)
+        .sort(common.SortOrder.DESCENDING)
+    )
+    return panel(b, title, description, targets, unit, **kwargs)
 
 
-def stat(title: str, description: str, targets: list[Panel], unit: str, **kwargs: Any) -> Panel:
+def stat_panel(
+    title: str, description: str, targets: list[Query], unit: str, **kwargs: Any
+) -> stat.Panel:
     """A stat; its values are neutral unless it is given thresholds with a meaning."""
     kwargs.setdefault("w", 6)
     kwargs.setdefault("h", 5)
     if not kwargs.get("thresholds"):
         kwargs.setdefault("color", NEUTRAL)
-    return panel(
-        "stat",
-        title,
-        description,
-        targets,
-        unit,
-        options={
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "textMode": "value_and_name",
-            "colorMode": "value",
-            "graphMode": "none",
-            "orientation": "horizontal",
-        },
-        **kwargs,
+    b = (
+        stat.Panel()
+        .reduce_options(
+            common_builders.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
+        )
+        .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
+        .color_mode(common.BigValueColorMode.VALUE)
+        .graph_mode(common.BigValueGraphMode.NONE)
+        .orientation(common.VizOrientation.HORIZONTAL)
     )
+    return panel(b, title, description, targets, unit, **kwargs)
 
 
-def table(
+def table_panel(
     title: str,
     description: str,
-    targets: list[Panel],
+    targets: list[Query],
     unit: str,
     *,
-    columns: dict[str, dict[str, Any]],
+    columns: dict[str, list[models.DynamicConfigValue]],
     hide: Iterable[str] = ("Time", "job", "account_id", "__name__"),
     sort: str | None = None,
     **kwargs: Any,
-) -> Panel:
+) -> table.Panel:
     """A table of instant queries merged on their labels; `columns` names value columns.
 
     Grafana's merge joins rows whose shared columns agree, and a table-format query has a
@@ -232,91 +342,112 @@ def table(
     """
     if not kwargs.get("thresholds"):
         kwargs.setdefault("color", NEUTRAL)
-    overrides = []
-    for column, props in columns.items():
-        properties = [{"id": k, "value": v} for k, v in props.items()]
-        overrides.append({"matcher": {"id": "byName", "options": column}, "properties": properties})
-    options: dict[str, Any] = {"showHeader": True, "cellHeight": "sm"}
-    if sort:
-        options["sortBy"] = [{"displayName": sort, "desc": True}]
     kwargs.setdefault("w", WIDTH)
-    return panel(
-        "table",
-        title,
-        description,
-        [{**t, "format": "table", "instant": True, "range": False} for t in targets],
-        unit,
-        overrides=overrides,
-        options=options,
-        transformations=[
-            {"id": "merge", "options": {}},
-            {"id": "organize", "options": {"excludeByName": dict.fromkeys(hide, True)}},
-        ],
-        **kwargs,
+    b = table.Panel().show_header(True).cell_height(common.TableCellHeight.SM)
+    if sort:
+        b.sort_by([common_builders.TableSortByFieldState().display_name(sort).desc(True)])
+    b.transformations(
+        [
+            models.DataTransformerConfig(id_val="merge", options={}),
+            models.DataTransformerConfig(
+                id_val="organize", options={"excludeByName": dict.fromkeys(hide, True)}
+            ),
+        ]
     )
+    targets = [t.format(PromQueryFormat.TABLE).instant() for t in targets]
+    overrides = [(by_name(column), props) for column, props in columns.items()]
+    return panel(b, title, description, targets, unit, overrides=overrides, **kwargs)
 
 
-def row(title: str) -> Panel:
+def state_timeline_panel(
+    title: str,
+    description: str,
+    targets: list[Query],
+    *,
+    show_value: common.VisibilityMode,
+    **kwargs: Any,
+) -> statetimeline.Panel:
+    b = statetimeline.Panel().show_value(show_value).merge_values(True).row_height(0.8)
+    # Grafana's own defaults, written out: the SDK's would hide the legend and sort the
+    # tooltip.
+    b.legend(
+        common_builders.VizLegendOptions()
+        .show_legend(True)
+        .display_mode(common.LegendDisplayMode.LIST)
+        .placement(common.LegendPlacement.BOTTOM)
+        .calcs([])
+    )
+    b.tooltip(
+        common_builders.VizTooltipOptions()
+        .mode(common.TooltipDisplayMode.SINGLE)
+        .sort(common.SortOrder.NONE)
+    )
+    return panel(b, title, description, targets, "none", w=WIDTH, h=5, **kwargs)
+
+
+def row(title: str) -> dashboard_builders.Row:
     # Rows hold no data, so they have neither queries nor a unit.
-    return {"type": "row", "title": title, "collapsed": False, "panels": [], "gridPos": {"w": 24}}
+    return dashboard_builders.Row(title).collapsed(False)
 
 
-def layout(panels: list[Panel]) -> list[Panel]:
+Item = Panel | dashboard_builders.Row
+
+
+def layout(items: list[Item]) -> list[Item]:
     """Places panels left to right, wrapping at the grid width; ids in order."""
     x = y = line_height = 0
-    for index, p in enumerate(panels, start=1):
-        p["id"] = index
-        w = p["gridPos"]["w"]
-        h = p["gridPos"].get("h", 1)
-        if p["type"] == "row" or x + w > WIDTH:
+    for index, item in enumerate(items, start=1):
+        is_row = isinstance(item, dashboard_builders.Row)
+        grid = item.build().grid_pos
+        w, h = (WIDTH, 1) if is_row or grid is None else (grid.w, grid.h)
+        if is_row or x + w > WIDTH:
             x, y, line_height = 0, y + line_height, 0
-        p["gridPos"] = {"h": h, "w": w, "x": x, "y": y}
+        position = models.GridPos(h=h, w=w, x=x, y=y)
+        if isinstance(item, dashboard_builders.Row):
+            item.id(index).grid_pos(position)
+        else:
+            item.id(index).grid_pos(position)
         x += w
         line_height = max(line_height, h)
-        if p["type"] == "row":
+        if is_row:
             x, y, line_height = 0, y + h, 0
-    return panels
+    return items
 
 
 # Variables --------------------------------------------------------------------------
 
 
-def datasource_variable() -> dict[str, Any]:
-    return {
-        "type": "datasource",
-        "name": "datasource",
-        "label": "Data source",
-        "query": "prometheus",
-        "current": {},
-        "hide": 0,
-        "options": [],
-        "refresh": 1,
-        "regex": "",
-    }
+def datasource_variable() -> dashboard_builders.DatasourceVariable:
+    return (
+        dashboard_builders.DatasourceVariable("datasource")
+        .label("Data source")
+        .type("prometheus")
+        .hide(models.VariableHide.DONT_HIDE)
+        .regex("")
+    )
 
 
-def query_variable(name: str, label: str, definition: str, *, multi: bool = True) -> dict[str, Any]:
-    return {
-        "type": "query",
-        "name": name,
-        "label": label,
-        "datasource": DS,
-        "definition": definition,
-        "query": {"query": definition, "refId": f"{name}-variable"},
-        "refresh": 2,
-        "sort": 1,
-        "multi": multi,
-        "includeAll": multi,
-        # .* instead of a long alternation of every value when All is selected.
-        "allValue": ".*" if multi else None,
-        "current": {},
-        "hide": 0,
-        "options": [],
-        "regex": "",
-    }
+def query_variable(
+    name: str, label: str, definition: str, *, multi: bool = True
+) -> dashboard_builders.QueryVariable:
+    v = (
+        dashboard_builders.QueryVariable(name)
+        .label(label)
+        .datasource(datasource())
+        .query({"query": definition, "refId": f"{name}-variable"})
+        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(models.VariableSort.ALPHABETICAL_ASC)
+        .multi(multi)
+        .include_all(multi)
+        .hide(models.VariableHide.DONT_HIDE)
+        .options([])
+        .regex("")
+    )
+    # .* instead of a long alternation of every value when All is selected.
+    return v.all_value(".*") if multi else v
 
 
-def job_variables(sel: str, *, single_job: bool = False) -> list[dict[str, Any]]:
+def job_variables(sel: str, *, single_job: bool = False) -> list[Builder[models.VariableModel]]:
     return [
         datasource_variable(),
         query_variable("target", "Target", f"label_values(aws_iot_job_info{{{sel}}}, target)"),
@@ -339,34 +470,39 @@ def dashboard(
     uid: str,
     title: str,
     description: str,
-    panels: list[Panel],
-    variables: list[dict[str, Any]],
-) -> dict[str, Any]:
-    return {
-        "uid": uid,
-        "title": title,
-        "description": description,
-        "tags": [TAG],
-        "timezone": "utc",
-        "editable": True,
-        "graphTooltip": 1,
-        "refresh": "30s",
-        "schemaVersion": 39,
-        "time": {"from": "now-6h", "to": "now"},
-        "links": [
-            {
-                "type": "dashboards",
-                "title": "AWS IoT Jobs",
-                "tags": [TAG],
-                "asDropdown": True,
-                "includeVars": True,
-                "keepTime": True,
-            }
-        ],
-        "templating": {"list": variables},
-        "annotations": {"list": []},
-        "panels": layout(panels),
-    }
+    items: list[Item],
+    variables: list[Builder[models.VariableModel]],
+) -> models.Dashboard:
+    board = (
+        dashboard_builders.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags([TAG])
+        .timezone("utc")
+        .editable()
+        .tooltip(models.DashboardCursorSync.CROSSHAIR)
+        .refresh("30s")
+        .time("now-6h", "now")
+        .link(
+            dashboard_builders.DashboardLink("AWS IoT Jobs")
+            .type(models.DashboardLinkType.DASHBOARDS)
+            .tags([TAG])
+            .as_dropdown(True)
+            .include_vars(True)
+            .keep_time(True)
+        )
+        .variables(variables)
+        .annotations([])
+    )
+    for item in layout(items):
+        if isinstance(item, dashboard_builders.Row):
+            board.with_row(item)
+        else:
+            # Every panel builder of the SDK is a Builder; the protocol only says which
+            # methods it has.
+            assert isinstance(item, Builder)
+            board.with_panel(item)
+    return board.build()
 
 
 # Dashboards -------------------------------------------------------------------------
@@ -380,11 +516,14 @@ class Mixin:
         self.uids = config["dashboard_uids"]
         # Every job query filters on the dashboard's variables.
         self.f = f'{self.sel}, target=~"$target", region=~"$region", job_id=~"$job_id"'
-        self.series_links = [
-            console_link(SERIES),
-            job_dashboard_link(self.uids["job"], SERIES),
-        ]
-        self.row_links = [console_link(ROW), job_dashboard_link(self.uids["job"], ROW)]
+
+    # New builders on every call: a builder is mutable, and a link shared by two panels
+    # would be one object in both.
+    def series_links(self) -> Links:
+        return [console_link(SERIES), job_dashboard_link(self.uids["job"], SERIES)]
+
+    def row_links(self) -> Links:
+        return [console_link(ROW), job_dashboard_link(self.uids["job"], ROW)]
 
     def dedup(self, metric: str, extra: str = "") -> str:
         matchers = ", ".join(m for m in (self.f, extra) if m)
@@ -409,34 +548,28 @@ class Mixin:
             parts.append(f"({self.dedup('aws_iot_job_status', matcher)} == 1) * {code}")
         return f"max by ({JOB_KEY}) (\n  " + "\n  or ".join(parts) + "\n)"
 
-    def status_mappings(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "type": "value",
-                "options": {
-                    str(code): {"text": name, "color": color, "index": i}
-                    for i, (code, name, color) in enumerate(
-                        (code, name, STATUS_COLORS[name]) for code, name in STATUS_CODES
-                    )
-                },
-            }
-        ]
+    @staticmethod
+    def status_mappings() -> list[models.ValueMapping]:
+        return value_mappings([(code, name, STATUS_COLORS[name]) for code, name in STATUS_CODES])
 
     # Fleet overview -----------------------------------------------------------------
 
-    def fleet(self) -> dict[str, Any]:
+    def fleet(self) -> models.Dashboard:
         alerts = self.c["alerts"]
         executions = self.dedup("aws_iot_job_executions")
         failure = f"aws_iot_job:executions_failure:ratio{{{self.f}}}"
-        failure_steps = [(None, "green"), (alerts["failure_ratio_high"]["threshold"], "red")]
-        failure_column = {
-            "displayName": "Failure ratio",
-            "custom.cellOptions": {"type": "color-text"},
-            **by_thresholds(failure_steps),
-        }
-        panels = [
+        failure_steps: Steps = [(None, "green"), (alerts["failure_ratio_high"]["threshold"], "red")]
+
+        def failure_column() -> list[models.DynamicConfigValue]:
+            return [
+                prop("displayName", "Failure ratio"),
+                prop("custom.cellOptions", common.TableColorTextCellOptions()),
+                *coloured_by(failure_steps),
+            ]
+
+        panels: list[Item] = [
             row("Now"),
-            stat(
+            stat_panel(
                 "Jobs by status",
                 "Jobs the exporter follows, by their current status.",
                 [
@@ -449,15 +582,12 @@ class Mixin:
                 "short",
                 # The status colours of the job-detail dashboard's timeline.
                 overrides=[
-                    {
-                        "matcher": {"id": "byName", "options": name},
-                        "properties": [{"id": "color", "value": fixed(STATUS_COLORS[name])}],
-                    }
+                    (by_name(name), [prop("color", fixed(STATUS_COLORS[name]))])
                     for _, name in STATUS_CODES
                 ],
                 w=8,
             ),
-            stat(
+            stat_panel(
                 "Executions by state",
                 "Executions of the selected jobs, by state. Failed and timed-out count "
                 "attempts when a job retries.",
@@ -465,7 +595,7 @@ class Mixin:
                 "short",
                 w=10,
             ),
-            stat(
+            stat_panel(
                 "Fleet failure ratio",
                 "Failed, timed-out and rejected executions over all finished executions "
                 "of the selected jobs.",
@@ -482,7 +612,7 @@ class Mixin:
                 thresholds=failure_steps,
             ),
             row("Rollouts"),
-            table(
+            table_panel(
                 "Active rollouts",
                 "Jobs IN_PROGRESS: share of executions no longer queued or in progress, "
                 "failure ratio, pending executions and observed rollout rate (retries "
@@ -500,22 +630,31 @@ class Mixin:
                 ],
                 "percentunit",
                 columns={
-                    "Value #A": {
-                        "displayName": "Progress",
-                        "custom.cellOptions": {"type": "gauge", "mode": "basic"},
-                        "color": fixed("blue"),
-                        "min": 0,
-                        "max": 1,
-                    },
-                    "Value #B": failure_column,
-                    "Value #C": {"displayName": "Queued or in progress", "unit": "short"},
-                    "Value #D": {"displayName": "Rollout rate", "unit": RATE_PER_MINUTE},
+                    "Value #A": [
+                        prop("displayName", "Progress"),
+                        prop(
+                            "custom.cellOptions",
+                            common.TableBarGaugeCellOptions(mode=common.BarGaugeDisplayMode.BASIC),
+                        ),
+                        prop("color", fixed("blue")),
+                        prop("min", 0),
+                        prop("max", 1),
+                    ],
+                    "Value #B": failure_column(),
+                    "Value #C": [
+                        prop("displayName", "Queued or in progress"),
+                        prop("unit", "short"),
+                    ],
+                    "Value #D": [
+                        prop("displayName", "Rollout rate"),
+                        prop("unit", RATE_PER_MINUTE),
+                    ],
                 },
                 sort="Progress",
-                links=self.row_links,
+                links=self.row_links(),
                 h=9,
             ),
-            table(
+            table_panel(
                 "Top jobs by failure ratio",
                 "The ten selected jobs with the highest failure ratio, whatever their status, "
                 "with the number of finished executions the ratio is taken over.",
@@ -530,35 +669,38 @@ class Mixin:
                 ],
                 "percentunit",
                 columns={
-                    "Value #A": failure_column,
-                    "Value #B": {"displayName": "Finished executions", "unit": "short"},
+                    "Value #A": failure_column(),
+                    "Value #B": [
+                        prop("displayName", "Finished executions"),
+                        prop("unit", "short"),
+                    ],
                 },
                 sort="Failure ratio",
-                links=self.row_links,
+                links=self.row_links(),
                 w=12,
                 h=9,
             ),
-            table(
+            table_panel(
                 "Firing alerts",
                 "Alerts of this mixin that are pending or firing (Prometheus' ALERTS series).",
                 [query('ALERTS{alertname=~"AwsIotJob.*", target=~"$target"}')],
                 "none",
-                columns={"Value": {"custom.hidden": True}},
+                columns={"Value": [prop("custom.hidden", True)]},
                 hide=("Time", "__name__", "job", "account_id"),
-                links=self.row_links,
+                links=self.row_links(),
                 w=12,
                 h=9,
             ),
-            timeseries(
+            timeseries_panel(
                 "Failure ratio of active rollouts",
                 "Failure ratio of every IN_PROGRESS job over time; the dashed line is the "
                 "AwsIotJobFailureRatioHigh threshold.",
                 [query(self.in_progress(failure), "{{target}} {{job_id}}")],
                 "percentunit",
                 threshold_line=alerts["failure_ratio_high"]["threshold"],
-                links=self.series_links,
+                links=self.series_links(),
             ),
-            timeseries(
+            timeseries_panel(
                 "Observed rollout rate",
                 "Executions created per minute, averaged, per target and region.",
                 [
@@ -570,14 +712,14 @@ class Mixin:
                 ],
                 RATE_PER_MINUTE,
             ),
-            timeseries(
+            timeseries_panel(
                 "Executions by state across the fleet",
                 "Executions of the selected jobs by state, stacked.",
                 [query(f"sum by (state) ({executions})", "{{state}}")],
                 "short",
                 stack=True,
             ),
-            timeseries(
+            timeseries_panel(
                 "Jobs by status over time",
                 "Number of jobs in each status, stacked.",
                 [
@@ -600,24 +742,25 @@ class Mixin:
 
     # Job detail ---------------------------------------------------------------------
 
-    def job(self) -> dict[str, Any]:
+    def job(self) -> models.Dashboard:
         alerts = self.c["alerts"]
         f = self.f
         age = f"(time() - {self.dedup('aws_iot_job_last_success_timestamp_seconds')})"
         active = self.dedup("aws_iot_job_status", ACTIVE)
         inactive = self.dedup("aws_iot_job_status", ACTIVE.replace("=~", "!~"))
-        panels = [
+        hidden = [prop("custom.hidden", True)]
+        panels: list[Item] = [
             row("Job"),
-            stat(
+            stat_panel(
                 "Status",
                 "Current status of the job.",
                 [query(self.status_code(), "{{job_id}}", instant=True)],
                 "none",
                 mappings=self.status_mappings(),
-                links=self.series_links,
+                links=self.series_links(),
                 w=6,
             ),
-            stat(
+            stat_panel(
                 "Progress",
                 "Share of the job's executions no longer queued or in progress.",
                 [
@@ -628,19 +771,19 @@ class Mixin:
                     )
                 ],
                 "percentunit",
-                links=self.series_links,
+                links=self.series_links(),
                 w=6,
             ),
-            stat(
+            stat_panel(
                 "Failure ratio",
                 "Failed, timed-out and rejected executions over finished executions.",
                 [query(f"aws_iot_job:executions_failure:ratio{{{f}}}", "{{job_id}}", instant=True)],
                 "percentunit",
                 thresholds=[(None, "green"), (alerts["failure_ratio_high"]["threshold"], "red")],
-                links=self.series_links,
+                links=self.series_links(),
                 w=6,
             ),
-            stat(
+            stat_panel(
                 "Data age",
                 "Time since the exporter last described the job; red from the "
                 f"AwsIotJobsExporterDataStale limit ({alerts['data_stale']['max_age']}) while "
@@ -657,28 +800,19 @@ class Mixin:
                 ],
                 "s",
                 thresholds=[(None, "green"), (_seconds(alerts["data_stale"]["max_age"]), "red")],
-                overrides=[
-                    {
-                        "matcher": {"id": "byFrameRefID", "options": "B"},
-                        "properties": [{"id": "color", "value": fixed(NEUTRAL)}],
-                    }
-                ],
+                overrides=[(by_query("B"), [prop("color", fixed(NEUTRAL))])],
                 w=6,
             ),
-            panel(
-                "state-timeline",
+            state_timeline_panel(
                 "Status timeline",
                 "The job's status over time.",
                 [query(self.status_code(), "{{target}} {{job_id}}")],
-                "none",
+                show_value=common.VisibilityMode.AUTO,
                 mappings=self.status_mappings(),
-                links=self.series_links,
-                options={"showValue": "auto", "mergeValues": True, "rowHeight": 0.8},
-                w=WIDTH,
-                h=5,
+                links=self.series_links(),
             ),
             row("Executions"),
-            timeseries(
+            timeseries_panel(
                 "Executions by state",
                 "The job's executions by state, stacked. With retries, failed and timed-out "
                 "count attempts.",
@@ -690,9 +824,9 @@ class Mixin:
                 ],
                 "short",
                 stack=True,
-                links=self.series_links,
+                links=self.series_links(),
             ),
-            timeseries(
+            timeseries_panel(
                 "Observed vs allowed rollout rate",
                 "Executions created per minute (as measured between describes, and "
                 "averaged) against the rate the rollout config allows now and its maximum. "
@@ -712,9 +846,9 @@ class Mixin:
                     query(self.dedup("aws_iot_job_rollout_maximum_per_minute"), "maximum"),
                 ],
                 RATE_PER_MINUTE,
-                links=self.series_links,
+                links=self.series_links(),
             ),
-            timeseries(
+            timeseries_panel(
                 "Failure ratio against abort threshold",
                 "Failure ratio per failure type and, dashed, the abort threshold of each of "
                 "the job's abort criteria; AWS cancels the job when a ratio reaches its "
@@ -732,19 +866,14 @@ class Mixin:
                 "percentunit",
                 threshold_line=alerts["failure_ratio_high"]["threshold"],
                 overrides=[
-                    {
-                        "matcher": {"id": "byRegexp", "options": ".*abort threshold"},
-                        "properties": [
-                            {
-                                "id": "custom.lineStyle",
-                                "value": {"fill": "dash", "dash": [10, 10]},
-                            }
-                        ],
-                    }
+                    (
+                        by_regexp(".*abort threshold"),
+                        [prop("custom.lineStyle", common.LineStyle(fill="dash", dash=[10, 10]))],
+                    )
                 ],
-                links=self.series_links,
+                links=self.series_links(),
             ),
-            timeseries(
+            timeseries_panel(
                 "Abort threshold used",
                 "Failure ratio of each abort criterion over its threshold: 100% means AWS "
                 "aborts once enough things have executed. The line is the "
@@ -757,9 +886,9 @@ class Mixin:
                 ],
                 "percentunit",
                 threshold_line=alerts["abort_threshold_approaching"]["usage"],
-                links=self.series_links,
+                links=self.series_links(),
             ),
-            timeseries(
+            timeseries_panel(
                 "Why executions fail",
                 "Failed, rejected and timed-out execution events per minute by the reason "
                 "the devices report (statusDetails[events.reason_key]), stacked. Only for "
@@ -777,10 +906,10 @@ class Mixin:
                 ],
                 RATE_PER_MINUTE,
                 stack=True,
-                links=self.series_links,
+                links=self.series_links(),
             ),
             row("Configuration"),
-            stat(
+            stat_panel(
                 "Timeouts and retries",
                 "In-progress timeout, retries allowed per failure type, and the executed "
                 "things each abort criterion waits for.",
@@ -807,16 +936,11 @@ class Mixin:
                     ),
                 ],
                 "short",
-                overrides=[
-                    {
-                        "matcher": {"id": "byRegexp", "options": ".*(timeout|expiry)"},
-                        "properties": [{"id": "unit", "value": "s"}],
-                    }
-                ],
+                overrides=[(by_regexp(".*(timeout|expiry)"), [prop("unit", "s")])],
                 w=8,
                 h=7,
             ),
-            stat(
+            stat_panel(
                 "Scheduling windows",
                 "Scheduled start and end of the rollout, date-time maintenance windows and "
                 "the next maintenance-window rollouts AWS has planned.",
@@ -846,7 +970,7 @@ class Mixin:
                 w=8,
                 h=7,
             ),
-            table(
+            table_panel(
                 "Maintenance windows and end behavior",
                 "Recurring maintenance windows (the API's expression as is) with their "
                 "length, and what AWS does at the scheduled end.",
@@ -860,14 +984,14 @@ class Mixin:
                 ],
                 "s",
                 columns={
-                    "Value #A": {"displayName": "Duration"},
-                    "Value #B": {"custom.hidden": True},
+                    "Value #A": [prop("displayName", "Duration")],
+                    "Value #B": hidden,
                 },
-                links=self.row_links,
+                links=self.row_links(),
                 w=8,
                 h=7,
             ),
-            table(
+            table_panel(
                 "Job info",
                 "Metadata of the job: targets, target selection, namespace, template, "
                 "software package versions and reason code (set on cancel or update).",
@@ -878,16 +1002,11 @@ class Mixin:
                     query(self.dedup("aws_iot_job_destination_package_version_info")),
                 ],
                 "none",
-                columns={
-                    "Value #A": {"custom.hidden": True},
-                    "Value #B": {"custom.hidden": True},
-                    "Value #C": {"custom.hidden": True},
-                    "Value #D": {"custom.hidden": True},
-                },
-                links=self.row_links,
+                columns={f"Value #{ref}": hidden for ref in "ABCD"},
+                links=self.row_links(),
                 h=6,
             ),
-            stat(
+            stat_panel(
                 "Timestamps",
                 "When the job was created, last updated and completed.",
                 [
@@ -910,7 +1029,7 @@ class Mixin:
                 "dateTimeAsIso",
                 w=8,
             ),
-            stat(
+            stat_panel(
                 "Exponential rollout",
                 "The exponential rollout config: starting rate, factor, and the notified or "
                 "succeeded things that trigger each increase.",
@@ -939,7 +1058,7 @@ class Mixin:
                 "short",
                 w=8,
             ),
-            stat(
+            stat_panel(
                 "Rollout state",
                 "Targets still being rolled out to, whether AWS is rolling out or canceling "
                 "(isConcurrent), and whether the job was force-canceled.",
@@ -957,9 +1076,12 @@ class Mixin:
             ),
         ]
         # Every panel here shows series of the selected job: all link to it.
-        for p in panels:
-            if p["type"] != "row":
-                p["fieldConfig"]["defaults"].setdefault("links", self.series_links)
+        for item in panels:
+            if isinstance(item, dashboard_builders.Row):
+                continue
+            config = item.build().field_config
+            if config is None or config.defaults is None or not config.defaults.links:
+                item.data_links(self.series_links())
         return dashboard(
             self.uids["job"],
             "AWS IoT Jobs / Job detail",
@@ -971,7 +1093,7 @@ class Mixin:
 
     # Exporter -----------------------------------------------------------------------
 
-    def exporter(self) -> dict[str, Any]:
+    def exporter(self) -> models.Dashboard:
         alerts = self.c["alerts"]
         t = f'{self.sel}, target=~"$target"'
         requests = f"aws_iot_jobs_exporter_api_requests_total{{{t}}}"
@@ -985,34 +1107,23 @@ class Mixin:
             )
             for q in (0.5, 0.9, 0.99)
         ]
-        up_mapping = [
-            {
-                "type": "value",
-                "options": {
-                    "0": {"text": "down", "color": "red", "index": 0},
-                    "1": {"text": "up", "color": "green", "index": 1},
-                },
-            }
-        ]
-        success_mapping = [
-            {
-                "type": "value",
-                "options": {
-                    "0": {"text": "failed", "color": "red", "index": 0},
-                    "1": {"text": "ok", "color": "green", "index": 1},
-                },
-            }
-        ]
-        panels = [
+
+        def up_mapping() -> list[models.ValueMapping]:
+            return value_mappings([(0, "down", "red"), (1, "up", "green")])
+
+        def success_mapping() -> list[models.ValueMapping]:
+            return value_mappings([(0, "failed", "red"), (1, "ok", "green")])
+
+        panels: list[Item] = [
             row("Health"),
-            stat(
+            stat_panel(
                 "Exporters up",
                 "Whether Prometheus can scrape each exporter replica.",
                 [query(f"up{{{self.sel}}}", "{{instance}}", instant=True)],
                 "none",
-                mappings=up_mapping,
+                mappings=up_mapping(),
             ),
-            stat(
+            stat_panel(
                 "Jobs tracked",
                 "Jobs followed: active (described every interval), frozen (terminal, kept "
                 "until retention ends), pending (not described yet).",
@@ -1025,7 +1136,7 @@ class Mixin:
                 ],
                 "short",
             ),
-            stat(
+            stat_panel(
                 "Jobs missing",
                 "Job ids listed in the config that AWS does not know.",
                 [
@@ -1038,7 +1149,7 @@ class Mixin:
                 "short",
                 thresholds=[(None, "green"), (1, "orange")],
             ),
-            stat(
+            stat_panel(
                 "Config reload",
                 "Whether the last configuration load succeeded.",
                 [
@@ -1049,10 +1160,9 @@ class Mixin:
                     )
                 ],
                 "none",
-                mappings=success_mapping,
+                mappings=success_mapping(),
             ),
-            panel(
-                "state-timeline",
+            state_timeline_panel(
                 "Collection success",
                 "Whether the last collection cycle of each target described every job it "
                 "meant to. AwsIotJobsExporterCollectionFailing fires after "
@@ -1063,21 +1173,18 @@ class Mixin:
                         "{{target}} {{instance}}",
                     )
                 ],
-                "none",
-                mappings=success_mapping,
-                options={"showValue": "never", "mergeValues": True, "rowHeight": 0.8},
-                w=WIDTH,
-                h=5,
+                show_value=common.VisibilityMode.NEVER,
+                mappings=success_mapping(),
             ),
             row("AWS API"),
-            timeseries(
+            timeseries_panel(
                 "API requests by outcome",
                 "AWS API attempts per second by outcome; botocore's retries count each attempt.",
                 [query(f"sum by (outcome) (rate({requests}[$__rate_interval]))", "{{outcome}}")],
                 "reqps",
                 stack=True,
             ),
-            timeseries(
+            timeseries_panel(
                 "Throttling",
                 "Share of attempts answered with ThrottlingException, per target; the line "
                 "is the AwsIotJobsExporterThrottled threshold.",
@@ -1091,14 +1198,14 @@ class Mixin:
                 "percentunit",
                 threshold_line=alerts["throttled"]["threshold"],
             ),
-            timeseries(
+            timeseries_panel(
                 "Request latency",
                 "Duration of API calls, retries included: median, 90th and 99th percentile "
                 "per operation.",
                 latency,
                 "s",
             ),
-            timeseries(
+            timeseries_panel(
                 "API requests by operation",
                 "Attempts per second per target and operation, against the request budget.",
                 [
@@ -1110,7 +1217,7 @@ class Mixin:
                 "reqps",
             ),
             row("Collection"),
-            timeseries(
+            timeseries_panel(
                 "Collection cycle time",
                 "Wall time of the last collection cycle per target. A cycle longer than the "
                 "collector interval means the request budget is too small for the jobs.",
@@ -1122,7 +1229,7 @@ class Mixin:
                 ],
                 "s",
             ),
-            timeseries(
+            timeseries_panel(
                 "Data age",
                 "Time since the last successful collection cycle and discovery, and the age "
                 "of the oldest active job's data; the line is the "
@@ -1150,7 +1257,7 @@ class Mixin:
                 "s",
                 threshold_line=_seconds(alerts["data_stale"]["max_age"]),
             ),
-            timeseries(
+            timeseries_panel(
                 "Job events",
                 "Targets with job events (docs/events.md): how late events arrive (p50 and "
                 "p99 of the time from AWS publishing to the exporter reading), and whether "
@@ -1175,16 +1282,16 @@ class Mixin:
                 ],
                 "s",
                 overrides=[
-                    {
-                        "matcher": {"id": "byRegexp", "options": "event-driven.*"},
-                        "properties": [
-                            {"id": "unit", "value": "bool_yes_no"},
-                            {"id": "custom.axisPlacement", "value": "right"},
+                    (
+                        by_regexp("event-driven.*"),
+                        [
+                            prop("unit", "bool_yes_no"),
+                            prop("custom.axisPlacement", common.AxisPlacement.RIGHT),
                         ],
-                    }
+                    )
                 ],
             ),
-            timeseries(
+            timeseries_panel(
                 "Jobs tracked over time",
                 "Jobs followed per state, stacked.",
                 [
@@ -1196,12 +1303,12 @@ class Mixin:
                 "short",
                 stack=True,
             ),
-            table(
+            table_panel(
                 "Build",
                 "Version of each exporter replica and when it last loaded its configuration.",
                 [
                     # max without () drops only the metric name, which would keep the
-                    # rows of the two queries apart (see table()).
+                    # rows of the two queries apart (see table_panel()).
                     query(f"max without () (aws_iot_jobs_exporter_build_info{{{self.sel}}})"),
                     query(
                         "aws_iot_jobs_exporter_config_last_reload_success_timestamp_seconds"
@@ -1210,8 +1317,11 @@ class Mixin:
                 ],
                 "none",
                 columns={
-                    "Value #A": {"custom.hidden": True},
-                    "Value #B": {"displayName": "Config loaded", "unit": "dateTimeAsIso"},
+                    "Value #A": [prop("custom.hidden", True)],
+                    "Value #B": [
+                        prop("displayName", "Config loaded"),
+                        prop("unit", "dateTimeAsIso"),
+                    ],
                 },
                 w=12,
             ),
@@ -1225,7 +1335,7 @@ class Mixin:
             job_variables(self.sel),
         )
 
-    def all(self) -> dict[str, dict[str, Any]]:
+    def all(self) -> dict[str, models.Dashboard]:
         return {
             "aws-iot-jobs-fleet.json": self.fleet(),
             "aws-iot-job-detail.json": self.job(),
@@ -1255,9 +1365,9 @@ def _seconds(duration: str) -> float:
 
 
 def render(config: dict[str, Any]) -> dict[str, str]:
-    """File name → JSON text of every dashboard."""
+    """File name → JSON text of every dashboard, through the SDK's own JSON encoder."""
     return {
-        name: json.dumps(board, indent=2, sort_keys=False) + "\n"
+        name: json.dumps(board, cls=JSONEncoder, indent=2, sort_keys=False) + "\n"
         for name, board in Mixin(config).all().items()
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -71,6 +72,15 @@ def substitute(expr: str) -> str:
     return expr
 
 
+def variable_query(var: dict[str, Any]) -> str:
+    """A query variable's query: Grafana takes a string or, as the generator writes it, an
+    object with the query and a refId."""
+    query = var["query"]
+    text = query["query"] if isinstance(query, dict) else query
+    assert isinstance(text, str), f"variable {var['name']}: {query!r}"
+    return text
+
+
 def queries() -> list[tuple[str, str]]:
     """(where, PromQL) of every panel query and every variable's label_values() selector."""
     found = []
@@ -80,8 +90,9 @@ def queries() -> list[tuple[str, str]]:
                 found.append((f"{name}: {p['title']} {t['refId']}", substitute(t["expr"])))
         for var in board["templating"]["list"]:
             if var["type"] == "query":
-                match = re.fullmatch(r"label_values\((.+), *\w+\)", var["definition"])
-                assert match, f"{name}: variable {var['name']}: {var['definition']}"
+                text = variable_query(var)
+                match = re.fullmatch(r"label_values\((.+), *\w+\)", text)
+                assert match, f"{name}: variable {var['name']}: {text}"
                 found.append((f"{name}: ${var['name']}", substitute(match.group(1))))
     return found
 
@@ -218,6 +229,92 @@ def test_committed_dashboards_are_generated() -> None:
     assert sorted(rendered) == sorted(dashboards()), "stray or missing dashboard files"
     for name, text in rendered.items():
         assert (DASHBOARDS / name).read_text() == text, f"{name} is stale: run grafana/generate.py"
+
+
+def test_check_fails_on_stale_or_missing_dashboards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # CI relies on `generate.py --check` to catch a dashboard edited by hand or a generator
+    # change whose output was not committed.
+    generate = load_generator()
+    for path in DASHBOARDS.glob("*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    monkeypatch.setattr(generate, "OUT_DIR", tmp_path)
+    assert generate.main(["--check"]) == 0
+
+    fleet = tmp_path / "aws-iot-jobs-fleet.json"
+    board = json.loads(fleet.read_text())
+    board["panels"][1]["title"] = "Edited by hand"
+    fleet.write_text(json.dumps(board, indent=2) + "\n")
+    assert generate.main(["--check"]) == 1
+    assert "aws-iot-jobs-fleet.json" in capsys.readouterr().err
+
+    # Only the key order differs: still stale, since the committed file is the SDK's bytes.
+    original = (DASHBOARDS / "aws-iot-jobs-fleet.json").read_text()
+    fleet.write_text(json.dumps(json.loads(original), indent=2, sort_keys=True) + "\n")
+    assert generate.main(["--check"]) == 1
+
+    fleet.write_text(original)
+    (tmp_path / "aws-iot-jobs-exporter.json").unlink()
+    assert generate.main(["--check"]) == 1
+    assert "aws-iot-jobs-exporter.json" in capsys.readouterr().err
+
+    # Without --check the generator writes what --check then accepts.
+    assert generate.main([]) == 0
+    assert generate.main(["--check"]) == 0
+    assert (tmp_path / "aws-iot-jobs-exporter.json").read_text() == (
+        DASHBOARDS / "aws-iot-jobs-exporter.json"
+    ).read_text()
+
+
+def test_dashboards_are_built_with_grafanas_sdk() -> None:
+    # The dashboards come from the SDK's typed models, not from dicts: the generator returns
+    # the SDK's Dashboard objects, and what it writes decodes back into them with the uid,
+    # panels and queries intact.
+    from grafana_foundation_sdk.models import dashboard as models
+
+    generate = load_generator()
+    built = generate.Mixin(generate.load_mixin()).all()
+    for name, board in built.items():
+        assert isinstance(board, models.Dashboard), name
+        decoded = models.Dashboard.from_json(json.loads((DASHBOARDS / name).read_text()))
+        assert decoded.uid == board.uid, name
+        assert decoded.panels is not None and board.panels is not None
+        assert [p.title for p in decoded.panels] == [p.title for p in board.panels], name
+        for ours, theirs in zip(decoded.panels, board.panels, strict=True):
+            if isinstance(ours, models.Panel):
+                assert isinstance(theirs, models.Panel)
+                assert [t.to_json()["expr"] for t in ours.targets or []] == [
+                    t.to_json()["expr"] for t in theirs.targets or []
+                ], f"{name}: {ours.title}"
+
+
+MYPY = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir", os.devnull]
+
+
+def mypy_strict(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MYPY, str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_generator_is_type_checked(tmp_path: Path) -> None:
+    # What the SDK's typed builders are for: an option Grafana does not know, or a value of
+    # the wrong kind, is a type error in the generator instead of a key Grafana ignores.
+    source = (ROOT / "grafana" / "generate.py").read_text()
+    result = mypy_strict(ROOT / "grafana" / "generate.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    wrong = tmp_path / "generate.py"
+    typo = ".text_mode(common.BigValueTextMode.VALUE_AND_NAME)"
+    assert typo in source
+    wrong.write_text(source.replace(typo, '.text_mode("value_and_name")'))
+    result = mypy_strict(wrong)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "BigValueTextMode" in result.stdout
 
 
 def test_metric_name_extraction() -> None:
