@@ -111,7 +111,7 @@ def _post(url: str, body: dict[str, Any]) -> Any:
 def _describe_calls(url: str) -> int:
     with urllib.request.urlopen(f"{url}/_sim/stats?jobs=0", timeout=30) as response:
         requests = json.loads(response.read())["requests"].get("DescribeJob", {})
-    return int(sum(v for k, v in requests.items() if k != "delayed"))
+    return int(requests.get("total", 0))
 
 
 async def _measure(jobs: int, events: bool, window: float) -> Result:

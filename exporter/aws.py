@@ -180,8 +180,18 @@ class _DeadlineSession(AIOHTTPSession):  # type: ignore[misc]
             raise ReadTimeoutError(endpoint_url=request.url, error=exc) from None
 
 
+# Calls made in this context go first at the token bucket: describes an event asked for,
+# which a change is waiting on, ahead of the reconcile and polling describes.
+URGENT: ContextVar[bool] = ContextVar("urgent", default=False)
+
+
 class TokenBucket:
-    """Spreads calls to at most `rate` per second with bursts of `burst`; shared by all callers."""
+    """Spreads calls to at most `rate` per second with bursts of `burst`; shared by all callers.
+
+    Urgent callers (URGENT set) queue apart and take the next token before any other: when
+    events and reconciling together ask for more than the budget, a changed job waits for
+    the urgent calls ahead of it only, and the reconcile stretches instead.
+    """
 
     def __init__(self, rate: float, burst: float = 1.0) -> None:
         self.rate = rate
@@ -189,18 +199,39 @@ class TokenBucket:
         self._tokens = self.burst
         self._updated = time.monotonic()
         self._lock = asyncio.Lock()
+        self._urgent_lock = asyncio.Lock()
+        self._urgent = 0
 
-    async def acquire(self) -> None:
-        # The lock makes waiters queue in order, so a burst of callers is paced, not stampeded.
+    def _take(self) -> float:
+        """Takes a token and returns 0, or returns how long until one is there."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate
+
+    async def acquire(self, urgent: bool = False) -> None:
+        # The locks make waiters queue in order, so a burst of callers is paced, not stampeded.
+        if urgent:
+            self._urgent += 1
+            try:
+                async with self._urgent_lock:
+                    # Polled: tokens arrive with time, not with an event to wait on.
+                    while wait := self._take():  # noqa: ASYNC110
+                        await asyncio.sleep(wait)
+            finally:
+                self._urgent -= 1
+            return
         async with self._lock:
             while True:
-                now = time.monotonic()
-                self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-                self._updated = now
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
+                # Refilling and taking happen without a suspension in between, so an urgent
+                # caller and this one never take the same token.
+                wait = 1.0 / self.rate if self._urgent else self._take()
+                if not wait:
                     return
-                await asyncio.sleep((1.0 - self._tokens) / self.rate)
+                await asyncio.sleep(wait)
 
 
 class Budgets:
@@ -418,7 +449,7 @@ class JobSource:
         if flag is not None:
             flag[0] = False  # a new attempt: not counted yet
         # Every attempt, retries included, spends from the budget: that is what AWS counts.
-        await self._buckets[operation].acquire()
+        await self._buckets[operation].acquire(URGENT.get())
 
     def _count_failed_attempt(
         self,

@@ -16,7 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from exporter.aws import ApiError, Budgets, JobSource, JobSummary, classify, describe_exception
+from exporter.aws import (
+    URGENT,
+    ApiError,
+    Budgets,
+    JobSource,
+    JobSummary,
+    classify,
+    describe_exception,
+)
 from exporter.config import Collector as CollectorSettings
 from exporter.config import Config, Target
 from exporter.events import EventConsumer, EventSettings, Queue, ReasonCounts
@@ -338,8 +346,13 @@ class TargetCollector:
                 continue
             self._event_described[job_id] = time.monotonic()
             self.telemetry.events_describes.labels(self.target.name).inc()
-            # Tracked in _in_flight like the cycle's calls, and closed with them.
-            await self._spawn(job_id, [])
+            # Tracked in _in_flight like the cycle's calls, and closed with them; first at
+            # the budget (the task takes this context with it).
+            token = URGENT.set(True)
+            try:
+                await self._spawn(job_id, [])
+            finally:
+                URGENT.reset(token)
             if len(self._event_described) > 2 * len(self._jobs) + 1000:
                 horizon = time.monotonic() - spacing
                 self._event_described = {
