@@ -194,12 +194,14 @@ class Reloader:
         self,
         path: str,
         collector: Collector,
+        store: MetricsStore,
         telemetry: SelfMetrics,
         adjust: Callable[[Config], Config] = lambda config: config,
     ) -> None:
         self.path = path
         self.adjust = adjust
         self.collector = collector
+        self.store = store
         self.telemetry = telemetry
         self._lock = asyncio.Lock()
 
@@ -227,7 +229,7 @@ class Reloader:
                 await self.collector.apply(config)
                 # After apply, which has dropped the jobs of removed targets.
                 families = families_of(config)
-                await self.collector.store.select(families, {t.name: t for t in config.targets})
+                await self.store.select(families, {t.name: t for t in config.targets})
             except ConfigError as exc:
                 return self._failed(str(exc))
             except Exception as exc:  # MemoryError, RecursionError, a bug: same outcome
@@ -296,7 +298,7 @@ async def _serve_until_signalled(
     if config.otel.enabled:
         telemetry.registry.register(otel)
     collector = Collector(config, store, telemetry, shard, tracing=otel.tracing)
-    reloader = Reloader(args.config_file, collector, telemetry, adjust)
+    reloader = Reloader(args.config_file, collector, store, telemetry, adjust)
     reloader.loaded()
     reloads: set[asyncio.Task[str | None]] = set()
 

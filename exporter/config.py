@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter.metrics import family_name_problem
+from exporter.metrics import EXECUTION_EVENTS_FAMILY, family_name_problem, selects
 from exporter.reader import LocatedError, Reader, field_name, kind, load_yaml, read_file, shown
 
 JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
@@ -180,6 +180,11 @@ class Metrics:
 
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
+
+    @property
+    def execution_events(self) -> bool:
+        """Whether aws_iot_job_execution_events_total is exported (counted from events)."""
+        return selects(EXECUTION_EVENTS_FAMILY, self.allow, self.deny)
 
 
 @dataclass(frozen=True, slots=True)

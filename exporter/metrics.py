@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import platform
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -22,6 +23,7 @@ from prometheus_client.metrics_core import Metric
 from exporter import __version__
 from exporter.events import EVENT_NAMES
 from exporter.model import EXECUTION_STATES, JobSnapshot, target_type
+from exporter.telemetry import OUTCOMES, TRACKED_STATES, EventSamples
 
 # `_created` series double the self-metrics for no use: Prometheus ignores them in the
 # text format. The setting is process-wide, which is what the exporter wants.
@@ -399,25 +401,11 @@ def select_families(allow: Iterable[str] = (), deny: Iterable[str] = ()) -> tupl
 OPERATIONS = ("DescribeJob", "ListJobs")
 # The SQS calls of a target with `events:`; their series exist only for such targets.
 EVENT_OPERATIONS = ("ReceiveMessage", "DeleteMessageBatch")
-OUTCOMES = (
-    "ok",
-    "throttled",
-    "not_found",
-    "denied",
-    "unavailable",
-    "malformed",
-    "network",
-    "error",
-)
-TRACKED_STATES = ("active", "frozen", "pending")
-
 EXECUTION_EVENTS_NAME = "aws_iot_job_execution_events"
 EXECUTION_EVENTS_HELP = (
     "Failed, rejected and timed-out execution events of the job by status and reason "
     "(the statusDetails value of events.reason_key), since the exporter started."
 )
-# (labels, value) of every aws_iot_job_execution_events_total sample.
-EventSamples = Callable[[], Iterable[tuple[dict[str, str], float]]]
 
 
 class _ExecutionEvents:
@@ -584,6 +572,56 @@ class SelfMetrics:
     def event_consumer_error(self, target: str) -> None:
         self.events_consumer_errors.labels(target).inc()
 
+    # SourceTelemetry (telemetry.py): what the AWS source reports.
+    def api_call(self, target: str, operation: str, outcome: str) -> None:
+        self.api_requests.labels(target, operation, outcome).inc()
+
+    def api_latency(self, target: str, operation: str, seconds: float) -> None:
+        self.api_duration.labels(target, operation).observe(seconds)
+
+    # SchedulerTelemetry (telemetry.py): what the collector reports.
+    def discovery_succeeded(self, target: str, at: float) -> None:
+        self.discovery_last_success.labels(target).set(at)
+
+    def cycle_done(self, target: str, seconds: float, success: bool, at: float) -> None:
+        self.collection_duration.labels(target).set(seconds)
+        self.collection_success.labels(target).set(1 if success else 0)
+        if success:
+            self.last_collection_success.labels(target).set(at)
+
+    def cycle_failed(self, target: str) -> None:
+        self.collection_success.labels(target).set(0)
+
+    def cycle_stretched(self, target: str, stretched: bool) -> None:
+        self.collection_stretched.labels(target).set(1 if stretched else 0)
+
+    def tracked_jobs(self, target: str, states: Mapping[str, int], missing: int) -> None:
+        for state, count in states.items():
+            self.jobs_tracked.labels(target, state).set(count)
+        self.jobs_missing.labels(target).set(missing)
+
+    def event_describe(self, target: str) -> None:
+        self.events_describes.labels(target).inc()
+
+    def watch_events_driven(self, target: str, read: Callable[[], bool]) -> None:
+        # Read at scrape time: the consumer's health changes between cycles.
+        self.events_driven.labels(target).set_function(lambda: 1.0 if read() else 0.0)
+
+    def api_totals(self, target: str) -> tuple[int, int, int]:
+        total = throttled = failed = 0
+        for family in self.api_requests.collect():
+            for sample in family.samples:
+                if not sample.name.endswith("_total") or sample.labels.get("target") != target:
+                    continue
+                count = int(sample.value)
+                total += count
+                outcome = sample.labels.get("outcome")
+                if outcome == "throttled":
+                    throttled += count
+                if outcome != "ok":
+                    failed += count
+        return total, throttled, failed
+
     def init_events(self, target: str) -> None:
         """The event series of a target with `events:`, at 0."""
         self._event_targets.add(target)
@@ -618,10 +656,13 @@ class SelfMetrics:
         for metric in self._event_metrics():
             metric.remove(target)
 
-    def init_target(self, target: str) -> None:
+    def init_target(self, target: str, discovery: bool = True) -> None:
         """Create every series of a target at 0, so rate() and alerts work before any event.
 
         Series that exist already keep their values: a reload re-initialises targets.
+        Without discovery (explicit job ids only) there is no ListJobs, so no discovery
+        timestamp: a series at 0 would read as a discovery that never succeeded and page
+        for a target that cannot have one.
         """
         for operation in OPERATIONS:
             for outcome in OUTCOMES:
@@ -631,6 +672,9 @@ class SelfMetrics:
             self.jobs_tracked.labels(target, state)
         for gauge in self._target_gauges():
             gauge.labels(target)
+        if not discovery:
+            with contextlib.suppress(KeyError):
+                self.discovery_last_success.remove(target)
 
     def _target_gauges(self) -> tuple[Gauge, ...]:
         return (

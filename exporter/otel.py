@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -20,6 +20,7 @@ from exporter import __version__
 from exporter.config import Otel, Target
 from exporter.metrics import FAMILIES, IDENTITY_LABELS, Family
 from exporter.store import MetricsStore
+from exporter.tracing import NOOP_TRACING, AttributeValue, SpanHandle, Tracing
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricExporter, MetricsData
@@ -51,54 +52,11 @@ _MISSING_GRPC = (
     "pip install it, or set otel.protocol to http/protobuf"
 )
 
-AttributeValue = str | bool | int | float
 Targets = Mapping[str, Target] | Callable[[], Mapping[str, Target]]
 
 
 class OtelUnavailable(Exception):
     """OTLP output is configured but the packages it needs are not installed."""
-
-
-class SpanHandle(Protocol):
-    """What the collector may say about a span without knowing OpenTelemetry."""
-
-    def set_outcome(self, outcome: str) -> None: ...
-    def set_attribute(self, key: str, value: AttributeValue) -> None: ...
-
-
-class Tracing(Protocol):
-    """Spans of collection cycles and AWS calls; NOOP_TRACING when tracing is off."""
-
-    def cycle_span(self, target: str) -> AbstractContextManager[SpanHandle]: ...
-    def api_span(
-        self, target: str, operation: str, job_id: str | None = None
-    ) -> AbstractContextManager[SpanHandle]: ...
-
-
-class _NoopHandle:
-    def set_outcome(self, outcome: str) -> None:
-        pass
-
-    def set_attribute(self, key: str, value: AttributeValue) -> None:
-        pass
-
-
-class NoopTracing:
-    """Tracing that records nothing, at the cost of returning one shared context manager."""
-
-    # nullcontext is reusable and reentrant, so every call can hand out the same one.
-    _context = contextlib.nullcontext(_NoopHandle())
-
-    def cycle_span(self, target: str) -> AbstractContextManager[SpanHandle]:
-        return self._context
-
-    def api_span(
-        self, target: str, operation: str, job_id: str | None = None
-    ) -> AbstractContextManager[SpanHandle]:
-        return self._context
-
-
-NOOP_TRACING: Tracing = NoopTracing()
 
 
 class _SpanHandle:

@@ -37,9 +37,9 @@ from exporter.metrics import SelfMetrics
 from exporter.server import build_app
 from exporter.simulator import SimulatorThread
 from exporter.simulator.render import describe_job
-from exporter.simulator.testing import Admin, wait_for
 from exporter.store import MetricsStore
 from tests.conftest import ROOT, free_port
+from tests.simulator_client import Admin, wait_for
 
 SIMULATOR = ROOT / "exporter" / "simulator" / "scenarios"
 REGION = "us-east-1"

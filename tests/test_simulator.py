@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
 from exporter.simulator import Simulator
-from exporter.simulator.testing import Admin, capture_raw, iot_client, shape_problems
+from tests.simulator_client import Admin, capture_raw, iot_client, shape_problems
 
 CONFIG = Path(__file__).resolve().parent.parent / "exporter" / "simulator" / "scenarios"
 DEMO = CONFIG / "demo.yaml"
