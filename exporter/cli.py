@@ -296,7 +296,7 @@ async def _serve_until_signalled(
     except OtelUnavailable as exc:
         return _fail(f"{args.config_file}: {exc}")
     if config.otel.enabled:
-        telemetry.registry.register(otel)
+        telemetry.watch_otel_push(lambda: (otel.failures, otel.last_success))
     collector = Collector(config, store, telemetry, shard, tracing=otel.tracing)
     reloader = Reloader(args.config_file, collector, store, telemetry, adjust)
     reloader.loaded()

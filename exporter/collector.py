@@ -22,7 +22,7 @@ from exporter.config import Config, Target
 from exporter.events import EventConsumer, EventSettings, Queue, ReasonCounts
 from exporter.model import TERMINAL_STATUSES, JobSnapshot
 from exporter.status import LastError, StaleJob, Status, TargetStatus
-from exporter.telemetry import TRACKED_STATES, Telemetry
+from exporter.telemetry import ACTIVE, FROZEN, PENDING, TRACKED_STATES, Telemetry
 from exporter.tracing import NOOP_TRACING, Tracing
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,13 @@ class Shard:
 class _Tracked:
     explicit: bool
     snapshot: JobSnapshot | None = None
+
+    @property
+    def state(self) -> str:
+        """One of TRACKED_STATES: pending until described, then active or frozen."""
+        if self.snapshot is None:
+            return PENDING
+        return FROZEN if self.snapshot.frozen else ACTIVE
 
 
 @dataclass(slots=True)
@@ -712,11 +719,10 @@ class TargetCollector:
         stale_after = STALE_INTERVALS * self.settings.interval
         stale: list[StaleJob] = []
         for job_id, tracked in self._jobs.items():
+            states[tracked.state] += 1
             snap = tracked.snapshot
             if snap is None:
-                states["pending"] += 1
                 continue
-            states["frozen" if snap.frozen else "active"] += 1
             status = snap.status or "UNKNOWN"
             statuses[status] = statuses.get(status, 0) + 1
             age = now - snap.fetched_at
@@ -747,9 +753,7 @@ class TargetCollector:
         self._tracked_at = time.monotonic()
         counts = dict.fromkeys(TRACKED_STATES, 0)
         for tracked in self._jobs.values():
-            snap = tracked.snapshot
-            state = "pending" if snap is None else "frozen" if snap.frozen else "active"
-            counts[state] += 1
+            counts[tracked.state] += 1
         self.telemetry.tracked_jobs(self.target.name, counts, len(self._missing))
 
     async def run(self) -> None:

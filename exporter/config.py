@@ -8,47 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter.metrics import EXECUTION_EVENTS_FAMILY, family_name_problem, selects
+from exporter.metrics import EXECUTION_EVENTS_FAMILY, RESERVED_LABELS, family_name_problem, selects
+from exporter.model import JOB_STATUSES
 from exporter.reader import LocatedError, Reader, field_name, kind, load_yaml, read_file, shown
 
-JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 TARGET_SELECTIONS = ("CONTINUOUS", "SNAPSHOT")
 OTLP_PROTOCOLS = ("http/protobuf", "grpc")
-
-# Label names the exporter sets itself; a static label with one of these names would
-# produce duplicate labels in the exposition. `job` and `instance` belong to Prometheus.
-RESERVED_LABELS = frozenset(
-    {
-        "job",
-        "instance",
-        "target",
-        "region",
-        "account_id",
-        "job_id",
-        "job_arn",
-        "target_selection",
-        "namespace_id",
-        "job_template_arn",
-        "presigned_url_role_arn",
-        "target_arn",
-        "target_type",
-        "package_version_arn",
-        "reason_code",
-        "reason",
-        "status",
-        "state",
-        "failure_type",
-        "action",
-        "end_behavior",
-        "window",
-        "start_time",
-        "rollout",
-        "operation",
-        "outcome",
-        "le",
-        "quantile",
-    }
-)
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _TARGET_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")

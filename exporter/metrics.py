@@ -18,18 +18,18 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from exporter import __version__
 from exporter.events import EVENT_NAMES
-from exporter.model import EXECUTION_STATES, JobSnapshot, target_type
+from exporter.model import EXECUTION_STATES, JOB_STATUSES, JobSnapshot, target_type
 from exporter.telemetry import OUTCOMES, TRACKED_STATES, EventSamples
 
 # `_created` series double the self-metrics for no use: Prometheus ignores them in the
 # text format. The setting is process-wide, which is what the exporter wants.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-KNOWN_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 IDENTITY_LABELS = ("target", "region", "account_id", "job_id")
 
 Sample = tuple[tuple[str, ...], float]
@@ -92,9 +92,9 @@ def _reason(job: JobSnapshot) -> Iterator[Sample]:
 def _status(job: JobSnapshot) -> Iterator[Sample]:
     if job.status is None:
         return
-    for status in KNOWN_STATUSES:
+    for status in JOB_STATUSES:
         yield (status,), 1.0 if job.status == status else 0.0
-    if job.status not in KNOWN_STATUSES:
+    if job.status not in JOB_STATUSES:
         yield (job.status,), 1.0
 
 
@@ -401,6 +401,26 @@ def select_families(allow: Iterable[str] = (), deny: Iterable[str] = ()) -> tupl
 OPERATIONS = ("DescribeJob", "ListJobs")
 # The SQS calls of a target with `events:`; their series exist only for such targets.
 EVENT_OPERATIONS = ("ReceiveMessage", "DeleteMessageBatch")
+# The labels of the AWS call self-metrics, and of the execution events counter (with the
+# identity labels and the static labels).
+API_CALL_LABELS = ("target", "operation", "outcome")
+EXECUTION_EVENTS_LABELS = ("status", "reason")
+# Label names the exporter sets itself: a static label with one of these names would
+# produce duplicate labels in the exposition. `job` and `instance` belong to Prometheus,
+# `le` and `quantile` to histograms and summaries.
+RESERVED_LABELS = frozenset(
+    {
+        "job",
+        "instance",
+        "le",
+        "quantile",
+        *IDENTITY_LABELS,
+        *(label for family in FAMILIES for label in family.labels),
+        *EXECUTION_EVENTS_LABELS,
+        *API_CALL_LABELS,
+    }
+)
+
 EXECUTION_EVENTS_NAME = "aws_iot_job_execution_events"
 EXECUTION_EVENTS_HELP = (
     "Failed, rejected and timed-out execution events of the job by status and reason "
@@ -431,6 +451,41 @@ class _ExecutionEvents:
             yield metric
 
 
+# (failures so far, time of the last successful push or None) of the OTLP push.
+PushHealth = Callable[[], tuple[int, float | None]]
+
+
+class _OtelPush:
+    """The OTLP push's own health, read at scrape time from the pushing thread's results.
+
+    Registered only when the push is enabled: no series for a feature that is off.
+    """
+
+    def __init__(self, read: PushHealth) -> None:
+        self._read = read
+
+    def describe(self) -> list[Metric]:
+        return list(self._metrics(0, None))
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._metrics(*self._read())
+
+    @staticmethod
+    def _metrics(failures: int, last_success: float | None) -> Iterator[Metric]:
+        counter = CounterMetricFamily(
+            "aws_iot_jobs_exporter_otel_push_failures", "OTLP metric pushes that failed."
+        )
+        counter.add_metric([], failures)
+        yield counter
+        if last_success is not None:
+            last = GaugeMetricFamily(
+                "aws_iot_jobs_exporter_otel_last_push_success_timestamp_seconds",
+                "Unix time of the last successful OTLP metric push.",
+            )
+            last.add_metric([], last_success)
+            yield last
+
+
 class SelfMetrics:
     """The exporter's own metrics, in a registry of their own so they never mix with job rows."""
 
@@ -453,13 +508,13 @@ class SelfMetrics:
         self.api_requests = Counter(
             f"{ns}_api_requests",
             "AWS API call attempts by operation and outcome.",
-            ("target", "operation", "outcome"),
+            API_CALL_LABELS,
             registry=r,
         )
         self.api_duration = Histogram(
             f"{ns}_api_request_duration_seconds",
             "Duration of AWS API calls, retries included.",
-            ("target", "operation"),
+            API_CALL_LABELS[:2],
             registry=r,
             buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
@@ -554,6 +609,10 @@ class SelfMetrics:
             "Unix time of the last successful configuration load.",
             registry=r,
         )
+
+    def watch_otel_push(self, read: PushHealth) -> None:
+        """Export the OTLP push's failures and last success from `read`."""
+        self.registry.register(_OtelPush(read))
 
     def watch_execution_events(self, read: EventSamples) -> None:
         """Export aws_iot_job_execution_events_total from `read` (the collector's counts)."""

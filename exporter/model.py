@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+# Every JobStatus AWS documents. SCHEDULED is botocore's enum value the field's own doc
+# string forgets; a value not listed here is still read and exported as it comes.
+JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 TERMINAL_STATUSES = frozenset({"COMPLETED", "CANCELED"})
 EXECUTION_STATES = (
     ("queued", "numberOfQueuedThings"),

@@ -14,8 +14,6 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from exporter import __version__
 from exporter.config import Otel, Target
 from exporter.metrics import FAMILIES, IDENTITY_LABELS, Family
@@ -441,23 +439,6 @@ class OtelExporter:
             # Once per outage: the SDK's exporter already logs each failed attempt.
             log.warning("otel push failing endpoint=%s", safe_endpoint(self.config.endpoint))
         self._failing = True
-
-    def collect(self) -> Iterator[Metric]:
-        """The push's own health, for the self-metrics registry (a prometheus_client
-        collector): read at scrape time from the pushing thread's last results."""
-        failures = CounterMetricFamily(
-            "aws_iot_jobs_exporter_otel_push_failures",
-            "OTLP metric pushes that failed.",
-        )
-        failures.add_metric([], self.failures)
-        yield failures
-        if self.last_success is not None:
-            last = GaugeMetricFamily(
-                "aws_iot_jobs_exporter_otel_last_push_success_timestamp_seconds",
-                "Unix time of the last successful OTLP metric push.",
-            )
-            last.add_metric([], self.last_success)
-            yield last
 
     def shutdown_blocking(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
         """Stop pushing, make the last push and flush spans, in about `timeout` at most.

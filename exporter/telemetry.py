@@ -26,7 +26,8 @@ OUTCOMES = (
 )
 # What the collector knows of a tracked job: described and changing, described and
 # terminal (frozen: never described again), or not described yet.
-TRACKED_STATES = ("active", "frozen", "pending")
+ACTIVE, FROZEN, PENDING = "active", "frozen", "pending"
+TRACKED_STATES = (ACTIVE, FROZEN, PENDING)
 
 # (labels, value) of every aws_iot_job_execution_events_total sample.
 EventSamples = Callable[[], Iterable[tuple[dict[str, str], float]]]

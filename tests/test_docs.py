@@ -9,10 +9,8 @@ import botocore.session
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.config import RESERVED_LABELS, Otel
+from exporter.config import RESERVED_LABELS
 from exporter.metrics import FAMILIES, IDENTITY_LABELS, SelfMetrics
-from exporter.otel import OtelExporter
-from exporter.store import MetricsStore
 from tests.conftest import ROOT
 
 DOC = (ROOT / "docs" / "metrics.md").read_text()
@@ -47,9 +45,7 @@ def every_self_metric() -> SelfMetrics:
     telemetry.watch_execution_events(
         lambda: [({"target": "t", "job_id": "j", "status": "FAILED", "reason": "r"}, 1.0)]
     )
-    otel = OtelExporter(Otel(enabled=True), MetricsStore(), {})
-    otel.last_success = 1.0
-    telemetry.registry.register(otel)
+    telemetry.watch_otel_push(lambda: (0, 1.0))
     return telemetry
 
 

@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.collector import Collector
 from exporter.config import parse_config
 from exporter.metrics import SelfMetrics
+from exporter.model import JOB_STATUSES
 from exporter.server import build_app
 from exporter.simulator import SimulatorThread
 from exporter.simulator.render import describe_job
@@ -53,7 +54,6 @@ STATES = {
     "numberOfRemovedThings": "removed",
     "numberOfTimedOutThings": "timed_out",
 }
-KNOWN_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 # Series whose value is the exporter's own measurement, not a DescribeJob field.
 MEASURED = (
     "aws_iot_job_last_success_timestamp_seconds",
@@ -126,7 +126,7 @@ def expected_series(body: dict[str, Any], identity: dict[str, str]) -> dict[Key,
         add("destination_package_version_info", 1, package_version_arn=arn)
     if "reasonCode" in job:
         add("reason_info", 1, reason_code=job["reasonCode"])
-    for status in KNOWN_STATUSES:
+    for status in JOB_STATUSES:
         add("status", 1 if job["status"] == status else 0, status=status)
     details = job.get("jobProcessDetails")
     if details is not None:
@@ -359,9 +359,9 @@ def test_counts_equal_the_simulators_ground_truth(frozen_demo: FrozenRun) -> Non
     exported = {dict(k[1])["job_id"] for k in series if k[0].startswith("aws_iot_job_")}
     assert exported == set(jobs)
     # The demo at this point has every status and every execution state somewhere.
-    assert {j["status"] for j in jobs.values()} == set(KNOWN_STATUSES)
+    assert {j["status"] for j in jobs.values()} == set(JOB_STATUSES)
     for job_id, truth in jobs.items():
-        for status in KNOWN_STATUSES:
+        for status in JOB_STATUSES:
             want = 1 if truth["status"] == status else 0
             assert value(series, "aws_iot_job_status", job_id, status=status) == want, job_id
         assert executions(series, job_id) == truth["executions"], job_id
