@@ -33,7 +33,7 @@ from botocore.exceptions import (
 )
 from botocore.parsers import DEFAULT_TIMESTAMP_PARSER, ResponseParserError
 
-from exporter.config import Collector, Target
+from exporter.config import CollectorSettings, Target
 from exporter.events import Message, QueueError, message_from_sqs
 from exporter.logs import redact, summarise
 from exporter.model import JobSnapshot, MalformedJob, parse_describe_job, to_timestamp
@@ -248,7 +248,7 @@ class JobSource:
     def __init__(
         self,
         target: Target,
-        settings: Collector,
+        settings: CollectorSettings,
         telemetry: SourceTelemetry,
         tracing: Tracing = NOOP_TRACING,
         budgets: Budgets | None = None,

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from exporter.aws import ApiError, Budgets, JobSource, JobSummary, classify, describe_exception
-from exporter.config import Collector as CollectorSettings
-from exporter.config import Config, Target
+from exporter.config import CollectorSettings, Config, Target
 from exporter.events import EventConsumer, EventSettings, Queue, ReasonCounts
 from exporter.model import TERMINAL_STATUSES, JobSnapshot
 from exporter.status import LastError, StaleJob, Status, TargetStatus
@@ -213,6 +212,10 @@ class TargetCollector:
 
     @property
     def jobs(self) -> dict[str, JobSnapshot | None]:
+        """The jobs this poller tracks, each with its last snapshot (None until described).
+
+        A copy, read-only: what the scheduler knows, including jobs not (yet) in the store.
+        """
         return {job_id: t.snapshot for job_id, t in self._jobs.items()}
 
     # --- events (EventSink) ---------------------------------------------------------------
@@ -821,7 +824,9 @@ class Collector:
 
     @property
     def targets(self) -> dict[str, TargetCollector]:
-        return {name: r.collector for name, r in self._running.items()}
+        """The running pollers by target name, in name order: what readiness and the
+        status page read."""
+        return {name: r.collector for name, r in sorted(self._running.items())}
 
     @property
     def ready(self) -> bool:
@@ -834,15 +839,13 @@ class Collector:
         Service while that target's first cycle runs.
         """
         if not self._ready:
-            running = self._running.values()
-            self._ready = bool(running) and all(
-                r.collector.primed and r.collector.cycles > 0 for r in running
-            )
+            pollers = self.targets.values()
+            self._ready = bool(pollers) and all(p.primed and p.cycles > 0 for p in pollers)
         return self._ready
 
     def status(self) -> Status:
         """Every target's status at this instant, for the status page."""
-        targets = tuple(r.collector.status() for _, r in sorted(self._running.items()))
+        targets = tuple(poller.status() for poller in self.targets.values())
         return Status(generated_at=time.time(), ready=self.ready, targets=targets)
 
     async def start(self) -> None:

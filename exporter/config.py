@@ -105,7 +105,7 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
-class Collector:
+class CollectorSettings:
     interval: float = 60.0
     discovery_interval: float = 300.0
     request_timeout: float = 10.0
@@ -155,7 +155,7 @@ class Metrics:
 @dataclass(frozen=True, slots=True)
 class Config:
     targets: tuple[Target, ...]
-    collector: Collector = Collector()
+    collector: CollectorSettings = CollectorSettings()
     otel: Otel = Otel()
     metrics: Metrics = Metrics()
 
@@ -169,7 +169,7 @@ def _read_section(
     return {key: item for key, item in read.items() if item is not None}
 
 
-def _read_collector(r: Reader, value: Any) -> Collector:
+def _read_collector(r: Reader, value: Any) -> CollectorSettings:
     readers: dict[str, Callable[[Any, str], Any]] = {
         "interval": r.duration,
         "discovery_interval": r.duration,
@@ -182,7 +182,7 @@ def _read_collector(r: Reader, value: Any) -> Collector:
         "discovery_max_pages": lambda v, p: r.integer(v, p, 1, 1_000_000),
         "discovery_max_jobs": lambda v, p: r.integer(v, p, 1, 100_000_000),
     }
-    return Collector(**_read_section(r, value, "collector", readers))
+    return CollectorSettings(**_read_section(r, value, "collector", readers))
 
 
 def _read_string_map(

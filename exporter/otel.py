@@ -377,6 +377,8 @@ class OtelExporter:
 
     @property
     def running(self) -> bool:
+        """Whether the pushing thread is alive: False before start(), when disabled, and
+        once shutdown has stopped it for good."""
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
