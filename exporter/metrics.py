@@ -143,6 +143,20 @@ def _window_duration(job: JobSnapshot) -> Iterator[Sample]:
             yield (str(i),), w.duration_minutes * 60.0
 
 
+def _window_next_start(job: JobSnapshot) -> Iterator[Sample]:
+    for i, w in enumerate(job.maintenance_windows):
+        start = w.next_start(job.fetched_at)
+        if start is not None:
+            yield (str(i),), start
+
+
+def _window_open(job: JobSnapshot) -> Iterator[Sample]:
+    for i, w in enumerate(job.maintenance_windows):
+        is_open = w.open_at(job.fetched_at)
+        if is_open is not None:
+            yield (str(i),), 1.0 if is_open else 0.0
+
+
 def _scheduled_rollouts(job: JobSnapshot) -> Iterator[Sample]:
     for i, start in enumerate(job.scheduled_rollouts):
         yield (str(i),), start
@@ -326,6 +340,19 @@ FAMILIES: tuple[Family, ...] = (
         "Length of a maintenance window.",
         ("window",),
         _window_duration,
+    ),
+    Family(
+        P + "maintenance_window_next_start_timestamp_seconds",
+        "Next start of a maintenance window at or after the job's last describe, Unix "
+        "seconds, read from its recurrence.",
+        ("window",),
+        _window_next_start,
+    ),
+    Family(
+        P + "maintenance_window_open",
+        "1 when a maintenance window was open at the job's last describe, else 0.",
+        ("window",),
+        _window_open,
     ),
     Family(
         P + "scheduled_rollout_start_timestamp_seconds",

@@ -13,9 +13,9 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from exporter.cron import CronError, CronExpression
 from exporter.model import JOB_STATUSES
 from exporter.reader import LocatedError, Reader, join, load_yaml, read_file
-from exporter.simulator.cron import CronError, CronExpression
 
 TARGET_SELECTIONS = ("CONTINUOUS", "SNAPSHOT")
 ABORT_FAILURE_TYPES = ("FAILED", "REJECTED", "TIMED_OUT", "ALL")
