@@ -37,11 +37,20 @@ Sample = tuple[tuple[str, ...], float]
 
 @dataclass(frozen=True, slots=True)
 class Family:
+    """A row of the metric table, with its row of docs/metrics.md (docs/generate_metrics.py
+    writes that table from these fields; Markdown, backticks for names)."""
+
     name: str
     help: str
     labels: tuple[str, ...]
     samples: Callable[[JobSnapshot], Iterable[Sample]]
     type: str = "gauge"
+    # Series one job costs: `1`, `0 or 1`, a bound, or `per ...` when it grows with a list.
+    series: str = ""
+    # The DescribeJob fields read, under `job.`.
+    source: str = ""
+    # What the value means, for the docs' Meaning column.
+    doc: str = ""
 
 
 def _value(
@@ -180,30 +189,58 @@ FAMILIES: tuple[Family, ...] = (
             "presigned_url_role_arn",
         ),
         _info,
+        series="1",
+        source=(
+            "`jobArn`, `targetSelection`, `namespaceId`, `jobTemplateArn`, "
+            "`presignedUrlConfig.roleArn`"
+        ),
+        doc="Always 1. Metadata; a label is empty when the field is absent.",
     ),
     Family(
         P + "target_info",
         "One series per thing or thing group the job targets; always 1.",
         ("target_arn", "target_type"),
         _target_info,
+        series="per target ARN",
+        source="`targets[]`",
+        doc=(
+            "Always 1, one series per target ARN. `target_type` is `thing`, `thinggroup`, or "
+            "the ARN's resource type as is."
+        ),
     ),
     Family(
         P + "destination_package_version_info",
         "One series per software package version the job installs; always 1.",
         ("package_version_arn",),
         _package_versions,
+        series="per package version",
+        source="`destinationPackageVersions[]`",
+        doc="Always 1, one series per package version the job installs (software package catalog).",
     ),
     Family(
         P + "reason_info",
         "The reason code of the job's last cancel or update; always 1.",
         ("reason_code",),
         _reason,
+        series="0 or 1",
+        source="`reasonCode`",
+        doc=(
+            "Always 1 when the job carries a reason code (set on cancel or update; an "
+            "upper-case code, not free text)."
+        ),
     ),
     Family(
         P + "status",
         "Job status as a state set: 1 for the current status, 0 for the others.",
         ("status",),
         _status,
+        series="5 (6 with an unknown status)",
+        source="`status`",
+        doc=(
+            "State set: one series per known status (`IN_PROGRESS`, `CANCELED`, `COMPLETED`, "
+            "`DELETION_IN_PROGRESS`, `SCHEDULED`), 1 for the current one, 0 for the others. An "
+            "unknown status gets its own series with value 1."
+        ),
     ),
     Family(
         P + "executions",
@@ -211,135 +248,244 @@ FAMILIES: tuple[Family, ...] = (
         "timed_out count executions, not things.",
         ("state",),
         _executions,
+        series="up to 8: per execution state",
+        source="`jobProcessDetails.numberOf*Things`",
+        doc=(
+            "Job executions by state: `queued` (`numberOfQueuedThings`), `in_progress` "
+            "(`numberOfInProgressThings`), `succeeded` (`numberOfSucceededThings`), `failed` "
+            "(`numberOfFailedThings`), `rejected` (`numberOfRejectedThings`), `canceled` "
+            "(`numberOfCanceledThings`), `removed` (`numberOfRemovedThings`), `timed_out` "
+            "(`numberOfTimedOutThings`). A state AWS leaves out has no series. With a retry "
+            "config, `failed` and `timed_out` count executions (attempts), not things, and can "
+            "exceed the number of targets; ratios must divide by terminal executions, never by "
+            "targets."
+        ),
     ),
     Family(
         P + "processing_targets",
         "Targets the job is still rolling out to.",
         (),
         _value(_processing_targets),
+        series="0 or 1",
+        source="`jobProcessDetails.processingTargets`",
+        doc=(
+            "Number of targets (things or groups) the job is still rolling out to. 0 when AWS "
+            "reports the list empty or null after rollout. Only exported when "
+            "`jobProcessDetails` is present."
+        ),
     ),
     Family(
         P + "rollout_maximum_per_minute",
         "Configured maximum of things notified per minute.",
         (),
         _value(lambda j: j.rollout_maximum_per_minute),
+        series="0 or 1",
+        source="`jobExecutionsRolloutConfig.maximumPerMinute`",
+        doc="Configured cap on things notified per minute.",
     ),
     Family(
         P + "rollout_exponential_base_rate_per_minute",
         "Initial rate of an exponential rollout, things per minute.",
         (),
         _value(lambda j: j.rollout_base_rate_per_minute),
+        series="0 or 1",
+        source="`jobExecutionsRolloutConfig.exponentialRate.baseRatePerMinute`",
+        doc="Initial rollout rate of an exponential rollout.",
     ),
     Family(
         P + "rollout_exponential_increment_factor",
         "Factor an exponential rollout's rate is multiplied by at each increase.",
         (),
         _value(lambda j: j.rollout_increment_factor),
+        series="0 or 1",
+        source="`jobExecutionsRolloutConfig.exponentialRate.incrementFactor`",
+        doc="Factor the rate is multiplied by at each increase.",
     ),
     Family(
         P + "rollout_exponential_notified_things_threshold",
         "Notified things that trigger each increase of an exponential rollout.",
         (),
         _value(lambda j: j.rollout_notified_threshold),
+        series="0 or 1",
+        source="`...exponentialRate.rateIncreaseCriteria.numberOfNotifiedThings`",
+        doc="Notified things that trigger each rate increase.",
     ),
     Family(
         P + "rollout_exponential_succeeded_things_threshold",
         "Succeeded things that trigger each increase of an exponential rollout.",
         (),
         _value(lambda j: j.rollout_succeeded_threshold),
+        series="0 or 1",
+        source="`...exponentialRate.rateIncreaseCriteria.numberOfSucceededThings`",
+        doc="Succeeded things that trigger each rate increase.",
     ),
     Family(
         P + "rollout_rate_limit_per_minute",
         "Rollout rate the configuration allows now, given progress, things per minute.",
         (),
         _value(JobSnapshot.rollout_rate_limit),
+        series="0 or 1",
+        source="derived from `jobExecutionsRolloutConfig` and `jobProcessDetails`",
+        doc=(
+            "The rollout rate the configuration allows now, given progress (see [Rollout rate "
+            "limit](#rollout-rate-limit))."
+        ),
     ),
     Family(
         P + "rollout_observed_rate_per_minute",
         "Executions created per minute between the last two describes.",
         (),
         _value(lambda j: j.observed_rate_per_minute),
+        series="0 or 1",
+        source="derived from two consecutive DescribeJob snapshots",
+        doc=(
+            "Executions created per minute between the last two successful describes (see "
+            "[Observed rollout rate](#observed-rollout-rate)). Absent until the exporter has "
+            "two snapshots of the job."
+        ),
     ),
     Family(
         P + "abort_threshold_ratio",
         "Failure ratio (thresholdPercentage / 100) at which the job is aborted.",
         ("failure_type", "action"),
         _abort_threshold,
+        series="up to 4: per failure type",
+        source=(
+            "`abortConfig.criteriaList[].thresholdPercentage`, labels from `failureType` and "
+            "`action`"
+        ),
+        doc="Abort threshold as a ratio (percentage / 100), one series per criterion.",
     ),
     Family(
         P + "abort_min_executed_things",
         "Things that must have executed before an abort criterion applies.",
         ("failure_type",),
         _abort_min_executed,
+        series="up to 4: per failure type",
+        source="`abortConfig.criteriaList[].minNumberOfExecutedThings`, label from `failureType`",
+        doc="Things that must have executed before the criterion can abort the job.",
     ),
     Family(
-        P + "retry_max_attempts", "Retries allowed per failure type.", ("failure_type",), _retry
+        P + "retry_max_attempts",
+        "Retries allowed per failure type.",
+        ("failure_type",),
+        _retry,
+        series="up to 3: per failure type",
+        source=(
+            "`jobExecutionsRetryConfig.criteriaList[].numberOfRetries`, label from `failureType`"
+        ),
+        doc=(
+            "Retries allowed for the failure type (the number of retries, not counting the "
+            "first attempt)."
+        ),
     ),
     Family(
         P + "in_progress_timeout_seconds",
         "Time an execution may stay IN_PROGRESS before it times out.",
         (),
         _value(lambda j: _minutes_to_seconds(j.in_progress_timeout_minutes)),
+        series="0 or 1",
+        source="`timeoutConfig.inProgressTimeoutInMinutes`",
+        doc="Time an execution may stay IN_PROGRESS before it is TIMED_OUT, in seconds.",
     ),
     Family(
         P + "presigned_url_expiry_seconds",
         "Validity of pre-signed S3 URLs.",
         (),
         _value(lambda j: j.presigned_url_expires_in_sec),
+        series="0 or 1",
+        source="`presignedUrlConfig.expiresInSec`",
+        doc="Validity of pre-signed S3 URLs in the job document.",
     ),
     Family(
         P + "created_timestamp_seconds",
         "Job creation time, Unix seconds.",
         (),
         _value(lambda j: j.created_at),
+        series="0 or 1",
+        source="`createdAt`",
+        doc="Creation time, Unix seconds.",
     ),
     Family(
         P + "last_updated_timestamp_seconds",
         "Job last update time, Unix seconds.",
         (),
         _value(lambda j: j.last_updated_at),
+        series="0 or 1",
+        source="`lastUpdatedAt`",
+        doc="Last update time, Unix seconds.",
     ),
     Family(
         P + "completed_timestamp_seconds",
         "Job completion time, Unix seconds.",
         (),
         _value(lambda j: j.completed_at),
+        series="0 or 1",
+        source="`completedAt`",
+        doc="Completion time, Unix seconds.",
     ),
     Family(
         P + "scheduling_start_timestamp_seconds",
         "Scheduled rollout start, Unix seconds.",
         (),
         _value(lambda j: j.scheduling_start),
+        series="0 or 1",
+        source="`schedulingConfig.startTime`",
+        doc=(
+            "Scheduled rollout start, Unix seconds (the API's `YYYY-MM-DDTHH:MM` string, read "
+            "as UTC)."
+        ),
     ),
     Family(
         P + "scheduling_end_timestamp_seconds",
         "Scheduled rollout end, Unix seconds.",
         (),
         _value(lambda j: j.scheduling_end),
+        series="0 or 1",
+        source="`schedulingConfig.endTime`",
+        doc="Scheduled rollout end, Unix seconds.",
     ),
     Family(
         P + "scheduling_end_behavior",
         "What happens at the scheduled end time; always 1.",
         ("end_behavior",),
         _end_behavior,
+        series="0 or 1",
+        source="`schedulingConfig.endBehavior`",
+        doc="Always 1; what happens at `endTime`: `STOP_ROLLOUT`, `CANCEL` or `FORCE_CANCEL`.",
     ),
     Family(
         P + "maintenance_window_info",
         "One series per maintenance window with its recurrence; always 1.",
         ("window", "start_time"),
         _window_info,
+        series="per maintenance window",
+        source="`schedulingConfig.maintenanceWindows[].startTime`",
+        doc=(
+            "Always 1, one series per maintenance window; `window` is its index in the list, "
+            "`start_time` the API's recurrence expression as is (a cron expression)."
+        ),
     ),
     Family(
         P + "maintenance_window_start_timestamp_seconds",
         "Start of a maintenance window given as a date-time, Unix seconds.",
         ("window",),
         _window_start,
+        series="per maintenance window",
+        source="`schedulingConfig.maintenanceWindows[].startTime`",
+        doc=(
+            "Start of the window, Unix seconds, when the API gives it as a date-time rather "
+            "than a recurrence."
+        ),
     ),
     Family(
         P + "maintenance_window_duration_seconds",
         "Length of a maintenance window.",
         ("window",),
         _window_duration,
+        series="per maintenance window",
+        source="`schedulingConfig.maintenanceWindows[].durationInMinutes`",
+        doc="Length of the maintenance window, in seconds.",
     ),
     Family(
         P + "maintenance_window_next_start_timestamp_seconds",
@@ -347,36 +493,71 @@ FAMILIES: tuple[Family, ...] = (
         "seconds, read from its recurrence.",
         ("window",),
         _window_next_start,
+        series="per maintenance window",
+        source="`schedulingConfig.maintenanceWindows[].startTime`",
+        doc=(
+            "Next start of the window at or after the job's last describe "
+            "(`aws_iot_job_last_success_timestamp_seconds`), Unix seconds, read from its cron "
+            "recurrence (UTC, AWS's dialect) or date-time. Computed when the job is described, "
+            "not per scrape: `aws_iot_job_maintenance_window_next_start_timestamp_seconds - "
+            "time()` is the time to the next window. A frozen (terminal) job is not described "
+            "again, so its value stays as it was."
+        ),
     ),
     Family(
         P + "maintenance_window_open",
         "1 when a maintenance window was open at the job's last describe, else 0.",
         ("window",),
         _window_open,
+        series="per maintenance window with a duration",
+        source="`schedulingConfig.maintenanceWindows[].startTime`, `durationInMinutes`",
+        doc=(
+            "1 when the window was open at the job's last describe (an occurrence started less "
+            "than `durationInMinutes` before), else 0. The rollout-stalled alert ignores jobs "
+            "with windows of which none was open throughout its window."
+        ),
     ),
     Family(
         P + "scheduled_rollout_start_timestamp_seconds",
         "Start of each upcoming maintenance-window rollout, Unix seconds.",
         ("rollout",),
         _scheduled_rollouts,
+        series="up to 7: per upcoming rollout",
+        source="`scheduledJobRollouts[].startTime`",
+        doc=(
+            "Start of each of the next (up to seven) maintenance-window rollouts, Unix seconds; "
+            "`rollout` is its index (0 = next)."
+        ),
     ),
     Family(
         P + "force_canceled",
         "1 when the job was canceled with force.",
         (),
         _value(lambda j: j.force_canceled),
+        series="0 or 1",
+        source="`forceCanceled`",
+        doc="1 when the job was canceled with `force`, else 0.",
     ),
     Family(
         P + "is_concurrent",
         "1 while the job is rolling out or canceling executions.",
         (),
         _value(lambda j: j.is_concurrent),
+        series="0 or 1",
+        source="`isConcurrent`",
+        doc="1 while the job is rolling out or canceling executions, else 0.",
     ),
     Family(
         P + "last_success_timestamp_seconds",
         "Unix time of the last successful DescribeJob of the job.",
         (),
         _value(lambda j: j.fetched_at),
+        series="1",
+        source="exporter",
+        doc=(
+            "Unix time of the last successful DescribeJob of this job. `time() - this` is the "
+            "age of every other series of the job."
+        ),
     ),
 )
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import subprocess
+import sys
 from typing import Any
 
 import botocore.session
@@ -35,6 +38,41 @@ def test_every_job_metric_and_label_is_documented() -> None:
             assert f"`{label}`" in rows[family.name], f"{family.name}: label {label} undocumented"
     for label in IDENTITY_LABELS:
         assert f"`{label}`" in DOC
+
+
+def test_job_metrics_table_is_generated_from_the_metric_table() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "generate_metrics.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_row_without_its_docs_text_changes_the_table() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "generate_metrics", ROOT / "docs" / "generate_metrics.py"
+    )
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    # Every row carries its docs text, and the committed table is that text, row by row.
+    for family in FAMILIES:
+        assert family.series and family.source and family.doc, family.name
+        assert generator.row(family) in DOC, family.name
+    changed = dataclasses.replace(FAMILIES[0], doc="Something else.")
+    assert generator.row(changed) not in DOC
+    # A cell that would break the Markdown table is refused, not written.
+    broken = dataclasses.replace(FAMILIES[0], doc="two\nlines")
+    try:
+        generator.row(broken)
+    except ValueError as exc:
+        assert FAMILIES[0].name in str(exc)
+    else:
+        raise AssertionError("a newline in a docs cell was accepted")
 
 
 def every_self_metric() -> SelfMetrics:
