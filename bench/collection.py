@@ -25,8 +25,7 @@ from bench.report import Table, median, ratio, verdict
 from exporter import gzipjoin
 from exporter.aws import LIST_JOBS_PAGE_SIZE
 from exporter.collector import Collector, Shard
-from exporter.config import Collector as CollectorSettings
-from exporter.config import Config
+from exporter.config import CollectorSettings, Config
 from exporter.metrics import SelfMetrics
 from exporter.model import TERMINAL_STATUSES
 from exporter.store import MetricsStore

@@ -28,8 +28,7 @@ from typing import Any
 from bench.common import REGION, bench_target
 from bench.report import Table
 from exporter.collector import Collector
-from exporter.config import Collector as CollectorSettings
-from exporter.config import Config, Events
+from exporter.config import CollectorSettings, Config, Events
 from exporter.metrics import SelfMetrics
 from exporter.simulator import SimulatorThread
 from exporter.store import MetricsStore

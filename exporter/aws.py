@@ -33,12 +33,12 @@ from botocore.exceptions import (
 )
 from botocore.parsers import DEFAULT_TIMESTAMP_PARSER, ResponseParserError
 
-from exporter.config import Collector, Target
+from exporter.config import CollectorSettings, Target
 from exporter.events import Message, QueueError, message_from_sqs
 from exporter.logs import redact, summarise
-from exporter.metrics import SelfMetrics
 from exporter.model import JobSnapshot, MalformedJob, parse_describe_job, to_timestamp
-from exporter.otel import NOOP_TRACING, Tracing
+from exporter.telemetry import SourceTelemetry
+from exporter.tracing import NOOP_TRACING, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ _UNAVAILABLE = {
 
 
 class ApiError(Exception):
-    """An AWS call that failed, with its outcome class (see OUTCOMES in metrics.py)."""
+    """An AWS call that failed, with its outcome class (one of telemetry.OUTCOMES)."""
 
     def __init__(self, outcome: str, operation: str, detail: str) -> None:
         super().__init__(f"{operation} failed ({outcome}): {detail}")
@@ -279,8 +279,8 @@ class JobSource:
     def __init__(
         self,
         target: Target,
-        settings: Collector,
-        telemetry: SelfMetrics,
+        settings: CollectorSettings,
+        telemetry: SourceTelemetry,
         tracing: Tracing = NOOP_TRACING,
         budgets: Budgets | None = None,
     ) -> None:
@@ -468,7 +468,7 @@ class JobSource:
             outcome = classify_error(code, http.status_code)
         else:
             return
-        self.telemetry.api_requests.labels(self.target.name, name, outcome).inc()
+        self.telemetry.api_call(self.target.name, name, outcome)
         flag = _ATTEMPT_COUNTED.get()
         if flag is not None:
             flag[0] = True
@@ -500,12 +500,10 @@ class JobSource:
                 raise ApiError(outcome, operation, describe_exception(exc)) from None
             finally:
                 _ATTEMPT_COUNTED.reset(token)
-                self.telemetry.api_duration.labels(self.target.name, operation).observe(
-                    time.monotonic() - started
-                )
+                self.telemetry.api_latency(self.target.name, operation, time.monotonic() - started)
 
     def _count(self, operation: str, outcome: str) -> None:
-        self.telemetry.api_requests.labels(self.target.name, operation, outcome).inc()
+        self.telemetry.api_call(self.target.name, operation, outcome)
 
     async def describe_job(self, job_id: str) -> JobSnapshot:
         """The job as DescribeJob reports it now; ApiError when that fails or is unreadable."""

@@ -197,12 +197,14 @@ class Reloader:
         self,
         path: str,
         collector: Collector,
+        store: MetricsStore,
         telemetry: SelfMetrics,
         adjust: Callable[[Config], Config] = lambda config: config,
     ) -> None:
         self.path = path
         self.adjust = adjust
         self.collector = collector
+        self.store = store
         self.telemetry = telemetry
         self._lock = asyncio.Lock()
 
@@ -230,7 +232,7 @@ class Reloader:
                 await self.collector.apply(config)
                 # After apply, which has dropped the jobs of removed targets.
                 families = families_of(config)
-                await self.collector.store.select(families, {t.name: t for t in config.targets})
+                await self.store.select(families, {t.name: t for t in config.targets})
             except ConfigError as exc:
                 return self._failed(str(exc))
             except Exception as exc:  # MemoryError, RecursionError, a bug: same outcome
@@ -297,9 +299,9 @@ async def _serve_until_signalled(
     except OtelUnavailable as exc:
         return _fail(f"{args.config_file}: {exc}")
     if config.otel.enabled:
-        telemetry.registry.register(otel)
+        telemetry.watch_otel_push(lambda: (otel.failures, otel.last_success))
     collector = Collector(config, store, telemetry, shard, tracing=otel.tracing)
-    reloader = Reloader(args.config_file, collector, telemetry, adjust)
+    reloader = Reloader(args.config_file, collector, store, telemetry, adjust)
     reloader.loaded()
     reloads: set[asyncio.Task[str | None]] = set()
 

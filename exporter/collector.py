@@ -25,13 +25,12 @@ from exporter.aws import (
     classify,
     describe_exception,
 )
-from exporter.config import Collector as CollectorSettings
-from exporter.config import Config, Target
+from exporter.config import CollectorSettings, Config, Target
 from exporter.events import EventConsumer, EventSettings, Queue, ReasonCounts
-from exporter.metrics import EXECUTION_EVENTS_FAMILY, TRACKED_STATES, SelfMetrics, selects
 from exporter.model import TERMINAL_STATUSES, JobSnapshot
-from exporter.otel import NOOP_TRACING, Tracing
-from exporter.store import MetricsStore
+from exporter.status import LastError, StaleJob, Status, TargetStatus
+from exporter.telemetry import ACTIVE, FROZEN, PENDING, TRACKED_STATES, Telemetry
+from exporter.tracing import NOOP_TRACING, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -66,51 +65,12 @@ def sanitise(message: str) -> str:
     return message
 
 
-@dataclass(frozen=True, slots=True)
-class LastError:
-    """The most recent failed call of a target: its class and a sanitised message."""
+class SnapshotSink(Protocol):
+    """Where described jobs go (store.MetricsStore renders them; the scheduler never does)."""
 
-    at: float
-    outcome: str
-    operation: str
-    message: str
-    job_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StaleJob:
-    job_id: str
-    age_seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class TargetStatus:
-    """What the status page shows of one target, read at one instant."""
-
-    name: str
-    region: str
-    discovery: bool
-    ready: bool
-    collection_success: bool | None
-    last_discovery_success: float | None
-    last_collection_success: float | None
-    last_error: LastError | None
-    api_window_seconds: float
-    api_calls: int
-    api_throttled: int
-    api_failed: int
-    jobs_by_state: tuple[tuple[str, int], ...]
-    jobs_by_status: tuple[tuple[str, int], ...]
-    stale_after_seconds: float
-    stale_total: int
-    stale_jobs: tuple[StaleJob, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    generated_at: float
-    ready: bool
-    targets: tuple[TargetStatus, ...]
+    def put_job(self, target: Target, job_id: str, snapshot: JobSnapshot) -> None: ...
+    def remove(self, key: tuple[str, str]) -> None: ...
+    def remove_target(self, target: str) -> None: ...
 
 
 class Source(Protocol):
@@ -154,6 +114,13 @@ class _Tracked:
     explicit: bool
     snapshot: JobSnapshot | None = None
 
+    @property
+    def state(self) -> str:
+        """One of TRACKED_STATES: pending until described, then active or frozen."""
+        if self.snapshot is None:
+            return PENDING
+        return FROZEN if self.snapshot.frozen else ACTIVE
+
 
 @dataclass(slots=True)
 class _Cycle:
@@ -170,8 +137,8 @@ class TargetCollector:
         target: Target,
         settings: CollectorSettings,
         source: Source,
-        store: MetricsStore,
-        telemetry: SelfMetrics,
+        store: SnapshotSink,
+        telemetry: Telemetry,
         shard: Shard = Shard(),
         clock: Callable[[], float] = time.time,
         tracing: Tracing = NOOP_TRACING,
@@ -215,12 +182,7 @@ class TargetCollector:
         for job_id in target.jobs.ids:
             if shard.owns(target, job_id):
                 self._jobs[job_id] = _Tracked(explicit=True)
-        telemetry.init_target(target.name)
-        if target.jobs.discover is None:
-            # No ListJobs, so no discovery to date: a series at 0 would read as a
-            # discovery that never succeeded and page for a target that cannot have one.
-            with contextlib.suppress(KeyError):
-                telemetry.discovery_last_success.remove(target.name)
+        telemetry.init_target(target.name, discovery=target.jobs.discover is not None)
         # Ready once AWS answered: a discovery, or for explicit ids only, a describe.
         self.primed = False
         # Whether the last discovery failed: the target counts as failing until one
@@ -257,6 +219,10 @@ class TargetCollector:
 
     @property
     def jobs(self) -> dict[str, JobSnapshot | None]:
+        """The jobs this poller tracks, each with its last snapshot (None until described).
+
+        A copy, read-only: what the scheduler knows, including jobs not (yet) in the store.
+        """
         return {job_id: t.snapshot for job_id, t in self._jobs.items()}
 
     # --- events (EventSink) ---------------------------------------------------------------
@@ -345,7 +311,7 @@ class TargetCollector:
             if job_id not in self._jobs:
                 continue
             self._event_described[job_id] = time.monotonic()
-            self.telemetry.events_describes.labels(self.target.name).inc()
+            self.telemetry.event_describe(self.target.name)
             # Tracked in _in_flight like the cycle's calls, and closed with them; first at
             # the budget (the task takes this context with it).
             token = URGENT.set(True)
@@ -386,15 +352,14 @@ class TargetCollector:
     async def run_events(self, consumer: EventConsumer) -> None:
         """The consumer and the describes it causes, until cancelled."""
         # Read at scrape time: the consumer's health changes between cycles.
-        driven = self.telemetry.events_driven.labels(self.target.name)
-        driven.set_function(lambda: 1.0 if self.event_driven() else 0.0)
+        self.telemetry.watch_events_driven(self.target.name, self.event_driven)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(consumer.run())
                 group.create_task(self.describe_dirty())
         finally:
             self.consumer = None
-            driven.set_function(lambda: 0.0)
+            self.telemetry.watch_events_driven(self.target.name, lambda: False)
 
     def execution_event_samples(self) -> list[tuple[dict[str, str], float]]:
         """aws_iot_job_execution_events_total samples of the jobs in the store."""
@@ -477,7 +442,7 @@ class TargetCollector:
                 continue
             self._jobs[job_id] = _Tracked(explicit=False)
             added += 1
-        self.telemetry.discovery_last_success.labels(self.target.name).set(now)
+        self.telemetry.discovery_succeeded(self.target.name, now)
         if added:
             log.info("discovered jobs target=%s added=%d", self.target.name, added)
             # Queued jobs show as pending now, not at the end of a long first cycle.
@@ -659,15 +624,14 @@ class TargetCollector:
         self._expire_frozen()
         self.cycles += 1
         name = self.target.name
-        self.telemetry.collection_duration.labels(name).set(time.monotonic() - started)
         # A cycle without discovery cannot show that ListJobs works again: until a
         # discovery succeeds, the target stays failed instead of flapping back to 1.
         success = not cycle.failures and not self._discovery_failed
         self._last_success = success
-        self.telemetry.collection_success.labels(name).set(1 if success else 0)
+        now = self.clock()
         if success:
-            self._last_collection = self.clock()
-            self.telemetry.last_collection_success.labels(name).set(self._last_collection)
+            self._last_collection = now
+        self.telemetry.cycle_done(name, time.monotonic() - started, success, now)
         if self.target.jobs.discover is None and not self._jobs:
             # Nothing of this target is this shard's to describe: nothing to wait for.
             self.primed = True
@@ -733,7 +697,7 @@ class TargetCollector:
         """Says, once per change, when the quota cannot describe every due job per interval."""
         needed = calls / self.rate
         stretched = needed > self.settings.interval
-        self.telemetry.collection_stretched.labels(self.target.name).set(1 if stretched else 0)
+        self.telemetry.cycle_stretched(self.target.name, stretched)
         if stretched != self._stretched:
             self._stretched = stretched
             if stretched:
@@ -751,21 +715,7 @@ class TargetCollector:
 
     def _api_totals(self) -> tuple[int, int, int]:
         """This target's attempts so far: all, throttled, and failed (anything but ok)."""
-        total = throttled = failed = 0
-        for family in self.telemetry.api_requests.collect():
-            for sample in family.samples:
-                if not sample.name.endswith("_total"):
-                    continue
-                if sample.labels.get("target") != self.target.name:
-                    continue
-                count = int(sample.value)
-                total += count
-                outcome = sample.labels.get("outcome")
-                if outcome == "throttled":
-                    throttled += count
-                if outcome != "ok":
-                    failed += count
-        return total, throttled, failed
+        return self.telemetry.api_totals(self.target.name)
 
     def _sample_calls(self) -> None:
         now = self.clock()
@@ -791,11 +741,10 @@ class TargetCollector:
         stale_after = STALE_INTERVALS * self.settings.interval
         stale: list[StaleJob] = []
         for job_id, tracked in self._jobs.items():
+            states[tracked.state] += 1
             snap = tracked.snapshot
             if snap is None:
-                states["pending"] += 1
                 continue
-            states["frozen" if snap.frozen else "active"] += 1
             status = snap.status or "UNKNOWN"
             statuses[status] = statuses.get(status, 0) + 1
             age = now - snap.fetched_at
@@ -824,14 +773,10 @@ class TargetCollector:
 
     def _update_tracked(self) -> None:
         self._tracked_at = time.monotonic()
-        counts = {"active": 0, "frozen": 0, "pending": 0}
+        counts = dict.fromkeys(TRACKED_STATES, 0)
         for tracked in self._jobs.values():
-            snap = tracked.snapshot
-            state = "pending" if snap is None else "frozen" if snap.frozen else "active"
-            counts[state] += 1
-        for state, count in counts.items():
-            self.telemetry.jobs_tracked.labels(self.target.name, state).set(count)
-        self.telemetry.jobs_missing.labels(self.target.name).set(len(self._missing))
+            counts[tracked.state] += 1
+        self.telemetry.tracked_jobs(self.target.name, counts, len(self._missing))
 
     async def run(self) -> None:
         """Cycles forever, one every interval; a failing cycle never ends the loop."""
@@ -844,7 +789,7 @@ class TargetCollector:
                 except Exception:
                     # Unexpected bugs must not stop collection: retried next interval.
                     log.exception("collection cycle crashed target=%s", self.target.name)
-                    self.telemetry.collection_success.labels(self.target.name).set(0)
+                    self.telemetry.cycle_failed(self.target.name)
                     self._last_success = False
                 elapsed = time.monotonic() - started
                 await asyncio.sleep(max(0.0, self.settings.interval - elapsed))
@@ -874,8 +819,8 @@ class Collector:
     def __init__(
         self,
         config: Config,
-        store: MetricsStore,
-        telemetry: SelfMetrics,
+        store: SnapshotSink,
+        telemetry: Telemetry,
         shard: Shard = Shard(),
         tracing: Tracing = NOOP_TRACING,
     ) -> None:
@@ -892,14 +837,15 @@ class Collector:
         telemetry.watch_execution_events(self.execution_event_samples)
 
     def execution_event_samples(self) -> list[tuple[dict[str, str], float]]:
-        metrics = self.config.metrics
-        if not selects(EXECUTION_EVENTS_FAMILY, metrics.allow, metrics.deny):
+        if not self.config.metrics.execution_events:
             return []
         return [s for r in self._running.values() for s in r.collector.execution_event_samples()]
 
     @property
     def targets(self) -> dict[str, TargetCollector]:
-        return {name: r.collector for name, r in self._running.items()}
+        """The running pollers by target name, in name order: what readiness and the
+        status page read."""
+        return {name: r.collector for name, r in sorted(self._running.items())}
 
     @property
     def ready(self) -> bool:
@@ -912,15 +858,13 @@ class Collector:
         Service while that target's first cycle runs.
         """
         if not self._ready:
-            running = self._running.values()
-            self._ready = bool(running) and all(
-                r.collector.primed and r.collector.cycles > 0 for r in running
-            )
+            pollers = self.targets.values()
+            self._ready = bool(pollers) and all(p.primed and p.cycles > 0 for p in pollers)
         return self._ready
 
     def status(self) -> Status:
         """Every target's status at this instant, for the status page."""
-        targets = tuple(r.collector.status() for _, r in sorted(self._running.items()))
+        targets = tuple(poller.status() for poller in self.targets.values())
         return Status(generated_at=time.time(), ready=self.ready, targets=targets)
 
     async def start(self) -> None:
@@ -1001,7 +945,7 @@ class Collector:
                     target.name,
                     describe_exception(exc),
                 )
-                self.telemetry.collection_success.labels(target.name).set(0)
+                self.telemetry.cycle_failed(target.name)
                 collector.record_error(classify(exc), "CreateClient", describe_exception(exc))
                 collector.cycles += 1
             finally:

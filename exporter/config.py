@@ -8,47 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter.metrics import family_name_problem
+from exporter.metrics import EXECUTION_EVENTS_FAMILY, RESERVED_LABELS, family_name_problem, selects
+from exporter.model import JOB_STATUSES
 from exporter.reader import LocatedError, Reader, field_name, kind, load_yaml, read_file, shown
 
-JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 TARGET_SELECTIONS = ("CONTINUOUS", "SNAPSHOT")
 OTLP_PROTOCOLS = ("http/protobuf", "grpc")
-
-# Label names the exporter sets itself; a static label with one of these names would
-# produce duplicate labels in the exposition. `job` and `instance` belong to Prometheus.
-RESERVED_LABELS = frozenset(
-    {
-        "job",
-        "instance",
-        "target",
-        "region",
-        "account_id",
-        "job_id",
-        "job_arn",
-        "target_selection",
-        "namespace_id",
-        "job_template_arn",
-        "presigned_url_role_arn",
-        "target_arn",
-        "target_type",
-        "package_version_arn",
-        "reason_code",
-        "reason",
-        "status",
-        "state",
-        "failure_type",
-        "action",
-        "end_behavior",
-        "window",
-        "start_time",
-        "rollout",
-        "operation",
-        "outcome",
-        "le",
-        "quantile",
-    }
-)
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _TARGET_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -140,7 +105,7 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
-class Collector:
+class CollectorSettings:
     interval: float = 60.0
     discovery_interval: float = 300.0
     request_timeout: float = 10.0
@@ -181,11 +146,16 @@ class Metrics:
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
 
+    @property
+    def execution_events(self) -> bool:
+        """Whether aws_iot_job_execution_events_total is exported (counted from events)."""
+        return selects(EXECUTION_EVENTS_FAMILY, self.allow, self.deny)
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
     targets: tuple[Target, ...]
-    collector: Collector = Collector()
+    collector: CollectorSettings = CollectorSettings()
     otel: Otel = Otel()
     metrics: Metrics = Metrics()
 
@@ -199,7 +169,7 @@ def _read_section(
     return {key: item for key, item in read.items() if item is not None}
 
 
-def _read_collector(r: Reader, value: Any) -> Collector:
+def _read_collector(r: Reader, value: Any) -> CollectorSettings:
     readers: dict[str, Callable[[Any, str], Any]] = {
         "interval": r.duration,
         "discovery_interval": r.duration,
@@ -212,7 +182,7 @@ def _read_collector(r: Reader, value: Any) -> Collector:
         "discovery_max_pages": lambda v, p: r.integer(v, p, 1, 1_000_000),
         "discovery_max_jobs": lambda v, p: r.integer(v, p, 1, 100_000_000),
     }
-    return Collector(**_read_section(r, value, "collector", readers))
+    return CollectorSettings(**_read_section(r, value, "collector", readers))
 
 
 def _read_string_map(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import platform
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -17,17 +18,18 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from exporter import __version__
 from exporter.events import EVENT_NAMES
-from exporter.model import EXECUTION_STATES, JobSnapshot, target_type
+from exporter.model import EXECUTION_STATES, JOB_STATUSES, JobSnapshot, target_type
+from exporter.telemetry import OUTCOMES, TRACKED_STATES, EventSamples
 
 # `_created` series double the self-metrics for no use: Prometheus ignores them in the
 # text format. The setting is process-wide, which is what the exporter wants.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-KNOWN_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 IDENTITY_LABELS = ("target", "region", "account_id", "job_id")
 
 Sample = tuple[tuple[str, ...], float]
@@ -35,11 +37,20 @@ Sample = tuple[tuple[str, ...], float]
 
 @dataclass(frozen=True, slots=True)
 class Family:
+    """A row of the metric table, with its row of docs/metrics.md (docs/generate_metrics.py
+    writes that table from these fields; Markdown, backticks for names)."""
+
     name: str
     help: str
     labels: tuple[str, ...]
     samples: Callable[[JobSnapshot], Iterable[Sample]]
     type: str = "gauge"
+    # Series one job costs: `1`, `0 or 1`, a bound, or `per ...` when it grows with a list.
+    series: str = ""
+    # The DescribeJob fields read, under `job.`.
+    source: str = ""
+    # What the value means, for the docs' Meaning column.
+    doc: str = ""
 
 
 def _value(
@@ -90,9 +101,9 @@ def _reason(job: JobSnapshot) -> Iterator[Sample]:
 def _status(job: JobSnapshot) -> Iterator[Sample]:
     if job.status is None:
         return
-    for status in KNOWN_STATUSES:
+    for status in JOB_STATUSES:
         yield (status,), 1.0 if job.status == status else 0.0
-    if job.status not in KNOWN_STATUSES:
+    if job.status not in JOB_STATUSES:
         yield (job.status,), 1.0
 
 
@@ -141,6 +152,20 @@ def _window_duration(job: JobSnapshot) -> Iterator[Sample]:
             yield (str(i),), w.duration_minutes * 60.0
 
 
+def _window_next_start(job: JobSnapshot) -> Iterator[Sample]:
+    for i, w in enumerate(job.maintenance_windows):
+        start = w.next_start(job.fetched_at)
+        if start is not None:
+            yield (str(i),), start
+
+
+def _window_open(job: JobSnapshot) -> Iterator[Sample]:
+    for i, w in enumerate(job.maintenance_windows):
+        is_open = w.open_at(job.fetched_at)
+        if is_open is not None:
+            yield (str(i),), 1.0 if is_open else 0.0
+
+
 def _scheduled_rollouts(job: JobSnapshot) -> Iterator[Sample]:
     for i, start in enumerate(job.scheduled_rollouts):
         yield (str(i),), start
@@ -164,30 +189,58 @@ FAMILIES: tuple[Family, ...] = (
             "presigned_url_role_arn",
         ),
         _info,
+        series="1",
+        source=(
+            "`jobArn`, `targetSelection`, `namespaceId`, `jobTemplateArn`, "
+            "`presignedUrlConfig.roleArn`"
+        ),
+        doc="Always 1. Metadata; a label is empty when the field is absent.",
     ),
     Family(
         P + "target_info",
         "One series per thing or thing group the job targets; always 1.",
         ("target_arn", "target_type"),
         _target_info,
+        series="per target ARN",
+        source="`targets[]`",
+        doc=(
+            "Always 1, one series per target ARN. `target_type` is `thing`, `thinggroup`, or "
+            "the ARN's resource type as is."
+        ),
     ),
     Family(
         P + "destination_package_version_info",
         "One series per software package version the job installs; always 1.",
         ("package_version_arn",),
         _package_versions,
+        series="per package version",
+        source="`destinationPackageVersions[]`",
+        doc="Always 1, one series per package version the job installs (software package catalog).",
     ),
     Family(
         P + "reason_info",
         "The reason code of the job's last cancel or update; always 1.",
         ("reason_code",),
         _reason,
+        series="0 or 1",
+        source="`reasonCode`",
+        doc=(
+            "Always 1 when the job carries a reason code (set on cancel or update; an "
+            "upper-case code, not free text)."
+        ),
     ),
     Family(
         P + "status",
         "Job status as a state set: 1 for the current status, 0 for the others.",
         ("status",),
         _status,
+        series="5 (6 with an unknown status)",
+        source="`status`",
+        doc=(
+            "State set: one series per known status (`IN_PROGRESS`, `CANCELED`, `COMPLETED`, "
+            "`DELETION_IN_PROGRESS`, `SCHEDULED`), 1 for the current one, 0 for the others. An "
+            "unknown status gets its own series with value 1."
+        ),
     ),
     Family(
         P + "executions",
@@ -195,159 +248,316 @@ FAMILIES: tuple[Family, ...] = (
         "timed_out count executions, not things.",
         ("state",),
         _executions,
+        series="up to 8: per execution state",
+        source="`jobProcessDetails.numberOf*Things`",
+        doc=(
+            "Job executions by state: `queued` (`numberOfQueuedThings`), `in_progress` "
+            "(`numberOfInProgressThings`), `succeeded` (`numberOfSucceededThings`), `failed` "
+            "(`numberOfFailedThings`), `rejected` (`numberOfRejectedThings`), `canceled` "
+            "(`numberOfCanceledThings`), `removed` (`numberOfRemovedThings`), `timed_out` "
+            "(`numberOfTimedOutThings`). A state AWS leaves out has no series. With a retry "
+            "config, `failed` and `timed_out` count executions (attempts), not things, and can "
+            "exceed the number of targets; ratios must divide by terminal executions, never by "
+            "targets."
+        ),
     ),
     Family(
         P + "processing_targets",
         "Targets the job is still rolling out to.",
         (),
         _value(_processing_targets),
+        series="0 or 1",
+        source="`jobProcessDetails.processingTargets`",
+        doc=(
+            "Number of targets (things or groups) the job is still rolling out to. 0 when AWS "
+            "reports the list empty or null after rollout. Only exported when "
+            "`jobProcessDetails` is present."
+        ),
     ),
     Family(
         P + "rollout_maximum_per_minute",
         "Configured maximum of things notified per minute.",
         (),
         _value(lambda j: j.rollout_maximum_per_minute),
+        series="0 or 1",
+        source="`jobExecutionsRolloutConfig.maximumPerMinute`",
+        doc="Configured cap on things notified per minute.",
     ),
     Family(
         P + "rollout_exponential_base_rate_per_minute",
         "Initial rate of an exponential rollout, things per minute.",
         (),
         _value(lambda j: j.rollout_base_rate_per_minute),
+        series="0 or 1",
+        source="`jobExecutionsRolloutConfig.exponentialRate.baseRatePerMinute`",
+        doc="Initial rollout rate of an exponential rollout.",
     ),
     Family(
         P + "rollout_exponential_increment_factor",
         "Factor an exponential rollout's rate is multiplied by at each increase.",
         (),
         _value(lambda j: j.rollout_increment_factor),
+        series="0 or 1",
+        source="`jobExecutionsRolloutConfig.exponentialRate.incrementFactor`",
+        doc="Factor the rate is multiplied by at each increase.",
     ),
     Family(
         P + "rollout_exponential_notified_things_threshold",
         "Notified things that trigger each increase of an exponential rollout.",
         (),
         _value(lambda j: j.rollout_notified_threshold),
+        series="0 or 1",
+        source="`...exponentialRate.rateIncreaseCriteria.numberOfNotifiedThings`",
+        doc="Notified things that trigger each rate increase.",
     ),
     Family(
         P + "rollout_exponential_succeeded_things_threshold",
         "Succeeded things that trigger each increase of an exponential rollout.",
         (),
         _value(lambda j: j.rollout_succeeded_threshold),
+        series="0 or 1",
+        source="`...exponentialRate.rateIncreaseCriteria.numberOfSucceededThings`",
+        doc="Succeeded things that trigger each rate increase.",
     ),
     Family(
         P + "rollout_rate_limit_per_minute",
         "Rollout rate the configuration allows now, given progress, things per minute.",
         (),
         _value(JobSnapshot.rollout_rate_limit),
+        series="0 or 1",
+        source="derived from `jobExecutionsRolloutConfig` and `jobProcessDetails`",
+        doc=(
+            "The rollout rate the configuration allows now, given progress (see [Rollout rate "
+            "limit](#rollout-rate-limit))."
+        ),
     ),
     Family(
         P + "rollout_observed_rate_per_minute",
         "Executions created per minute between the last two describes.",
         (),
         _value(lambda j: j.observed_rate_per_minute),
+        series="0 or 1",
+        source="derived from two consecutive DescribeJob snapshots",
+        doc=(
+            "Executions created per minute between the last two successful describes (see "
+            "[Observed rollout rate](#observed-rollout-rate)). Absent until the exporter has "
+            "two snapshots of the job."
+        ),
     ),
     Family(
         P + "abort_threshold_ratio",
         "Failure ratio (thresholdPercentage / 100) at which the job is aborted.",
         ("failure_type", "action"),
         _abort_threshold,
+        series="up to 4: per failure type",
+        source=(
+            "`abortConfig.criteriaList[].thresholdPercentage`, labels from `failureType` and "
+            "`action`"
+        ),
+        doc="Abort threshold as a ratio (percentage / 100), one series per criterion.",
     ),
     Family(
         P + "abort_min_executed_things",
         "Things that must have executed before an abort criterion applies.",
         ("failure_type",),
         _abort_min_executed,
+        series="up to 4: per failure type",
+        source="`abortConfig.criteriaList[].minNumberOfExecutedThings`, label from `failureType`",
+        doc="Things that must have executed before the criterion can abort the job.",
     ),
     Family(
-        P + "retry_max_attempts", "Retries allowed per failure type.", ("failure_type",), _retry
+        P + "retry_max_attempts",
+        "Retries allowed per failure type.",
+        ("failure_type",),
+        _retry,
+        series="up to 3: per failure type",
+        source=(
+            "`jobExecutionsRetryConfig.criteriaList[].numberOfRetries`, label from `failureType`"
+        ),
+        doc=(
+            "Retries allowed for the failure type (the number of retries, not counting the "
+            "first attempt)."
+        ),
     ),
     Family(
         P + "in_progress_timeout_seconds",
         "Time an execution may stay IN_PROGRESS before it times out.",
         (),
         _value(lambda j: _minutes_to_seconds(j.in_progress_timeout_minutes)),
+        series="0 or 1",
+        source="`timeoutConfig.inProgressTimeoutInMinutes`",
+        doc="Time an execution may stay IN_PROGRESS before it is TIMED_OUT, in seconds.",
     ),
     Family(
         P + "presigned_url_expiry_seconds",
         "Validity of pre-signed S3 URLs.",
         (),
         _value(lambda j: j.presigned_url_expires_in_sec),
+        series="0 or 1",
+        source="`presignedUrlConfig.expiresInSec`",
+        doc="Validity of pre-signed S3 URLs in the job document.",
     ),
     Family(
         P + "created_timestamp_seconds",
         "Job creation time, Unix seconds.",
         (),
         _value(lambda j: j.created_at),
+        series="0 or 1",
+        source="`createdAt`",
+        doc="Creation time, Unix seconds.",
     ),
     Family(
         P + "last_updated_timestamp_seconds",
         "Job last update time, Unix seconds.",
         (),
         _value(lambda j: j.last_updated_at),
+        series="0 or 1",
+        source="`lastUpdatedAt`",
+        doc="Last update time, Unix seconds.",
     ),
     Family(
         P + "completed_timestamp_seconds",
         "Job completion time, Unix seconds.",
         (),
         _value(lambda j: j.completed_at),
+        series="0 or 1",
+        source="`completedAt`",
+        doc="Completion time, Unix seconds.",
     ),
     Family(
         P + "scheduling_start_timestamp_seconds",
         "Scheduled rollout start, Unix seconds.",
         (),
         _value(lambda j: j.scheduling_start),
+        series="0 or 1",
+        source="`schedulingConfig.startTime`",
+        doc=(
+            "Scheduled rollout start, Unix seconds (the API's `YYYY-MM-DDTHH:MM` string, read "
+            "as UTC)."
+        ),
     ),
     Family(
         P + "scheduling_end_timestamp_seconds",
         "Scheduled rollout end, Unix seconds.",
         (),
         _value(lambda j: j.scheduling_end),
+        series="0 or 1",
+        source="`schedulingConfig.endTime`",
+        doc="Scheduled rollout end, Unix seconds.",
     ),
     Family(
         P + "scheduling_end_behavior",
         "What happens at the scheduled end time; always 1.",
         ("end_behavior",),
         _end_behavior,
+        series="0 or 1",
+        source="`schedulingConfig.endBehavior`",
+        doc="Always 1; what happens at `endTime`: `STOP_ROLLOUT`, `CANCEL` or `FORCE_CANCEL`.",
     ),
     Family(
         P + "maintenance_window_info",
         "One series per maintenance window with its recurrence; always 1.",
         ("window", "start_time"),
         _window_info,
+        series="per maintenance window",
+        source="`schedulingConfig.maintenanceWindows[].startTime`",
+        doc=(
+            "Always 1, one series per maintenance window; `window` is its index in the list, "
+            "`start_time` the API's recurrence expression as is (a cron expression)."
+        ),
     ),
     Family(
         P + "maintenance_window_start_timestamp_seconds",
         "Start of a maintenance window given as a date-time, Unix seconds.",
         ("window",),
         _window_start,
+        series="per maintenance window",
+        source="`schedulingConfig.maintenanceWindows[].startTime`",
+        doc=(
+            "Start of the window, Unix seconds, when the API gives it as a date-time rather "
+            "than a recurrence."
+        ),
     ),
     Family(
         P + "maintenance_window_duration_seconds",
         "Length of a maintenance window.",
         ("window",),
         _window_duration,
+        series="per maintenance window",
+        source="`schedulingConfig.maintenanceWindows[].durationInMinutes`",
+        doc="Length of the maintenance window, in seconds.",
+    ),
+    Family(
+        P + "maintenance_window_next_start_timestamp_seconds",
+        "Next start of a maintenance window at or after the job's last describe, Unix "
+        "seconds, read from its recurrence.",
+        ("window",),
+        _window_next_start,
+        series="per maintenance window",
+        source="`schedulingConfig.maintenanceWindows[].startTime`",
+        doc=(
+            "Next start of the window at or after the job's last describe "
+            "(`aws_iot_job_last_success_timestamp_seconds`), Unix seconds, read from its cron "
+            "recurrence (UTC, AWS's dialect) or date-time. Computed when the job is described, "
+            "not per scrape: `aws_iot_job_maintenance_window_next_start_timestamp_seconds - "
+            "time()` is the time to the next window. A frozen (terminal) job is not described "
+            "again, so its value stays as it was."
+        ),
+    ),
+    Family(
+        P + "maintenance_window_open",
+        "1 when a maintenance window was open at the job's last describe, else 0.",
+        ("window",),
+        _window_open,
+        series="per maintenance window with a duration",
+        source="`schedulingConfig.maintenanceWindows[].startTime`, `durationInMinutes`",
+        doc=(
+            "1 when the window was open at the job's last describe (an occurrence started less "
+            "than `durationInMinutes` before), else 0. The rollout-stalled alert ignores jobs "
+            "with windows of which none was open throughout its window."
+        ),
     ),
     Family(
         P + "scheduled_rollout_start_timestamp_seconds",
         "Start of each upcoming maintenance-window rollout, Unix seconds.",
         ("rollout",),
         _scheduled_rollouts,
+        series="up to 7: per upcoming rollout",
+        source="`scheduledJobRollouts[].startTime`",
+        doc=(
+            "Start of each of the next (up to seven) maintenance-window rollouts, Unix seconds; "
+            "`rollout` is its index (0 = next)."
+        ),
     ),
     Family(
         P + "force_canceled",
         "1 when the job was canceled with force.",
         (),
         _value(lambda j: j.force_canceled),
+        series="0 or 1",
+        source="`forceCanceled`",
+        doc="1 when the job was canceled with `force`, else 0.",
     ),
     Family(
         P + "is_concurrent",
         "1 while the job is rolling out or canceling executions.",
         (),
         _value(lambda j: j.is_concurrent),
+        series="0 or 1",
+        source="`isConcurrent`",
+        doc="1 while the job is rolling out or canceling executions, else 0.",
     ),
     Family(
         P + "last_success_timestamp_seconds",
         "Unix time of the last successful DescribeJob of the job.",
         (),
         _value(lambda j: j.fetched_at),
+        series="1",
+        source="exporter",
+        doc=(
+            "Unix time of the last successful DescribeJob of this job. `time() - this` is the "
+            "age of every other series of the job."
+        ),
     ),
 )
 
@@ -399,25 +609,31 @@ def select_families(allow: Iterable[str] = (), deny: Iterable[str] = ()) -> tupl
 OPERATIONS = ("DescribeJob", "ListJobs")
 # The SQS calls of a target with `events:`; their series exist only for such targets.
 EVENT_OPERATIONS = ("ReceiveMessage", "DeleteMessageBatch")
-OUTCOMES = (
-    "ok",
-    "throttled",
-    "not_found",
-    "denied",
-    "unavailable",
-    "malformed",
-    "network",
-    "error",
+# The labels of the AWS call self-metrics, and of the execution events counter (with the
+# identity labels and the static labels).
+API_CALL_LABELS = ("target", "operation", "outcome")
+EXECUTION_EVENTS_LABELS = ("status", "reason")
+# Label names the exporter sets itself: a static label with one of these names would
+# produce duplicate labels in the exposition. `job` and `instance` belong to Prometheus,
+# `le` and `quantile` to histograms and summaries.
+RESERVED_LABELS = frozenset(
+    {
+        "job",
+        "instance",
+        "le",
+        "quantile",
+        *IDENTITY_LABELS,
+        *(label for family in FAMILIES for label in family.labels),
+        *EXECUTION_EVENTS_LABELS,
+        *API_CALL_LABELS,
+    }
 )
-TRACKED_STATES = ("active", "frozen", "pending")
 
 EXECUTION_EVENTS_NAME = "aws_iot_job_execution_events"
 EXECUTION_EVENTS_HELP = (
     "Failed, rejected and timed-out execution events of the job by status and reason "
     "(the statusDetails value of events.reason_key), since the exporter started."
 )
-# (labels, value) of every aws_iot_job_execution_events_total sample.
-EventSamples = Callable[[], Iterable[tuple[dict[str, str], float]]]
 
 
 class _ExecutionEvents:
@@ -443,6 +659,41 @@ class _ExecutionEvents:
             yield metric
 
 
+# (failures so far, time of the last successful push or None) of the OTLP push.
+PushHealth = Callable[[], tuple[int, float | None]]
+
+
+class _OtelPush:
+    """The OTLP push's own health, read at scrape time from the pushing thread's results.
+
+    Registered only when the push is enabled: no series for a feature that is off.
+    """
+
+    def __init__(self, read: PushHealth) -> None:
+        self._read = read
+
+    def describe(self) -> list[Metric]:
+        return list(self._metrics(0, None))
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._metrics(*self._read())
+
+    @staticmethod
+    def _metrics(failures: int, last_success: float | None) -> Iterator[Metric]:
+        counter = CounterMetricFamily(
+            "aws_iot_jobs_exporter_otel_push_failures", "OTLP metric pushes that failed."
+        )
+        counter.add_metric([], failures)
+        yield counter
+        if last_success is not None:
+            last = GaugeMetricFamily(
+                "aws_iot_jobs_exporter_otel_last_push_success_timestamp_seconds",
+                "Unix time of the last successful OTLP metric push.",
+            )
+            last.add_metric([], last_success)
+            yield last
+
+
 class SelfMetrics:
     """The exporter's own metrics, in a registry of their own so they never mix with job rows."""
 
@@ -465,13 +716,13 @@ class SelfMetrics:
         self.api_requests = Counter(
             f"{ns}_api_requests",
             "AWS API call attempts by operation and outcome.",
-            ("target", "operation", "outcome"),
+            API_CALL_LABELS,
             registry=r,
         )
         self.api_duration = Histogram(
             f"{ns}_api_request_duration_seconds",
             "Duration of AWS API calls, retries included.",
-            ("target", "operation"),
+            API_CALL_LABELS[:2],
             registry=r,
             buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
@@ -567,6 +818,10 @@ class SelfMetrics:
             registry=r,
         )
 
+    def watch_otel_push(self, read: PushHealth) -> None:
+        """Export the OTLP push's failures and last success from `read`."""
+        self.registry.register(_OtelPush(read))
+
     def watch_execution_events(self, read: EventSamples) -> None:
         """Export aws_iot_job_execution_events_total from `read` (the collector's counts)."""
         self.registry.register(_ExecutionEvents(read))
@@ -583,6 +838,56 @@ class SelfMetrics:
 
     def event_consumer_error(self, target: str) -> None:
         self.events_consumer_errors.labels(target).inc()
+
+    # SourceTelemetry (telemetry.py): what the AWS source reports.
+    def api_call(self, target: str, operation: str, outcome: str) -> None:
+        self.api_requests.labels(target, operation, outcome).inc()
+
+    def api_latency(self, target: str, operation: str, seconds: float) -> None:
+        self.api_duration.labels(target, operation).observe(seconds)
+
+    # SchedulerTelemetry (telemetry.py): what the collector reports.
+    def discovery_succeeded(self, target: str, at: float) -> None:
+        self.discovery_last_success.labels(target).set(at)
+
+    def cycle_done(self, target: str, seconds: float, success: bool, at: float) -> None:
+        self.collection_duration.labels(target).set(seconds)
+        self.collection_success.labels(target).set(1 if success else 0)
+        if success:
+            self.last_collection_success.labels(target).set(at)
+
+    def cycle_failed(self, target: str) -> None:
+        self.collection_success.labels(target).set(0)
+
+    def cycle_stretched(self, target: str, stretched: bool) -> None:
+        self.collection_stretched.labels(target).set(1 if stretched else 0)
+
+    def tracked_jobs(self, target: str, states: Mapping[str, int], missing: int) -> None:
+        for state, count in states.items():
+            self.jobs_tracked.labels(target, state).set(count)
+        self.jobs_missing.labels(target).set(missing)
+
+    def event_describe(self, target: str) -> None:
+        self.events_describes.labels(target).inc()
+
+    def watch_events_driven(self, target: str, read: Callable[[], bool]) -> None:
+        # Read at scrape time: the consumer's health changes between cycles.
+        self.events_driven.labels(target).set_function(lambda: 1.0 if read() else 0.0)
+
+    def api_totals(self, target: str) -> tuple[int, int, int]:
+        total = throttled = failed = 0
+        for family in self.api_requests.collect():
+            for sample in family.samples:
+                if not sample.name.endswith("_total") or sample.labels.get("target") != target:
+                    continue
+                count = int(sample.value)
+                total += count
+                outcome = sample.labels.get("outcome")
+                if outcome == "throttled":
+                    throttled += count
+                if outcome != "ok":
+                    failed += count
+        return total, throttled, failed
 
     def init_events(self, target: str) -> None:
         """The event series of a target with `events:`, at 0."""
@@ -618,10 +923,13 @@ class SelfMetrics:
         for metric in self._event_metrics():
             metric.remove(target)
 
-    def init_target(self, target: str) -> None:
+    def init_target(self, target: str, discovery: bool = True) -> None:
         """Create every series of a target at 0, so rate() and alerts work before any event.
 
         Series that exist already keep their values: a reload re-initialises targets.
+        Without discovery (explicit job ids only) there is no ListJobs, so no discovery
+        timestamp: a series at 0 would read as a discovery that never succeeded and page
+        for a target that cannot have one.
         """
         for operation in OPERATIONS:
             for outcome in OUTCOMES:
@@ -631,6 +939,9 @@ class SelfMetrics:
             self.jobs_tracked.labels(target, state)
         for gauge in self._target_gauges():
             gauge.labels(target)
+        if not discovery:
+            with contextlib.suppress(KeyError):
+                self.discovery_last_success.remove(target)
 
     def _target_gauges(self) -> tuple[Gauge, ...]:
         return (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -10,6 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from exporter.cron import CronError, CronExpression
+
+# Every JobStatus AWS documents. SCHEDULED is botocore's enum value the field's own doc
+# string forgets; a value not listed here is still read and exported as it comes.
+JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 TERMINAL_STATUSES = frozenset({"COMPLETED", "CANCELED"})
 EXECUTION_STATES = (
     ("queued", "numberOfQueuedThings"),
@@ -53,6 +59,44 @@ class MaintenanceWindow:
     start_time: str
     start_timestamp: float | None
     duration_minutes: int | None
+
+    # AWS gives the start as a cron recurrence in UTC (`cron(0 2 ? * SUN *)`); a date-time
+    # is read too. A window is open from an occurrence for duration_minutes. Both readings
+    # take the instant as an argument: the metric table asks at the snapshot's fetched_at.
+
+    def next_start(self, now: float) -> float | None:
+        """The first start at or after `now`, Unix seconds; None when there is none or the
+        start cannot be read."""
+        if self.start_timestamp is not None:
+            return self.start_timestamp if self.start_timestamp >= now else None
+        found = self._occurrence(now)
+        return found if found is not None and found > 0 else None
+
+    def open_at(self, now: float) -> bool | None:
+        """Whether a window is open at `now`; None without a duration or a readable start."""
+        if self.duration_minutes is None or not math.isfinite(now):
+            return None
+        length = self.duration_minutes * 60.0
+        if self.start_timestamp is not None:
+            return self.start_timestamp <= now < self.start_timestamp + length
+        # The earliest occurrence that could still be open started `length` ago.
+        recent = self._occurrence(now - length)
+        if recent is None or recent < 0:
+            return None
+        return recent <= now and now < recent + length
+
+    def _occurrence(self, at: float) -> float | None:
+        """The first occurrence at or after `at`: 0 when there is none, None when the
+        recurrence or the instant cannot be read."""
+        cron = _cron(self.start_time)
+        if cron is None or not math.isfinite(at):
+            return None
+        try:
+            found = cron.next_at_or_after(datetime.fromtimestamp(at, UTC))
+        except (OverflowError, ValueError, OSError):
+            # An instant outside the calendar: nothing to say about the window.
+            return None
+        return 0.0 if found is None else found.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +325,15 @@ def parse_schedule_time(text: str) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
+
+
+@functools.lru_cache(maxsize=256)
+def _cron(expression: str) -> CronExpression | None:
+    # A fleet's jobs share a few recurrences: parse each once.
+    try:
+        return CronExpression.parse(expression)
+    except CronError:
+        return None
 
 
 def account_of(job_arn: str | None) -> str:

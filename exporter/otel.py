@@ -11,15 +11,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter import __version__
 from exporter.config import Otel, Target
 from exporter.metrics import FAMILIES, IDENTITY_LABELS, Family
 from exporter.store import MetricsStore
+from exporter.tracing import NOOP_TRACING, AttributeValue, SpanHandle, Tracing
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricExporter, MetricsData
@@ -51,54 +50,11 @@ _MISSING_GRPC = (
     "pip install it, or set otel.protocol to http/protobuf"
 )
 
-AttributeValue = str | bool | int | float
 Targets = Mapping[str, Target] | Callable[[], Mapping[str, Target]]
 
 
 class OtelUnavailable(Exception):
     """OTLP output is configured but the packages it needs are not installed."""
-
-
-class SpanHandle(Protocol):
-    """What the collector may say about a span without knowing OpenTelemetry."""
-
-    def set_outcome(self, outcome: str) -> None: ...
-    def set_attribute(self, key: str, value: AttributeValue) -> None: ...
-
-
-class Tracing(Protocol):
-    """Spans of collection cycles and AWS calls; NOOP_TRACING when tracing is off."""
-
-    def cycle_span(self, target: str) -> AbstractContextManager[SpanHandle]: ...
-    def api_span(
-        self, target: str, operation: str, job_id: str | None = None
-    ) -> AbstractContextManager[SpanHandle]: ...
-
-
-class _NoopHandle:
-    def set_outcome(self, outcome: str) -> None:
-        pass
-
-    def set_attribute(self, key: str, value: AttributeValue) -> None:
-        pass
-
-
-class NoopTracing:
-    """Tracing that records nothing, at the cost of returning one shared context manager."""
-
-    # nullcontext is reusable and reentrant, so every call can hand out the same one.
-    _context = contextlib.nullcontext(_NoopHandle())
-
-    def cycle_span(self, target: str) -> AbstractContextManager[SpanHandle]:
-        return self._context
-
-    def api_span(
-        self, target: str, operation: str, job_id: str | None = None
-    ) -> AbstractContextManager[SpanHandle]:
-        return self._context
-
-
-NOOP_TRACING: Tracing = NoopTracing()
 
 
 class _SpanHandle:
@@ -421,6 +377,8 @@ class OtelExporter:
 
     @property
     def running(self) -> bool:
+        """Whether the pushing thread is alive: False before start(), when disabled, and
+        once shutdown has stopped it for good."""
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
@@ -483,23 +441,6 @@ class OtelExporter:
             # Once per outage: the SDK's exporter already logs each failed attempt.
             log.warning("otel push failing endpoint=%s", safe_endpoint(self.config.endpoint))
         self._failing = True
-
-    def collect(self) -> Iterator[Metric]:
-        """The push's own health, for the self-metrics registry (a prometheus_client
-        collector): read at scrape time from the pushing thread's last results."""
-        failures = CounterMetricFamily(
-            "aws_iot_jobs_exporter_otel_push_failures",
-            "OTLP metric pushes that failed.",
-        )
-        failures.add_metric([], self.failures)
-        yield failures
-        if self.last_success is not None:
-            last = GaugeMetricFamily(
-                "aws_iot_jobs_exporter_otel_last_push_success_timestamp_seconds",
-                "Unix time of the last successful OTLP metric push.",
-            )
-            last.add_metric([], self.last_success)
-            yield last
 
     def shutdown_blocking(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
         """Stop pushing, make the last push and flush spans, in about `timeout` at most.

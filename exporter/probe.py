@@ -13,7 +13,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 
 from exporter.aws import classify, describe_exception
 from exporter.collector import sanitise
-from exporter.config import Collector, Config, Target
+from exporter.config import CollectorSettings, Config, Target
 
 # What a failed step is reported as: the outcome classes of aws.py, with `network` split
 # into a region botocore does not know and an endpoint that does not answer.
@@ -99,7 +99,7 @@ async def _failure(exc: BaseException, step: str, target: Target, session: AioSe
     return _Failed(outcome, step, detail)
 
 
-async def probe_target(target: Target, settings: Collector) -> ProbeResult:
+async def probe_target(target: Target, settings: CollectorSettings) -> ProbeResult:
     """One target: its credentials and role, who they are, and one ListJobs and DescribeJob."""
     session = AioSession(profile=target.profile)
     boto_config = BotoConfig(

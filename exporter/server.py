@@ -6,7 +6,6 @@ import asyncio
 import html
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -16,11 +15,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from exporter import __version__, gzipjoin
 from exporter.metrics import SelfMetrics
 from exporter.reader import cut
-from exporter.status import JSON_TYPE, render_html, render_json, wants_json
+from exporter.status import JSON_TYPE, Status, render_html, render_json, wants_json
 from exporter.store import MetricsStore, Segment
-
-if TYPE_CHECKING:
-    from exporter.collector import Status
 
 log = logging.getLogger("exporter.server")
 

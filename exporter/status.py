@@ -1,17 +1,64 @@
-"""The status page: the collector's status snapshot as escaped HTML or as JSON."""
+"""The status page: the collector's status snapshot, and its rendering as escaped HTML or JSON."""
 
 from __future__ import annotations
 
 import html
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from exporter import __version__
-from exporter.collector import LastError, Status, TargetStatus
 
 HTML_TYPE = "text/html"
 JSON_TYPE = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class LastError:
+    """The most recent failed call of a target: its class and a sanitised message."""
+
+    at: float
+    outcome: str
+    operation: str
+    message: str
+    job_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StaleJob:
+    job_id: str
+    age_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class TargetStatus:
+    """What the status page shows of one target, read at one instant."""
+
+    name: str
+    region: str
+    discovery: bool
+    ready: bool
+    collection_success: bool | None
+    last_discovery_success: float | None
+    last_collection_success: float | None
+    last_error: LastError | None
+    api_window_seconds: float
+    api_calls: int
+    api_throttled: int
+    api_failed: int
+    jobs_by_state: tuple[tuple[str, int], ...]
+    jobs_by_status: tuple[tuple[str, int], ...]
+    stale_after_seconds: float
+    stale_total: int
+    stale_jobs: tuple[StaleJob, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    generated_at: float
+    ready: bool
+    targets: tuple[TargetStatus, ...]
 
 
 def wants_json(accept: str) -> bool:

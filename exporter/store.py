@@ -15,7 +15,7 @@ from exporter.metrics import FAMILIES, IDENTITY_LABELS, Family
 from exporter.model import JobSnapshot
 
 JobKey = tuple[str, str]  # (target name, job id)
-STABLE, ACTIVE = "stable", "active"
+FROZEN, ACTIVE = "frozen", "active"
 # Active jobs are joined in this many buckets, so that one job's change re-joins (and
 # re-compresses for gzip) a sixteenth of the active text. More buckets make more
 # segments per family, which cost every scrape a little; 16 keeps a change at 10,000
@@ -145,11 +145,11 @@ class MetricsStore:
         self._headers = tuple(_header(f) for f in families)
         self._rendered: dict[JobKey, Rendered] = {}
         self._snapshots: dict[JobKey, JobSnapshot] = {}
-        self._stable: set[JobKey] = set()
+        self._frozen: set[JobKey] = set()
         self._active: list[set[JobKey]] = [set() for _ in range(ACTIVE_BUCKETS)]
-        self._versions = {STABLE: 0, ACTIVE: 0}
-        # The version of each part that is joined apart: the stable tier and each bucket.
-        self._part_versions: dict[str, int] = {STABLE: 0}
+        self._versions = {FROZEN: 0, ACTIVE: 0}
+        # The version of each part that is joined apart: the frozen tier and each bucket.
+        self._part_versions: dict[str, int] = {FROZEN: 0}
         self._part_versions.update((_bucket_name(b), 0) for b in range(ACTIVE_BUCKETS))
         # Joined once per part version, a segment per family, never changed after; a
         # segment's version is a serial that changes only when its bytes do.
@@ -162,7 +162,7 @@ class MetricsStore:
     @property
     def version(self) -> int:
         """Changes whenever the body would change."""
-        return self._versions[STABLE] + self._versions[ACTIVE]
+        return self._versions[FROZEN] + self._versions[ACTIVE]
 
     def __len__(self) -> int:
         return len(self._snapshots)
@@ -174,7 +174,7 @@ class MetricsStore:
         return list(self._snapshots)
 
     def _tier(self, key: JobKey) -> str:
-        return STABLE if key in self._stable else ACTIVE
+        return FROZEN if key in self._frozen else ACTIVE
 
     @property
     def families(self) -> tuple[Family, ...]:
@@ -226,14 +226,14 @@ class MetricsStore:
                 identity = _identity(target, key[1], snapshot)
                 rendered[key] = self._render(snapshot, identity, families)
         self._snapshots = {key: self._snapshots[key] for key in rendered}
-        self._stable &= rendered.keys()
+        self._frozen &= rendered.keys()
         for bucket in self._active:
             bucket.intersection_update(rendered.keys())
         self._rendered = rendered
         self._families = families
         self._headers = tuple(_header(f) for f in families)
         # Every part is joined afresh, its segments under new versions: the family
-        # indexes changed, and the headers lead the stable part.
+        # indexes changed, and the headers lead the frozen part.
         self._joined.clear()
         self._dirty.clear()
         for part in self._part_versions:
@@ -243,17 +243,17 @@ class MetricsStore:
 
     def _changed(self, key: JobKey, tier: str, families: set[int] | None = None) -> None:
         self._versions[tier] += 1
-        part = STABLE if tier == STABLE else _bucket_name(_bucket(key))
+        part = FROZEN if tier == FROZEN else _bucket_name(_bucket(key))
         self._part_versions[part] += 1
         dirty = self._dirty.get(part, set())
         self._dirty[part] = None if families is None or dirty is None else dirty | families
 
     def _place(self, key: JobKey, tier: str) -> None:
-        if tier == STABLE:
-            self._stable.add(key)
+        if tier == FROZEN:
+            self._frozen.add(key)
             self._active[_bucket(key)].discard(key)
         else:
-            self._stable.discard(key)
+            self._frozen.discard(key)
             self._active[_bucket(key)].add(key)
 
     def put(self, key: JobKey, snapshot: JobSnapshot, identity: str) -> None:
@@ -261,14 +261,14 @@ class MetricsStore:
         # leaves the store as it was.
         rendered = self._render(snapshot, identity, self._families)
         self._snapshots[key] = snapshot
-        tier = STABLE if snapshot.frozen else ACTIVE
+        tier = FROZEN if snapshot.frozen else ACTIVE
         old = self._rendered.get(key)
         if old is not None and self._tier(key) == tier:
             if old == rendered:
                 return
             # An active job that stays active: only the families whose lines changed
             # need joining again (a new count or timestamp touches a few of them).
-            families = None if tier == STABLE else _changed_families(old, rendered)
+            families = None if tier == FROZEN else _changed_families(old, rendered)
             self._rendered[key] = rendered
             self._changed(key, tier, families)
             return
@@ -285,7 +285,7 @@ class MetricsStore:
         self._snapshots.pop(key, None)
         if self._rendered.pop(key, None) is not None:
             self._changed(key, self._tier(key))
-            self._stable.discard(key)
+            self._frozen.discard(key)
             self._active[_bucket(key)].discard(key)
 
     def remove_target(self, target: str) -> None:
@@ -293,7 +293,7 @@ class MetricsStore:
             self.remove(key)
 
     def _join(self, part: str, keys: set[JobKey]) -> list[Segment]:
-        """A segment per family: the part's jobs, the family header leading the stable part."""
+        """A segment per family: the part's jobs, the family header leading the frozen part."""
         version = self._part_versions[part]
         cached = self._joined.get(part)
         if cached is not None and cached[0] == version:
@@ -302,17 +302,17 @@ class MetricsStore:
         old = cached[1] if cached is not None else [Segment((part, i), -1, b"") for i in families]
         dirty = self._dirty.get(part) if cached is not None else None
         fresh: dict[int, bytes | bytearray] = {}
-        if part == STABLE:
+        if part == FROZEN:
             # Job by job, so that one packed job at a time is unpacked: unpacking them all
             # first would hold the whole text twice at the peak, and the allocator keeps a
             # peak of small objects long after it is freed.
-            stable = [bytearray(header) for header in self._headers]
+            frozen = [bytearray(header) for header in self._headers]
             for key in sorted(keys):
                 rendered = self._rendered[key]
                 text, offsets = memoryview(rendered.text), rendered.offsets
-                for i, buffer in enumerate(stable):
+                for i, buffer in enumerate(frozen):
                     buffer += text[offsets[i] : offsets[i + 1]]
-            fresh = dict(enumerate(stable))
+            fresh = dict(enumerate(frozen))
         else:
             # Active jobs are not packed: one join per family is a third faster than
             # appending job by job, and this runs on the scrape after every change.
@@ -337,14 +337,17 @@ class MetricsStore:
         """
         if self._segments[0] == self.version:
             return self._segments[1]
-        stable = self._join(STABLE, self._stable)
+        frozen = self._join(FROZEN, self._frozen)
         buckets = [self._join(_bucket_name(b), keys) for b, keys in enumerate(self._active)]
         out = []
-        for i, segment in enumerate(stable):
+        for i, segment in enumerate(frozen):
             out.append(segment)
             out.extend(joined[i] for joined in buckets if joined[i].data)
         self._segments = (self.version, out)
         return out
 
     def body(self) -> bytes:
+        """The job metrics as one text body, for callers that want bytes, not segments
+        (the OTLP tests, the benchmarks). The server writes `segments()` one by one
+        instead: joining would copy the whole body on every scrape."""
         return b"".join(segment.data for segment in self.segments())

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from exporter.simulator import Simulator, start_simulator
-from exporter.simulator.testing import Admin
+from tests.simulator_client import Admin
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "exporter" / "simulator" / "scenarios"

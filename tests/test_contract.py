@@ -25,8 +25,8 @@ from exporter.collector import TargetCollector
 from exporter.config import parse_config
 from exporter.metrics import SelfMetrics
 from exporter.simulator import Simulator, start_simulator
-from exporter.simulator.testing import Admin
 from exporter.store import MetricsStore
+from tests.simulator_client import Admin
 
 REGION = "us-east-1"
 MOTO_ACCOUNT = "123456789012"  # moto's default account

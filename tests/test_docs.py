@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import subprocess
+import sys
 from typing import Any
 
 import botocore.session
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.config import RESERVED_LABELS, Otel
+from exporter.config import RESERVED_LABELS
 from exporter.metrics import FAMILIES, IDENTITY_LABELS, SelfMetrics
-from exporter.otel import OtelExporter
-from exporter.store import MetricsStore
 from tests.conftest import ROOT
 
 DOC = (ROOT / "docs" / "metrics.md").read_text()
@@ -39,6 +40,41 @@ def test_every_job_metric_and_label_is_documented() -> None:
         assert f"`{label}`" in DOC
 
 
+def test_job_metrics_table_is_generated_from_the_metric_table() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "generate_metrics.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_row_without_its_docs_text_changes_the_table() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "generate_metrics", ROOT / "docs" / "generate_metrics.py"
+    )
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    # Every row carries its docs text, and the committed table is that text, row by row.
+    for family in FAMILIES:
+        assert family.series and family.source and family.doc, family.name
+        assert generator.row(family) in DOC, family.name
+    changed = dataclasses.replace(FAMILIES[0], doc="Something else.")
+    assert generator.row(changed) not in DOC
+    # A cell that would break the Markdown table is refused, not written.
+    broken = dataclasses.replace(FAMILIES[0], doc="two\nlines")
+    try:
+        generator.row(broken)
+    except ValueError as exc:
+        assert FAMILIES[0].name in str(exc)
+    else:
+        raise AssertionError("a newline in a docs cell was accepted")
+
+
 def every_self_metric() -> SelfMetrics:
     """Self-metrics with every optional part present: a target, and a pushing OTLP exporter."""
     telemetry = SelfMetrics()
@@ -47,9 +83,7 @@ def every_self_metric() -> SelfMetrics:
     telemetry.watch_execution_events(
         lambda: [({"target": "t", "job_id": "j", "status": "FAILED", "reason": "r"}, 1.0)]
     )
-    otel = OtelExporter(Otel(enabled=True), MetricsStore(), {})
-    otel.last_success = 1.0
-    telemetry.registry.register(otel)
+    telemetry.watch_otel_push(lambda: (0, 1.0))
     return telemetry
 
 

@@ -34,12 +34,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.collector import Collector
 from exporter.config import parse_config
 from exporter.metrics import SelfMetrics
+from exporter.model import JOB_STATUSES
 from exporter.server import build_app
 from exporter.simulator import SimulatorThread
 from exporter.simulator.render import describe_job
-from exporter.simulator.testing import Admin, wait_for
 from exporter.store import MetricsStore
 from tests.conftest import ROOT, free_port
+from tests.simulator_client import Admin, wait_for
 
 SIMULATOR = ROOT / "exporter" / "simulator" / "scenarios"
 REGION = "us-east-1"
@@ -53,7 +54,6 @@ STATES = {
     "numberOfRemovedThings": "removed",
     "numberOfTimedOutThings": "timed_out",
 }
-KNOWN_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 # Series whose value is the exporter's own measurement, not a DescribeJob field.
 MEASURED = (
     "aws_iot_job_last_success_timestamp_seconds",
@@ -98,7 +98,27 @@ def schedule_time(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M").replace(tzinfo=UTC).timestamp()
 
 
-def expected_series(body: dict[str, Any], identity: dict[str, str]) -> dict[Key, float]:
+# The demo's maintenance recurrences, read by hand rather than by exporter/cron.py: AWS
+# cron is UTC, `0/30` in the minutes is every half hour, `?` any day of the month.
+WINDOW_STARTS = {
+    "cron(0/30 * * * ? *)": lambda t: t.minute in (0, 30),
+    "cron(0 2 ? * SUN *)": lambda t: t.weekday() == 6 and (t.hour, t.minute) == (2, 0),
+}
+
+
+def window_starts(expression: str, after: float, until: float) -> Iterator[float]:
+    """The starts of a window in [after, until], minute by minute."""
+    matches = WINDOW_STARTS[expression]
+    minute = math.ceil(after / 60) * 60
+    while minute <= until:
+        if matches(datetime.fromtimestamp(minute, UTC)):
+            yield float(minute)
+        minute += 60
+
+
+def expected_series(
+    body: dict[str, Any], identity: dict[str, str], described_at: float
+) -> dict[Key, float]:
     """The series docs/metrics.md promises for a DescribeJob body, written from the doc's rows.
 
     Independent of exporter/model.py and metrics.py on purpose: this is the doc's reading of
@@ -126,7 +146,7 @@ def expected_series(body: dict[str, Any], identity: dict[str, str]) -> dict[Key,
         add("destination_package_version_info", 1, package_version_arn=arn)
     if "reasonCode" in job:
         add("reason_info", 1, reason_code=job["reasonCode"])
-    for status in KNOWN_STATUSES:
+    for status in JOB_STATUSES:
         add("status", 1 if job["status"] == status else 0, status=status)
     details = job.get("jobProcessDetails")
     if details is not None:
@@ -186,6 +206,15 @@ def expected_series(body: dict[str, Any], identity: dict[str, str]) -> dict[Key,
         # The simulator's windows are cron recurrences: no start timestamp series.
         add("maintenance_window_info", 1, window=str(i), start_time=window["startTime"])
         add("maintenance_window_duration_seconds", window["durationInMinutes"] * 60, window=str(i))
+        # Read at the describe: the next start within a week, and whether one started
+        # less than the duration before.
+        length = window["durationInMinutes"] * 60
+        week = 7 * 86400 + 60
+        upcoming = next(window_starts(window["startTime"], described_at, described_at + week))
+        add("maintenance_window_next_start_timestamp_seconds", upcoming, window=str(i))
+        recent = list(window_starts(window["startTime"], described_at - length, described_at))
+        is_open = any(start > described_at - length for start in recent)
+        add("maintenance_window_open", 1 if is_open else 0, window=str(i))
     for i, rollout_start in enumerate(job.get("scheduledJobRollouts", [])):
         add(
             "scheduled_rollout_start_timestamp_seconds",
@@ -359,9 +388,9 @@ def test_counts_equal_the_simulators_ground_truth(frozen_demo: FrozenRun) -> Non
     exported = {dict(k[1])["job_id"] for k in series if k[0].startswith("aws_iot_job_")}
     assert exported == set(jobs)
     # The demo at this point has every status and every execution state somewhere.
-    assert {j["status"] for j in jobs.values()} == set(KNOWN_STATUSES)
+    assert {j["status"] for j in jobs.values()} == set(JOB_STATUSES)
     for job_id, truth in jobs.items():
-        for status in KNOWN_STATUSES:
+        for status in JOB_STATUSES:
             want = 1 if truth["status"] == status else 0
             assert value(series, "aws_iot_job_status", job_id, status=status) == want, job_id
         assert executions(series, job_id) == truth["executions"], job_id
@@ -410,7 +439,9 @@ def test_every_describe_job_field_reaches_its_series(frozen_demo: FrozenRun) -> 
             "job_id": job_id,
             "env": "e2e",
         }
-        want = expected_series(body, identity)
+        described_at = value(series, "aws_iot_job_last_success_timestamp_seconds", job_id)
+        assert described_at is not None
+        want = expected_series(body, identity, described_at)
         got = {k: v for k, v in job_series(series, job_id).items() if k[0] not in MEASURED}
         rate = "aws_iot_job_rollout_rate_limit_per_minute"
         got.pop(next((k for k in got if k[0] == rate), ("", ())), None)

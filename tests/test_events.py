@@ -32,8 +32,8 @@ from exporter.events import (
 from exporter.metrics import SelfMetrics
 from exporter.server import build_app
 from exporter.simulator import Simulator, start_simulator
-from exporter.simulator.testing import Admin, wait_for
 from exporter.store import MetricsStore
+from tests.simulator_client import Admin, wait_for
 
 EXECUTION = {
     "eventType": "JOB_EXECUTION",

@@ -22,8 +22,8 @@ from exporter.config import parse_config
 from exporter.metrics import SelfMetrics
 from exporter.server import build_app
 from exporter.simulator import start_simulator
-from exporter.simulator.testing import Admin, wait_for
 from exporter.store import MetricsStore
+from tests.simulator_client import Admin, wait_for
 
 pytestmark = pytest.mark.slow
 

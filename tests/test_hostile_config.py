@@ -325,7 +325,7 @@ async def test_any_reload_failure_sets_the_gauge_and_answers_briefly(
         # endpoints with it): here it fails the way an exhausted process would.
         raise failure
 
-    reloader = Reloader(str(path), collector, telemetry, breaks)
+    reloader = Reloader(str(path), collector, store, telemetry, breaks)
     reloader.loaded()
     app = build_app(store, telemetry, lambda: True, reload=reloader.reload)
     runner = web.AppRunner(app, access_log=None)

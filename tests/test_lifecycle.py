@@ -350,9 +350,9 @@ async def test_reload_refuses_otel_changes_it_cannot_apply(tmp_path: Path) -> No
     text = "targets: [{name: a, region: us-east-1, jobs: {ids: [x]}}]\n"
     path = tmp_path / "config.yaml"
     path.write_text(text)
-    telemetry = SelfMetrics()
-    collector = Collector(parse_config(text), MetricsStore(), telemetry)
-    reloader = Reloader(str(path), collector, telemetry)
+    telemetry, store = SelfMetrics(), MetricsStore()
+    collector = Collector(parse_config(text), store, telemetry)
+    reloader = Reloader(str(path), collector, store, telemetry)
     reloader.loaded()
     path.write_text(text + "otel: {enabled: true}\n")
     error = await reloader.reload()

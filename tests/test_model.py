@@ -201,3 +201,50 @@ def test_text_that_cannot_be_encoded_is_malformed() -> None:
     data["job"]["targets"] = ["arn:aws:iot:eu-west-1:1:thing/\udc00"]
     with pytest.raises(MalformedJob, match="targets: not valid Unicode text"):
         parse_describe_job(data, 0)
+
+
+# Sunday 22 November 2026, 02:30 UTC: half an hour into a `cron(0 2 ? * SUN *)` window.
+SUNDAY_0230 = datetime(2026, 11, 22, 2, 30, tzinfo=UTC).timestamp()
+NEXT_SUNDAY_0200 = datetime(2026, 11, 29, 2, 0, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("start", "duration", "now", "next_start", "is_open"),
+    [
+        # Open for 120 minutes from 02:00: open at 02:30, the next start a week later.
+        ("cron(0 2 ? * SUN *)", 120, SUNDAY_0230, NEXT_SUNDAY_0200, True),
+        # Closed 20 minutes after its start.
+        ("cron(0 2 ? * SUN *)", 20, SUNDAY_0230, NEXT_SUNDAY_0200, False),
+        # The last instant of the window is outside it; its first is inside.
+        ("cron(0 2 ? * SUN *)", 30, SUNDAY_0230, NEXT_SUNDAY_0200, False),
+        ("cron(0 2 ? * SUN *)", 30, SUNDAY_0230 - 1800, SUNDAY_0230 - 1800, True),
+        # Without a duration, no open state; the next start is known.
+        ("cron(0 2 ? * SUN *)", None, SUNDAY_0230, NEXT_SUNDAY_0200, None),
+        # Every half hour for 10 minutes.
+        ("cron(0/30 * * * ? *)", 10, SUNDAY_0230 + 300, SUNDAY_0230 + 1800, True),
+        ("cron(0/30 * * * ? *)", 10, SUNDAY_0230 + 900, SUNDAY_0230 + 1800, False),
+        # A year that has passed: no next start, never open.
+        ("cron(0 2 ? * SUN 2020)", 60, SUNDAY_0230, None, False),
+        # A date-time start, as the API's older form.
+        ("2026-11-22T02:00", 60, SUNDAY_0230, None, True),
+        ("2026-11-29T02:00", 60, SUNDAY_0230, NEXT_SUNDAY_0200, False),
+        # What cannot be read says nothing.
+        ("cron(0 2 * * SUN *)", 60, SUNDAY_0230, None, None),
+        ("cron(99 2 ? * SUN *)", 60, SUNDAY_0230, None, None),
+        ("rate(1 day)", 60, SUNDAY_0230, None, None),
+        ("", 60, SUNDAY_0230, None, None),
+        ("cron(0 2 ? * SUN *)", 60, float("nan"), None, None),
+        ("cron(0 2 ? * SUN *)", 60, 1e300, None, None),
+        ("cron(0 2 ? * SUN *)", 10**12, SUNDAY_0230, NEXT_SUNDAY_0200, None),
+    ],
+)
+def test_maintenance_window_next_start_and_open(
+    start: str, duration: int | None, now: float, next_start: float | None, is_open: bool | None
+) -> None:
+    body = full()
+    body["job"]["schedulingConfig"]["maintenanceWindows"] = [
+        {"startTime": start, **({} if duration is None else {"durationInMinutes": duration})}
+    ]
+    (window,) = parse_describe_job(body, now).maintenance_windows
+    assert window.next_start(now) == next_start
+    assert window.open_at(now) is is_open

@@ -12,8 +12,8 @@ from exporter.cli import DEMO_CONFIG, main
 from exporter.config import load_config
 from exporter.simulator import ScenarioError, load_scenario, start_simulator
 from exporter.simulator.scenario import bundled_scenario, bundled_scenarios
-from exporter.simulator.testing import iot_client
 from tests.conftest import ROOT, SCENARIOS
+from tests.simulator_client import iot_client
 
 
 @pytest.fixture

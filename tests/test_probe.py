@@ -18,8 +18,8 @@ import boto3
 import pytest
 
 from exporter.simulator import Simulator
-from exporter.simulator.testing import Admin
 from tests.conftest import ROOT, free_port
+from tests.simulator_client import Admin
 
 SECRET = "probe-secret-key-must-not-show-0123456789"
 

@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import cli
-from exporter.config import Collector as CollectorSettings
-from exporter.config import Config, ConfigError, Jobs, Otel, Target, parse_config
+from exporter.config import CollectorSettings, Config, ConfigError, Jobs, Otel, Target, parse_config
 from exporter.metrics import FAMILIES
 from exporter.model import JobSnapshot, MalformedJob, parse_describe_job
 from exporter.store import MetricsStore, escape_label_value

@@ -32,10 +32,10 @@ from exporter.collector import Collector
 from exporter.config import Config, parse_config
 from exporter.metrics import SelfMetrics
 from exporter.simulator import SimulatorThread
-from exporter.simulator.testing import Admin
 from exporter.store import MetricsStore
 from tests.conftest import ROOT, free_port
 from tests.iot_endpoint import IotEndpoint
+from tests.simulator_client import Admin
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
+from exporter.model import JOB_STATUSES
 from exporter.simulator import Simulator
-from exporter.simulator.testing import Admin, capture_raw, iot_client, shape_problems
+from tests.simulator_client import Admin, capture_raw, iot_client, shape_problems
 
 CONFIG = Path(__file__).resolve().parent.parent / "exporter" / "simulator" / "scenarios"
 DEMO = CONFIG / "demo.yaml"
@@ -112,7 +113,7 @@ async def test_list_jobs_filters(sim: Simulator, admin: Admin) -> None:
         async def ids(**filters: Any) -> set[str]:
             return {j["jobId"] for j in await _all_jobs(client, **filters)}
 
-        for status in ("IN_PROGRESS", "CANCELED", "COMPLETED", "SCHEDULED", "DELETION_IN_PROGRESS"):
+        for status in JOB_STATUSES:
             want = {k for k, v in truth.items() if v["status"] == status}
             assert want, status
             assert await ids(status=status) == want

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from exporter.simulator import Simulator, SimulatorThread, start_simulator
 from exporter.simulator.fleet import minute_string
-from exporter.simulator.testing import Admin, iot_client, wait_for
+from tests.simulator_client import Admin, iot_client, wait_for
 
 CONFIG = Path(__file__).resolve().parent.parent / "exporter" / "simulator" / "scenarios"
 DEMO = CONFIG / "demo.yaml"

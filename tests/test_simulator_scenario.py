@@ -19,8 +19,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exporter.cron import CronError, CronExpression
 from exporter.simulator import ScenarioError, load_scenario, main
-from exporter.simulator.cron import CronError, CronExpression
 from exporter.simulator.scenario import parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,8 +27,8 @@ from exporter.config import parse_config
 from exporter.metrics import SelfMetrics
 from exporter.server import build_app
 from exporter.simulator import SimulatorThread
-from exporter.simulator.testing import Admin
 from exporter.store import MetricsStore
+from tests.simulator_client import Admin
 
 pytestmark = pytest.mark.slow
 

@@ -26,11 +26,11 @@ from exporter.config import Config, parse_config
 from exporter.metrics import SelfMetrics
 from exporter.server import build_app
 from exporter.simulator import Simulator
-from exporter.simulator.testing import Admin
 from exporter.status import wants_json
 from exporter.store import MetricsStore
 from exporter.webconfig import parse_web_config
 from tests.iot_endpoint import IotEndpoint, Reply
+from tests.simulator_client import Admin
 from tests.test_source_faults import job
 
 HOSTILE = "<script>alert(1)</script>"

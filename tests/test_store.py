@@ -16,7 +16,7 @@ from exporter.config import parse_config
 from exporter.metrics import SelfMetrics
 from exporter.model import JobSnapshot, parse_describe_job
 from exporter.server import build_app
-from exporter.store import ACTIVE, STABLE, MetricsStore
+from exporter.store import ACTIVE, FROZEN, MetricsStore
 from tests.conftest import ROOT
 from tests.test_server import without_process_metrics
 
@@ -53,7 +53,7 @@ def test_active_changes_leave_the_frozen_part_alone() -> None:
     before = versions(store)
     store.put_job(TARGET, "running", job("running", "IN_PROGRESS", fetched_at=2.0))
     after = versions(store)
-    assert after[STABLE] == before[STABLE]
+    assert after[FROZEN] == before[FROZEN]
     assert after[ACTIVE] > before[ACTIVE]
     # The same snapshot again changes nothing at all.
     version = store.version
@@ -62,9 +62,9 @@ def test_active_changes_leave_the_frozen_part_alone() -> None:
     # A job that finishes moves to the frozen part: both parts change.
     store.put_job(TARGET, "running", job("running", "COMPLETED", fetched_at=3.0))
     moved = versions(store)
-    assert moved[STABLE] > after[STABLE] and moved[ACTIVE] > after[ACTIVE]
+    assert moved[FROZEN] > after[FROZEN] and moved[ACTIVE] > after[ACTIVE]
     store.remove(("t", "done"))
-    assert versions(store)[STABLE] > moved[STABLE]
+    assert versions(store)[FROZEN] > moved[FROZEN]
 
 
 def test_body_holds_every_job_once_with_one_header_per_family() -> None:

@@ -284,6 +284,17 @@ class Rules:
             f"  < {seconds(stale['max_age']):g}\n"
             ")"
         )
+        # A job with maintenance windows rolls out only inside them: it is ignored unless
+        # one of its windows was open for the whole stall window (min_over_time), so a
+        # rollout that waits for its window does not page, nor one whose window just opened.
+        stalled_expr += (
+            f"\nunless on ({JOB_KEY}) (\n"
+            f"  max without ({self.replicas}, window) (\n"
+            "    min_over_time("
+            f"{self.metric('aws_iot_job_maintenance_window_open')}[{stalled['window']}])\n"
+            "  ) == 0\n"
+            ")"
+        )
         if not stalled["include_continuous"]:
             stalled_expr += (
                 f"\nunless on ({JOB_KEY}) {self.metric('aws_iot_job_info', M_CONTINUOUS)}"

@@ -5,7 +5,14 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from exporter.simulator.scenario import OPERATIONS, FaultRule, Faults, Latency, Quotas
+from exporter.simulator.scenario import (
+    FAULT_RULES,
+    OPERATIONS,
+    FaultRule,
+    Faults,
+    Latency,
+    Quotas,
+)
 
 OUTCOMES = (
     "ok",
@@ -162,17 +169,7 @@ def faults_json(faults: Faults) -> dict[str, Any]:
         },
         "unavailable_status": faults.unavailable_status,
     }
-    for name in (
-        "unavailable",
-        "malformed",
-        "truncated",
-        "reset",
-        "missing_field",
-        "wrong_type",
-        "unknown_enum",
-        "denied",
-        "not_found",
-    ):
+    for name in FAULT_RULES:
         rule: FaultRule = getattr(faults, name)
         out[name] = {"ratio": rule.ratio, **scope(rule)}
     return out

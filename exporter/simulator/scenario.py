@@ -6,17 +6,17 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from exporter.cron import CronError, CronExpression
+from exporter.model import JOB_STATUSES
 from exporter.reader import LocatedError, Reader, join, load_yaml, read_file
-from exporter.simulator.cron import CronError, CronExpression
 
-JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 TARGET_SELECTIONS = ("CONTINUOUS", "SNAPSHOT")
 ABORT_FAILURE_TYPES = ("FAILED", "REJECTED", "TIMED_OUT", "ALL")
 RETRY_FAILURE_TYPES = ("FAILED", "TIMED_OUT", "ALL")
@@ -655,19 +655,9 @@ def _rule(r: Reader, value: Any, path: str) -> FaultRule:
     return FaultRule(r.probability(d.get("ratio", 0.0), join(path, "ratio")), ops, ids)
 
 
-_FAULT_KEYS = (
-    "latency",
-    "unavailable",
-    "unavailable_status",
-    "malformed",
-    "truncated",
-    "reset",
-    "missing_field",
-    "wrong_type",
-    "unknown_enum",
-    "denied",
-    "not_found",
-)
+# The keys of `faults:`, and the names of the ratio rules among them, as the fields of Faults.
+_FAULT_KEYS = tuple(f.name for f in fields(Faults))
+FAULT_RULES = tuple(f.name for f in fields(Faults) if f.type == "FaultRule")
 
 
 def parse_faults(r: Reader, value: Any, path: str, base: Faults = Faults()) -> Faults:

@@ -1,4 +1,6 @@
-"""AWS cron expressions ('cron(0 2 ? * SUN *)') for maintenance windows: parse, next occurrence."""
+"""AWS cron expressions ('cron(0 2 ? * SUN *)') of maintenance windows: parse, next occurrence.
+
+Pure (no I/O, nothing of ours): the model reads job windows with it, the simulator runs them."""
 
 from __future__ import annotations
 

@@ -1,0 +1,73 @@
+"""What the source and the scheduler report about themselves, as protocols metrics.py implements.
+
+The AWS source and the collector count calls, cycles and tracked jobs through these
+narrow interfaces instead of writing Prometheus families, so they never load the metric
+table; `metrics.SelfMetrics` is the implementation, and the vocabularies its label values
+come from (call outcomes, tracked states) are defined here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
+
+from exporter.events import EventTelemetry
+
+# The outcome class of an AWS call, as aws.classify returns it.
+OUTCOMES = (
+    "ok",
+    "throttled",
+    "not_found",
+    "denied",
+    "unavailable",
+    "malformed",
+    "network",
+    "error",
+)
+# What the collector knows of a tracked job: described and changing, described and
+# terminal (frozen: never described again), or not described yet.
+ACTIVE, FROZEN, PENDING = "active", "frozen", "pending"
+TRACKED_STATES = (ACTIVE, FROZEN, PENDING)
+
+# (labels, value) of every aws_iot_job_execution_events_total sample.
+EventSamples = Callable[[], Iterable[tuple[dict[str, str], float]]]
+
+
+class SourceTelemetry(Protocol):
+    """What the AWS source (aws.JobSource) reports of each call."""
+
+    def api_call(self, target: str, operation: str, outcome: str) -> None:
+        """One attempt of `operation` ended with `outcome` (one of OUTCOMES)."""
+
+    def api_latency(self, target: str, operation: str, seconds: float) -> None:
+        """A whole call, retries included, took `seconds`."""
+
+
+class SchedulerTelemetry(Protocol):
+    """What the scheduler (collector.Collector and TargetCollector) reports."""
+
+    def init_target(self, target: str, discovery: bool) -> None:
+        """A target starts: its series exist from now (discovery: it runs ListJobs)."""
+
+    def drop_target(self, target: str) -> None: ...
+    def init_events(self, target: str) -> None: ...
+    def discovery_succeeded(self, target: str, at: float) -> None: ...
+
+    def cycle_done(self, target: str, seconds: float, success: bool, at: float) -> None:
+        """A collection cycle of `seconds` ended at `at`; success: no failed call."""
+
+    def cycle_failed(self, target: str) -> None:
+        """A cycle could not run (a crash, a client that cannot be created)."""
+
+    def cycle_stretched(self, target: str, stretched: bool) -> None: ...
+    def tracked_jobs(self, target: str, states: Mapping[str, int], missing: int) -> None: ...
+    def event_describe(self, target: str) -> None: ...
+    def watch_events_driven(self, target: str, read: Callable[[], bool]) -> None: ...
+    def watch_execution_events(self, read: EventSamples) -> None: ...
+
+    def api_totals(self, target: str) -> tuple[int, int, int]:
+        """The target's call attempts so far: all, throttled, and failed (not ok)."""
+
+
+class Telemetry(SourceTelemetry, SchedulerTelemetry, EventTelemetry, Protocol):
+    """All the scheduler hands on: its own reports, its sources' and its event consumers'."""
