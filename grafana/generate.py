@@ -973,7 +973,8 @@ class Mixin:
             table_panel(
                 "Maintenance windows and end behavior",
                 "Recurring maintenance windows (the API's expression as is) with their "
-                "length, and what AWS does at the scheduled end.",
+                "length, the time to the next one and whether one is open (both as of the "
+                "job's last describe), and what AWS does at the scheduled end.",
                 [
                     query(
                         self.dedup("aws_iot_job_maintenance_window_duration_seconds")
@@ -981,11 +982,27 @@ class Mixin:
                         + self.dedup("aws_iot_job_maintenance_window_info")
                     ),
                     query(self.dedup("aws_iot_job_scheduling_end_behavior")),
+                    # The next start, read from the cron recurrence when the job was last
+                    # described: "next window in 3 h".
+                    query(
+                        "(\n"
+                        + self.dedup("aws_iot_job_maintenance_window_next_start_timestamp_seconds")
+                        + "\n- time())"
+                        + f"\n* on ({JOB_KEY}, window) group_left (start_time) "
+                        + self.dedup("aws_iot_job_maintenance_window_info")
+                    ),
+                    query(
+                        self.dedup("aws_iot_job_maintenance_window_open")
+                        + f"\n* on ({JOB_KEY}, window) group_left (start_time) "
+                        + self.dedup("aws_iot_job_maintenance_window_info")
+                    ),
                 ],
                 "s",
                 columns={
                     "Value #A": [prop("displayName", "Duration")],
                     "Value #B": hidden,
+                    "Value #C": [prop("displayName", "Next window in")],
+                    "Value #D": [prop("displayName", "Open"), prop("unit", "bool_yes_no")],
                 },
                 links=self.row_links(),
                 w=8,
