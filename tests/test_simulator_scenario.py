@@ -235,3 +235,32 @@ def test_module_bad_scenario_no_traceback(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         f"error: {bad}: speed: expected a number, got 'fast'"
     ]
+
+
+def test_fields_pass_describe_job_fields_through(tmp_path: Path) -> None:
+    """A job's `fields:` reach DescribeJob as written: one scenario value exercises a field
+    the simulator has no model for (CONTRIBUTING.md's recipe)."""
+    from exporter.simulator.fleet import Fleet
+    from exporter.simulator.render import describe_job
+
+    data = {
+        "groups": [{"name": "g", "things": 2}],
+        "jobs": [
+            {
+                "id": "passed",
+                "targets": ["group:g"],
+                "fields": {"description": "from fields", "documentParameters": {"k": "v"}},
+            }
+        ],
+    }
+    scenario = parse_scenario(data, "s.yaml")
+    fleet = Fleet(scenario, 1_700_000_000.0)
+    body = describe_job(fleet, fleet.jobs["passed"], "us-east-1")
+    assert body["job"]["description"] == "from fields"
+    assert body["job"]["documentParameters"] == {"k": "v"}
+    # The fleet's own fields cannot be overridden, and a field must be DescribeJob's.
+    for key, message in (("status", "computes this field"), ("bogus", "not a DescribeJob")):
+        data["jobs"][0]["fields"] = {key: "x"}
+        with pytest.raises(ScenarioError, match=message) as error:
+            parse_scenario(data, "s.yaml")
+        assert error.value.path == f"jobs[0].fields.{key}"

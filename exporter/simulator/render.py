@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from exporter.simulator.fleet import (
@@ -45,6 +46,15 @@ def target_arns(fleet: Fleet, job: Job, region: str) -> list[str]:
 
 def describe_job(fleet: Fleet, job: Job, region: str) -> dict[str, Any]:
     """The DescribeJob response body, every field the job has populated."""
+    out = _describe_job(fleet, job, region)
+    if job.spec.fields is not None:
+        # Passed through as the scenario wrote them; the fleet's own fields win.
+        for key, value in json.loads(job.spec.fields).items():
+            out["job"].setdefault(key, value)
+    return out
+
+
+def _describe_job(fleet: Fleet, job: Job, region: str) -> dict[str, Any]:
     spec = job.spec
     out: dict[str, Any] = {
         "jobArn": arn(region, fleet.account_id, "job", spec.job_id),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -156,6 +157,40 @@ class JobSpec:
     # copies are `{id}-0001`, `{id}-0002`, ... so that a long-running fleet keeps getting
     # new jobs. Their scheduling minutes count from each copy's creation.
     every_minutes: float | None = None
+    # DescribeJob `job` fields passed through as written, in botocore's shape (camelCase):
+    # a field the simulator has no model for still reaches the exporter, so a new field is
+    # exercised by one value here (CONTRIBUTING.md). JSON text, so the spec stays hashable.
+    fields: str | None = None
+
+
+# DescribeJob fields the fleet itself computes: a scenario cannot override them.
+COMPUTED_FIELDS = frozenset(
+    {
+        "jobArn",
+        "jobId",
+        "status",
+        "targets",
+        "targetSelection",
+        "createdAt",
+        "lastUpdatedAt",
+        "completedAt",
+        "jobProcessDetails",
+        "isConcurrent",
+        "forceCanceled",
+        "reasonCode",
+        "comment",
+        "scheduledJobRollouts",
+    }
+)
+
+
+def describe_job_fields() -> frozenset[str]:
+    """The members of DescribeJob's `job`, from botocore's service model."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("iot")
+    shape = model.operation_model("DescribeJob").output_shape.members["job"]
+    return frozenset(shape.members)
 
 
 # Room for the `-NNNN` suffix of a repeated job within AWS's 64 characters.
@@ -308,6 +343,7 @@ _JOB_KEYS = (
     "devices",
     "precomputed",
     "every_minutes",
+    "fields",
 )
 _EXECUTION_STATES = (
     "queued",
@@ -562,7 +598,26 @@ def _job(r: Reader, value: Any, path: str, devices: Devices) -> JobSpec:
         devices=_devices(r, d.get("devices"), join(path, "devices"), devices),
         precomputed=r.opt(d, "precomputed", path, lambda v, p: _precomputed(r, v, p)),
         every_minutes=every,
+        fields=r.opt(d, "fields", path, lambda v, p: _fields(r, v, p)),
     )
+
+
+def _fields(r: Reader, value: Any, path: str) -> str:
+    if not isinstance(value, Mapping) or not value:
+        raise r.fail(path, "expected a mapping of DescribeJob job fields to values")
+    known = describe_job_fields()
+    for key in value:
+        where = join(path, str(key))
+        if key not in known:
+            raise r.fail(
+                where, f"not a DescribeJob job field; expected one of {', '.join(sorted(known))}"
+            )
+        if key in COMPUTED_FIELDS:
+            raise r.fail(where, "the simulator computes this field from the fleet")
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        raise r.fail(path, "expected JSON values (strings, numbers, lists, mappings)") from None
 
 
 _TIMELINE_ACTIONS = ("add_things", "remove_things", "cancel_job", "delete_job")
