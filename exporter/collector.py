@@ -26,7 +26,7 @@ from exporter.aws import (
     describe_exception,
 )
 from exporter.config import CollectorSettings, Config, Target
-from exporter.events import EventConsumer, EventSettings, Queue, ReasonCounts
+from exporter.events import EventConsumer, Queue, ReasonCounts
 from exporter.model import TERMINAL_STATUSES, JobSnapshot
 from exporter.status import LastError, StaleJob, Status, TargetStatus
 from exporter.telemetry import ACTIVE, FROZEN, PENDING, TRACKED_STATES, Telemetry
@@ -335,12 +335,7 @@ class TargetCollector:
         assert events is not None
         self.consumer = EventConsumer(
             self.target.name,
-            EventSettings(
-                events.reason_key,
-                events.max_reasons_per_job,
-                events.dedup_capacity,
-                events.silence_timeout,
-            ),
+            events,
             queue,
             self,
             self.telemetry,

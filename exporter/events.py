@@ -17,7 +17,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    # A type only: config reads metrics, which reads this module's event names.
+    from exporter.config import Events
+
 
 log = logging.getLogger(__name__)
 
@@ -246,16 +251,6 @@ class EventTelemetry(Protocol):
     def event_consumer_error(self, target: str) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class EventSettings:
-    """A target's `events:` section (see config.Events)."""
-
-    reason_key: str | None
-    max_reasons_per_job: int
-    dedup_capacity: int
-    silence_timeout: float
-
-
 class EventConsumer:
     """Long-polls a target's queue, applies each event once, deletes what it applied.
 
@@ -273,7 +268,7 @@ class EventConsumer:
     def __init__(
         self,
         target: str,
-        settings: EventSettings,
+        settings: Events,
         queue: Queue,
         sink: EventSink,
         telemetry: EventTelemetry,

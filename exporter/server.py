@@ -14,6 +14,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from exporter import __version__, gzipjoin
 from exporter.metrics import SelfMetrics
+from exporter.negotiation import qualities
 from exporter.reader import cut
 from exporter.status import JSON_TYPE, Status, render_html, render_json, wants_json
 from exporter.store import MetricsStore, Segment
@@ -144,28 +145,9 @@ class MetricsHandler:
         return response
 
 
-def _qualities(header: str) -> dict[str, float]:
-    """`Accept`-style header → {value: q}, the highest q when a value repeats."""
-    out: dict[str, float] = {}
-    for part in header.split(","):
-        value, _, params = part.strip().partition(";")
-        q = 1.0
-        for param in params.split(";"):
-            key, _, raw = param.strip().partition("=")
-            if key.strip() == "q":
-                try:
-                    q = float(raw)
-                except ValueError:
-                    q = 0.0
-        value = value.strip().lower()
-        if value:
-            out[value] = max(out.get(value, q), q)
-    return out
-
-
 def wants_openmetrics(accept: str) -> bool:
     """True when the scraper ranks OpenMetrics at least as high as the text format."""
-    q = _qualities(accept)
+    q = qualities(accept)
     om = q.get("application/openmetrics-text", 0.0)
     text = max(q.get("text/plain", -1.0), q.get("*/*", -1.0))
     return om > 0 and om >= text
@@ -173,7 +155,7 @@ def wants_openmetrics(accept: str) -> bool:
 
 def wants_gzip(accept_encoding: str) -> bool:
     """True when gzip is acceptable: named with q > 0, or `*` with q > 0 and gzip unnamed."""
-    q = _qualities(accept_encoding)
+    q = qualities(accept_encoding)
     return q.get("gzip", q.get("*", 0.0)) > 0
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter import __version__
+from exporter.negotiation import qualities
 
 HTML_TYPE = "text/html"
 JSON_TYPE = "application/json"
@@ -63,20 +64,7 @@ class Status:
 
 def wants_json(accept: str) -> bool:
     """True when the client ranks JSON above HTML (`Accept: application/json`)."""
-    ranks: dict[str, float] = {}
-    for part in accept.split(","):
-        value, _, params = part.strip().partition(";")
-        q = 1.0
-        for param in params.split(";"):
-            key, _, raw = param.strip().partition("=")
-            if key.strip() == "q":
-                try:
-                    q = float(raw)
-                except ValueError:
-                    q = 0.0
-        value = value.strip().lower()
-        if value:
-            ranks[value] = max(ranks.get(value, q), q)
+    ranks = qualities(accept)
     js = ranks.get(JSON_TYPE, 0.0)
     return js > 0 and js > ranks.get(HTML_TYPE, -1.0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -184,6 +185,7 @@ COMPUTED_FIELDS = frozenset(
 )
 
 
+@functools.cache
 def describe_job_fields() -> frozenset[str]:
     """The members of DescribeJob's `job`, from botocore's service model."""
     import botocore.session
