@@ -4,17 +4,21 @@ Pure (no I/O, nothing of ours): the model reads job windows with it, the simulat
 
 from __future__ import annotations
 
+import bisect
+import calendar
 import re
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime
 
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 # AWS numbers days of the week 1-7 from Sunday, unlike Unix cron.
 _DAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
 _EXPR = re.compile(r"^cron\((.*)\)$")
-# Two years of days: AWS schedules at most that far ahead, so an expression that matches
-# nothing within it matches nothing useful.
-_HORIZON_DAYS = 2 * 366 + 1
+# AWS's own bound on a CronExpression (botocore's IoT model: max 256); a longer text is
+# not one AWS would send, and the numbers in it could be as long as the text.
+MAX_EXPRESSION_LENGTH = 256
+# The longest each month can be, February in a leap year.
+_LONGEST = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 class CronError(ValueError):
@@ -30,7 +34,8 @@ def _field(
         upper = token.upper()
         if upper in names:
             return names.index(upper) + name_base
-        if not token.isdigit():
+        # isdigit() alone passes '²' and other digits int() refuses, and any number of them.
+        if not (token.isascii() and token.isdigit() and len(token) <= 4):
             raise CronError(f"{token!r} is not a number")
         value = int(token)
         if not low <= value <= high:
@@ -41,7 +46,9 @@ def _field(
         step = 1
         if "/" in part:
             part, step_text = part.split("/", 1)
-            if not step_text.isdigit() or int(step_text) < 1:
+            if not (step_text.isascii() and step_text.isdigit() and len(step_text) <= 4):
+                raise CronError(f"bad step {step_text!r}")
+            if int(step_text) < 1:
                 raise CronError(f"bad step {step_text!r}")
             step = int(step_text)
         if part in ("*", "?"):
@@ -66,9 +73,25 @@ class CronExpression:
     months: frozenset[int]
     weekdays: frozenset[int] | None  # AWS numbering, 1 = Sunday; None: '?'
     years: frozenset[int]
+    # False when no date can ever match, such as 30 FEB or 31 APR: known at parse, so the
+    # search for a next occurrence of such a window costs nothing (issue 18, D5).
+    possible: bool = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "possible", self._can_match())
+
+    def _can_match(self) -> bool:
+        # Every month has every day of the week, so only a day of the month can miss.
+        if self.days is None:
+            return True
+        leap = any(calendar.isleap(year) for year in self.years)
+        longest = max(28 if m == 2 and not leap else _LONGEST[m - 1] for m in self.months)
+        return min(self.days) <= longest
 
     @classmethod
     def parse(cls, expression: str) -> CronExpression:
+        if len(expression) > MAX_EXPRESSION_LENGTH:
+            raise CronError(f"longer than {MAX_EXPRESSION_LENGTH} characters")
         m = _EXPR.match(expression.strip())
         if m is None:
             raise CronError("expected cron(...)")
@@ -87,25 +110,52 @@ class CronExpression:
             _field(year, 1970, 2199),
         )
 
-    def _day_matches(self, day: datetime) -> bool:
-        if day.year not in self.years or day.month not in self.months:
-            return False
-        if self.days is not None and day.day not in self.days:
-            return False
-        # Python: Monday = 0; AWS: Sunday = 1.
-        return self.weekdays is None or (day.weekday() + 1) % 7 + 1 in self.weekdays
+    def _weekday_matches(self, year: int, month: int, day: int) -> bool:
+        # calendar: Monday = 0; AWS: Sunday = 1.
+        return (
+            self.weekdays is None
+            or (calendar.weekday(year, month, day) + 1) % 7 + 1 in self.weekdays
+        )
 
     def next_at_or_after(self, when: datetime) -> datetime | None:
-        """The first occurrence at or after `when` (naive or aware, kept as given)."""
-        day = when.replace(hour=0, minute=0, second=0, microsecond=0)
-        hours = sorted(self.hours)
-        minutes = sorted(self.minutes)
-        for _ in range(_HORIZON_DAYS):
-            if self._day_matches(day):
-                for h in hours:
-                    for m in minutes:
-                        candidate = day.replace(hour=h, minute=m)
-                        if candidate >= when:
-                            return candidate
-            day += timedelta(days=1)
+        """The first occurrence at or after `when` (naive or aware, kept as given); None
+        when there is none.
+
+        The walk goes month by month through the expression's own years (at most 2199), so
+        it is bounded without a horizon and exact however far the next occurrence is (29 FEB
+        can be eight years off): at most one visit per listed month of each listed year, and
+        none at all for an expression that can never match.
+        """
+        if not self.possible:
+            return None
+        years = sorted(self.years)
+        months, days = sorted(self.months), sorted(self.days or range(1, 32))
+        hours, minutes = sorted(self.hours), sorted(self.minutes)
+        today = (when.year, when.month, when.day)
+        for year in years[bisect.bisect_left(years, when.year) :]:
+            for month in months:
+                if (year, month) < today[:2]:
+                    continue
+                length = _month_length(year, month)
+                for day in days:
+                    if day > length:
+                        break
+                    date = (year, month, day)
+                    if date < today or not self._weekday_matches(*date):
+                        continue
+                    for hour in hours:
+                        if date == today and hour < when.hour:
+                            continue
+                        for minute in minutes:
+                            candidate = when.replace(
+                                year=year, month=month, day=day, hour=hour, minute=minute,
+                                second=0, microsecond=0,
+                            )  # fmt: skip
+                            if candidate >= when:
+                                return candidate
         return None
+
+
+def _month_length(year: int, month: int) -> int:
+    """Days in the month: one call per month the search visits (tests count them)."""
+    return calendar.monthrange(year, month)[1]

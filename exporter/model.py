@@ -31,6 +31,14 @@ EXECUTION_STATES = (
 # when no maximum is set.
 DEFAULT_MAXIMUM_PER_MINUTE = 1000
 
+# Maintenance windows read per job. botocore's IoT model declares no maximum for the
+# MaintenanceWindows list (each window is bounded: startTime ≤ 256 characters, duration
+# 1-1430 minutes), so a hostile or broken answer could carry any number, each costing a
+# cron search and up to five series on every render (issue 18, D5: 20,000 took 17 s of the
+# event loop). A maintenance schedule is a handful of windows; 100 leaves ample room and
+# bounds a job's window series at 500. Windows past it are counted, not read.
+MAX_MAINTENANCE_WINDOWS = 100
+
 # botocore's `long`: the largest count or number AWS's model allows.
 _MAX_LONG = 2**63 - 1
 _ARN = re.compile(r"^arn:[^:]*:[^:]*:([^:]*):(\d*):(.*)$")
@@ -69,8 +77,8 @@ class MaintenanceWindow:
         start cannot be read."""
         if self.start_timestamp is not None:
             return self.start_timestamp if self.start_timestamp >= now else None
-        found = self._occurrence(now)
-        return found if found is not None and found > 0 else None
+        readable, found = self._occurrence(now)
+        return found if readable else None
 
     def open_at(self, now: float) -> bool | None:
         """Whether a window is open at `now`; None without a duration or a readable start."""
@@ -80,23 +88,25 @@ class MaintenanceWindow:
         if self.start_timestamp is not None:
             return self.start_timestamp <= now < self.start_timestamp + length
         # The earliest occurrence that could still be open started `length` ago.
-        recent = self._occurrence(now - length)
-        if recent is None or recent < 0:
+        readable, recent = self._occurrence(now - length)
+        if not readable:
             return None
-        return recent <= now and now < recent + length
+        # A recurrence that never starts again (30 FEB, a past year) is closed, not open
+        # from 1970 on (issue 18, D13).
+        return recent is not None and recent <= now < recent + length
 
-    def _occurrence(self, at: float) -> float | None:
-        """The first occurrence at or after `at`: 0 when there is none, None when the
-        recurrence or the instant cannot be read."""
+    def _occurrence(self, at: float) -> tuple[bool, float | None]:
+        """Whether the recurrence and the instant can be read, and if so the first
+        occurrence at or after `at` (None: there is none, ever)."""
         cron = _cron(self.start_time)
         if cron is None or not math.isfinite(at):
-            return None
+            return False, None
         try:
             found = cron.next_at_or_after(datetime.fromtimestamp(at, UTC))
         except (OverflowError, ValueError, OSError):
             # An instant outside the calendar: nothing to say about the window.
-            return None
-        return 0.0 if found is None else found.timestamp()
+            return False, None
+        return True, None if found is None else found.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +146,8 @@ class JobSnapshot:
     scheduling_end: float | None = None
     end_behavior: str | None = None
     maintenance_windows: tuple[MaintenanceWindow, ...] = ()
+    # Windows the answer listed past MAX_MAINTENANCE_WINDOWS, not read.
+    maintenance_windows_dropped: int = 0
     scheduled_rollouts: tuple[float, ...] = ()
     package_versions: tuple[str, ...] = ()
     observed_rate_per_minute: float | None = None
@@ -271,13 +283,20 @@ class _Fields:
             return None
         return _Fields(value, self._where(key))
 
-    def objects(self, key: str) -> list[_Fields]:
+    def objects(self, key: str, limit: int | None = None) -> list[_Fields]:
+        """The list's objects, the first `limit` of them when given."""
+        if not self.length(key):
+            return []
+        items = self.data[key][:limit]
+        return [_Fields(item, f"{self._where(key)}[{i}]") for i, item in enumerate(items)]
+
+    def length(self, key: str) -> int:
         value = self.data.get(key)
         if value is None:
-            return []
+            return 0
         if not isinstance(value, list):
             raise MalformedJob(f"{self._where(key)}: expected a list")
-        return [_Fields(item, f"{self._where(key)}[{i}]") for i, item in enumerate(value)]
+        return len(value)
 
     def strings(self, key: str) -> tuple[str, ...]:
         value = self.data.get(key)
@@ -401,7 +420,10 @@ def parse_describe_job(response: Any, fetched_at: float) -> JobSnapshot:
         for c in (retry.objects("criteriaList") if retry else [])
     )
     windows = []
-    for w in scheduling.objects("maintenanceWindows") if scheduling else []:
+    listed = scheduling.length("maintenanceWindows") if scheduling else 0
+    for w in (
+        scheduling.objects("maintenanceWindows", MAX_MAINTENANCE_WINDOWS) if scheduling else []
+    ):
         start = w.string("startTime") or ""
         windows.append(
             MaintenanceWindow(start, parse_schedule_time(start), w.integer("durationInMinutes"))
@@ -452,6 +474,7 @@ def parse_describe_job(response: Any, fetched_at: float) -> JobSnapshot:
         scheduling_end=_schedule(scheduling, "endTime"),
         end_behavior=scheduling.string("endBehavior") if scheduling else None,
         maintenance_windows=tuple(windows),
+        maintenance_windows_dropped=max(0, listed - MAX_MAINTENANCE_WINDOWS),
         scheduled_rollouts=tuple(rollouts),
         package_versions=versions,
     )
