@@ -43,9 +43,15 @@ _BYTES_LITERAL = re.compile(r"\bb(['\"]).*", re.DOTALL)
 _MAX_MESSAGE = 300
 
 # Characters a terminal or a log pipeline would act on, beyond what JSON escapes itself:
-# DEL, C1 controls (CSI among them), zero-width, bidi and line/paragraph separators.
-_UNSAFE = re.compile(r"[\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
-_LOGFMT_PLAIN = re.compile(r"^[!#-<>-\[\]-~]+$")  # printable ASCII but space, ", = and \
+# DEL, C1 controls (CSI among them), zero-width, bidi and line/paragraph separators; and
+# lone surrogates (JSON answers can carry them), which no UTF-8 writer can encode.
+_UNSAFE_RANGES = r"\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff"
+_UNSAFE = re.compile(f"[{_UNSAFE_RANGES}]")
+# The same and the C0 controls: what a value printed outside JSON must not carry raw.
+_CONTROLS = re.compile(f"[\\x00-\\x1f{_UNSAFE_RANGES}]")
+# Printable ASCII but space, ", = and \. Matched whole (fullmatch): `$` would also match
+# before a final newline and let "value\n" through bare.
+_LOGFMT_PLAIN = re.compile(r"[!#-<>-\[\]-~]+")
 
 
 def redact(text: str, library: bool = True) -> str:
@@ -178,13 +184,23 @@ def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> 
     return None
 
 
+def _visible(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group(0)):04x}"
+
+
 def _escape_unsafe(text: str) -> str:
-    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
+    return _UNSAFE.sub(_visible, text)
+
+
+def escape_controls(text: str) -> str:
+    """Text fit for a terminal or a page, on one line: every control, bidi, separator and
+    zero-width character written as a visible `\\uXXXX`, as JSON would spell it."""
+    return _CONTROLS.sub(_visible, text)
 
 
 def logfmt_value(value: str) -> str:
     """A logfmt value: bare when plain ASCII, else quoted with every control escaped."""
-    if _LOGFMT_PLAIN.match(value):
+    if _LOGFMT_PLAIN.fullmatch(value):
         return value
     return _escape_unsafe(json.dumps(value, ensure_ascii=False))
 

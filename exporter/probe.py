@@ -14,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 from exporter.aws import classify, describe_exception
 from exporter.collector import sanitise
 from exporter.config import CollectorSettings, Config, Target
+from exporter.logs import escape_controls
 
 # What a failed step is reported as: the outcome classes of aws.py, with `network` split
 # into a region botocore does not know and an endpoint that does not answer.
@@ -51,18 +52,21 @@ class ProbeResult:
         return self.failure is None
 
     def line(self) -> str:
+        """One line for a terminal. Job ids, identities and error texts come from the
+        endpoint: escaped whole, none can clear the screen, retitle the window, reverse
+        the line or start a line that reads like another target's result."""
         head = (
             f"{self.target}: region={self.region} account={self.account or '?'} "
             f"identity={self.identity or '?'}"
         )
         if self.failure is not None:
-            return f"{head} FAILED {self.failure} at {self.step}: {self.detail}"
+            return escape_controls(f"{head} FAILED {self.failure} at {self.step}: {self.detail}")
         found = []
         if self.listed is not None:
             found.append(f"ListJobs {'1 job' if self.listed else 'no job'}")
         found.append(f"DescribeJob {self.described}" if self.described else "no job to describe")
         note = f"; {self.note}" if self.note else ""
-        return f"{head} OK ({', '.join(found)}{note})"
+        return escape_controls(f"{head} OK ({', '.join(found)}{note})")
 
 
 class _Failed(Exception):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter import __version__
+from exporter.logs import escape_controls
 from exporter.negotiation import qualities
 
 HTML_TYPE = "text/html"
@@ -140,7 +141,9 @@ def _age(seconds: float) -> str:
 
 
 def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    # Controls, bidi overrides and line separators as visible `\uXXXX`, as the JSON shows
+    # them: a numeric reference (&#x202e;) would still reverse the text it precedes.
+    return escape_controls(html.escape(str(value), quote=True))
 
 
 def _counts(pairs: tuple[tuple[str, int], ...]) -> str:

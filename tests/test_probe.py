@@ -8,6 +8,7 @@ with botocore's signing.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import textwrap
@@ -17,8 +18,10 @@ from pathlib import Path
 import boto3
 import pytest
 
+from exporter.logs import escape_controls
 from exporter.simulator import Simulator
 from tests.conftest import ROOT, free_port
+from tests.hostile_aws import HostileAws, listing
 from tests.simulator_client import Admin
 
 SECRET = "probe-secret-key-must-not-show-0123456789"
@@ -273,3 +276,68 @@ def test_otel_enabled_without_its_packages_names_file_and_field(
     assert result.stderr.startswith(f"error: {config}: otel.enabled: true needs "), result.stderr
     assert "pip install '.[otel]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# Job ids a hostile IoT endpoint lists: screen clears, window titles (OSC ended by BEL),
+# right-to-left overrides, and line breaks of every kind followed by a forged result line.
+HOSTILE_IDS = [
+    "a\x1b[2Jb",
+    "\x1b]0;title\x07",
+    "\u202eKO :1t",
+    "x\n t1: OK",
+    "x\rt1: OK",
+    "x\x85t1: OK\u2028t1: OK\u2029t1: OK\x0bt1: OK",
+    "\x9b2J\u2066\u200f\x7f\x00\u061c\ufeff",
+    "\ud800",
+]
+FORGED_IDENTITY = (
+    '<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+    "<GetCallerIdentityResult>"
+    "<Arn>arn:aws:sts::123456789012:assumed-role/r/\u202eKO :1t\u2028t1: OK\x85\x9b2J</Arn>"
+    "<UserId>AROAHOSTILE</UserId><Account>123456789012\u2029t1: OK</Account>"
+    "</GetCallerIdentityResult></GetCallerIdentityResponse>"
+).encode()
+RAW_CONTROLS = frozenset(
+    [*map(chr, range(0x20)), *map(chr, range(0x7F, 0xA0)), "\u061c", "\u200b", "\u200e",
+     "\u200f", *map(chr, range(0x202A, 0x202F)), "\u2028", "\u2029",
+     *map(chr, range(0x2066, 0x206A)), "\ufeff", "\ud800"]
+)  # fmt: skip
+
+
+async def test_probe_escapes_what_a_hostile_endpoint_lists(tmp_path: Path) -> None:
+    async def endpoint(job_id: str) -> HostileAws:
+        page = listing(job_id)
+        return await HostileAws(list_page=lambda token: page, sts=FORGED_IDENTITY).start()
+
+    servers = [await endpoint(job_id) for job_id in ["fw-1", *HOSTILE_IDS]]
+    # t1 fails, with an error message that forges another target's success.
+    message = "no such job \u202e\u2028t2: OK\x1b]0;owned\x07\x85t2: OK\ud800"
+    error = json.dumps({"__type": "InvalidRequestException", "message": message}).encode()
+    servers[0].describe["fw-1"] = (400, error)
+    names = ["t1", *(f"h{i}" for i in range(len(HOSTILE_IDS)))]
+    targets = "".join(
+        f"  - name: {name}\n    region: us-east-1\n    endpoint_url: {s.url}\n"
+        f"    sts_endpoint_url: {s.url}\n    jobs: {{discover: {{}}}}\n"
+        for name, s in zip(names, servers, strict=True)
+    )
+    try:
+        code, out = await check(write(tmp_path, "targets:\n" + targets), "--probe")
+    finally:
+        for server in servers:
+            await server.close()
+    assert code == 1, ascii(out)
+    lines = out.removesuffix("\n").split("\n")
+    assert not RAW_CONTROLS.intersection("".join(lines)), ascii(out)
+    assert lines[0].startswith(f"{tmp_path / 'config.yaml'}: valid: "), ascii(out)
+    assert lines[-1] == f"probe: {len(names) - 2} of {len(names)} target(s) OK", ascii(out)
+    # One line per target, in order, each starting with its own name: no line reads as
+    # a result that no target gave.
+    assert [line.split(": region=", 1)[0] for line in lines[1:-1]] == names, ascii(out)
+    t1 = lines[1]
+    assert " FAILED " in t1 and " at DescribeJob: InvalidRequestException: no such job " in t1
+    assert "\\u202e\\u2028t2: OK" in t1 and "t2: OK\\ud800" in t1, t1
+    # Each id shown whole and escaped; botocore cannot send the lone surrogate at all.
+    for line, job_id in zip(lines[2:-2], HOSTILE_IDS[:-1], strict=True):
+        assert line.endswith(f" OK (ListJobs 1 job, DescribeJob {escape_controls(job_id)})")
+        assert "identity=arn:aws:sts::123456789012:assumed-role/r/\\u202eKO :1t\\u2028" in line
+    assert " FAILED " in lines[-2] and "\\ud800" in lines[-2], lines[-2]

@@ -23,12 +23,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collector import Collector, sanitise
 from exporter.config import Config, parse_config
+from exporter.logs import escape_controls
 from exporter.metrics import SelfMetrics
 from exporter.server import build_app
 from exporter.simulator import Simulator
 from exporter.status import wants_json
 from exporter.store import MetricsStore
 from exporter.webconfig import parse_web_config
+from tests.hostile_aws import HostileAws, job_body, listing
 from tests.iot_endpoint import IotEndpoint, Reply
 from tests.simulator_client import Admin
 from tests.test_source_faults import job
@@ -302,3 +304,64 @@ async def test_status_page_is_behind_the_web_config(
     auth = aiohttp.encode_basic_auth("admin", "pw")
     status, page, _ = await get(f"{served.url}/status", Authorization=auth)
     assert status == 200 and "AWS IoT Jobs Exporter status" in page
+
+
+# Job ids (and a status) a hostile endpoint lists: bidi overrides and isolates, line and
+# paragraph separators, C0 and C1 controls (and a lone surrogate in the error message,
+# which would make the page fail to encode). The JSON escapes them; so must the HTML.
+STATUS_IDS = [
+    "rtl\u202eevil",
+    "line\u2028sep\u2029end",
+    "esc\x1b[2Jbel\x07nul\x00",
+    "c1\x85\x9b2Jdel\x7f",
+    "iso\u2066\u2067\u2068\u2069lrm\u200e\u200f\u202a\u202b\u202c\u202d\u061c",
+    "x\ny\rz\tw",
+]
+SHOWN_RAW = frozenset(
+    [*map(chr, range(0x20)), *map(chr, range(0x7F, 0xA0)), "\u061c", "\u200e", "\u200f",
+     *map(chr, range(0x202A, 0x202F)), "\u2028", "\u2029", *map(chr, range(0x2066, 0x206A))]
+)  # fmt: skip
+
+
+async def test_status_html_shows_bidi_separators_and_controls_escaped(
+    serve: Callable[..., asyncio.Future[Served]],
+) -> None:
+    page = listing(*STATUS_IDS)
+    aws = await HostileAws(list_page=lambda token: page).start()
+    aws.describe[STATUS_IDS[0]] = json.dumps(
+        job_body(STATUS_IDS[0], status="IN_PROGRESS\u202e\u2028")
+    ).encode()
+    try:
+        served = await serve(discovering(aws.url))
+        await until("ready", lambda: served.collector.ready)
+        # Every describe fails from now on: each job turns stale, one is the last error,
+        # and the error message carries the same characters.
+        failure = json.dumps(
+            {"__type": "InternalFailure", "message": "down\u202e\u2028\x85now\ud800"}
+        )
+        for job_id in STATUS_IDS:
+            aws.describe[job_id] = (500, failure.encode())
+        target = served.collector.targets["sim"]
+        await until(
+            "stale jobs and an error",
+            lambda: (
+                target.status().stale_total == len(STATUS_IDS)
+                and target.last_error is not None
+                and target.last_error.job_id in STATUS_IDS
+            ),
+        )
+        status, html_page, headers = await get(f"{served.url}/status", Accept="text/html")
+        _, json_page, _ = await get(f"{served.url}/status", Accept="application/json")
+    finally:
+        await aws.close()
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    # The page's own line breaks are its markup; no other of these characters is raw.
+    raw = {f"U+{ord(c):04X}" for c in SHOWN_RAW.intersection(html_page) if c != "\n"}
+    assert not raw, raw
+    for job_id in STATUS_IDS:
+        assert f"<code>{escape_controls(job_id)}</code>" in html_page, job_id
+    assert "IN_PROGRESS\\u202e\\u2028" in html_page
+    assert "down\\u202e\\u2028 now\\ud800" in html_page
+    # The JSON, already escaped, still gives the ids back whole.
+    (t,) = json.loads(json_page)["targets"]
+    assert {j["job_id"] for j in t["stale"]["jobs"]} == set(STATUS_IDS)
