@@ -33,6 +33,7 @@ from botocore.exceptions import (
 )
 from botocore.parsers import DEFAULT_TIMESTAMP_PARSER, ResponseParserError
 
+from exporter.budget import DISCOVERY, WORK, Budgets, FairBucket
 from exporter.config import CollectorSettings, Target
 from exporter.events import Message, QueueError, message_from_sqs
 from exporter.logs import redact, summarise
@@ -67,6 +68,13 @@ _DENIED = {
     "AuthFailure",
     "MissingAuthenticationTokenException",
 }
+# AWS refused the request itself: a job id DescribeJob cannot take, for one.
+_INVALID = {
+    "InvalidRequestException",
+    "ValidationException",
+    "InvalidParameterValue",
+    "InvalidParameterException",
+}
 _UNAVAILABLE = {
     "ServiceUnavailableException",
     "ServiceUnavailable",
@@ -96,6 +104,8 @@ def classify_error(code: str | None, status: int | None) -> str:
         return "denied"
     if code in _UNAVAILABLE or (status is not None and status >= 500):
         return "unavailable"
+    if code in _INVALID:
+        return "invalid"
     return "error"
 
 
@@ -125,6 +135,8 @@ def classify(exc: BaseException) -> str:
         return classify_error(error.get("Code"), status)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return "denied"
+    if _too_large(exc):
+        return "malformed"
     if isinstance(
         exc, BotoConnectionError | HTTPClientError | aiohttp.ClientError | OSError | TimeoutError
     ):
@@ -180,89 +192,6 @@ class _DeadlineSession(AIOHTTPSession):  # type: ignore[misc]
             raise ReadTimeoutError(endpoint_url=request.url, error=exc) from None
 
 
-# Calls made in this context go first at the token bucket: describes an event asked for,
-# which a change is waiting on, ahead of the reconcile and polling describes.
-URGENT: ContextVar[bool] = ContextVar("urgent", default=False)
-
-
-class TokenBucket:
-    """Spreads calls to at most `rate` per second with bursts of `burst`; shared by all callers.
-
-    Urgent callers (URGENT set) queue apart and take the next token before any other: when
-    events and reconciling together ask for more than the budget, a changed job waits for
-    the urgent calls ahead of it only, and the reconcile stretches instead.
-    """
-
-    def __init__(self, rate: float, burst: float = 1.0) -> None:
-        self.rate = rate
-        self.burst = max(burst, 1.0)
-        self._tokens = self.burst
-        self._updated = time.monotonic()
-        self._lock = asyncio.Lock()
-        self._urgent_lock = asyncio.Lock()
-        self._urgent = 0
-
-    def _take(self) -> float:
-        """Takes a token and returns 0, or returns how long until one is there."""
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return 0.0
-        return (1.0 - self._tokens) / self.rate
-
-    async def acquire(self, urgent: bool = False) -> None:
-        # The locks make waiters queue in order, so a burst of callers is paced, not stampeded.
-        if urgent:
-            self._urgent += 1
-            try:
-                async with self._urgent_lock:
-                    # Polled: tokens arrive with time, not with an event to wait on.
-                    while wait := self._take():  # noqa: ASYNC110
-                        await asyncio.sleep(wait)
-            finally:
-                self._urgent -= 1
-            return
-        async with self._lock:
-            while True:
-                # Refilling and taking happen without a suspension in between, so an urgent
-                # caller and this one never take the same token.
-                wait = 1.0 / self.rate if self._urgent else self._take()
-                if not wait:
-                    return
-                await asyncio.sleep(wait)
-
-
-class Budgets:
-    """Token buckets per account, region and operation, shared by the targets that spend them.
-
-    AWS's quota is per account and region: two targets on one account (two discovery
-    filters, say) must not each spend the whole of it. With shards, each replica gets
-    its share (`divisor` is --total-shards).
-    """
-
-    def __init__(self, divisor: int = 1) -> None:
-        self.divisor = max(divisor, 1)
-        self._buckets: dict[tuple[str, str, str], TokenBucket] = {}
-
-    def set_rate(self, rate: float) -> None:
-        """A reload's new requests_per_second, for the buckets of every account."""
-        for bucket in self._buckets.values():
-            bucket.rate = rate / self.divisor
-
-    def bucket(self, account: str, region: str, operation: str, rate: float) -> TokenBucket:
-        key = (account, region, operation)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            # A burst of two lets the bucket make up for a late wake-up of the event loop,
-            # which a bucket of one token loses for good (measured: cycles 20 % over the
-            # quota-bound minimum with one token, under 10 % with two).
-            bucket = TokenBucket(rate / self.divisor, burst=2)
-            self._buckets[key] = bucket
-        return bucket
-
-
 _ROLE_ACCOUNT = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/")
 
 
@@ -290,7 +219,7 @@ class JobSource:
         self.telemetry = telemetry
         self.budgets = budgets if budgets is not None else Budgets()
         self.account_key = ""
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: dict[str, FairBucket] = {}
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._session: AioSession | None = None
@@ -394,7 +323,14 @@ class JobSource:
             connect_timeout=self.settings.request_timeout,
             read_timeout=long_poll,
             retries={"mode": "standard", "total_max_attempts": self.settings.max_attempts},
-            http_session_cls=self._http_session_cls(max(long_poll, self.settings.attempt_timeout)),
+            http_session_cls=type(
+                "CappedSession",
+                (_CappedSession,),
+                {
+                    "attempt_timeout": max(long_poll, self.settings.attempt_timeout),
+                    "max_body_bytes": events.max_receive_bytes,
+                },
+            ),
             user_agent_extra="aws-iot-jobs-exporter",
         )
         client = await self._stack.enter_async_context(
@@ -449,7 +385,8 @@ class JobSource:
         if flag is not None:
             flag[0] = False  # a new attempt: not counted yet
         # Every attempt, retries included, spends from the budget: that is what AWS counts.
-        await self._buckets[operation].acquire(URGENT.get())
+        kind = WORK.get() if operation == "DescribeJob" else DISCOVERY
+        await self._buckets[operation].acquire(self.target.name, kind)
 
     def _count_failed_attempt(
         self,
@@ -583,6 +520,69 @@ def _read_page(page: Any) -> tuple[str | None, list[Any], str | None]:
     return None, jobs, token
 
 
+class ResponseTooLarge(ValueError):
+    """An answer larger than the session's max_body_bytes: refused unread."""
+
+
+class _CappedResponse(aiohttp.ClientResponse):
+    """aiohttp's response, reading at most `max_body_bytes` of a body (None: no cap).
+
+    aiobotocore reads every body whole before botocore parses it; an endpoint that answers
+    40 MB to each long poll would otherwise hold 40 MB per receiver, and more as parsed.
+    """
+
+    max_body_bytes: int | None = None
+
+    async def read(self) -> bytes:
+        cap = self.max_body_bytes
+        if cap is not None and self._body is None:
+            length = self.content_length
+            if length is not None and length > cap:
+                self.close()
+                raise ResponseTooLarge(f"response of {length} bytes is larger than {cap}")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in self.content.iter_any():
+                size += len(chunk)
+                if size > cap:
+                    self.close()
+                    raise ResponseTooLarge(f"response larger than {cap} bytes")
+                chunks.append(chunk)
+            self._body = b"".join(chunks)
+        return await super().read()
+
+
+class _CappedSession(_DeadlineSession):
+    """The deadline session, reading at most `max_body_bytes` of each answer."""
+
+    max_body_bytes: int | None = None
+
+    async def _get_session(self, proxy_url: Any) -> Any:
+        if not (session := self._sessions.get(proxy_url)):
+            cls = type(
+                "CappedResponse", (_CappedResponse,), {"max_body_bytes": self.max_body_bytes}
+            )
+            connector = self._create_connector(proxy_url)
+            session = await self._exit_stack.enter_async_context(
+                aiohttp.ClientSession(
+                    connector=connector,
+                    timeout=self._timeout,
+                    skip_auto_headers={"CONTENT-TYPE"},
+                    auto_decompress=False,
+                    response_class=cls,
+                )
+            )
+            self._sessions[proxy_url] = session
+        return session
+
+
+def _too_large(exc: BaseException) -> bool:
+    """Whether a botocore error is our ResponseTooLarge, which aiobotocore wraps."""
+    return isinstance(exc, ResponseTooLarge) or (
+        isinstance(exc, HTTPClientError) and isinstance(exc.kwargs.get("error"), ResponseTooLarge)
+    )
+
+
 class EventQueue:
     """A target's SQS queue of job events: long polls and batch deletes.
 
@@ -597,16 +597,26 @@ class EventQueue:
         self._source = source
         self._client = client
         self._queue_url = queue_url
+        self.wait_seconds = float(self.WAIT_SECONDS)
+        # Messages asked for per receive: one after an answer too large to read, so that a
+        # huge message (an SQS message can be 1 MiB) comes alone, is read and deleted.
+        self._batch = self.BATCH
 
     async def receive(self, wait: bool = True) -> list[Message]:
         """Up to BATCH messages; a long poll of WAIT_SECONDS when `wait`."""
+        batch = self._batch
         try:
             async with self._source._call("ReceiveMessage"):
-                page = await self._client.receive_message(
-                    QueueUrl=self._queue_url,
-                    MaxNumberOfMessages=self.BATCH,
-                    WaitTimeSeconds=self.WAIT_SECONDS if wait else 0,
-                )
+                try:
+                    page = await self._client.receive_message(
+                        QueueUrl=self._queue_url,
+                        MaxNumberOfMessages=batch,
+                        WaitTimeSeconds=self.WAIT_SECONDS if wait else 0,
+                    )
+                except Exception as exc:
+                    if _too_large(exc):
+                        self._batch = 1
+                    raise
                 items = page.get("Messages", []) if isinstance(page, dict) else None
                 if not isinstance(items, list):
                     self._source._count("ReceiveMessage", "malformed")
@@ -616,9 +626,14 @@ class EventQueue:
                 self._source._count("ReceiveMessage", "ok")
         except ApiError as exc:
             raise QueueError(exc.outcome, exc.detail) from None
-        return [m for m in map(message_from_sqs, items) if m is not None]
+        if batch == 1:
+            self._batch = self.BATCH
+        # SQS never answers more than it was asked for; a longer list is not read past that.
+        return [m for m in map(message_from_sqs, items[:batch]) if m is not None]
 
-    async def delete(self, receipt_handles: list[str]) -> None:
+    async def delete(self, receipt_handles: list[str]) -> list[str]:
+        """Deletes in batches; returns the reasons SQS gave for entries it did not delete."""
+        failed: list[str] = []
         for start in range(0, len(receipt_handles), self.BATCH):
             entries = [
                 {"Id": str(i), "ReceiptHandle": handle}
@@ -626,9 +641,32 @@ class EventQueue:
             ]
             try:
                 async with self._source._call("DeleteMessageBatch"):
-                    await self._client.delete_message_batch(
+                    answer = await self._client.delete_message_batch(
                         QueueUrl=self._queue_url, Entries=entries
                     )
                     self._source._count("DeleteMessageBatch", "ok")
             except ApiError as exc:
                 raise QueueError(exc.outcome, exc.detail) from None
+            failed.extend(_failed_entries(answer, len(entries)))
+        return failed
+
+
+def _failed_entries(answer: Any, sent: int) -> list[str]:
+    """What a DeleteMessageBatch answer says of the entries it did not delete.
+
+    A 200 can fail every entry (`Failed`: Id, Code, SenderFault, Message); an answer that
+    lists neither success nor failure for an entry is taken as not deleted too.
+    """
+    if not isinstance(answer, dict):
+        return ["response: expected an object"] * sent
+    failed = answer.get("Failed") or []
+    succeeded = answer.get("Successful") or []
+    if not isinstance(failed, list) or not isinstance(succeeded, list):
+        return ["response: expected lists of entries"] * sent
+    reasons = []
+    for entry in failed[:sent]:
+        code = entry.get("Code") if isinstance(entry, dict) else None
+        reasons.append(redact(str(code))[:80] if code else "failed")
+    missing = sent - len(reasons) - len(succeeded[:sent])
+    reasons.extend(["not acknowledged"] * max(0, missing))
+    return reasons

@@ -17,16 +17,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from exporter.aws import (
-    URGENT,
     ApiError,
-    Budgets,
     JobSource,
     JobSummary,
     classify,
     describe_exception,
 )
+from exporter.budget import EVENT, FIRST, REFRESH, UNKNOWN, WORK, Budgets
 from exporter.config import CollectorSettings, Config, Target
-from exporter.events import EventConsumer, Queue, ReasonCounts
+from exporter.events import EventConsumer, LogThrottle, Queue, ReasonCounts
 from exporter.model import TERMINAL_STATUSES, JobSnapshot
 from exporter.status import LastError, StaleJob, Status, TargetStatus
 from exporter.telemetry import ACTIVE, FROZEN, PENDING, TRACKED_STATES, Telemetry
@@ -169,6 +168,16 @@ class TargetCollector:
         self._dirty_heap: list[tuple[float, float, str]] = []
         self._dirty_wakeup = asyncio.Event()
         self._event_described: dict[str, float] = {}
+        # Job ids only events named, awaiting the describe that says whether they exist:
+        # at most events.max_unknown_jobs, in the order they came (the rest are dropped).
+        self._unknown: dict[str, None] = {}
+        self._unknown_log = LogThrottle(EventConsumer.LOG_EVERY)
+        # Job ids AWS refused as invalid: never asked for again (bounded like _missing, by
+        # what discovery lists and the config names).
+        self._invalid: set[str] = set()
+        # Event describes hold at most half of the target's concurrent calls: the rest
+        # stay free for the cycle's, however many events come.
+        self._event_slots = asyncio.Semaphore(max(1, settings.concurrency // 2))
         self.consumer: EventConsumer | None = None
         self._event_driven = False
         events = target.events
@@ -232,12 +241,31 @@ class TargetCollector:
 
     def job_changed(self, job_id: str) -> bool:
         """An event says the job changed: describe it soon. False when it is not followed."""
-        if job_id not in self._jobs:
+        if job_id not in self._jobs and job_id not in self._unknown:
             discover = self.target.jobs.discover
-            if job_id in self._expired or discover is None or not discover.matches(job_id):
+            if job_id in self._expired or job_id in self._invalid:
                 return False
-            # A job created since the last discovery: described at once, not minutes later.
-            self._jobs[job_id] = _Tracked(explicit=False)
+            if discover is None or not discover.matches(job_id):
+                return False
+            # A job created since the last discovery is described at once, not minutes
+            # later: if it exists. Anyone who can write to the queue can name any number
+            # of ids, so they wait apart, bounded, and spend the smallest share.
+            settings = self.target.events
+            limit = settings.max_unknown_jobs if settings else 0
+            if len(self._unknown) >= limit:
+                self.telemetry.jobs_dropped(self.target.name, "unknown_limit")
+                if self._unknown_log.allow():
+                    log.warning(
+                        "event for an unknown job dropped target=%s job_id=%s "
+                        "max_unknown_jobs=%d suppressed=%d",
+                        self.target.name,
+                        job_id,
+                        limit,
+                        self._unknown_log.take(),
+                    )
+                return False
+            self._unknown[job_id] = None
+            self.telemetry.unknown_jobs(self.target.name, len(self._unknown))
         if job_id not in self._dirty:
             now = time.monotonic()
             self._dirty[job_id] = now
@@ -308,17 +336,27 @@ class TargetCollector:
                 continue
             heapq.heappop(self._dirty_heap)
             del self._dirty[job_id]
-            if job_id not in self._jobs:
+            tracked = self._jobs.get(job_id)
+            if tracked is None and job_id not in self._unknown:
                 continue
             self._event_described[job_id] = time.monotonic()
             self.telemetry.event_describe(self.target.name)
-            # Tracked in _in_flight like the cycle's calls, and closed with them; first at
-            # the budget (the task takes this context with it).
-            token = URGENT.set(True)
+            if tracked is None:
+                kind = UNKNOWN
+            elif tracked.snapshot is None:
+                kind = FIRST
+            else:
+                kind = EVENT
+            # Tracked in _in_flight like the cycle's calls, and closed with them.
+            await self._event_slots.acquire()
+            tasks: list[asyncio.Task[None]] = []
             try:
-                await self._spawn(job_id, [])
+                await self._spawn(job_id, tasks, kind)
             finally:
-                URGENT.reset(token)
+                if tasks:
+                    tasks[0].add_done_callback(lambda _: self._event_slots.release())
+                else:
+                    self._event_slots.release()
             if len(self._event_described) > 2 * len(self._jobs) + 1000:
                 horizon = time.monotonic() - spacing
                 self._event_described = {
@@ -345,13 +383,28 @@ class TargetCollector:
         return self.consumer
 
     async def run_events(self, consumer: EventConsumer) -> None:
-        """The consumer and the describes it causes, until cancelled."""
+        """The consumer and the describes it causes, until cancelled.
+
+        Never raises but for cancellation: whatever ends the consumer or the event
+        describes is logged and restarted after a pause, and the target's polling, which
+        runs beside this, goes on meanwhile.
+        """
         # Read at scrape time: the consumer's health changes between cycles.
         self.telemetry.watch_events_driven(self.target.name, self.event_driven)
         try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(consumer.run())
-                group.create_task(self.describe_dirty())
+            while True:
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(consumer.run())
+                        group.create_task(self.describe_dirty())
+                except Exception as exc:
+                    log.error(
+                        "event path stopped, restarting target=%s error=%s",
+                        self.target.name,
+                        describe_exception(exc),
+                    )
+                    self.telemetry.event_consumer_error(self.target.name)
+                    await asyncio.sleep(EventConsumer.BACKOFF[-1])
         finally:
             self.consumer = None
             self.telemetry.watch_events_driven(self.target.name, lambda: False)
@@ -416,6 +469,7 @@ class TargetCollector:
         listed = {s.job_id for s in summaries}
         # Forget expired jobs AWS no longer lists, so months of finished jobs do not pile up.
         self._expired &= listed | set(self.target.jobs.ids)
+        self._invalid &= listed | set(self.target.jobs.ids)
         # A frozen job is never described again, so its deletion would go unseen: when a
         # listing without a status filter (the only filter a job can leave) no longer has
         # it, describe it once more. NotFound then drops it; otherwise it freezes again.
@@ -427,7 +481,7 @@ class TargetCollector:
         added = 0
         for summary in summaries:
             job_id = summary.job_id
-            if job_id in self._jobs or not discover.matches(job_id):
+            if job_id in self._jobs or job_id in self._invalid or not discover.matches(job_id):
                 continue
             if not self.shard.owns(self.target, job_id):
                 continue
@@ -462,13 +516,23 @@ class TargetCollector:
             self._next_discovery = self.clock()
         self._cycle.failures += outcome.failures
 
-    async def _spawn(self, job_id: str, tasks: list[asyncio.Task[None]]) -> None:
+    async def _spawn(self, job_id: str, tasks: list[asyncio.Task[None]], kind: str) -> None:
+        """Describes the job in a task of its own, as work of `kind` at the budget."""
         # Taking the slot before creating the task keeps at most `concurrency` tasks alive,
         # however many jobs are due: 10,000 sleeping tasks would cost more than the jobs.
         if job_id in self._in_flight:
             return
         await self._semaphore.acquire()
-        task = asyncio.create_task(self._describe(job_id))
+        if job_id in self._in_flight:
+            # Spawned by the event path or the cycle while this one waited for the slot.
+            self._semaphore.release()
+            return
+        # The task takes the context with it: its calls spend as `kind` (budget.WORK).
+        token = WORK.set(kind)
+        try:
+            task = asyncio.create_task(self._describe(job_id))
+        finally:
+            WORK.reset(token)
         self._in_flight[job_id] = task
         task.add_done_callback(lambda _: self._in_flight.pop(job_id, None))
         tasks.append(task)
@@ -489,6 +553,9 @@ class TargetCollector:
 
     def _update(self, job_id: str, snapshot: JobSnapshot, cycle: _Cycle) -> None:
         tracked = self._jobs.get(job_id)
+        if tracked is None and self._forget_unknown(job_id):
+            # The job an event named exists: tracked from now as if discovered.
+            tracked = self._jobs[job_id] = _Tracked(explicit=False)
         if tracked is None:
             return
         cycle.described += 1
@@ -503,8 +570,38 @@ class TargetCollector:
         self.store.put_job(self.target, job_id, snapshot)
         tracked.snapshot = snapshot
 
+    def _forget_unknown(self, job_id: str) -> bool:
+        """Whether the job was one only events named; it no longer waits either way."""
+        if job_id not in self._unknown:
+            return False
+        del self._unknown[job_id]
+        self.telemetry.unknown_jobs(self.target.name, len(self._unknown))
+        return True
+
     def _describe_failed(self, job_id: str, exc: ApiError, cycle: _Cycle) -> None:
         tracked = self._jobs.get(job_id)
+        if self._forget_unknown(job_id):
+            # An id only an event named: whatever the failure, it is not followed. If the
+            # job exists, discovery finds it; a flood of made-up ids fails no cycle.
+            self.reasons.forget(job_id)
+            if exc.outcome == "invalid":
+                self.telemetry.jobs_dropped(self.target.name, "invalid")
+            return
+        if exc.outcome == "invalid":
+            # AWS refuses the id itself: asking again every cycle would fail the target
+            # forever. Dropped, counted and logged once; discovery never re-adds it.
+            self._answered()
+            self._invalid.add(job_id)
+            self.telemetry.jobs_dropped(self.target.name, "invalid")
+            log.warning(
+                "job id refused as invalid, dropped target=%s job_id=%s error=%r",
+                self.target.name,
+                job_id,
+                exc.detail,
+            )
+            cycle.dropped.append(job_id)
+            self._drop(job_id)
+            return
         if exc.outcome == "not_found":
             # AWS answered, so the credentials work: a wrong id is not an unready target.
             self._answered()
@@ -592,13 +689,13 @@ class TargetCollector:
         self._check_budget(len(pending) + len(known))
         spacing = spread / len(known) if spread > 0 and known else 0.0
         for job_id in pending:
-            await self._spawn(job_id, tasks)
+            await self._spawn(job_id, tasks, FIRST)
         first = time.monotonic()
         for i, job_id in enumerate(known):
             delay = first + i * spacing - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await self._spawn(job_id, tasks)
+            await self._spawn(job_id, tasks, REFRESH)
         if discovery is not None:
             # The first cycle waits for discovery: readiness means every job was seen once.
             hold = None if first_cycle else self._hold(started)
@@ -606,7 +703,7 @@ class TargetCollector:
             if discovery.done():
                 self._discovery = None
                 for job_id in self._pending():
-                    await self._spawn(job_id, tasks)
+                    await self._spawn(job_id, tasks, FIRST)
         if tasks:
             await asyncio.wait(tasks, timeout=None if first_cycle else self._hold(started))
         # A call still running, started by this cycle or an earlier one, is a job this

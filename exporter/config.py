@@ -77,6 +77,13 @@ class Events:
     # No message for this long while jobs are active: events are taken as lost.
     silence_timeout: float = 900.0
     dedup_capacity: int = 100_000
+    # Job ids only events have named (not yet seen by discovery) awaiting their first
+    # describe; more are dropped and counted: anyone who can write to the queue can name
+    # any number of them.
+    max_unknown_jobs: int = 100
+    # The largest ReceiveMessage answer read; a larger one is refused and the next receive
+    # asks for one message (AWS's own bound is 10 messages of 256 KiB).
+    max_receive_bytes: int = 4 * 1024 * 1024
 
     @property
     def sqs_endpoint(self) -> str | None:
@@ -234,6 +241,8 @@ def _read_events(r: Reader, value: Any, path: str) -> Events:
             "min_describe_interval",
             "silence_timeout",
             "dedup_capacity",
+            "max_unknown_jobs",
+            "max_receive_bytes",
         ),
     )
     if "sqs_queue_url" not in data:
@@ -246,6 +255,8 @@ def _read_events(r: Reader, value: Any, path: str) -> Events:
         "min_describe_interval": r.duration,
         "silence_timeout": r.duration,
         "dedup_capacity": lambda v, p: r.integer(v, p, 1000, 10_000_000),
+        "max_unknown_jobs": lambda v, p: r.integer(v, p, 0, 100_000),
+        "max_receive_bytes": lambda v, p: r.integer(v, p, 64 * 1024, 64 * 1024 * 1024),
     }
     read = {key: r.opt(data, key, path, reader) for key, reader in readers.items()}
     return Events(

@@ -58,7 +58,7 @@ REASON_MAX_LENGTH = 64
 # Bodies larger than this are not events (AWS's are well under 8 KiB; SQS allows 256 KiB).
 MAX_BODY_BYTES = 64 * 1024
 
-_JOB_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_JOB_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
@@ -115,8 +115,22 @@ def parse_event(body: str | bytes, reason_key: str | None = None) -> JobEvent:
     """An SQS message body (the IoT rule's `SELECT *` payload) → JobEvent; MalformedEvent else.
 
     Tolerant of new fields and new event names (counted as `unknown`), strict about what
-    the exporter acts on: the event id, the job id and the kind.
+    the exporter acts on: the event id, the job id and the kind. Whatever the body holds
+    (numbers of any size, any type where another belongs), the only exception raised is
+    MalformedEvent: one message must never stop the consumer.
     """
+    try:
+        return _parse_event(body, reason_key)
+    except MalformedEvent:
+        raise
+    except Exception as exc:
+        # A value no check above foresaw: not an event, whatever it was meant to be.
+        raise MalformedEvent(f"unreadable body ({type(exc).__name__})") from None
+
+
+def _parse_event(body: str | bytes, reason_key: str | None) -> JobEvent:
+    if not isinstance(body, str | bytes):
+        raise MalformedEvent("body is not text")
     if len(body) > MAX_BODY_BYTES:
         raise MalformedEvent(f"body of {len(body)} bytes is larger than {MAX_BODY_BYTES}")
     try:
@@ -133,7 +147,7 @@ def parse_event(body: str | bytes, reason_key: str | None = None) -> JobEvent:
     else:
         raise MalformedEvent("eventType: expected JOB or JOB_EXECUTION")
     job_id = data.get("jobId")
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise MalformedEvent("jobId: expected a job id")
     event_id = data.get("eventId")
     if not isinstance(event_id, str) or not 0 < len(event_id) <= 128:
@@ -144,10 +158,11 @@ def parse_event(body: str | bytes, reason_key: str | None = None) -> JobEvent:
     status = status if isinstance(status, str) and len(status) <= 64 else None
     stamp = data.get("timestamp")
     timestamp: float | None = None
-    if isinstance(stamp, int | float) and not isinstance(stamp, bool):
-        value = float(stamp)
-        if math.isfinite(value) and 0 < value < 1e11:
-            timestamp = value
+    if isinstance(stamp, float) and math.isfinite(stamp) and 0 < stamp < 1e11:
+        timestamp = stamp
+    elif isinstance(stamp, int) and not isinstance(stamp, bool) and 0 < stamp < 10**11:
+        # Compared as an integer first: float() of a 400-digit integer overflows.
+        timestamp = float(stamp)
     reason: str | None = None
     if kind == "execution" and reason_key:
         details = data.get("statusDetails")
@@ -218,6 +233,40 @@ class ReasonCounts:
             yield status, reason, value
 
 
+class LogThrottle:
+    """One warning in full, then at most one summary per `every` seconds with a count.
+
+    A queue full of junk, or a flood of job ids, must not flood the logs: a log line per
+    message was 80,000 lines in 15 s.
+    """
+
+    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self.clock = clock
+        self._last: float | None = None
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        """True when this occurrence is logged (then `suppressed` says how many were not)."""
+        now = self.clock()
+        if self._last is None or now - self._last >= self.every:
+            self._last = now
+            return True
+        self.suppressed += 1
+        return False
+
+    def take(self) -> int:
+        """The count suppressed since the last line logged, reset to 0."""
+        count, self.suppressed = self.suppressed, 0
+        return count
+
+    def due(self) -> bool:
+        """Occurrences were suppressed and a summary is due: flush() them."""
+        return bool(self.suppressed) and (
+            self._last is None or self.clock() - self._last >= self.every
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """An SQS message as the consumer needs it."""
@@ -230,8 +279,14 @@ class Message:
 class Queue(Protocol):
     """The SQS queue of one target (aws.py's EventQueue); failures raise QueueError."""
 
+    # How long a receive with `wait` may hold the request when the queue is empty.
+    wait_seconds: float
+
     async def receive(self, wait: bool = True) -> list[Message]: ...
-    async def delete(self, receipt_handles: list[str]) -> None: ...
+
+    async def delete(self, receipt_handles: list[str]) -> list[str]:
+        """Deletes the messages; returns what SQS says of each it could not delete."""
+        ...
 
 
 class EventSink(Protocol):
@@ -256,7 +311,8 @@ class EventConsumer:
 
     Messages are deleted only after they are applied, so an exporter that stops
     half-way leaves the rest in the queue for its next start. Malformed messages are
-    deleted too: they would come back forever otherwise.
+    deleted too: they would come back forever otherwise. The queue is input from outside:
+    no message, answer or failure raises out of run(), which only cancellation ends.
     """
 
     # A long poll lasts 20 s; a receive that has not succeeded for this long means the
@@ -264,6 +320,8 @@ class EventConsumer:
     HEALTHY_WITHIN = 60.0
     RECEIVERS = 4
     BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+    # Warnings of one kind per target: the first in full, then a summary this often.
+    LOG_EVERY = 60.0
 
     def __init__(
         self,
@@ -287,6 +345,13 @@ class EventConsumer:
         self._last_message: float | None = None
         self._started = clock()
         self._errors = 0
+        # Empty answers in a row that came back faster than the long poll asked for.
+        self._early_empty = 0
+        # The last failure, for the status page: (when, outcome, detail).
+        self.last_error: tuple[float, str, str] | None = None
+        self._malformed_log = LogThrottle(self.LOG_EVERY)
+        self._failed_log = LogThrottle(self.LOG_EVERY)
+        self._undeleted_log = LogThrottle(self.LOG_EVERY)
         # Set once the queue has answered (or failed) the first time: until then, whether
         # events flow is not known, and the scheduler waits a moment rather than guess.
         self.answered = asyncio.Event()
@@ -327,60 +392,137 @@ class EventConsumer:
         wait = index > 0
         while True:
             try:
-                messages = await self.queue.receive(wait)
+                await self._receive_once(wait, deletes, pending)
+                wait = True
             except QueueError as exc:
                 self.answered.set()
                 await self._failed(exc.outcome, exc.detail)
-                continue
-            self.answered.set()
-            wait = True
-            self._errors = 0
-            self._last_receive = self.clock()
-            if not messages:
-                continue
-            self._last_message = self._last_receive
-            done = [m.receipt_handle for m in messages if self.apply(m)]
-            if done:
-                await deletes.acquire()
-                task = asyncio.create_task(self._delete(done, deletes))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
+            except Exception as exc:
+                # A bug, or an answer nothing foresaw: it costs this receive, never the
+                # consumer, and never the target's polling.
+                self.answered.set()
+                log.exception("event consumer crashed target=%s", self.target)
+                await self._failed("error", type(exc).__name__)
+            self._flush_logs()
+
+    async def _receive_once(
+        self, wait: bool, deletes: asyncio.Semaphore, pending: set[asyncio.Task[None]]
+    ) -> None:
+        started = time.monotonic()
+        messages = await self.queue.receive(wait)
+        self.answered.set()
+        self._errors = 0
+        self._last_receive = self.clock()
+        if not messages:
+            if wait and time.monotonic() - started < self.queue.wait_seconds / 2:
+                # An endpoint that answers empty at once, whatever the wait asked, would
+                # make this loop spin: wait as the long poll should have.
+                self._early_empty += 1
+                await asyncio.sleep(self.BACKOFF[min(self._early_empty, len(self.BACKOFF)) - 1])
+            else:
+                self._early_empty = 0
+            return
+        self._early_empty = 0
+        self._last_message = self._last_receive
+        done = [m.receipt_handle for m in messages if self.apply(m)]
+        if done:
+            await deletes.acquire()
+            task = asyncio.create_task(self._delete(done, deletes))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
 
     async def _delete(self, handles: list[str], deletes: asyncio.Semaphore) -> None:
         try:
-            await self.queue.delete(handles)
+            failed = await self.queue.delete(handles)
+            if failed:
+                # SQS answered, but did not delete these: they come back after the
+                # visibility timeout, and the de-duplication drops them then.
+                for _ in failed:
+                    self.telemetry.event_consumer_error(self.target)
+                self.last_error = (self.clock(), "error", f"DeleteMessageBatch: {failed[0]}")
+                if self._undeleted_log.allow():
+                    log.warning(
+                        "event messages not deleted target=%s count=%d error=%r suppressed=%d",
+                        self.target,
+                        len(failed),
+                        failed[0],
+                        self._undeleted_log.take(),
+                    )
         except QueueError as exc:
             # Undeleted messages come back after the visibility timeout; the de-duplication
             # drops them then.
             await self._failed(exc.outcome, exc.detail)
+        except Exception as exc:
+            log.exception("event delete crashed target=%s", self.target)
+            await self._failed("error", type(exc).__name__)
         finally:
             deletes.release()
 
     async def _failed(self, outcome: str, detail: str) -> None:
         self._errors += 1
+        self.last_error = (self.clock(), outcome, detail)
         self.telemetry.event_consumer_error(self.target)
         delay = self.BACKOFF[min(self._errors, len(self.BACKOFF)) - 1]
-        log.warning(
-            "event queue failed target=%s outcome=%s error=%r retry_in_seconds=%g",
-            self.target,
-            outcome,
-            detail,
-            delay,
-        )
+        if self._failed_log.allow():
+            log.warning(
+                "event queue failed target=%s outcome=%s error=%r retry_in_seconds=%g "
+                "suppressed=%d",
+                self.target,
+                outcome,
+                detail,
+                delay,
+                self._failed_log.take(),
+            )
         await asyncio.sleep(delay)
+
+    def _flush_logs(self) -> None:
+        """The summaries of warnings held back, once their period is over."""
+        if self._malformed_log.due():
+            self._malformed_log.allow()
+            log.warning(
+                "malformed events target=%s suppressed=%d",
+                self.target,
+                self._malformed_log.take(),
+            )
+        if self._failed_log.due():
+            self._failed_log.allow()
+            log.warning(
+                "event queue failed target=%s suppressed=%d",
+                self.target,
+                self._failed_log.take(),
+            )
 
     def apply(self, message: Message) -> bool:
         """Applies one message; True when it can be deleted (applied, duplicate or malformed)."""
         try:
+            return self._apply(message)
+        except Exception as exc:
+            # Parsing raises only MalformedEvent; this is a bug in applying one. Deleted
+            # like a malformed message, or it would come back to fail again.
+            self.telemetry.event_received(self.target, "malformed")
+            if self._malformed_log.allow():
+                log.error(
+                    "event could not be applied target=%s message_id=%r error=%s suppressed=%d",
+                    self.target,
+                    message.message_id[:128],
+                    type(exc).__name__,
+                    self._malformed_log.take(),
+                )
+            return True
+
+    def _apply(self, message: Message) -> bool:
+        try:
             event = parse_event(message.body, self.settings.reason_key)
         except MalformedEvent as exc:
             self.telemetry.event_received(self.target, "malformed")
-            log.warning(
-                "malformed event target=%s message_id=%s error=%r",
-                self.target,
-                message.message_id[:128],
-                str(exc),
-            )
+            if self._malformed_log.allow():
+                log.warning(
+                    "malformed event target=%s message_id=%r error=%r suppressed=%d",
+                    self.target,
+                    message.message_id[:128],
+                    str(exc),
+                    self._malformed_log.take(),
+                )
             return True
         self.telemetry.event_received(self.target, event.label)
         if self._recent.seen(event.event_id):

@@ -24,7 +24,7 @@ from prometheus_client.metrics_core import Metric
 from exporter import __version__
 from exporter.events import EVENT_NAMES
 from exporter.model import EXECUTION_STATES, JOB_STATUSES, JobSnapshot, target_type
-from exporter.telemetry import OUTCOMES, TRACKED_STATES, EventSamples
+from exporter.telemetry import DROP_REASONS, OUTCOMES, TRACKED_STATES, EventSamples
 
 # `_created` series double the self-metrics for no use: Prometheus ignores them in the
 # text format. The setting is process-wide, which is what the exporter wants.
@@ -806,6 +806,21 @@ class SelfMetrics:
             ("target",),
             registry=r,
         )
+        self.events_unknown_jobs = Gauge(
+            f"{ns}_events_unknown_jobs",
+            "Job ids only events have named (not yet seen by discovery) awaiting the "
+            "describe that says whether they exist; at most events.max_unknown_jobs.",
+            ("target",),
+            registry=r,
+        )
+        self.jobs_dropped_total = Counter(
+            f"{ns}_jobs_dropped",
+            "Job ids the exporter stopped following or never followed, by reason: "
+            "unknown_limit (an event named one while events.max_unknown_jobs waited), "
+            "invalid (AWS refused the id as invalid).",
+            ("target", "reason"),
+            registry=r,
+        )
         self._event_targets: set[str] = set()
         self.config_reload_ok = Gauge(
             f"{ns}_config_last_reload_successful",
@@ -870,6 +885,12 @@ class SelfMetrics:
     def event_describe(self, target: str) -> None:
         self.events_describes.labels(target).inc()
 
+    def unknown_jobs(self, target: str, count: int) -> None:
+        self.events_unknown_jobs.labels(target).set(count)
+
+    def jobs_dropped(self, target: str, reason: str) -> None:
+        self.jobs_dropped_total.labels(target, reason).inc()
+
     def watch_events_driven(self, target: str, read: Callable[[], bool]) -> None:
         # Read at scrape time: the consumer's health changes between cycles.
         self.events_driven.labels(target).set_function(lambda: 1.0 if read() else 0.0)
@@ -908,6 +929,7 @@ class SelfMetrics:
             self.events_lag,
             self.events_consumer_errors,
             self.events_driven,
+            self.events_unknown_jobs,
         )
 
     def drop_events(self, target: str) -> None:
@@ -937,6 +959,8 @@ class SelfMetrics:
             self.api_duration.labels(target, operation)
         for state in TRACKED_STATES:
             self.jobs_tracked.labels(target, state)
+        for reason in DROP_REASONS:
+            self.jobs_dropped_total.labels(target, reason)
         for gauge in self._target_gauges():
             gauge.labels(target)
         if not discovery:
@@ -960,6 +984,8 @@ class SelfMetrics:
             self.api_duration.remove(target, operation)
         for state in TRACKED_STATES:
             self.jobs_tracked.remove(target, state)
+        for reason in DROP_REASONS:
+            self.jobs_dropped_total.remove(target, reason)
         for gauge in self._target_gauges():
             gauge.remove(target)
         self.drop_events(target)

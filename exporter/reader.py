@@ -261,7 +261,7 @@ class Reader:
         if not isinstance(value, str) or value == "":
             what = "a value" if secret else kind(value)
             raise self.fail(path, f"expected a non-empty string, got {what}")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             quoted = "a value" if secret else shown(value)
             if expect:
                 raise self.fail(path, f"{'' if secret else quoted + ' '}is not {expect}")

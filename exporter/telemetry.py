@@ -21,6 +21,7 @@ OUTCOMES = (
     "denied",
     "unavailable",
     "malformed",
+    "invalid",
     "network",
     "error",
 )
@@ -28,6 +29,9 @@ OUTCOMES = (
 # terminal (frozen: never described again), or not described yet.
 ACTIVE, FROZEN, PENDING = "active", "frozen", "pending"
 TRACKED_STATES = (ACTIVE, FROZEN, PENDING)
+# Why a job id is not followed (jobs_dropped_total's reason): an event named it while
+# events.max_unknown_jobs ids waited already, or AWS refused it as invalid.
+DROP_REASONS = ("unknown_limit", "invalid")
 
 # (labels, value) of every aws_iot_job_execution_events_total sample.
 EventSamples = Callable[[], Iterable[tuple[dict[str, str], float]]]
@@ -62,6 +66,8 @@ class SchedulerTelemetry(Protocol):
     def cycle_stretched(self, target: str, stretched: bool) -> None: ...
     def tracked_jobs(self, target: str, states: Mapping[str, int], missing: int) -> None: ...
     def event_describe(self, target: str) -> None: ...
+    def unknown_jobs(self, target: str, count: int) -> None: ...
+    def jobs_dropped(self, target: str, reason: str) -> None: ...
     def watch_events_driven(self, target: str, read: Callable[[], bool]) -> None: ...
     def watch_execution_events(self, read: EventSamples) -> None: ...
 
