@@ -439,10 +439,16 @@ def check_config(argv: list[str]) -> int:
         help="per target: resolve credentials (and the role), GetCallerIdentity, ListJobs "
         "(one job) and DescribeJob (one job); exit 1 if any target fails",
     )
+    # The run command's flags that change what the file means, checked the same way.
+    _add_metrics_flags(parser)
     args = parser.parse_args(argv)
     config = _load(args.config_file)
     if isinstance(config, int):
         return config
+    metrics = _metrics_flags(args)
+    if isinstance(metrics, int):
+        return metrics
+    config = _with_metrics(config, metrics)
     try:
         check_packages(config.otel)
     except OtelUnavailable as exc:
