@@ -185,6 +185,9 @@ class TargetCollector:
         # Calls outlive the cycle that started them when they are slow: a slow call must
         # not hold the target's other jobs. Their results count in the cycle they end in.
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        # Of those, the describes of ids only events named: not jobs of the target yet, so a
+        # slow one is no job the cycle failed to refresh.
+        self._in_flight_unknown: set[str] = set()
         self._discovery: asyncio.Task[None] | None = None
         self._cycle = _Cycle()
         self._tracked_at = 0.0
@@ -534,8 +537,14 @@ class TargetCollector:
         finally:
             WORK.reset(token)
         self._in_flight[job_id] = task
-        task.add_done_callback(lambda _: self._in_flight.pop(job_id, None))
+        if kind == UNKNOWN:
+            self._in_flight_unknown.add(job_id)
+        task.add_done_callback(lambda _: self._in_flight_done(job_id))
         tasks.append(task)
+
+    def _in_flight_done(self, job_id: str) -> None:
+        self._in_flight.pop(job_id, None)
+        self._in_flight_unknown.discard(job_id)
 
     async def _describe(self, job_id: str) -> None:
         try:
@@ -708,7 +717,7 @@ class TargetCollector:
             await asyncio.wait(tasks, timeout=None if first_cycle else self._hold(started))
         # A call still running, started by this cycle or an earlier one, is a job this
         # cycle could not refresh: not a success, or the gauge would flap while it is slow.
-        carried = len(self._in_flight)
+        carried = len(self._in_flight) - len(self._in_flight_unknown)
         if carried:
             cycle.failures += carried
             log.debug("calls carried over target=%s calls=%d", self.target.name, carried)

@@ -67,7 +67,7 @@ async def test_throttling_is_retried_and_counted(endpoint: IotEndpoint) -> None:
         (503, "ServiceUnavailableException", "unavailable"),
         (500, "InternalFailureException", "unavailable"),
         (403, "AccessDeniedException", "denied"),
-        (400, "InvalidRequestException", "error"),
+        (400, "InvalidRequestException", "invalid"),
         (429, "ThrottlingException", "throttled"),
     ],
 )
