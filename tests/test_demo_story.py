@@ -32,6 +32,7 @@ import dataclasses
 import itertools
 import json
 import math
+import re
 import subprocess
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -327,3 +328,82 @@ def test_repeat_errors_name_the_field(tmp_path: Path, yaml_text: str, message: s
     with pytest.raises(ScenarioError) as e:
         load_scenario(scenario)
     assert str(e.value) == f"{scenario}: {message}"
+
+
+# --- the README tells the whole story ---------------------------------------------------
+
+
+def readme_story() -> list[tuple[float, str, str]]:
+    """(minute, alert, job id) of each row of the README's demo story that names an alert."""
+    text = (ROOT / "README.md").read_text()
+    header = text.index("| Minute | Job | What happens | Alert (shipped rules) |")
+    table = text[header:].split("\n\n", 1)[0].splitlines()[2:]
+    rows = []
+    for line in table:
+        minute, job, _, alert = (cell.strip() for cell in line.strip().strip("|").split("|"))
+        when = re.fullmatch(r"(?:about )?(\d+(?:\.\d+)?)", minute)
+        name = re.match(r"`(AwsIot\w+)`", alert)
+        if when and name:
+            job_id = re.fullmatch(r"`([\w-]+)`", job)
+            assert job_id, f"README demo story: {line!r} names no single job"
+            rows.append((float(when.group(1)), name.group(1), job_id.group(1)))
+    return rows
+
+
+def fired(alert: str, job_id: str, seconds: int) -> str:
+    """1 when the alert has been firing for the job at any time in the last `seconds`."""
+    return (
+        f'max(max_over_time(ALERTS{{alertname="{alert}", alertstate="firing", '
+        f'job_id="{job_id}"}}[{seconds}s]))'
+    )
+
+
+async def test_the_readme_story_is_every_alert_the_demo_fires(
+    frozen_demo: Simulator, tmp_path: Path
+) -> None:
+    """Exactly the alerts of the README's story fire in the recorded minutes, each about
+    when the README says: fired by a minute after it, not yet 1.5 minutes before it (the
+    README's minutes are `make demo`'s, which starts Prometheus after the fleet)."""
+    story = readme_story()
+    expected = {(alert, job_id) for minute, alert, job_id in story if minute <= MINUTES}
+    assert {(alert, job_id) for alert, job_id, _ in STORY} <= expected
+    checks: list[dict[str, object]] = [
+        {
+            "expr": "max by (alertname, job_id) "
+            f'(max_over_time(ALERTS{{alertstate="firing"}}[{MINUTES}m]))',
+            "eval_time": f"{MINUTES}m",
+            "exp_samples": [
+                {"labels": f'{{alertname="{alert}", job_id="{job_id}"}}', "value": 1}
+                for alert, job_id in sorted(expected)
+            ],
+        }
+    ]
+    for minute, alert, job_id in story:
+        if minute > MINUTES:
+            continue
+        by = int((minute + 1) * 60)
+        checks.append(
+            {
+                "expr": fired(alert, job_id, by),
+                "eval_time": f"{by}s",
+                "exp_samples": [{"labels": "{}", "value": 1}],
+            }
+        )
+        before = int((minute - 1.5) * 60)
+        if before > 0:
+            checks.append(
+                {"expr": fired(alert, job_id, before), "eval_time": f"{before}s", "exp_samples": []}
+            )
+    tests = promtool_tests(await record(frozen_demo))
+    tests["tests"][0]["promql_expr_test"] = checks  # type: ignore[index]
+    test_file = tmp_path / "readme_story.test.yaml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False, width=1000))
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [promtool(), "test", "rules", str(test_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
