@@ -27,7 +27,14 @@ from exporter.budget import EVENT, FIRST, REFRESH, UNKNOWN, WORK, Budgets
 from exporter.config import CollectorSettings, Config, Target
 from exporter.events import EventConsumer, LogThrottle, Queue, ReasonCounts
 from exporter.model import TERMINAL_STATUSES, JobSnapshot
-from exporter.status import LastError, StaleJob, Status, TargetStatus
+from exporter.status import (
+    EventsStatus,
+    FailingJob,
+    LastError,
+    StaleJob,
+    Status,
+    TargetStatus,
+)
 from exporter.telemetry import ACTIVE, FROZEN, PENDING, TRACKED_STATES, Telemetry
 from exporter.tracing import NOOP_TRACING, Tracing
 
@@ -205,7 +212,13 @@ class TargetCollector:
         self._last_collection: float | None = None
         self.last_error: LastError | None = None
         # (time, attempts, throttled, failed) of this target's API counters, one per cycle.
-        self._calls: deque[tuple[float, int, int, int]] = deque()
+        # Each job's last describe failure, until a describe succeeds: the status page lists
+        # failing jobs apart from jobs merely due. Bounded by the tracked jobs.
+        self._job_errors: dict[str, LastError] = {}
+        self._event_describes = 0
+        # (time, attempts, throttled, failed, events received, event describes) of this
+        # target, one sample per cycle: the status page's window.
+        self._calls: deque[tuple[float, int, int, int, int, int]] = deque()
         self._sample_calls()
 
     def inherit(self, previous: TargetCollector) -> None:
@@ -227,6 +240,7 @@ class TargetCollector:
         self._last_discovery = previous._last_discovery
         self._last_collection = previous._last_collection
         self.last_error = previous.last_error
+        self._job_errors = {j: e for j, e in previous._job_errors.items() if j in self._jobs}
         self._calls = previous._calls
 
     @property
@@ -343,6 +357,7 @@ class TargetCollector:
             if tracked is None and job_id not in self._unknown:
                 continue
             self._event_described[job_id] = time.monotonic()
+            self._event_describes += 1
             self.telemetry.event_describe(self.target.name)
             if tracked is None:
                 kind = UNKNOWN
@@ -578,6 +593,7 @@ class TargetCollector:
             return
         self.store.put_job(self.target, job_id, snapshot)
         tracked.snapshot = snapshot
+        self._job_errors.pop(job_id, None)
 
     def _forget_unknown(self, job_id: str) -> bool:
         """Whether the job was one only events named; it no longer waits either way."""
@@ -622,6 +638,8 @@ class TargetCollector:
             return
         cycle.failures += 1
         self.record_error(exc.outcome, exc.operation, exc.detail, job_id)
+        if self.last_error is not None and job_id in self._jobs:
+            self._job_errors[job_id] = self.last_error
         # The last good snapshot stays exported; its last_success timestamp shows the age.
         log.warning(
             "describe failed target=%s job_id=%s outcome=%s error=%r",
@@ -637,6 +655,7 @@ class TargetCollector:
 
     def _drop(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
+        self._job_errors.pop(job_id, None)
         self._dirty.pop(job_id, None)
         self.reasons.forget(job_id)
         self.store.remove((self.target.name, job_id))
@@ -818,9 +837,13 @@ class TargetCollector:
         """This target's attempts so far: all, throttled, and failed (anything but ok)."""
         return self.telemetry.api_totals(self.target.name)
 
+    def _event_totals(self) -> tuple[int, int]:
+        consumer = self.consumer
+        return (consumer.received if consumer is not None else 0), self._event_describes
+
     def _sample_calls(self) -> None:
         now = self.clock()
-        self._calls.append((now, *self._api_totals()))
+        self._calls.append((now, *self._api_totals(), *self._event_totals()))
         # Keep one sample older than the window, the baseline of its difference.
         while len(self._calls) > 2 and self._calls[1][0] <= now - STATUS_WINDOW:
             self._calls.popleft()
@@ -829,17 +852,27 @@ class TargetCollector:
         """The target as the status page shows it, computed now from what the poller knows."""
         now = self.clock()
         total, throttled, failed = self._api_totals()
+        received, describes = self._event_totals()
         # The newest sample at least a window old, else the oldest: the window shown is
         # the time since that sample, a little over STATUS_WINDOW once the target ran.
         old = [c for c in self._calls if c[0] <= now - STATUS_WINDOW]
         base = old[-1] if old else (self._calls[0] if self._calls else None)
-        if base is None or base[1] > total:
+        if base is None or base[1] > total or base[4] > received:
             # No sample in the window yet, or counters that started again (a removed and
-            # re-added target): count from now rather than show a negative number.
-            base = (now, total, throttled, failed)
+            # re-added target, a new consumer): count from now, never a negative number.
+            base = (now, total, throttled, failed, received, describes)
         states = dict.fromkeys(TRACKED_STATES, 0)
         statuses: dict[str, int] = {}
-        stale_after = STALE_INTERVALS * self.settings.interval
+        # Stale means older than the target means to keep its jobs: its interval when
+        # polling, its reconcile interval (plus the interval it is checked at) when events
+        # drive it; twice that, as one late round is normal.
+        events = self.target.events
+        driven = events is not None and self.event_driven()
+        basis = "reconcile_interval" if driven else "interval"
+        goal = self.settings.interval
+        if driven and events is not None:
+            goal = max(goal, events.reconcile_interval + self.settings.interval)
+        stale_after = STALE_INTERVALS * goal
         stale: list[StaleJob] = []
         for job_id, tracked in self._jobs.items():
             states[tracked.state] += 1
@@ -849,9 +882,16 @@ class TargetCollector:
             status = snap.status or "UNKNOWN"
             statuses[status] = statuses.get(status, 0) + 1
             age = now - snap.fetched_at
-            if not snap.frozen and age > stale_after:
+            if not snap.frozen and age > stale_after and job_id not in self._job_errors:
                 stale.append(StaleJob(job_id, age))
         stale.sort(key=lambda j: (-j.age_seconds, j.job_id))
+        failing = []
+        for job_id, error in self._job_errors.items():
+            snap = self._jobs[job_id].snapshot if job_id in self._jobs else None
+            failing.append(
+                FailingJob(job_id, None if snap is None else now - snap.fetched_at, error)
+            )
+        failing.sort(key=lambda j: (-j.error.at, j.job_id))
         return TargetStatus(
             name=self.target.name,
             region=self.target.region,
@@ -870,6 +910,43 @@ class TargetCollector:
             stale_after_seconds=stale_after,
             stale_total=len(stale),
             stale_jobs=tuple(stale[:STATUS_STALE_LISTED]),
+            stale_basis=basis,
+            failing_total=len(failing),
+            failing_jobs=tuple(failing[:STATUS_STALE_LISTED]),
+            events=self._events_status(driven, now, base[4:]),
+        )
+
+    def _events_status(
+        self, driven: bool, now: float, base: tuple[int, ...]
+    ) -> EventsStatus | None:
+        events = self.target.events
+        if events is None:
+            return None
+        consumer = self.consumer
+        received, describes = self._event_totals()
+        if consumer is None:
+            reason = "the event queue is not connected (no AWS client yet)"
+        elif driven:
+            reason = "events flow"
+        else:
+            reason = consumer.polling_reason() or (
+                f"no message for {events.silence_timeout:g} s (silence_timeout) while jobs "
+                "are active: events are taken as lost"
+            )
+        error = None
+        if consumer is not None and consumer.last_error is not None:
+            at, outcome, detail = consumer.last_error
+            error = LastError(at, outcome, "SQS", sanitise(detail))
+        return EventsStatus(
+            queue_url=events.sqs_queue_url,
+            driven=driven,
+            reason=reason,
+            last_error=error,
+            last_message=consumer.last_message if consumer is not None else None,
+            lag_seconds=consumer.lag if consumer is not None else None,
+            received=received - base[0],
+            describes=describes - base[1],
+            unknown_waiting=len(self._unknown),
         )
 
     def _update_tracked(self) -> None:

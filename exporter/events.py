@@ -347,8 +347,11 @@ class EventConsumer:
         self._errors = 0
         # Empty answers in a row that came back faster than the long poll asked for.
         self._early_empty = 0
-        # The last failure, for the status page: (when, outcome, detail).
+        # For the status page: the last failure (when, outcome, detail), messages read, and
+        # the lag of the last event that had a timestamp.
         self.last_error: tuple[float, str, str] | None = None
+        self.received = 0
+        self.lag: float | None = None
         self._malformed_log = LogThrottle(self.LOG_EVERY)
         self._failed_log = LogThrottle(self.LOG_EVERY)
         self._undeleted_log = LogThrottle(self.LOG_EVERY)
@@ -360,6 +363,22 @@ class EventConsumer:
         """The queue answered lately and without errors since."""
         last = self._last_receive
         return self._errors == 0 and last is not None and self.clock() - last < self.HEALTHY_WITHIN
+
+    @property
+    def last_message(self) -> float | None:
+        return self._last_message
+
+    def polling_reason(self) -> str | None:
+        """Why events cannot drive the target now (None: they can, if not silent)."""
+        if not self.answered.is_set():
+            return "waiting for the queue's first answer"
+        if self._errors:
+            outcome, detail = self.last_error[1:] if self.last_error else ("error", "")
+            return f"the queue is failing ({outcome}: {detail})"
+        last = self._last_receive
+        if last is None or self.clock() - last >= self.HEALTHY_WITHIN:
+            return f"no answer from the queue for {self.HEALTHY_WITHIN:g} s"
+        return None
 
     def silent(self) -> bool:
         """No message for silence_timeout: while jobs are active, events are probably lost."""
@@ -515,6 +534,7 @@ class EventConsumer:
             event = parse_event(message.body, self.settings.reason_key)
         except MalformedEvent as exc:
             self.telemetry.event_received(self.target, "malformed")
+            self.received += 1
             if self._malformed_log.allow():
                 log.warning(
                     "malformed event target=%s message_id=%r error=%r suppressed=%d",
@@ -525,11 +545,13 @@ class EventConsumer:
                 )
             return True
         self.telemetry.event_received(self.target, event.label)
+        self.received += 1
         if self._recent.seen(event.event_id):
             self.telemetry.event_duplicate(self.target)
             return True
         if event.timestamp is not None:
-            self.telemetry.event_lag(self.target, max(0.0, self.clock() - event.timestamp))
+            self.lag = max(0.0, self.clock() - event.timestamp)
+            self.telemetry.event_lag(self.target, self.lag)
         if not self.sink.owns(event.job_id):
             return True
         if event.deletes_job:

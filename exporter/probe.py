@@ -45,6 +45,8 @@ class ProbeResult:
     # unless it assumes a role).
     listed: int | None = None
     described: str | None = None
+    # The event queue's URL when the target has `events:` and GetQueueAttributes answered.
+    queue: str | None = None
     note: str = ""
 
     @property
@@ -65,8 +67,14 @@ class ProbeResult:
         if self.listed is not None:
             found.append(f"ListJobs {'1 job' if self.listed else 'no job'}")
         found.append(f"DescribeJob {self.described}" if self.described else "no job to describe")
+        if self.queue is not None:
+            found.append(f"queue {self.queue}")
         note = f"; {self.note}" if self.note else ""
         return escape_controls(f"{head} OK ({', '.join(found)}{note})")
+
+
+# SQS's codes for a queue that does not exist (JSON and query protocols).
+_NO_QUEUE = ("QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue")
 
 
 class _Failed(Exception):
@@ -100,6 +108,8 @@ async def _failure(exc: BaseException, step: str, target: Target, session: AioSe
         return _Failed("unreachable", step, detail)
     if outcome == "ok":
         outcome = "error"
+    if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in _NO_QUEUE:
+        outcome = "not_found"
     return _Failed(outcome, step, detail)
 
 
@@ -118,6 +128,7 @@ async def probe_target(target: Target, settings: CollectorSettings) -> ProbeResu
     note = ""
     listed: int | None = None
     described: str | None = None
+    queue: str | None = None
     step = "credentials"
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -186,6 +197,30 @@ async def probe_target(target: Target, settings: CollectorSettings) -> ProbeResu
                 step = "DescribeJob"
                 await iot.describe_job(jobId=job_id)
                 described = job_id
+            events = target.events
+            if events is not None:
+                # A call that consumes nothing: receiving would hide a message from the
+                # running exporter for the visibility timeout.
+                step = "GetQueueAttributes"
+                sqs = await stack.enter_async_context(
+                    session.create_client(
+                        "sqs",
+                        region_name=target.region,
+                        endpoint_url=events.sqs_endpoint,
+                        config=boto_config,
+                        **keys,
+                    )
+                )
+                try:
+                    await sqs.get_queue_attributes(
+                        QueueUrl=events.sqs_queue_url, AttributeNames=["QueueArn"]
+                    )
+                except Exception as exc:
+                    failed = await _failure(exc, step, target, session)
+                    raise _Failed(
+                        failed.failure, step, f"queue {events.sqs_queue_url}: {failed.detail}"
+                    ) from None
+                queue = events.sqs_queue_url
     except Exception as exc:
         why = exc if isinstance(exc, _Failed) else await _failure(exc, step, target, session)
         return ProbeResult(
@@ -198,6 +233,7 @@ async def probe_target(target: Target, settings: CollectorSettings) -> ProbeResu
         identity,
         listed=listed,
         described=described,
+        queue=queue,
         note=note,
     )
 

@@ -34,6 +34,34 @@ class StaleJob:
 
 
 @dataclass(frozen=True, slots=True)
+class FailingJob:
+    """A job whose last describe failed, with that failure: apart from jobs merely due."""
+
+    job_id: str
+    # Age of the data still exported; None when the job was never described.
+    age_seconds: float | None
+    error: LastError
+
+
+@dataclass(frozen=True, slots=True)
+class EventsStatus:
+    """A target's event path: whether events drive it, and what the queue did lately."""
+
+    queue_url: str
+    driven: bool
+    # Why the target polls (or "events flow" when it does not).
+    reason: str
+    last_error: LastError | None
+    last_message: float | None
+    # From AWS publishing the last event (that had a timestamp) to reading it.
+    lag_seconds: float | None
+    # Over the status window (api_window_seconds).
+    received: int
+    describes: int
+    unknown_waiting: int
+
+
+@dataclass(frozen=True, slots=True)
 class TargetStatus:
     """What the status page shows of one target, read at one instant."""
 
@@ -54,6 +82,11 @@ class TargetStatus:
     stale_after_seconds: float
     stale_total: int
     stale_jobs: tuple[StaleJob, ...]
+    # What the staleness threshold follows: "interval" (polling) or "reconcile_interval".
+    stale_basis: str = "interval"
+    failing_total: int = 0
+    failing_jobs: tuple[FailingJob, ...] = ()
+    events: EventsStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +115,22 @@ def _error(error: LastError | None) -> dict[str, Any] | None:
     }
 
 
+def _events(e: EventsStatus | None) -> dict[str, Any] | None:
+    if e is None:
+        return None
+    return {
+        "mode": "event-driven" if e.driven else "polling",
+        "reason": e.reason,
+        "queue_url": e.queue_url,
+        "last_error": _error(e.last_error),
+        "last_message": e.last_message,
+        "lag_seconds": None if e.lag_seconds is None else round(e.lag_seconds, 3),
+        "received": e.received,
+        "describes": e.describes,
+        "unknown_waiting": e.unknown_waiting,
+    }
+
+
 def _target(t: TargetStatus) -> dict[str, Any]:
     return {
         "name": t.name,
@@ -100,8 +149,22 @@ def _target(t: TargetStatus) -> dict[str, Any]:
         },
         "jobs_by_state": dict(t.jobs_by_state),
         "jobs_by_status": dict(t.jobs_by_status),
+        "mode": "event-driven" if t.events is not None and t.events.driven else "polling",
+        "events": _events(t.events),
+        "failing": {
+            "total": t.failing_total,
+            "jobs": [
+                {
+                    "job_id": j.job_id,
+                    "age_seconds": None if j.age_seconds is None else round(j.age_seconds, 3),
+                    "error": _error(j.error),
+                }
+                for j in t.failing_jobs
+            ],
+        },
         "stale": {
             "after_seconds": t.stale_after_seconds,
+            "basis": t.stale_basis,
             "total": t.stale_total,
             "jobs": [
                 {"job_id": j.job_id, "age_seconds": round(j.age_seconds, 3)} for j in t.stale_jobs
@@ -152,6 +215,44 @@ def _counts(pairs: tuple[tuple[str, int], ...]) -> str:
     return ", ".join(f"{_e(name)}&nbsp;{count}" for name, count in pairs)
 
 
+def _error_html(e: LastError, now: float) -> str:
+    job = f" job <code>{_e(e.job_id)}</code>" if e.job_id else ""
+    return (
+        f'<span class="bad">{_e(e.outcome)}</span> in {_e(e.operation)}{job}, '
+        f"{_e(_when(e.at, now))}<br><code>{_e(e.message)}</code>"
+    )
+
+
+def _data_age(age: float | None) -> str:
+    return "never described" if age is None else f"{_age(age)} old"
+
+
+def _mode_html(t: TargetStatus) -> str:
+    if t.events is None:
+        return "polling every interval (no <code>events:</code> configured)"
+    if t.events.driven:
+        return (
+            '<span class="ok">event-driven</span> (events flow; active jobs reconciled '
+            "every reconcile interval)"
+        )
+    return f'<span class="bad">polling</span>: {_e(t.events.reason)}'
+
+
+def _events_html(e: EventsStatus | None, now: float, window: str) -> str:
+    if e is None:
+        return ""
+    error = "none" if e.last_error is None else _error_html(e.last_error, now)
+    lag = "no event with a timestamp yet" if e.lag_seconds is None else _age(e.lag_seconds)
+    return (
+        f"<tr><th>Event queue</th><td><code>{_e(e.queue_url)}</code></td></tr>\n"
+        f"<tr><th>Last queue error</th><td>{error}</td></tr>\n"
+        f"<tr><th>Events (last {_e(window)})</th><td>{e.received} received, "
+        f"{e.describes} describes caused; last message {_e(_when(e.last_message, now))}; "
+        f"lag of the last event {_e(lag)}; {e.unknown_waiting} unknown job ids waiting"
+        "</td></tr>\n"
+    )
+
+
 _OK = '<span class="ok">OK</span>'
 _FAILING = '<span class="bad">failing</span>'
 
@@ -161,14 +262,7 @@ def _target_html(t: TargetStatus, now: float) -> str:
         "not run yet" if t.collection_success is None else _OK if t.collection_success else _FAILING
     )
     ready = "yes" if t.ready else '<span class="bad">no</span>'
-    error = "none"
-    if t.last_error is not None:
-        e = t.last_error
-        job = f" job <code>{_e(e.job_id)}</code>" if e.job_id else ""
-        error = (
-            f'<span class="bad">{_e(e.outcome)}</span> in {_e(e.operation)}{job}, '
-            f"{_e(_when(e.at, now))}<br><code>{_e(e.message)}</code>"
-        )
+    error = "none" if t.last_error is None else _error_html(t.last_error, now)
     discovery = _e(_when(t.last_discovery_success, now)) if t.discovery else "not configured"
     stale_rows = "".join(
         f"<li><code>{_e(j.job_id)}</code>: {_e(_age(j.age_seconds))} old</li>" for j in t.stale_jobs
@@ -178,6 +272,19 @@ def _target_html(t: TargetStatus, now: float) -> str:
         stale_rows += f"<li>… and {more} more</li>"
     stale = f"<ul>{stale_rows}</ul>" if stale_rows else "none"
     window = _age(t.api_window_seconds)
+    failing_rows = "".join(
+        f"<li><code>{_e(j.job_id)}</code>: {_error_html(j.error, now)}"
+        f" (data {_e(_data_age(j.age_seconds))})</li>"
+        for j in t.failing_jobs
+    )
+    if t.failing_total > len(t.failing_jobs):
+        failing_rows += f"<li>… and {t.failing_total - len(t.failing_jobs)} more</li>"
+    failing = (
+        f'<span class="bad">{t.failing_total}</span><ul>{failing_rows}</ul>'
+        if t.failing_total
+        else "none"
+    )
+    basis = "reconcile interval" if t.stale_basis == "reconcile_interval" else "interval"
     return f"""<section>
 <h2>Target <code>{_e(t.name)}</code> <small>{_e(t.region)}</small></h2>
 <table>
@@ -185,11 +292,13 @@ def _target_html(t: TargetStatus, now: float) -> str:
 <tr><th>Ready</th><td>{ready}</td></tr>
 <tr><th>Last successful discovery</th><td>{discovery}</td></tr>
 <tr><th>Last successful collection</th><td>{_e(_when(t.last_collection_success, now))}</td></tr>
-<tr><th>Last error</th><td>{error}</td></tr>
+<tr><th>Collection mode</th><td>{_mode_html(t)}</td></tr>
+{_events_html(t.events, now, window)}<tr><th>Last error</th><td>{error}</td></tr>
 <tr><th>API calls (last {_e(window)})</th><td>{t.api_calls} attempts, {t.api_throttled} throttled, {t.api_failed} failed</td></tr>
 <tr><th>Jobs tracked</th><td>{_counts(t.jobs_by_state)}</td></tr>
 <tr><th>Jobs by status</th><td>{_counts(t.jobs_by_status)}</td></tr>
-<tr><th>Stale jobs (data older than {_e(_age(t.stale_after_seconds))})</th><td>{t.stale_total}{stale if t.stale_total else ""}</td></tr>
+<tr><th>Failing jobs (last describe failed)</th><td>{failing}</td></tr>
+<tr><th>Stale jobs (data older than {_e(_age(t.stale_after_seconds))}, twice the {basis})</th><td>{t.stale_total}{stale if t.stale_total else ""}</td></tr>
 </table>
 </section>
 """  # noqa: E501

@@ -48,8 +48,9 @@ class Stream:
     sent: int = 0
 
 
-# What ReceiveMessage answers: the JSON body's messages, raw bytes, or a stream.
-Receive = list[dict[str, Any]] | bytes | Stream
+# What ReceiveMessage answers: the JSON body's messages, raw bytes, a stream, or an error
+# (status and the error's code).
+Receive = list[dict[str, Any]] | bytes | Stream | tuple[int, str]
 
 
 @dataclass
@@ -60,6 +61,8 @@ class HostileSqs:
     empty_wait: float | None = None
     # DeleteMessageBatch: whether every entry is answered as Failed (with a 200).
     fail_deletes: bool = False
+    # GetQueueAttributes answers QueueDoesNotExist.
+    missing: bool = False
     calls: Counter[str] = field(default_factory=Counter)
     deleted: list[str] = field(default_factory=list)
     receive_requests: list[dict[str, Any]] = field(default_factory=list)
@@ -81,6 +84,8 @@ class HostileSqs:
                 return await self._stream(request, answer)
             if isinstance(answer, bytes):
                 return web.Response(body=answer, headers={"Content-Type": _JSON})
+            if isinstance(answer, tuple):
+                return error(*answer)
             if not answer:
                 asked = float(data.get("WaitTimeSeconds", 0))
                 await asyncio.sleep(
@@ -97,6 +102,8 @@ class HostileSqs:
             self.deleted.extend(e["ReceiptHandle"] for e in entries)
             return _ok({"Successful": [{"Id": e["Id"]} for e in entries], "Failed": []})
         if operation == "GetQueueAttributes":
+            if self.missing:
+                return error(400, "QueueDoesNotExist")
             return _ok({"Attributes": {"QueueArn": "arn:aws:sqs:eu-west-1:123456789012:events"}})
         return _ok({})
 
@@ -128,6 +135,16 @@ class HostileSqs:
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def error(status: int, code: str) -> web.Response:
+    """An SQS error as the JSON protocol sends it (code in the body and the query header)."""
+    body = {"__type": f"com.amazonaws.sqs#{code}", "message": f"{code} (hostile endpoint)"}
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        headers={"Content-Type": _JSON, "x-amzn-query-error": f"{code};Sender"},
+    )
 
 
 def _ok(body: dict[str, Any]) -> web.Response:

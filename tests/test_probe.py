@@ -341,3 +341,36 @@ async def test_probe_escapes_what_a_hostile_endpoint_lists(tmp_path: Path) -> No
         assert line.endswith(f" OK (ListJobs 1 job, DescribeJob {escape_controls(job_id)})")
         assert "identity=arn:aws:sts::123456789012:assumed-role/r/\\u202eKO :1t\\u2028" in line
     assert " FAILED " in lines[-2] and "\\ud800" in lines[-2], lines[-2]
+
+
+async def test_probe_checks_each_event_queue_without_consuming(
+    sim: Simulator, moto_url: str, tmp_path: Path
+) -> None:
+    missing = sim.queue_url.rsplit("/", 1)[0] + "/no-such-queue"
+    config = write(
+        tmp_path,
+        f"""\
+        targets:
+          - name: events
+            region: us-east-1
+            endpoint_url: {sim.url}
+            sts_endpoint_url: {moto_url}
+            jobs: {{discover: {{}}}}
+            events: {{sqs_queue_url: '{sim.queue_url}'}}
+          - name: nowhere
+            region: us-east-1
+            endpoint_url: {sim.url}
+            sts_endpoint_url: {moto_url}
+            jobs: {{discover: {{}}}}
+            events: {{sqs_queue_url: '{missing}'}}
+        """,
+    )
+    waiting = sim.events.stats.delivered
+    code, out = await check(config, "--probe")
+    assert code != 0, out
+    assert line_of(out, "events").endswith(f", queue {sim.queue_url})")
+    nowhere = line_of(out, "nowhere")
+    assert f"FAILED not_found at GetQueueAttributes: queue {missing}: QueueDoesNotExist" in nowhere
+    assert "probe: 1 of 2 target(s) OK" in out
+    # Nothing was received: the running exporter's messages stay where they are.
+    assert sim.events.stats.delivered == waiting

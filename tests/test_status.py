@@ -176,7 +176,9 @@ async def test_healthy_target_is_ready_and_its_status_counts_its_jobs(
         expected[j.status] = expected.get(j.status, 0) + 1
     assert t["jobs_by_status"] == expected
     assert t["api"]["calls"] > 0 and t["api"]["throttled"] == 0
-    assert t["stale"] == {"after_seconds": 4.0, "total": 0, "jobs": []}
+    assert t["stale"] == {"after_seconds": 4.0, "basis": "interval", "total": 0, "jobs": []}
+    assert t["mode"] == "polling" and t["events"] is None
+    assert t["failing"] == {"total": 0, "jobs": []}
     # The landing page links the status page.
     assert 'href="/status"' in (await get(f"{served.url}/"))[1]
 
@@ -240,8 +242,8 @@ async def test_hostile_job_ids_and_error_texts_are_escaped(
     hostile.queued["fine"] = [Reply(403, message, "AccessDeniedException")] * 1000
     hostile.queued[HOSTILE] = [Reply(500, b"{}", "InternalFailure")] * 1000
     await until("the error", lambda: served.collector.targets["ep"].last_error is not None)
-    # Both jobs stop being described: after two intervals their data is stale.
-    await until("stale jobs", lambda: served.collector.targets["ep"].status().stale_total == 2)
+    # Both jobs fail: they are listed as failing, each with its own error, not as stale.
+    await until("failing jobs", lambda: served.collector.targets["ep"].status().failing_total == 2)
     hostile.queued[HOSTILE] = []
     # The hostile job answers again; "fine" keeps failing, so its error becomes the last.
     target = served.collector.targets["ep"]
@@ -271,7 +273,10 @@ async def test_hostile_job_ids_and_error_texts_are_escaped(
     (t,) = data["targets"]
     assert t["last_error"]["job_id"] == "fine"
     assert t["last_error"]["message"].startswith(f"AccessDeniedException: {HOSTILE}")
-    assert {j["job_id"] for j in t["stale"]["jobs"]} >= {"fine"}
+    # Each failing job with its own last error (the hostile one may still be listed with
+    # its 500 until its next describe).
+    failing = {j["job_id"]: j for j in t["failing"]["jobs"]}["fine"]
+    assert failing["error"]["class"] == "denied" and failing["error"]["job_id"] == "fine"
     assert t["stale"]["after_seconds"] == pytest.approx(0.2)
     assert HOSTILE in {j for j in served.collector.targets["ep"].jobs}
 
@@ -334,7 +339,7 @@ async def test_status_html_shows_bidi_separators_and_controls_escaped(
     try:
         served = await serve(discovering(aws.url))
         await until("ready", lambda: served.collector.ready)
-        # Every describe fails from now on: each job turns stale, one is the last error,
+        # Every describe fails from now on: each job is failing, one is the last error,
         # and the error message carries the same characters.
         failure = json.dumps(
             {"__type": "InternalFailure", "message": "down\u202e\u2028\x85now\ud800"}
@@ -343,9 +348,9 @@ async def test_status_html_shows_bidi_separators_and_controls_escaped(
             aws.describe[job_id] = (500, failure.encode())
         target = served.collector.targets["sim"]
         await until(
-            "stale jobs and an error",
+            "failing jobs and an error",
             lambda: (
-                target.status().stale_total == len(STATUS_IDS)
+                target.status().failing_total == len(STATUS_IDS)
                 and target.last_error is not None
                 and target.last_error.job_id in STATUS_IDS
             ),
@@ -364,4 +369,4 @@ async def test_status_html_shows_bidi_separators_and_controls_escaped(
     assert "down\\u202e\\u2028 now\\ud800" in html_page
     # The JSON, already escaped, still gives the ids back whole.
     (t,) = json.loads(json_page)["targets"]
-    assert {j["job_id"] for j in t["stale"]["jobs"]} == set(STATUS_IDS)
+    assert {j["job_id"] for j in t["failing"]["jobs"]} == set(STATUS_IDS)
