@@ -4,28 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
 import yaml
 
+from exporter.mixin import generate, shipped, shipped_rules
+
 log = logging.getLogger("exporter.demo")
 
-REPO = Path(__file__).resolve().parent.parent
-MIXIN = REPO / "config" / "prometheus"
 # The usual 9090 and 9093 with a 1 in front: Debian's packages start Prometheus and
 # Alertmanager as services on the usual ports, and the demo must not collide with them.
 PROMETHEUS_ADDRESS = "127.0.0.1:19090"
 ALERTMANAGER_ADDRESS = "127.0.0.1:19093"
-# The scrape job the mixin's exporter_selector names (config/prometheus/mixin.yaml).
+# The scrape job the mixin's exporter_selector names (exporter/mixin/mixin.yaml).
 SCRAPE_JOB = "aws-iot-jobs-exporter"
 SCRAPE_INTERVAL = 15.0  # seconds, at real time
 REAL_TIME = 1 / 60  # simulated minutes per real second
@@ -70,13 +67,14 @@ class DemoStack:
         if prometheus is None:
             return [f"prometheus: not on the PATH, not started ({INSTALL_HINT})"]
         self._tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aws-iot-jobs-demo-"))
+        rules = await asyncio.to_thread(self._write_files)
         lines: list[str] = []
         if alertmanager is not None:
             am = await self._spawn(
                 "alertmanager",
                 [
                     alertmanager,
-                    f"--config.file={MIXIN / 'alertmanager.yml'}",
+                    f"--config.file={self._tmp / 'alertmanager.yml'}",
                     f"--storage.path={self._tmp / 'alertmanager'}",
                     f"--web.listen-address={self.alertmanager_address}",
                     # No cluster: one instance, and no third port to collide.
@@ -91,7 +89,6 @@ class DemoStack:
                 lines.append(f"alertmanager: did not start, see {am.log_path}")
         else:
             lines.append(f"alertmanager: not on the PATH, not started ({INSTALL_HINT})")
-        rules = await asyncio.to_thread(self._rules)
         config = self._tmp / "prometheus.yml"
         await asyncio.to_thread(
             config.write_text,
@@ -121,15 +118,20 @@ class DemoStack:
             lines.insert(0, f"prometheus: did not start, see {prom.log_path}")
         return lines
 
-    def _rules(self) -> str:
-        """The shipped rule files at real time; a time-scaled copy when sped up."""
-        if self.factor == 1:
-            return str(MIXIN / "rules" / "*.rules.yml")
+    def _write_files(self) -> str:
+        """The shipped rules (time-scaled when sped up) and Alertmanager config, written
+        where the children read them; the rule files' glob."""
         assert self._tmp is not None
-        generate = _load_generator()
-        out = self._tmp / "rules"
-        generate.write(generate.time_scaled(generate.load_config(), self.factor), out)
-        return str(out / "*.rules.yml")
+        rules = self._tmp / "rules"
+        rules.mkdir()
+        if self.factor == 1:
+            texts = shipped_rules()
+        else:
+            texts = generate.render(generate.time_scaled(generate.load_config(), self.factor))
+        for name, text in texts.items():
+            (rules / name).write_text(text, encoding="utf-8")
+        (self._tmp / "alertmanager.yml").write_text(shipped("alertmanager.yml"), encoding="utf-8")
+        return str(rules / "*.rules.yml")
 
     def _prometheus_config(self, rules: str, alerting: bool) -> dict[str, Any]:
         interval = f"{max(1, round(SCRAPE_INTERVAL / self.factor))}s"
@@ -193,14 +195,3 @@ class DemoStack:
         if self._tmp is not None:
             await asyncio.to_thread(shutil.rmtree, self._tmp, True)
             self._tmp = None
-
-
-def _load_generator() -> ModuleType:
-    # config/prometheus/generate.py is a script, not part of the package: loaded by path.
-    spec = importlib.util.spec_from_file_location("mixin_generate", MIXIN / "generate.py")
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {MIXIN / 'generate.py'}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module

@@ -4,7 +4,7 @@ Usage:
     python grafana/generate.py           # rewrite grafana/dashboards/*.json
     python grafana/generate.py --check   # exit 1 if they are out of date
 
-Selectors, dashboard uids and alert thresholds come from config/prometheus/mixin.yaml, the
+Selectors, dashboard uids and alert thresholds come from exporter/mixin/mixin.yaml, the
 same file the Prometheus rules are generated from, so panels and alerts agree.
 
 Dashboards, panels, queries, variables, field colours, thresholds, value mappings, overrides
@@ -68,7 +68,7 @@ from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 ROOT = Path(__file__).resolve().parent.parent
-MIXIN = ROOT / "config" / "prometheus" / "mixin.yaml"
+MIXIN = ROOT / "exporter" / "mixin" / "mixin.yaml"
 OUT_DIR = ROOT / "grafana" / "dashboards"
 
 TAG = "aws-iot-jobs"

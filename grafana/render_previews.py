@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 OUT_DIR = ROOT / "docs" / "images"
 SCENARIO = ROOT / "exporter" / "simulator" / "scenarios" / "demo.yaml"
-RULES = ROOT / "config" / "prometheus" / "rules"
+RULES = ROOT / "exporter" / "mixin" / "rules"
 SCRAPE_JOB = "aws-iot-jobs-exporter"  # the mixin's exporter_selector
 # The job the job-detail dashboard shows: the demo's rollout near its abort threshold.
 DEFAULT_JOB = "firmware-v2-failing"

@@ -21,8 +21,8 @@ from tests.conftest import ROOT
 
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 PROVISIONING = ROOT / "grafana" / "provisioning"
-RULES = sorted((ROOT / "config" / "prometheus" / "rules").glob("*.rules.yml"))
-MIXIN = yaml.safe_load((ROOT / "config" / "prometheus" / "mixin.yaml").read_text())
+RULES = sorted((ROOT / "exporter" / "mixin" / "rules").glob("*.rules.yml"))
+MIXIN = yaml.safe_load((ROOT / "exporter" / "mixin" / "mixin.yaml").read_text())
 
 # Series Prometheus itself makes, which dashboards may use besides the exporter's.
 BUILTIN_METRICS = {"up", "ALERTS", "ALERTS_FOR_STATE"}
@@ -444,7 +444,7 @@ def test_compose_runs_what_the_repository_ships() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # Prometheus scrapes the exporter service on the port the exporter listens on.
-    prometheus = yaml.safe_load((ROOT / "config" / "prometheus" / "prometheus.yml").read_text())
+    prometheus = yaml.safe_load((ROOT / "exporter" / "mixin" / "prometheus.yml").read_text())
     (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "aws-iot-jobs-exporter"]
     assert job["static_configs"][0]["targets"] == ["exporter:9947"]
     assert ":9947" in services["exporter"]["command"]

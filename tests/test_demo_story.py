@@ -17,7 +17,7 @@ simulated time:
 - the series go into a promtool test file, minute 0 being the simulator's start. Values
   of `*_timestamp_seconds` series are shifted by the same start, as promtool's clock
   starts at 0 where the simulator's starts at its start time;
-- promtool evaluates the shipped rule files (config/prometheus/rules/) over them, every
+- promtool evaluates the shipped rule files (exporter/mixin/rules/) over them, every
   15 s as the demo Prometheus does, and checks which alerts are firing when.
 
 "Within 10 minutes of `make demo`" is checked at minute 9, which leaves a minute for

@@ -783,7 +783,7 @@ def test_services_and_service_monitor_reach_the_pods(variant: str) -> None:
 
     # The alert rules select the exporter by Prometheus' `job` label, which the operator
     # takes from the Service label named by jobLabel.
-    mixin = yaml.safe_load((ROOT / "config" / "prometheus" / "mixin.yaml").read_text())
+    mixin = yaml.safe_load((ROOT / "exporter" / "mixin" / "mixin.yaml").read_text())
     wanted = re.search(r'\bjob="([^"]+)"', mixin["exporter_selector"])
     assert wanted, "the rules no longer select on job; revisit ServiceMonitor.jobLabel"
     assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == wanted.group(1)
@@ -885,7 +885,7 @@ def test_the_documented_overlay_sets_image_config_role_and_labels(tmp_path: Path
 
 def test_committed_prometheusrule_is_generated_from_the_rule_files() -> None:
     files = generate_prometheusrule.rule_files()
-    assert files, "config/prometheus/rules/*.rules.yml: no rule files"
+    assert files, "exporter/mixin/rules/*.rules.yml: no rule files"
     expected = generate_prometheusrule.render(files)
     committed = generate_prometheusrule.OUTPUT.read_text()
     assert committed == expected, (

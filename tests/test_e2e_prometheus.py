@@ -267,7 +267,7 @@ def test_failure_alerts_fire_for_the_failing_rollout_only(stack: Stack) -> None:
 def test_every_recording_rule_yields_series(stack: Stack) -> None:
     names = {
         rule["record"]
-        for path in sorted((ROOT / "config" / "prometheus" / "rules").glob("*.rules.yml"))
+        for path in sorted((ROOT / "exporter" / "mixin" / "rules").glob("*.rules.yml"))
         for group in yaml.safe_load(path.read_text())["groups"]
         for rule in group["rules"]
         if "record" in rule

@@ -423,7 +423,7 @@ def test_every_family_documents_its_series_per_job_and_renders_within_it() -> No
 def test_configuration_doc_names_every_family_the_rules_read() -> None:
     doc = (ROOT / "docs" / "configuration.md").read_text()
     paragraph = doc.split("Mind what the bundled rules", 1)[1].split("\n\n", 1)[0]
-    rules = ROOT / "config" / "prometheus" / "rules"
+    rules = ROOT / "exporter" / "mixin" / "rules"
     used = set()
     for path in rules.glob("*.yml"):
         used |= set(re.findall(r"aws_iot_job_[a-z_]+", path.read_text())) & set(FAMILY_NAMES)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 from types import ModuleType
@@ -15,9 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter.mixin import generate
 from tests.conftest import ROOT
 
-PROM = ROOT / "config" / "prometheus"
+PROM = ROOT / "exporter" / "mixin"
 RULES = sorted((PROM / "rules").glob("*.rules.yml"))
 RULE_TESTS = sorted((PROM / "tests").glob("*.yaml"))
 RUNBOOK = ROOT / "docs" / "runbook.md"
@@ -31,13 +30,7 @@ RATIO_ALERTS = {
 
 
 def load_generator() -> ModuleType:
-    # config/prometheus is not a package: the generator is a script, loaded by path.
-    spec = importlib.util.spec_from_file_location("mixin_generate", PROM / "generate.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return generate
 
 
 def promtool() -> str:
@@ -73,7 +66,7 @@ def test_committed_rules_are_generated_from_mixin_yaml() -> None:
     generate = load_generator()
     for name, text in generate.render(generate.load_config()).items():
         committed = (PROM / "rules" / name).read_text()
-        assert committed == text, f"rules/{name} is stale: run config/prometheus/generate.py"
+        assert committed == text, f"rules/{name} is stale: run exporter/mixin/generate.py"
 
 
 def test_promtool_check_rules() -> None:
