@@ -215,8 +215,8 @@ def _counts(pairs: tuple[tuple[str, int], ...]) -> str:
     return ", ".join(f"{_e(name)}&nbsp;{count}" for name, count in pairs)
 
 
-def _error_html(e: LastError, now: float) -> str:
-    job = f" job <code>{_e(e.job_id)}</code>" if e.job_id else ""
+def _error_html(e: LastError, now: float, with_job: bool = True) -> str:
+    job = f" job <code>{_e(e.job_id)}</code>" if e.job_id and with_job else ""
     return (
         f'<span class="bad">{_e(e.outcome)}</span> in {_e(e.operation)}{job}, '
         f"{_e(_when(e.at, now))}<br><code>{_e(e.message)}</code>"
@@ -273,7 +273,7 @@ def _target_html(t: TargetStatus, now: float) -> str:
     stale = f"<ul>{stale_rows}</ul>" if stale_rows else "none"
     window = _age(t.api_window_seconds)
     failing_rows = "".join(
-        f"<li><code>{_e(j.job_id)}</code>: {_error_html(j.error, now)}"
+        f"<li><code>{_e(j.job_id)}</code>: {_error_html(j.error, now, with_job=False)}"
         f" (data {_e(_data_age(j.age_seconds))})</li>"
         for j in t.failing_jobs
     )
