@@ -7,6 +7,7 @@ import base64
 import binascii
 import bisect
 import contextlib
+import html
 import json
 import logging
 import os
@@ -216,10 +217,16 @@ class Simulator:
         app.router.add_delete("/_sim/jobs/{jobId}", self._admin_delete)
         app.router.add_post("/_sim/groups/{group}/add", self._admin_group_add)
         app.router.add_post("/_sim/groups/{group}/remove", self._admin_group_remove)
+        app.router.add_get("/", self._root)
+        # POST / is SQS's endpoint (the JSON protocol's X-Amz-Target); GET / says what is here.
         app.router.add_post("/", self._sqs)
         app.router.add_get("/_sim/events", self._admin_events_get)
         app.router.add_post("/_sim/events", self._admin_events_post)
         return app
+
+    async def _root(self, request: web.Request) -> web.Response:
+        self.fleet.advance(self.clock.now())
+        return web.Response(text=_root_page(self), content_type="text/html", charset="utf-8")
 
     async def _sqs(self, request: web.Request) -> web.Response:
         self.fleet.advance(self.clock.now())
@@ -567,6 +574,53 @@ class Simulator:
 
     async def _admin_group_remove(self, request: web.Request) -> web.Response:
         return await self._group_change(request, add=False)
+
+
+# GET / in a browser: what the simulator serves, and the admin endpoints to look at it.
+_ROOT_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>AWS IoT Jobs simulator</title></head>
+<body>
+<h1>AWS IoT Jobs simulator</h1>
+<p>Scenario <code>{scenario}</code>, account {account}, simulated time {now}
+({speed:g} simulated minutes per real second), {jobs} jobs.</p>
+<h2>AWS endpoints</h2>
+<p>Any signature is accepted: a dummy key pair works
+(<code>AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x</code>), and no real credential
+should ever be sent here. The region is the request's credential scope.</p>
+<ul>
+<li>AWS IoT Jobs (<code>endpoint_url: {url}</code>): ListJobs <code>GET /jobs</code>,
+DescribeJob <code>GET /jobs/{{jobId}}</code>, ListJobExecutionsForJob
+<code>GET /jobs/{{jobId}}/things</code>.</li>
+<li>SQS, the fleet's job events (<code>events: sqs_queue_url: {queue}</code>):
+ReceiveMessage, DeleteMessage, DeleteMessageBatch and GetQueueAttributes as
+<code>POST /</code>.</li>
+</ul>
+<h2>Admin API</h2>
+<ul>
+<li><a href="_sim/stats">GET /_sim/stats</a>: simulated time, requests per operation and
+outcome, every job's true state (<a href="_sim/stats?jobs=0">without jobs</a>).</li>
+<li><a href="_sim/faults">GET /_sim/faults</a>, POST: AWS faults and quotas.</li>
+<li><a href="_sim/events">GET /_sim/events</a>, POST: the event queue's counts and faults.</li>
+<li><a href="_sim/clock">GET /_sim/clock</a>, POST: the speed; advance the clock.</li>
+<li>POST /_sim/jobs: create a job. GET /_sim/jobs/{{jobId}}/rollout.
+POST /_sim/jobs/{{jobId}}/cancel, /_sim/jobs/{{jobId}}/delete.
+POST /_sim/groups/{{group}}/add, /_sim/groups/{{group}}/remove.</li>
+</ul>
+</body></html>
+"""
+
+
+def _root_page(sim: Simulator) -> str:
+    now = datetime.fromtimestamp(sim.fleet.now, UTC).isoformat(timespec="seconds")
+    return _ROOT_PAGE.format(
+        scenario=html.escape(sim.scenario.file),
+        account=html.escape(sim.fleet.account_id),
+        now=now,
+        speed=sim.clock.speed,
+        jobs=len(sim.fleet.jobs),
+        url=html.escape(sim.url),
+        queue=html.escape(sim.queue_url),
+    )
 
 
 def _headers() -> dict[str, str]:
