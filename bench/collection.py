@@ -26,8 +26,8 @@ from exporter import gzipjoin
 from exporter.aws import LIST_JOBS_PAGE_SIZE
 from exporter.collector import Collector, Shard
 from exporter.config import CollectorSettings, Config
-from exporter.metrics import SelfMetrics
 from exporter.model import TERMINAL_STATUSES
+from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
 
 # Long enough that every generated job (created up to 30 days before the simulator's

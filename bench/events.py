@@ -29,7 +29,7 @@ from bench.common import REGION, bench_target
 from bench.report import Table
 from exporter.collector import Collector
 from exporter.config import CollectorSettings, Config, Events
-from exporter.metrics import SelfMetrics
+from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import SimulatorThread
 from exporter.store import MetricsStore
 

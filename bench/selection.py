@@ -21,9 +21,9 @@ from bench.common import (
     snapshot_of,
 )
 from bench.report import Table, median, ms, ratio, size
-from exporter.metrics import FAMILIES, Family, select_families
 from exporter.model import JobSnapshot
 from exporter.store import MetricsStore
+from exporter.table import FAMILIES, Family, select_families
 
 SELECTIONS: tuple[tuple[str, tuple[Family, ...]], ...] = (
     ("every family", FAMILIES),

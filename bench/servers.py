@@ -26,11 +26,11 @@ from prometheus_client.exposition import generate_latest
 from bench.common import bench_target, load_snapshots, reply, touched, wait_for_parent
 from bench.report import median
 from exporter import gzipjoin
-from exporter.metrics import FAMILIES, IDENTITY_LABELS
-from exporter.metrics import SelfMetrics as Telemetry
 from exporter.model import JobSnapshot
+from exporter.selfmetrics import SelfMetrics as Telemetry
 from exporter.server import CONTENT_TYPE, build_app
 from exporter.store import MetricsStore
+from exporter.table import FAMILIES, IDENTITY_LABELS
 
 
 def filled_store(snapshots: list[JobSnapshot]) -> MetricsStore:

@@ -25,7 +25,8 @@ from exporter.config import Config, ConfigError, Metrics, load_config
 from exporter.demo_stack import ALERTMANAGER_ADDRESS, PROMETHEUS_ADDRESS, DemoStack
 from exporter.detached import run_detached
 from exporter.logs import LEVELS, setup_logging
-from exporter.metrics import FAMILIES, Family, SelfMetrics, family_name_problem, select_families
+from exporter.selfmetrics import SelfMetrics
+from exporter.table import FAMILIES, Family, family_name_problem, select_families
 from exporter.otel import OtelExporter, OtelUnavailable, check_packages
 from exporter.reader import cut, parse_duration
 from exporter.server import DEFAULT_WRITE_TIMEOUT, build_app

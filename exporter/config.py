@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter.metrics import EXECUTION_EVENTS_FAMILY, RESERVED_LABELS, family_name_problem, selects
 from exporter.model import JOB_STATUSES
 from exporter.reader import LocatedError, Reader, field_name, kind, load_yaml, read_file, shown
+from exporter.table import EXECUTION_EVENTS_FAMILY, RESERVED_LABELS, family_name_problem, selects
 
 TARGET_SELECTIONS = ("CONTINUOUS", "SNAPSHOT")
 OTLP_PROTOCOLS = ("http/protobuf", "grpc")

@@ -17,12 +17,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    # A type only: config reads metrics, which reads this module's event names.
-    from exporter.config import Events
-
+from exporter.config import Events
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +295,7 @@ class EventSink(Protocol):
 
 
 class EventTelemetry(Protocol):
-    """What the consumer reports (metrics.SelfMetrics)."""
+    """What the consumer reports (selfmetrics.SelfMetrics)."""
 
     def event_received(self, target: str, event: str) -> None: ...
     def event_duplicate(self, target: str) -> None: ...

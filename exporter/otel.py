@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 
 from exporter import __version__
 from exporter.config import Otel, Target
-from exporter.metrics import FAMILIES, IDENTITY_LABELS, Family
 from exporter.store import MetricsStore
+from exporter.table import FAMILIES, IDENTITY_LABELS, Family
 from exporter.tracing import NOOP_TRACING, AttributeValue, SpanHandle, Tracing
 
 if TYPE_CHECKING:

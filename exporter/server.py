@@ -13,9 +13,9 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter import __version__, gzipjoin
-from exporter.metrics import SelfMetrics
 from exporter.negotiation import qualities
 from exporter.reader import cut
+from exporter.selfmetrics import SelfMetrics
 from exporter.status import JSON_TYPE, Status, render_html, render_json, wants_json
 from exporter.store import MetricsStore, Segment
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from exporter.config import Target
-from exporter.metrics import FAMILIES, IDENTITY_LABELS, Family
 from exporter.model import JobSnapshot
+from exporter.table import FAMILIES, IDENTITY_LABELS, Family
 
 JobKey = tuple[str, str]  # (target name, job id)
 FROZEN, ACTIVE = "frozen", "active"

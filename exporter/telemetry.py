@@ -1,8 +1,8 @@
-"""What the source and the scheduler report about themselves, as protocols metrics.py implements.
+"""What the source and the scheduler report about themselves, as protocols selfmetrics implements.
 
 The AWS source and the collector count calls, cycles and tracked jobs through these
 narrow interfaces instead of writing Prometheus families, so they never load the metric
-table; `metrics.SelfMetrics` is the implementation, and the vocabularies its label values
+table; `selfmetrics.SelfMetrics` is the implementation, and the vocabularies its label values
 come from (call outcomes, tracked states) are defined here, once.
 """
 

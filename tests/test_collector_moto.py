@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.aws import JobSource
 from exporter.collector import Collector, Shard, TargetCollector
 from exporter.config import Config, parse_config
-from exporter.metrics import SelfMetrics
+from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
 
 

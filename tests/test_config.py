@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from exporter.config import ConfigError, Metrics, load_config, parse_config
-from exporter.metrics import FAMILIES
 from exporter.reader import parse_duration
+from exporter.table import FAMILIES
 from tests.conftest import ROOT
 
 BASE_TARGET = """

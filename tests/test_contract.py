@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.aws import JobSource
 from exporter.collector import TargetCollector
 from exporter.config import parse_config
-from exporter.metrics import SelfMetrics
+from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import Simulator, start_simulator
 from exporter.store import MetricsStore
 from tests.simulator_client import Admin

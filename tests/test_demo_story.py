@@ -45,8 +45,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.aws import JobSource, JobSummary
 from exporter.collector import TargetCollector
 from exporter.config import load_config
-from exporter.metrics import SelfMetrics
 from exporter.model import JobSnapshot
+from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import ScenarioError, Simulator, load_scenario, start_simulator
 from exporter.store import MetricsStore
 from tests.conftest import ROOT

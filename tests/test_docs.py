@@ -13,7 +13,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import RESERVED_LABELS
-from exporter.metrics import FAMILIES, IDENTITY_LABELS, SelfMetrics
+from exporter.selfmetrics import SelfMetrics
+from exporter.table import FAMILIES, IDENTITY_LABELS
 from tests.conftest import ROOT
 
 DOC = (ROOT / "docs" / "metrics.md").read_text()

@@ -25,11 +25,12 @@ from exporter.aws import JobSource
 from exporter.cli import build_parser, main
 from exporter.config import CollectorSettings, Events, load_config
 from exporter.events import QueueError, parse_event
-from exporter.metrics import FAMILIES, SelfMetrics
 from exporter.reader import Reader
+from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import Simulator, SimulatorThread, load_scenario, start_simulator
 from exporter.simulator.scenario import Faults, parse_scenario
 from exporter.simulator.sqs import EventFaults
+from exporter.table import FAMILIES
 from tests.conftest import ROOT, SCENARIOS, free_port
 from tests.test_rules import RULES
 

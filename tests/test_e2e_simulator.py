@@ -33,8 +33,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collector import Collector
 from exporter.config import parse_config
-from exporter.metrics import SelfMetrics
 from exporter.model import JOB_STATUSES
+from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.simulator import SimulatorThread
 from exporter.simulator.render import describe_job
@@ -121,7 +121,7 @@ def expected_series(
 ) -> dict[Key, float]:
     """The series docs/metrics.md promises for a DescribeJob body, written from the doc's rows.
 
-    Independent of exporter/model.py and metrics.py on purpose: this is the doc's reading of
+    Independent of exporter/model.py and table.py on purpose: this is the doc's reading of
     the API, and the exporter must agree with it. The rate limit is left to the caller.
     """
     job = body["job"]

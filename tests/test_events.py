@@ -29,7 +29,7 @@ from exporter.events import (
     parse_event,
     sanitise_reason,
 )
-from exporter.metrics import SelfMetrics
+from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.simulator import Simulator, start_simulator
 from exporter.store import MetricsStore

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from exporter.collector import Collector, TargetCollector
 from exporter.config import parse_config
 from exporter.events import JobEvent, MalformedEvent, parse_event
-from exporter.metrics import SelfMetrics
+from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
 from tests.hostile_aws import HostileAws, listing
 from tests.hostile_sqs import HostileSqs, Stream, event_body, messages

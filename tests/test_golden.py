@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.aws import JobSource
 from exporter.config import parse_config
-from exporter.metrics import SelfMetrics
+from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
 from tests.conftest import ROOT
 from tests.iot_endpoint import IotEndpoint

@@ -21,7 +21,7 @@ import pytest
 from exporter.aws import ApiError, JobSource
 from exporter.collector import TargetCollector
 from exporter.config import Config, parse_config
-from exporter.metrics import SelfMetrics
+from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
 from tests.conftest import free_port
 from tests.hostile_aws import (

@@ -21,8 +21,8 @@ from aiohttp import web
 from exporter.cli import Reloader
 from exporter.collector import Collector
 from exporter.config import Config, ConfigError, _read_jobs, parse_config
-from exporter.metrics import SelfMetrics
 from exporter.reader import ALIAS_BUDGET, SHOWN_MAX, Reader
+from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import MetricsStore
 from exporter.webconfig import BCRYPT_MAX_COST, parse_web_config

@@ -20,8 +20,8 @@ import pytest
 from aiohttp import web
 
 from exporter.config import parse_config
-from exporter.metrics import SelfMetrics
 from exporter.model import parse_describe_job
+from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import MetricsStore
 from exporter.webconfig import MAX_UNVERIFIED_LOGINS, load_web_config

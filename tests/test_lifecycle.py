@@ -28,8 +28,8 @@ from prometheus_client.openmetrics.parser import (
 from exporter.aws import JobSource
 from exporter.collector import Collector, TargetCollector
 from exporter.config import parse_config
-from exporter.metrics import SelfMetrics
 from exporter.model import parse_describe_job
+from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app, limit_in_flight, wants_gzip, wants_openmetrics
 from exporter.store import MetricsStore
 from tests.conftest import ROOT, free_port

@@ -31,7 +31,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import __version__
 from exporter.aws import ApiError
 from exporter.config import Config, Otel, Target, parse_config
-from exporter.metrics import FAMILIES
 from exporter.model import parse_describe_job
 from exporter.otel import (
     NOOP_TRACING,
@@ -42,6 +41,7 @@ from exporter.otel import (
     safe_endpoint,
 )
 from exporter.store import MetricsStore
+from exporter.table import FAMILIES
 from tests.conftest import ROOT
 
 SECRET = "s3cret-api-key-0451"

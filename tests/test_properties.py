@@ -24,9 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import cli
 from exporter.config import CollectorSettings, Config, ConfigError, Jobs, Otel, Target, parse_config
-from exporter.metrics import FAMILIES
 from exporter.model import JobSnapshot, MalformedJob, parse_describe_job
 from exporter.store import MetricsStore, escape_label_value
+from exporter.table import FAMILIES
 
 FILE = "conf/exporter-config.yaml"
 PROFILE = settings(

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collector import Collector
 from exporter.config import Config, parse_config
-from exporter.metrics import SelfMetrics
+from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import SimulatorThread
 from exporter.store import MetricsStore
 from tests.conftest import ROOT, free_port

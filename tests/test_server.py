@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import parse_config
-from exporter.metrics import SelfMetrics
 from exporter.model import parse_describe_job
+from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import MetricsStore
 from tests.conftest import ROOT

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collector import Collector
 from exporter.config import parse_config
-from exporter.metrics import SelfMetrics
+from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.simulator import SimulatorThread
 from exporter.store import MetricsStore

@@ -12,7 +12,7 @@ import pytest
 from exporter.aws import ApiError, JobSource
 from exporter.collector import TargetCollector
 from exporter.config import Config, parse_config
-from exporter.metrics import OUTCOMES, SelfMetrics
+from exporter.selfmetrics import OUTCOMES, SelfMetrics
 from exporter.store import MetricsStore
 from tests.conftest import ROOT, free_port
 from tests.iot_endpoint import IotEndpoint

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.collector import Collector, sanitise
 from exporter.config import Config, parse_config
 from exporter.logs import escape_controls
-from exporter.metrics import SelfMetrics
+from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.simulator import Simulator
 from exporter.status import wants_json

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import exporter.webconfig as webconfig
 from exporter.config import ConfigError
-from exporter.metrics import SelfMetrics
+from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import MetricsStore
 from exporter.webconfig import WebConfig, load_web_config, parse_web_config

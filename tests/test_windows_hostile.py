@@ -19,8 +19,8 @@ from exporter.aws import JobSource
 from exporter.collector import TargetCollector
 from exporter.config import Config, parse_config
 from exporter.cron import CronExpression
-from exporter.metrics import SelfMetrics
 from exporter.model import JobSnapshot, parse_describe_job
+from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore, render_job
 from tests.hostile_aws import HostileAws, job_body
 

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from exporter.collector import Collector
 from exporter.config import parse_config
-from exporter.metrics import SelfMetrics
+from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.simulator.scenario import bundled_scenario
 from exporter.simulator.server import start_simulator
