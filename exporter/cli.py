@@ -25,12 +25,12 @@ from exporter.config import Config, ConfigError, Metrics, load_config
 from exporter.demo_stack import ALERTMANAGER_ADDRESS, PROMETHEUS_ADDRESS, DemoStack
 from exporter.detached import run_detached
 from exporter.logs import LEVELS, setup_logging
-from exporter.selfmetrics import SelfMetrics
-from exporter.table import FAMILIES, Family, family_name_problem, select_families
 from exporter.otel import OtelExporter, OtelUnavailable, check_packages
 from exporter.reader import cut, parse_duration
+from exporter.selfmetrics import SelfMetrics
 from exporter.server import DEFAULT_WRITE_TIMEOUT, build_app
 from exporter.store import MetricsStore
+from exporter.table import FAMILIES, Family, family_name_problem, select_families
 from exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
@@ -590,11 +590,18 @@ async def _demo(
 
     async def announce(url: str) -> None:
         nonlocal stack
+        # Only URLs that answer a GET: the AWS endpoints themselves are listed on the
+        # simulator's own page, the queue's URL is for SQS calls only.
         print(
-            f"simulator:    {sim.url}  (state: {sim.url}/_sim/stats, faults: {sim.url}/_sim/faults)"
+            f"simulator:    {sim.url}/  (AWS IoT Jobs and SQS; any dummy key pair works; "
+            f"state: {sim.url}/_sim/stats, faults: {sim.url}/_sim/faults)"
         )
-        print(f"events:       {sim.queue_url}  (queue: {sim.url}/_sim/events)")
-        print(f"metrics:      {url}")
+        print(f"events:       {sim.url}/_sim/events  (the queue of job events the exporter reads)")
+        split = urllib.parse.urlsplit(url)
+        if args.telemetry_path in ("/", "/status"):
+            print(f"metrics:      {url}")
+        else:
+            print(f"metrics:      {url}  (status: {split.scheme}://{split.netloc}/status)")
         sys.stdout.flush()
         if not args.prometheus:
             return
@@ -604,7 +611,7 @@ async def _demo(
             )
             return
         stack = DemoStack(
-            urllib.parse.urlsplit(url).netloc,
+            split.netloc,
             speed=sim.clock.speed,
             metrics_path=args.telemetry_path,
             prometheus_address=args.prometheus_address,

@@ -26,9 +26,37 @@ ALERTMANAGER_ADDRESS = "127.0.0.1:19093"
 SCRAPE_JOB = "aws-iot-jobs-exporter"
 SCRAPE_INTERVAL = 15.0  # seconds, at real time
 REAL_TIME = 1 / 60  # simulated minutes per real second
+# No duration of the demo goes below this when sped up: Prometheus' scrape and evaluation
+# intervals are whole seconds, and the rules' durations are generated as whole seconds.
+SHORTEST = 1.0
 READY_DEADLINE = 30.0
 STOP_DEADLINE = 5.0
 INSTALL_HINT = "apt-get install prometheus prometheus-alertmanager"
+# Where each page lives in the UI a Prometheus build serves, best first: the new UI
+# (2.x's React UI, 3.x), the classic UI of builds without it (Debian's 2.42: /alerts is
+# 404 there, /graph redirects), and the API, which every build answers.
+PROMETHEUS_PAGES = {
+    "alerts": ("/alerts", "/classic/alerts", "/api/v1/alerts"),
+    "rules": ("/rules", "/classic/rules", "/api/v1/rules"),
+    "query": ("/query", "/graph", "/classic/graph", "/api/v1/query?query=ALERTS"),
+}
+# Alertmanager's web UI loads this script; Debian's build has no UI, and its / says so.
+ALERTMANAGER_UI_ASSET = "/script.js"
+
+
+def time_factor(speed: float) -> float:
+    """How many times as fast as the wall clock a simulator at `speed` moves (at least 1)."""
+    return max(1.0, speed / REAL_TIME) if speed > 0 else 1.0
+
+
+def scaled_seconds(seconds: float, factor: float) -> float:
+    """A duration of the demo's story at `factor` times real time."""
+    return seconds if factor <= 1 else max(SHORTEST, seconds / factor)
+
+
+def _duration(seconds: float, factor: float) -> str:
+    # Prometheus and Alertmanager syntax, whole seconds as the rules' generator writes them.
+    return f"{max(SHORTEST, round(scaled_seconds(seconds, factor))):g}s"
 
 
 @dataclass(slots=True)
@@ -43,8 +71,9 @@ class DemoStack:
     """Prometheus (and Alertmanager when found) scraping the demo exporter.
 
     `speed` is the simulator's, in simulated minutes per real second. Above real time
-    the rules are generated with every window and `for:` shrunk by the same factor (and
-    the scrape interval with them), so the story fires the same alerts sooner.
+    every duration shrinks by the same factor: the rules' windows and `for:`, the scrape
+    and evaluation intervals, Alertmanager's grouping waits, so the story fires the same
+    alerts sooner.
     """
 
     exporter_address: str  # host:port Prometheus scrapes
@@ -58,16 +87,16 @@ class DemoStack:
     @property
     def factor(self) -> float:
         """How many times as fast as the wall clock the simulated fleet moves."""
-        return max(1.0, self.speed / REAL_TIME) if self.speed > 0 else 1.0
+        return time_factor(self.speed)
 
     async def start(self) -> list[str]:
         """Start what is installed; lines to show the user (URLs, or how to install)."""
         prometheus = shutil.which("prometheus")
         alertmanager = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
         if prometheus is None:
-            return [f"prometheus: not on the PATH, not started ({INSTALL_HINT})"]
+            return [f"prometheus:   not on the PATH, not started ({INSTALL_HINT})"]
         self._tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aws-iot-jobs-demo-"))
-        rules = await asyncio.to_thread(self._write_files)
+        await asyncio.to_thread(self._write_files)
         lines: list[str] = []
         if alertmanager is not None:
             am = await self._spawn(
@@ -83,7 +112,7 @@ class DemoStack:
                 ],
             )
             if await self._ready(am, f"http://{self.alertmanager_address}/-/ready"):
-                lines.append(f"alertmanager: http://{self.alertmanager_address}")
+                lines.append(await self._alertmanager_line())
             else:
                 alertmanager = None
                 lines.append(f"alertmanager: did not start, see {am.log_path}")
@@ -91,8 +120,7 @@ class DemoStack:
             lines.append(f"alertmanager: not on the PATH, not started ({INSTALL_HINT})")
         config = self._tmp / "prometheus.yml"
         await asyncio.to_thread(
-            config.write_text,
-            yaml.safe_dump(self._prometheus_config(rules, alertmanager is not None)),
+            config.write_text, yaml.safe_dump(self._prometheus_config(alertmanager is not None))
         )
         prom = await self._spawn(
             "prometheus",
@@ -105,22 +133,13 @@ class DemoStack:
             ],
         )
         if await self._ready(prom, f"http://{self.prometheus_address}/-/ready"):
-            lines.insert(
-                0, f"prometheus:   http://{self.prometheus_address}/alerts  (rules: {rules})"
-            )
-            if self.factor > 1:
-                lines.insert(
-                    1,
-                    f"              at {self.factor:g}x real time: the rules' windows and "
-                    f"for: are divided by {self.factor:g}",
-                )
+            lines[:0] = await self._prometheus_lines(prom)
         else:
-            lines.insert(0, f"prometheus: did not start, see {prom.log_path}")
+            lines.insert(0, f"prometheus:   did not start, see {prom.log_path}")
         return lines
 
-    def _write_files(self) -> str:
-        """The shipped rules (time-scaled when sped up) and Alertmanager config, written
-        where the children read them; the rule files' glob."""
+    def _write_files(self) -> None:
+        """The shipped rules and Alertmanager config, time-scaled when sped up."""
         assert self._tmp is not None
         rules = self._tmp / "rules"
         rules.mkdir()
@@ -130,14 +149,24 @@ class DemoStack:
             texts = generate.render(generate.time_scaled(generate.load_config(), self.factor))
         for name, text in texts.items():
             (rules / name).write_text(text, encoding="utf-8")
-        (self._tmp / "alertmanager.yml").write_text(shipped("alertmanager.yml"), encoding="utf-8")
-        return str(rules / "*.rules.yml")
+        alertmanager = yaml.safe_load(shipped("alertmanager.yml"))
+        if self.factor > 1:
+            self._scale_route(alertmanager["route"])
+        (self._tmp / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager))
 
-    def _prometheus_config(self, rules: str, alerting: bool) -> dict[str, Any]:
-        interval = f"{max(1, round(SCRAPE_INTERVAL / self.factor))}s"
+    def _scale_route(self, route: dict[str, Any]) -> None:
+        for key in ("group_wait", "group_interval", "repeat_interval"):
+            if key in route:
+                route[key] = _duration(generate.seconds(route[key]), self.factor)
+        for child in route.get("routes", []):
+            self._scale_route(child)
+
+    def _prometheus_config(self, alerting: bool) -> dict[str, Any]:
+        assert self._tmp is not None
+        interval = _duration(SCRAPE_INTERVAL, self.factor)
         config: dict[str, Any] = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "rule_files": [rules],
+            "rule_files": [str(self._tmp / "rules" / "*.rules.yml")],
             "scrape_configs": [
                 {
                     "job_name": SCRAPE_JOB,
@@ -152,6 +181,41 @@ class DemoStack:
                 "alertmanagers": [{"static_configs": [{"targets": [self.alertmanager_address]}]}]
             }
         return config
+
+    async def _prometheus_lines(self, prom: _Child) -> list[str]:
+        base = f"http://{self.prometheus_address}"
+        async with _session() as session:
+            # The API answers on every build; it is shown should no page answer.
+            pages = {
+                name: await _first_ok(session, base, paths) or paths[-1]
+                for name, paths in PROMETHEUS_PAGES.items()
+            }
+            groups = await _rule_groups(session, base)
+        lines = [
+            f"prometheus:   {base}{pages['alerts']}  "
+            f"(rules: {base}{pages['rules']}, query: {base}{pages['query']})"
+        ]
+        if groups:
+            rules = sum(len(g.get("rules", [])) for g in groups)
+            lines.append(f"              {rules} rules in {len(groups)} groups loaded")
+        else:
+            lines.append(f"              no rules loaded, see {prom.log_path}")
+        if self.factor > 1:
+            lines.append(
+                f"              at {self.factor:g}x real time: the rules' windows and for: "
+                f"and the scrape interval are divided by {self.factor:g}"
+            )
+        return lines
+
+    async def _alertmanager_line(self) -> str:
+        base = f"http://{self.alertmanager_address}"
+        async with _session() as session:
+            ui = await _first_ok(session, base, (ALERTMANAGER_UI_ASSET,))
+        where = [f"API: {base}/api/v2/alerts"] if ui else ["no web UI in this build"]
+        if shutil.which("amtool"):
+            where.append(f"amtool alert query --alertmanager.url={base}")
+        shown = f"{base}/#/alerts" if ui else f"{base}/api/v2/alerts"
+        return f"alertmanager: {shown}  ({'; '.join(where)})"
 
     async def _spawn(self, name: str, argv: list[str]) -> _Child:
         assert self._tmp is not None
@@ -168,7 +232,7 @@ class DemoStack:
     async def _ready(self, child: _Child, url: str) -> bool:
         loop = asyncio.get_running_loop()
         end = loop.time() + READY_DEADLINE
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        async with _session() as session:
             while loop.time() < end and child.process.returncode is None:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with session.get(url) as response:
@@ -195,3 +259,27 @@ class DemoStack:
         if self._tmp is not None:
             await asyncio.to_thread(shutil.rmtree, self._tmp, True)
             self._tmp = None
+
+
+def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+
+
+async def _first_ok(
+    session: aiohttp.ClientSession, base: str, paths: tuple[str, ...]
+) -> str | None:
+    """The first of `paths` answering 200 itself (a redirect is not the page)."""
+    for path in paths:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with session.get(base + path, allow_redirects=False) as response:
+                if response.status == 200:
+                    return path
+    return None
+
+
+async def _rule_groups(session: aiohttp.ClientSession, base: str) -> list[dict[str, Any]]:
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+        async with session.get(f"{base}/api/v1/rules") as response:
+            groups: list[dict[str, Any]] = (await response.json())["data"]["groups"]
+            return groups
+    return []

@@ -2,10 +2,10 @@
 
 The demo is started as a process on free ports at 30 times real time (`--speed 0.5`), so
 its Prometheus gets the mixin's rules with every window and `for:` divided by 30. The
-four job alerts the demo promises within ten minutes must fire within a minute or so,
-reach Alertmanager, and Ctrl-C (SIGINT) must stop every process the demo started and
-remove its temporary directory. The real-time story with the shipped rules is checked by
-tests/test_demo_story.py.
+four job alerts the demo promises within ten minutes must fire within a minute or so
+and reach Alertmanager; every URL the demo prints must answer; and Ctrl-C (SIGINT) must
+stop every process the demo started and remove its temporary directory.
+The real-time story with the shipped rules is checked by tests/test_demo_story.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
+import yaml
+
 from tests.conftest import free_port
+from tests.test_rules import RULES
 
 EXE = Path(sys.executable).parent / "aws-iot-jobs-exporter"
 SPEED = 0.5  # simulated minutes per real second: 30 times real time
@@ -40,6 +43,33 @@ FOUR = {
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.load(response)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a redirect is an answer of its own, not the page printed
+
+
+def printed_urls(text: str) -> list[str]:
+    """Every URL in the demo's output, in order, once."""
+    return list(dict.fromkeys(re.findall(r"https?://[^\s()<>,;]+", text)))
+
+
+def status_of(url: str) -> int:
+    """The status a GET of `url` answers, redirects not followed."""
+    try:
+        with urllib.request.build_opener(_NoRedirect).open(url, timeout=10) as response:
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def assert_every_printed_url_answers(text: str) -> None:
+    urls = printed_urls(text)
+    assert urls, text
+    answers = {url: status_of(url) for url in urls}
+    assert all(code == 200 for code in answers.values()), answers
 
 
 def poll(what: str, probe: Any, deadline: float = DEADLINE) -> Any:
@@ -85,14 +115,18 @@ def test_demo_starts_prometheus_and_alertmanager_and_stops_them(tmp_path: Path) 
         reader.start()
     prometheus = f"http://127.0.0.1:{ports['prom']}"
     try:
-        poll("the demo's URLs", lambda: any(line.startswith("prometheus:") for line in out), 60)
+        poll("the demo's URLs", lambda: any(line.startswith("alertmanager:") for line in out), 60)
         printed = "".join(out)
-        assert f"{prometheus}/alerts" in printed, printed
+        assert f"prometheus:   {prometheus}/" in printed, printed
+        shipped = [g for f in RULES for g in yaml.safe_load(f.read_text())["groups"]]
+        count = sum(len(g["rules"]) for g in shipped)
+        assert f"{count} rules in {len(shipped)} groups loaded" in printed, printed
         assert "at 30x real time" in printed
         if alertmanager:
-            assert f"alertmanager: http://127.0.0.1:{ports['am']}" in printed, printed
+            assert f"alertmanager: http://127.0.0.1:{ports['am']}/" in printed, printed
         else:
             assert "apt-get install prometheus prometheus-alertmanager" in printed, printed
+        assert_every_printed_url_answers(printed)
 
         # The rules Prometheus loaded are the mixin's, time-scaled: 5m of for: is 10s.
         groups = get_json(f"{prometheus}/api/v1/rules")["data"]["groups"]
