@@ -17,12 +17,20 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from exporter import __version__
 from exporter.collector import Collector, Shard
 from exporter.config import Config, ConfigError, Metrics, load_config
-from exporter.demo_stack import ALERTMANAGER_ADDRESS, PROMETHEUS_ADDRESS, DemoStack
+from exporter.demo_stack import (
+    ALERTMANAGER_ADDRESS,
+    PROMETHEUS_ADDRESS,
+    DemoStack,
+    scale_simulator_quotas,
+    time_factor,
+    time_scaled_config,
+)
 from exporter.detached import run_detached
 from exporter.logs import LEVELS, setup_logging
 from exporter.otel import OtelExporter, OtelUnavailable, check_packages
@@ -575,6 +583,15 @@ async def _demo(
     except OSError as exc:
         return _fail(f"--simulator.listen-address {args.sim_address}: {exc.strerror or exc}")
     stack: DemoStack | None = None
+    # A sped-up fleet gets an exporter as sped up as the rules Prometheus evaluates, and
+    # an API that answers as many more calls per real second.
+    factor = time_factor(sim.clock.speed)
+    if factor > 1:
+        try:
+            await scale_simulator_quotas(sim.url, sim.quotas.rates, factor)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await sim.close()
+            return _fail(f"simulator: cannot set its quotas: {exc}")
 
     def to_simulator(config: Config) -> Config:
         targets = tuple(
@@ -586,7 +603,8 @@ async def _demo(
             )
             for t in config.targets
         )
-        return dataclasses.replace(_with_metrics(config, metrics), targets=targets)
+        config = dataclasses.replace(_with_metrics(config, metrics), targets=targets)
+        return time_scaled_config(config, factor)
 
     async def announce(url: str) -> None:
         nonlocal stack

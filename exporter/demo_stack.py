@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from exporter.config import Config
 from exporter.mixin import generate, shipped, shipped_rules
 
 log = logging.getLogger("exporter.demo")
@@ -29,6 +32,8 @@ REAL_TIME = 1 / 60  # simulated minutes per real second
 # No duration of the demo goes below this when sped up: Prometheus' scrape and evaluation
 # intervals are whole seconds, and the rules' durations are generated as whole seconds.
 SHORTEST = 1.0
+# The largest quota, in calls per second, the simulator's admin API accepts.
+QUOTA_LIMIT = 100_000.0
 READY_DEADLINE = 30.0
 STOP_DEADLINE = 5.0
 INSTALL_HINT = "apt-get install prometheus prometheus-alertmanager"
@@ -54,6 +59,68 @@ def scaled_seconds(seconds: float, factor: float) -> float:
     return seconds if factor <= 1 else max(SHORTEST, seconds / factor)
 
 
+def time_scaled_config(config: Config, factor: float) -> Config:
+    """The exporter's side of the demo at `factor` times real time.
+
+    Every duration of the story shrinks by the factor, as the rules' windows do:
+    collection and discovery intervals, the event path's reconcile interval, spacing and
+    silence timeout, and the retention of finished jobs. Otherwise a job that no event
+    touches is described every 5 minutes while the sped-up rules call its data stale after
+    15/factor minutes (`AwsIotJobsExporterDataStale` at --speed 0.1). The request budget
+    grows by the factor with the simulator's quotas (scaled_quotas), or the shorter
+    intervals would queue calls at the budget and fail cycles that were never late.
+    Timeouts stay: they are about the network, which is no faster.
+    """
+    if factor <= 1:
+        return config
+
+    def scale(seconds: float) -> float:
+        return scaled_seconds(seconds, factor)
+
+    c = config.collector
+    collector = dataclasses.replace(
+        c,
+        interval=scale(c.interval),
+        discovery_interval=scale(c.discovery_interval),
+        terminal_job_retention=scale(c.terminal_job_retention),
+        requests_per_second=c.requests_per_second * factor,
+    )
+    targets = tuple(
+        dataclasses.replace(
+            t,
+            events=t.events
+            and dataclasses.replace(
+                t.events,
+                reconcile_interval=scale(t.events.reconcile_interval),
+                min_describe_interval=scale(t.events.min_describe_interval),
+                silence_timeout=scale(t.events.silence_timeout),
+            ),
+        )
+        for t in config.targets
+    )
+    return dataclasses.replace(config, collector=collector, targets=targets)
+
+
+def scaled_quotas(rates: Iterable[tuple[str, float]], factor: float) -> dict[str, float]:
+    """The simulator's quotas at `factor` times real time, for POST /_sim/faults.
+
+    A fleet that lives `factor` minutes per minute answers `factor` times the calls per
+    real second, as the exporter's budget asks; the simulator's own limit is the bound.
+    """
+    return {op: min(QUOTA_LIMIT, rate * max(1.0, factor)) for op, rate in rates}
+
+
+async def scale_simulator_quotas(
+    url: str, rates: Iterable[tuple[str, float]], factor: float
+) -> None:
+    """Sets the simulator's quotas through its admin API (docs/simulator.md)."""
+    async with (
+        _session() as session,
+        session.post(f"{url}/_sim/faults", json={"quotas": scaled_quotas(rates, factor)}) as r,
+    ):
+        r.raise_for_status()
+
+
 def _duration(seconds: float, factor: float) -> str:
     # Prometheus and Alertmanager syntax, whole seconds as the rules' generator writes them.
     return f"{max(SHORTEST, round(scaled_seconds(seconds, factor))):g}s"
@@ -72,8 +139,9 @@ class DemoStack:
 
     `speed` is the simulator's, in simulated minutes per real second. Above real time
     every duration shrinks by the same factor: the rules' windows and `for:`, the scrape
-    and evaluation intervals, Alertmanager's grouping waits, so the story fires the same
-    alerts sooner.
+    and evaluation intervals, Alertmanager's grouping waits (and, through
+    time_scaled_config, the exporter's intervals), so the story fires the same alerts
+    sooner and nothing else.
     """
 
     exporter_address: str  # host:port Prometheus scrapes
@@ -202,8 +270,9 @@ class DemoStack:
             lines.append(f"              no rules loaded, see {prom.log_path}")
         if self.factor > 1:
             lines.append(
-                f"              at {self.factor:g}x real time: the rules' windows and for: "
-                f"and the scrape interval are divided by {self.factor:g}"
+                f"              at {self.factor:g}x real time: the rules' windows and for:, "
+                "the scrape interval and the exporter's intervals are divided by "
+                f"{self.factor:g}, its request budget and the simulator's quotas multiplied"
             )
         return lines
 

@@ -1,10 +1,12 @@
 """`aws-iot-jobs-exporter demo` with Prometheus and Alertmanager, sped up, as a user runs it.
 
 The demo is started as a process on free ports at 30 times real time (`--speed 0.5`), so
-its Prometheus gets the mixin's rules with every window and `for:` divided by 30. The
-four job alerts the demo promises within ten minutes must fire within a minute or so
-and reach Alertmanager; every URL the demo prints must answer; and Ctrl-C (SIGINT) must
-stop every process the demo started and remove its temporary directory.
+its Prometheus gets the mixin's rules with every window and `for:` divided by 30, and its
+exporter intervals divided alike. The four job alerts the demo promises within ten
+minutes must fire within a minute or so and reach Alertmanager; no alert about the
+exporter itself may fire (the time-scaled rules once called the data of an exporter
+that was not time-scaled stale); every URL the demo prints must answer; and Ctrl-C
+(SIGINT) must stop every process the demo started and remove its temporary directory.
 The real-time story with the shipped rules is checked by tests/test_demo_story.py.
 """
 
@@ -38,6 +40,11 @@ FOUR = {
     "AwsIotJobAborted",
     "AwsIotJobExecutionsTimingOut",
 }
+
+
+# Alerts about the exporter watched until this long after the demo's URLs appear: before
+# the exporter's intervals were time-scaled, AwsIotJobsExporterDataStale fired 42 s in.
+OBSERVE = 75.0
 
 
 def get_json(url: str) -> Any:
@@ -116,6 +123,7 @@ def test_demo_starts_prometheus_and_alertmanager_and_stops_them(tmp_path: Path) 
     prometheus = f"http://127.0.0.1:{ports['prom']}"
     try:
         poll("the demo's URLs", lambda: any(line.startswith("alertmanager:") for line in out), 60)
+        started = time.monotonic()
         printed = "".join(out)
         assert f"prometheus:   {prometheus}/" in printed, printed
         shipped = [g for f in RULES for g in yaml.safe_load(f.read_text())["groups"]]
@@ -134,9 +142,12 @@ def test_demo_starts_prometheus_and_alertmanager_and_stops_them(tmp_path: Path) 
         assert set(rules) >= FOUR
         assert rules["AwsIotJobFailureRatioHigh"]["duration"] == 10
 
+        exporter_alerts: set[str] = set()
+
         def firing() -> set[str]:
             alerts = get_json(f"{prometheus}/api/v1/alerts")["data"]["alerts"]
             names = {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
+            exporter_alerts.update(n for n in names if n.startswith("AwsIotJobsExporter"))
             return names if names >= FOUR else set()
 
         poll("the four job alerts firing in Prometheus", firing)
@@ -148,6 +159,11 @@ def test_demo_starts_prometheus_and_alertmanager_and_stops_them(tmp_path: Path) 
                 return names if names >= FOUR else set()
 
             poll("the four job alerts in Alertmanager", received, 60)
+        # Nothing is wrong with the exporter: none of its own alerts may fire.
+        while time.monotonic() < started + OBSERVE:
+            firing()
+            time.sleep(1)
+        assert not exporter_alerts, exporter_alerts
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C
         try:
