@@ -29,6 +29,12 @@ RATIO_ALERTS = {
 }
 
 
+# The links the promtool test files expect in every alert's annotations. The tests run on
+# rules generated with these, so a copy of the mixin whose mixin.yaml points at its own
+# Grafana and runbook (as it should) still passes them.
+TEST_LINKS = {"grafana_url": "http://localhost:3000", "runbook_url": "docs/runbook.md"}
+
+
 def load_generator() -> ModuleType:
     return generate
 
@@ -79,10 +85,35 @@ def test_promtool_check_config() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_promtool_test_rules() -> None:
+def test_promtool_test_rules(tmp_path: Path) -> None:
+    # The test files beside rules generated from mixin.yaml with the links they expect
+    # (their rule_files are ../rules/*.rules.yml).
     assert RULE_TESTS
-    result = run_promtool("test", "rules", *(str(f.relative_to(PROM)) for f in RULE_TESTS))
+    generate.write({**generate.load_config(), **TEST_LINKS}, tmp_path / "rules")
+    (tmp_path / "tests").mkdir()
+    for path in RULE_TESTS:
+        shutil.copy(path, tmp_path / "tests" / path.name)
+    result = run_promtool("test", "rules", *(f"tests/{f.name}" for f in RULE_TESTS), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_links_follow_the_mixin_settings() -> None:
+    # grafana_url and runbook_url are settings: every link starts with them, and nothing
+    # else in the rules names a Grafana.
+    links = {"grafana_url": "https://grafana.example.com", "runbook_url": "https://wiki/rb"}
+    texts = generate.render({**generate.load_config(), **links}).values()
+    notes = [
+        rule["annotations"]
+        for text in texts
+        for group in yaml.safe_load(text)["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
+    assert notes
+    for note in notes:
+        assert note["dashboard_url"].startswith("https://grafana.example.com/d/"), note
+        assert note["runbook_url"].startswith("https://wiki/rb#"), note
+    assert not any("localhost" in text or ":3000" in text for text in texts)
 
 
 def test_alertmanager_config_inhibits_only_alerts_that_exist() -> None:
@@ -170,7 +201,7 @@ def test_alert_follows_the_mixin_conventions(alert: dict[str, Any]) -> None:
     if name in RATIO_ALERTS:
         assert "{{ $value | humanizePercentage }}" in notes["description"]
     base, _, anchor = notes["runbook_url"].partition("#")
-    assert base.endswith("docs/runbook.md")
+    assert base == generate.load_config()["runbook_url"]
     assert anchor in runbook_anchors(), f"{name}: docs/runbook.md has no #{anchor}"
 
 
