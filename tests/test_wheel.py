@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,9 +16,12 @@ from pathlib import Path
 
 import botocore.session
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, SCENARIOS
+from exporter.mixin import RULE_FILES
+from tests.conftest import ROOT, SCENARIOS, free_port
+from tests.test_demo_launcher import FOUR, assert_every_printed_url_answers, get_json, poll
 
 # Building pulls setuptools into an isolated build environment and installing resolves the
 # runtime dependencies, both through pip's index and cache: minutes on a loaded machine.
@@ -25,6 +29,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 STARTUP = 60.0  # seconds for a command to print its URL
 DISCOVERY = 60.0  # seconds for the demo's jobs to reach /metrics
+ALERTING = 150.0  # seconds for the sped-up demo's job alerts to reach Alertmanager
+MIXIN = ROOT / "exporter" / "mixin"
 
 
 def _env() -> dict[str, str]:
@@ -142,17 +148,46 @@ def test_the_wheel_carries_every_scenario_and_imports_from_the_venv(
     assert all(site in Path(line.split()[1]).resolve().parents for line in scenarios)
 
 
-def test_installed_demo_serves_jobs_from_another_folder(
+def test_the_wheel_carries_the_mixin_the_demo_loads(venv: Path, elsewhere: Path) -> None:
+    # What the demo reads through importlib.resources, read the same way from the wheel,
+    # is the checkout's: every rule file, the Alertmanager config and the thresholds.
+    probe = (
+        "import json; from exporter.mixin import shipped, shipped_rules; "
+        "from exporter.mixin import generate; "
+        "print(json.dumps({'rules': shipped_rules(), 'alertmanager': shipped('alertmanager.yml'),"
+        " 'config': generate.load_config(), 'file': generate.__file__}))"
+    )
+    found = json.loads(_run(venv / "bin" / "python", "-c", probe, cwd=elsewhere))
+    assert venv.resolve() in Path(found["file"]).resolve().parents, found["file"]
+    assert found["rules"] == {name: (MIXIN / "rules" / name).read_text() for name in RULE_FILES}
+    assert found["alertmanager"] == (MIXIN / "alertmanager.yml").read_text()
+    assert found["config"] == yaml.safe_load((MIXIN / "mixin.yaml").read_text())
+
+
+def test_installed_demo_serves_jobs_and_fires_alerts_from_another_folder(
     venv: Path, elsewhere: Path, running: list[Running]
 ) -> None:
+    # The whole demo as a user of the wheel gets it, sped up (30 times real time) so that
+    # its job alerts fire within a minute: Prometheus with the rule groups, Alertmanager
+    # receiving the alerts, and every URL printed answering.
+    assert shutil.which("prometheus"), "prometheus not found on PATH; run `make prometheus`"
+    alertmanager = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    assert alertmanager, "prometheus-alertmanager not found on PATH; run `make prometheus`"
+    prometheus, am = (f"127.0.0.1:{free_port()}" for _ in range(2))
     demo = Running(
         [
             venv / "bin" / "aws-iot-jobs-exporter",
             "demo",
+            "--speed",
+            "0.5",
             "--web.listen-address",
             "127.0.0.1:0",
             "--simulator.listen-address",
             "127.0.0.1:0",
+            "--prometheus.listen-address",
+            prometheus,
+            "--alertmanager.listen-address",
+            am,
         ],
         elsewhere,
     )
@@ -160,6 +195,16 @@ def test_installed_demo_serves_jobs_from_another_folder(
     url = demo.wait_for(r"metrics:\s+(http://127\.0\.0\.1:\d+/metrics)")
     log = demo.err.read_text()
     assert re.search(r"scenario=\S*site-packages/exporter/simulator/scenarios/demo\.yaml", log)
+    demo.wait_for(r"(?m)^(alertmanager: .*)$")
+    printed = demo.out.read_text()
+    assert "did not start" not in printed and "no rules loaded" not in printed, printed
+    assert_every_printed_url_answers(printed)
+    # The rule groups of the shipped files, loaded.
+    groups = get_json(f"http://{prometheus}/api/v1/rules")["data"]["groups"]
+    shipped = [
+        g for f in RULE_FILES for g in yaml.safe_load((MIXIN / "rules" / f).read_text())["groups"]
+    ]
+    assert sorted(g["name"] for g in groups) == sorted(g["name"] for g in shipped)
 
     end = time.monotonic() + DISCOVERY
     jobs: set[str] = set()
@@ -174,6 +219,13 @@ def test_installed_demo_serves_jobs_from_another_folder(
         time.sleep(0.5)
     # The demo scenario's jobs, discovered through the simulator the command started.
     assert wanted <= jobs, jobs
+
+    def received() -> set[str]:
+        names = {a["labels"]["alertname"] for a in get_json(f"http://{am}/api/v2/alerts")}
+        return names if names >= FOUR else set()
+
+    # The story's job alerts, through Prometheus into the Alertmanager the demo started.
+    poll("the job alerts in Alertmanager", received, ALERTING)
     assert demo.stop() == 0
 
 
