@@ -6,13 +6,11 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import heapq
 import logging
 import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,7 +24,18 @@ from exporter.aws import (
 from exporter.budget import EVENT, FIRST, REFRESH, UNKNOWN, WORK, Budgets
 from exporter.config import CollectorSettings, Config, Target
 from exporter.events import EventConsumer, LogThrottle, Queue, ReasonCounts
+from exporter.logs import sanitise
 from exporter.model import TERMINAL_STATUSES, JobSnapshot
+from exporter.schedule import (
+    SYSTEM_CLOCK,
+    Clock,
+    EventMarks,
+    cycle_seconds,
+    hold,
+    refresh_due,
+    spacing,
+    staleness,
+)
 from exporter.status import (
     EventsStatus,
     FailingJob,
@@ -42,33 +51,8 @@ log = logging.getLogger(__name__)
 
 # The status page counts API calls over this window ("the last minutes").
 STATUS_WINDOW = 300.0
-# A job that is still described every cycle is stale once its data is older than this
-# many intervals: one late cycle is normal, two mean describes are failing or stretched.
-STALE_INTERVALS = 2
 # Stale jobs listed per target on the status page; the count says how many there are.
 STATUS_STALE_LISTED = 50
-_MESSAGE_LIMIT = 300
-# Parts of AWS error messages that echo the request: SignatureDoesNotMatch quotes the
-# canonical request, whose signed headers include the session token.
-_ECHOES = re.compile(r"(canonical string|string-to-sign|stringtosign)", re.IGNORECASE)
-_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
-# Secret keys (40 characters) and session tokens are base64; job ids and ARNs have
-# hyphens, underscores or colons that break them into shorter runs.
-_TOKEN = re.compile(r"[A-Za-z0-9+/=]{40,}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
-
-
-def sanitise(message: str) -> str:
-    """An error message fit for the status page: no request echo, key ids or tokens."""
-    echo = _ECHOES.search(message)
-    if echo:
-        message = message[: echo.start()].rstrip() + " [request details removed]"
-    message = _KEY_ID.sub("[key id]", message)
-    message = _TOKEN.sub("[redacted]", message)
-    message = _CONTROL.sub(" ", message).strip()
-    if len(message) > _MESSAGE_LIMIT:
-        message = message[: _MESSAGE_LIMIT - 1] + "…"
-    return message
 
 
 class SnapshotSink(Protocol):
@@ -146,7 +130,7 @@ class TargetCollector:
         store: SnapshotSink,
         telemetry: Telemetry,
         shard: Shard = Shard(),
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         tracing: Tracing = NOOP_TRACING,
     ) -> None:
         self.target = target
@@ -171,10 +155,9 @@ class TargetCollector:
         self._semaphore = asyncio.Semaphore(settings.concurrency)
         # Jobs an event marked changed: job id → when first marked (monotonic), and a heap
         # of (due, marked, job id) so the oldest mark is described first.
-        self._dirty: dict[str, float] = {}
-        self._dirty_heap: list[tuple[float, float, str]] = []
+        events = target.events
+        self._marks = EventMarks(events.min_describe_interval if events else 0.0)
         self._dirty_wakeup = asyncio.Event()
-        self._event_described: dict[str, float] = {}
         # Job ids only events named, awaiting the describe that says whether they exist:
         # at most events.max_unknown_jobs, in the order they came (the rest are dropped).
         self._unknown: dict[str, None] = {}
@@ -192,9 +175,9 @@ class TargetCollector:
         # Calls outlive the cycle that started them when they are slow: a slow call must
         # not hold the target's other jobs. Their results count in the cycle they end in.
         self._in_flight: dict[str, asyncio.Task[None]] = {}
-        # Of those, the describes of ids only events named: not jobs of the target yet, so a
-        # slow one is no job the cycle failed to refresh.
-        self._in_flight_unknown: set[str] = set()
+        # Of those, the ones a cycle started: a call still running when a cycle ends is a
+        # job it could not refresh. Event describes (of known or unknown ids) are not.
+        self._in_flight_cycle: set[str] = set()
         self._discovery: asyncio.Task[None] | None = None
         self._cycle = _Cycle()
         self._tracked_at = 0.0
@@ -283,13 +266,7 @@ class TargetCollector:
                 return False
             self._unknown[job_id] = None
             self.telemetry.unknown_jobs(self.target.name, len(self._unknown))
-        if job_id not in self._dirty:
-            now = time.monotonic()
-            self._dirty[job_id] = now
-            settings = self.target.events
-            spacing = settings.min_describe_interval if settings else 0.0
-            due = max(now, self._event_described.get(job_id, -spacing) + spacing)
-            heapq.heappush(self._dirty_heap, (due, now, job_id))
+        if self._marks.mark(job_id, self.clock.monotonic()):
             self._dirty_wakeup.set()
         return True
 
@@ -326,37 +303,15 @@ class TargetCollector:
 
     async def describe_dirty(self) -> None:
         """Describes the jobs events marked, oldest mark first, inside the same budget."""
-        settings = self.target.events
-        spacing = settings.min_describe_interval if settings else 0.0
         while True:
-            if not self._dirty_heap:
-                self._dirty_wakeup.clear()
-                await self._dirty_wakeup.wait()
+            job_id, delay = self._marks.next(self.clock.monotonic(), self._in_flight.__contains__)
+            if job_id is None:
+                # Nothing due: wait for the first due mark, or for a newer one.
+                await self._wait_for_mark(delay)
                 continue
-            due, marked, job_id = self._dirty_heap[0]
-            if self._dirty.get(job_id) != marked:
-                heapq.heappop(self._dirty_heap)  # described meanwhile
-                continue
-            now = time.monotonic()
-            if job_id in self._in_flight and due <= now:
-                # Being described: what that call reads may predate the event, so the job
-                # is described again once it ends, keeping its place by mark time.
-                heapq.heapreplace(self._dirty_heap, (now + 0.25, marked, job_id))
-                continue
-            delay = due - now
-            if delay > 0:
-                # A newer, earlier-due mark wakes this wait up.
-                self._dirty_wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._dirty_wakeup.wait()
-                continue
-            heapq.heappop(self._dirty_heap)
-            del self._dirty[job_id]
             tracked = self._jobs.get(job_id)
             if tracked is None and job_id not in self._unknown:
                 continue
-            self._event_described[job_id] = time.monotonic()
             self._event_describes += 1
             self.telemetry.event_describe(self.target.name)
             if tracked is None:
@@ -369,17 +324,27 @@ class TargetCollector:
             await self._event_slots.acquire()
             tasks: list[asyncio.Task[None]] = []
             try:
-                await self._spawn(job_id, tasks, kind)
+                await self._spawn(job_id, tasks, kind, from_cycle=False)
             finally:
                 if tasks:
                     tasks[0].add_done_callback(lambda _: self._event_slots.release())
                 else:
                     self._event_slots.release()
-            if len(self._event_described) > 2 * len(self._jobs) + 1000:
-                horizon = time.monotonic() - spacing
-                self._event_described = {
-                    j: t for j, t in self._event_described.items() if t > horizon
-                }
+
+    async def _wait_wakeup(self) -> object:
+        return await self._dirty_wakeup.wait()
+
+    async def _wait_for_mark(self, delay: float | None) -> None:
+        """Until `delay` has passed on the clock (None: forever), or a job is marked."""
+        self._dirty_wakeup.clear()
+        waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wait_wakeup())}
+        if delay is not None:
+            waits.add(asyncio.ensure_future(self.clock.sleep(delay)))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in waits:
+                future.cancel()
 
     def attach_events(self, queue: Queue) -> EventConsumer:
         """The target's event consumer on `queue`; run it with run_events().
@@ -396,7 +361,7 @@ class TargetCollector:
             self,
             self.telemetry,
             self.reasons,
-            clock=self.clock,
+            clock=self.clock.time,
         )
         return self.consumer
 
@@ -454,7 +419,9 @@ class TargetCollector:
     def record_error(
         self, outcome: str, operation: str, message: str, job_id: str | None = None
     ) -> None:
-        self.last_error = LastError(self.clock(), outcome, operation, sanitise(message), job_id)
+        self.last_error = LastError(
+            self.clock.time(), outcome, operation, sanitise(message), job_id
+        )
 
     async def discover(self, cycle: _Cycle) -> bool:
         """Add the jobs ListJobs finds; jobs leave only by NotFound or retention.
@@ -462,7 +429,7 @@ class TargetCollector:
         False when ListJobs failed: the target then stays failed until a discovery succeeds.
         """
         discover = self.target.jobs.discover
-        now = self.clock()
+        now = self.clock.time()
         for job_id in self._missing:
             self._jobs.setdefault(job_id, _Tracked(explicit=True))
         self._missing.clear()
@@ -531,10 +498,12 @@ class TargetCollector:
         if not listed:
             # A failed discovery is tried again next cycle rather than a discovery interval
             # later, so a target recovers as soon as ListJobs works again.
-            self._next_discovery = self.clock()
+            self._next_discovery = self.clock.time()
         self._cycle.failures += outcome.failures
 
-    async def _spawn(self, job_id: str, tasks: list[asyncio.Task[None]], kind: str) -> None:
+    async def _spawn(
+        self, job_id: str, tasks: list[asyncio.Task[None]], kind: str, from_cycle: bool = True
+    ) -> None:
         """Describes the job in a task of its own, as work of `kind` at the budget."""
         # Taking the slot before creating the task keeps at most `concurrency` tasks alive,
         # however many jobs are due: 10,000 sleeping tasks would cost more than the jobs.
@@ -552,14 +521,14 @@ class TargetCollector:
         finally:
             WORK.reset(token)
         self._in_flight[job_id] = task
-        if kind == UNKNOWN:
-            self._in_flight_unknown.add(job_id)
+        if from_cycle:
+            self._in_flight_cycle.add(job_id)
         task.add_done_callback(lambda _: self._in_flight_done(job_id))
         tasks.append(task)
 
     def _in_flight_done(self, job_id: str) -> None:
         self._in_flight.pop(job_id, None)
-        self._in_flight_unknown.discard(job_id)
+        self._in_flight_cycle.discard(job_id)
 
     async def _describe(self, job_id: str) -> None:
         try:
@@ -583,11 +552,11 @@ class TargetCollector:
         if tracked is None:
             return
         cycle.described += 1
-        if time.monotonic() - self._tracked_at >= 1.0:
+        if self.clock.monotonic() - self._tracked_at >= 1.0:
             self._update_tracked()
         self._answered()
         snapshot = snapshot.with_observed_rate(tracked.snapshot)
-        if self._expired_at(snapshot.status, snapshot.ended_at, self.clock()):
+        if self._expired_at(snapshot.status, snapshot.ended_at, self.clock.time()):
             self._drop(job_id)
             self._expired.add(job_id)
             return
@@ -656,12 +625,12 @@ class TargetCollector:
     def _drop(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
         self._job_errors.pop(job_id, None)
-        self._dirty.pop(job_id, None)
+        self._marks.forget(job_id)
         self.reasons.forget(job_id)
         self.store.remove((self.target.name, job_id))
 
     def _expire_frozen(self) -> None:
-        now = self.clock()
+        now = self.clock.time()
         for job_id, tracked in list(self._jobs.items()):
             snap = tracked.snapshot
             if snap is not None and self._expired_at(snap.status, snap.ended_at, now):
@@ -684,15 +653,15 @@ class TargetCollector:
         interval; the token bucket still caps the rate, which stretches the cycle when
         the quota cannot fit every active job in one interval.
         """
-        started = time.monotonic()
+        started = self.clock.monotonic()
         cycle = self._cycle
         first_cycle = spread <= 0
         tasks: list[asyncio.Task[None]] = []
         # Discovery runs beside the describes: a long or slow listing never stops the
         # known jobs from being described. One at a time; a slow one carries over.
-        if self._discovery is None and self.clock() >= self._next_discovery:
+        if self._discovery is None and self.clock.time() >= self._next_discovery:
             self._discovery = asyncio.create_task(self._discover())
-            self._next_discovery = self.clock() + self.settings.discovery_interval
+            self._next_discovery = self.clock.time() + self.settings.discovery_interval
             await asyncio.sleep(0)  # let it queue the explicit ids it re-adds first
         discovery = self._discovery
         pending = self._pending()
@@ -708,21 +677,22 @@ class TargetCollector:
             # Events say which jobs changed; the rest are reconciled less often, for lost
             # events and for what no event reports (an execution going in progress). Half an
             # interval early, so a job is not left a whole extra cycle behind.
-            horizon = self.clock() - events.reconcile_interval + self.settings.interval / 2
-            known = [
-                job_id
-                for job_id in known
-                if job_id not in self._dirty and self._fetched_at(job_id) <= horizon
-            ]
+            known = refresh_due(
+                [(job_id, self._fetched_at(job_id)) for job_id in known],
+                self.clock.time(),
+                self.settings.interval,
+                events.reconcile_interval,
+                self._marks.__contains__,
+            )
         self._check_budget(len(pending) + len(known))
-        spacing = spread / len(known) if spread > 0 and known else 0.0
+        step = spacing(spread, len(known))
         for job_id in pending:
             await self._spawn(job_id, tasks, FIRST)
-        first = time.monotonic()
+        first = self.clock.monotonic()
         for i, job_id in enumerate(known):
-            delay = first + i * spacing - time.monotonic()
+            delay = first + i * step - self.clock.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
             await self._spawn(job_id, tasks, REFRESH)
         if discovery is not None:
             # The first cycle waits for discovery: readiness means every job was seen once.
@@ -736,7 +706,7 @@ class TargetCollector:
             await asyncio.wait(tasks, timeout=None if first_cycle else self._hold(started))
         # A call still running, started by this cycle or an earlier one, is a job this
         # cycle could not refresh: not a success, or the gauge would flap while it is slow.
-        carried = len(self._in_flight) - len(self._in_flight_unknown)
+        carried = len(self._in_flight_cycle)
         if carried:
             cycle.failures += carried
             log.debug("calls carried over target=%s calls=%d", self.target.name, carried)
@@ -748,10 +718,10 @@ class TargetCollector:
         # discovery succeeds, the target stays failed instead of flapping back to 1.
         success = not cycle.failures and not self._discovery_failed
         self._last_success = success
-        now = self.clock()
+        now = self.clock.time()
         if success:
             self._last_collection = now
-        self.telemetry.cycle_done(name, time.monotonic() - started, success, now)
+        self.telemetry.cycle_done(name, self.clock.monotonic() - started, success, now)
         if self.target.jobs.discover is None and not self._jobs:
             # Nothing of this target is this shard's to describe: nothing to wait for.
             self.primed = True
@@ -798,8 +768,8 @@ class TargetCollector:
     def _hold(self, started: float) -> float:
         """How long a cycle waits for its calls: to the end of its interval, and at least
         `request_timeout` for the calls it started last; a slower call ends in a later cycle."""
-        return max(
-            started + self.settings.interval - time.monotonic(), self.settings.request_timeout
+        return hold(
+            started, self.clock.monotonic(), self.settings.interval, self.settings.request_timeout
         )
 
     async def close(self) -> None:
@@ -815,7 +785,7 @@ class TargetCollector:
 
     def _check_budget(self, calls: int) -> None:
         """Says, once per change, when the quota cannot describe every due job per interval."""
-        needed = calls / self.rate
+        needed = cycle_seconds(calls, self.rate)
         stretched = needed > self.settings.interval
         self.telemetry.cycle_stretched(self.target.name, stretched)
         if stretched != self._stretched:
@@ -842,7 +812,7 @@ class TargetCollector:
         return (consumer.received if consumer is not None else 0), self._event_describes
 
     def _sample_calls(self) -> None:
-        now = self.clock()
+        now = self.clock.time()
         self._calls.append((now, *self._api_totals(), *self._event_totals()))
         # Keep one sample older than the window, the baseline of its difference.
         while len(self._calls) > 2 and self._calls[1][0] <= now - STATUS_WINDOW:
@@ -850,7 +820,7 @@ class TargetCollector:
 
     def status(self) -> TargetStatus:
         """The target as the status page shows it, computed now from what the poller knows."""
-        now = self.clock()
+        now = self.clock.time()
         total, throttled, failed = self._api_totals()
         received, describes = self._event_totals()
         # The newest sample at least a window old, else the oldest: the window shown is
@@ -868,11 +838,10 @@ class TargetCollector:
         # drive it; twice that, as one late round is normal.
         events = self.target.events
         driven = events is not None and self.event_driven()
-        basis = "reconcile_interval" if driven else "interval"
-        goal = self.settings.interval
-        if driven and events is not None:
-            goal = max(goal, events.reconcile_interval + self.settings.interval)
-        stale_after = STALE_INTERVALS * goal
+        threshold = staleness(
+            self.settings.interval, events.reconcile_interval if events else None, driven
+        )
+        stale_after, basis = threshold.after_seconds, threshold.basis
         stale: list[StaleJob] = []
         for job_id, tracked in self._jobs.items():
             states[tracked.state] += 1
@@ -950,7 +919,7 @@ class TargetCollector:
         )
 
     def _update_tracked(self) -> None:
-        self._tracked_at = time.monotonic()
+        self._tracked_at = self.clock.monotonic()
         counts = dict.fromkeys(TRACKED_STATES, 0)
         for tracked in self._jobs.values():
             counts[tracked.state] += 1
@@ -960,7 +929,7 @@ class TargetCollector:
         """Cycles forever, one every interval; a failing cycle never ends the loop."""
         try:
             while True:
-                started = time.monotonic()
+                started = self.clock.monotonic()
                 try:
                     # The first cycle describes everything at once so /readyz comes quickly.
                     await self.collect_once(spread=self.settings.interval if self.cycles else 0.0)
@@ -969,8 +938,8 @@ class TargetCollector:
                     log.exception("collection cycle crashed target=%s", self.target.name)
                     self.telemetry.cycle_failed(self.target.name)
                     self._last_success = False
-                elapsed = time.monotonic() - started
-                await asyncio.sleep(max(0.0, self.settings.interval - elapsed))
+                elapsed = self.clock.monotonic() - started
+                await self.clock.sleep(max(0.0, self.settings.interval - elapsed))
         finally:
             await self.close()
 

@@ -54,6 +54,33 @@ _CONTROLS = re.compile(f"[\\x00-\\x1f{_UNSAFE_RANGES}]")
 _LOGFMT_PLAIN = re.compile(r"[!#-<>-\[\]-~]+")
 
 
+_DISPLAY_LIMIT = 300
+# Parts of AWS error messages that echo the request: SignatureDoesNotMatch quotes the
+# canonical request, whose signed headers include the session token.
+_ECHOES = re.compile(r"(canonical string|string-to-sign|stringtosign)", re.IGNORECASE)
+_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
+# Secret keys (40 characters) and session tokens are base64; job ids and ARNs have
+# hyphens, underscores or colons that break them into shorter runs.
+_TOKEN = re.compile(r"[A-Za-z0-9+/=]{40,}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def sanitise(message: str) -> str:
+    """An error message fit for the status page and the probe: one line, no request echo,
+    key ids, credential values or tokens, at most 300 characters."""
+    echo = _ECHOES.search(message)
+    if echo:
+        message = message[: echo.start()].rstrip() + " [request details removed]"
+    message = _SECRET_ELEMENT.sub(r"\1<redacted>", message)
+    message = _SECRET_PAIR.sub(r"\1<redacted>", message)
+    message = _KEY_ID.sub("[key id]", message)
+    message = _TOKEN.sub("[redacted]", message)
+    message = _CONTROL.sub(" ", message).strip()
+    if len(message) > _DISPLAY_LIMIT:
+        message = message[: _DISPLAY_LIMIT - 1] + "…"
+    return message
+
+
 def redact(text: str, library: bool = True) -> str:
     """Text with credential values replaced; from a library: one line, bodies dropped."""
     if library:

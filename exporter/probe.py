@@ -12,9 +12,8 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ProfileNotFound
 
 from exporter.aws import classify, describe_exception
-from exporter.collector import sanitise
 from exporter.config import CollectorSettings, Config, Target
-from exporter.logs import escape_controls
+from exporter.logs import escape_controls, sanitise
 
 # What a failed step is reported as: the outcome classes of aws.py, with `network` split
 # into a region botocore does not know and an endpoint that does not answer.

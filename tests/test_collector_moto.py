@@ -18,6 +18,7 @@ from exporter.collector import Collector, Shard, TargetCollector
 from exporter.config import Config, parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
+from tests.support import WallClock
 
 
 @pytest.fixture
@@ -175,7 +176,7 @@ async def test_canceled_job_with_queued_executions_is_polled_then_dropped_after_
     target = cfg.targets[0]
     async with JobSource(target, cfg.collector, telemetry) as source:
         collector = TargetCollector(
-            target, cfg.collector, source, store, telemetry, clock=lambda: now[0]
+            target, cfg.collector, source, store, telemetry, clock=WallClock(lambda: now[0])
         )
         for _ in range(3):
             await collector.collect_once()

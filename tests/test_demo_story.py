@@ -50,6 +50,7 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import ScenarioError, Simulator, load_scenario, start_simulator
 from exporter.store import MetricsStore
 from tests.conftest import ROOT
+from tests.support import WallClock
 from tests.test_rules import RULES, promtool
 
 SCENARIO = ROOT / "exporter" / "simulator" / "scenarios" / "demo.yaml"
@@ -104,7 +105,7 @@ async def record(sim: Simulator) -> Series:
             SimulatedTimeSource(source, sim),
             store,
             telemetry,
-            clock=sim.clock.now,
+            clock=WallClock(sim.clock.now),
         )
         for step in range(MINUTES * 60 // STEP + 1):
             await collector.collect_once()

@@ -16,6 +16,7 @@ from exporter.selfmetrics import OUTCOMES, SelfMetrics
 from exporter.store import MetricsStore
 from tests.conftest import ROOT, free_port
 from tests.iot_endpoint import IotEndpoint
+from tests.support import WallClock
 
 FULL = json.loads((ROOT / "tests" / "data" / "describe_job_full.json").read_text())
 
@@ -196,7 +197,7 @@ async def test_finished_jobs_are_frozen_then_dropped_after_retention(
     target = config.targets[0]
     async with JobSource(target, config.collector, telemetry) as source:
         collector = TargetCollector(
-            target, config.collector, source, store, telemetry, clock=lambda: now[0]
+            target, config.collector, source, store, telemetry, clock=WallClock(lambda: now[0])
         )
         for _ in range(3):
             await collector.collect_once()
@@ -229,7 +230,7 @@ async def test_a_deleted_frozen_job_disappears_at_the_next_discovery(
     target = config.targets[0]
     async with JobSource(target, config.collector, telemetry) as source:
         collector = TargetCollector(
-            target, config.collector, source, store, telemetry, clock=lambda: now[0]
+            target, config.collector, source, store, telemetry, clock=WallClock(lambda: now[0])
         )
         await collector.collect_once()
         await collector.collect_once()

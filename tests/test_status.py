@@ -21,9 +21,9 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import Collector, sanitise
+from exporter.collector import Collector
 from exporter.config import Config, parse_config
-from exporter.logs import escape_controls
+from exporter.logs import escape_controls, sanitise
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.simulator import Simulator

@@ -1,0 +1,254 @@
+"""The scheduler on a fake clock, against a fake source: spread, stretch, event marks and
+their spacing, what is due, what is stale; hours of schedule in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import pytest
+
+from exporter.aws import JobSummary
+from exporter.collector import TargetCollector
+from exporter.config import parse_config
+from exporter.model import JobSnapshot, parse_describe_job
+from exporter.schedule import (
+    BUSY_RETRY,
+    EventMarks,
+    cycle_seconds,
+    hold,
+    refresh_due,
+    spacing,
+    staleness,
+)
+from exporter.selfmetrics import SelfMetrics
+from exporter.store import MetricsStore
+from tests.support import FakeClock
+
+
+class FakeSource:
+    """Jobs in memory, each describe recorded with the fake clock's time."""
+
+    def __init__(self, clock: FakeClock, jobs: dict[str, str]) -> None:
+        self.clock = clock
+        self.jobs = jobs  # job id → status
+        self.calls: list[tuple[str, float]] = []
+
+    async def describe_job(self, job_id: str) -> JobSnapshot:
+        self.calls.append((job_id, self.clock.monotonic()))
+        await asyncio.sleep(0)
+        body: dict[str, Any] = {
+            "job": {
+                "jobId": job_id,
+                "jobArn": f"arn:aws:iot:eu-west-1:123456789012:job/{job_id}",
+                "status": self.jobs[job_id],
+                "jobProcessDetails": {
+                    "numberOfQueuedThings": int(self.jobs[job_id] == "IN_PROGRESS"),
+                    "numberOfSucceededThings": 1,
+                },
+            }
+        }
+        if self.jobs[job_id] != "IN_PROGRESS":
+            body["job"]["completedAt"] = self.clock.time()
+        return parse_describe_job(body, self.clock.time())
+
+    async def list_jobs(self, params: dict[str, str]) -> list[JobSummary]:
+        return [JobSummary(j, s, None) for j, s in self.jobs.items()]
+
+
+def collector(
+    clock: FakeClock, source: FakeSource, interval: str = "60s", events: str = ""
+) -> TargetCollector:
+    config = parse_config(
+        f"collector: {{interval: {interval}, requests_per_second: 1000, concurrency: 50}}\n"
+        "targets:\n  - name: t\n    region: eu-west-1\n"
+        f"    jobs: {{ids: [{', '.join(source.jobs)}]}}\n{events}"
+    )
+    return TargetCollector(
+        config.targets[0], config.collector, source, MetricsStore(), SelfMetrics(), clock=clock
+    )
+
+
+# --- pure functions -----------------------------------------------------------------------
+
+
+def test_spacing_hold_and_cycle_length() -> None:
+    assert spacing(60, 4) == 15 and spacing(0, 4) == 0 and spacing(60, 0) == 0
+    assert hold(started=100, now=130, interval=60, request_timeout=10) == 30
+    assert hold(started=100, now=158, interval=60, request_timeout=10) == 10
+    assert cycle_seconds(1000, 5) == 200 and cycle_seconds(1, 0) == float("inf")
+
+
+def test_polling_refreshes_every_known_job_events_only_the_unmarked_old_ones() -> None:
+    known = [("fresh", 1000.0), ("old", 600.0), ("marked", 600.0)]
+    assert refresh_due(known, 1000.0, 60, None, lambda j: False) == ["fresh", "old", "marked"]
+    # Reconcile every 300 s, half an interval early: "old" (400 s) is due, "fresh" is not,
+    # "marked" is left to its event.
+    assert refresh_due(known, 1000.0, 60, 300, lambda j: j == "marked") == ["old"]
+
+
+def test_stale_follows_what_the_target_means_to_achieve() -> None:
+    assert staleness(10, None, driven=False).after_seconds == 20
+    assert staleness(10, 300, driven=False).basis == "interval"
+    driven = staleness(10, 300, driven=True)
+    assert (driven.after_seconds, driven.basis) == (620, "reconcile_interval")
+
+
+def test_marks_go_oldest_first_each_job_at_most_once_per_interval() -> None:
+    marks = EventMarks(min_interval=5)
+    assert marks.mark("a", 0.0) and marks.mark("b", 0.1)
+    assert not marks.mark("a", 0.2)  # marked already: one describe for many events
+    idle = lambda j: False  # noqa: E731
+    assert marks.next(1.0, idle) == ("a", None)
+    assert marks.next(1.0, idle) == ("b", None)
+    assert marks.next(1.0, idle) == (None, None)
+    marks.mark("a", 2.0)  # described at 1.0: due at 6.0
+    assert marks.next(2.0, idle) == (None, 4.0)
+    assert marks.next(6.0, idle) == ("a", None)
+
+
+def test_a_job_being_described_keeps_its_mark_and_is_tried_again() -> None:
+    marks = EventMarks(min_interval=0)
+    marks.mark("a", 0.0)
+    assert marks.next(0.0, lambda j: True) == (None, BUSY_RETRY)
+    assert marks.next(BUSY_RETRY, lambda j: False) == ("a", None)
+
+
+def test_marks_stay_bounded_by_the_jobs_however_many_events() -> None:
+    marks = EventMarks(min_interval=1)
+    for i in range(100_000):
+        marks.mark(f"job-{i % 50}", i * 0.01)
+        marks.next(i * 0.01, lambda j: False)
+    assert len(marks) <= 50
+    assert len(marks._described) <= 2 * 50 + 1000
+    assert len(marks._heap) <= 50
+
+
+def test_a_forgotten_job_is_not_described() -> None:
+    marks = EventMarks(min_interval=0)
+    marks.mark("gone", 0.0)
+    marks.forget("gone")
+    assert marks.next(1.0, lambda j: False) == (None, None)
+
+
+# --- the collector on a fake clock ---------------------------------------------------------
+
+
+async def test_known_jobs_are_spread_evenly_over_the_interval() -> None:
+    clock = FakeClock()
+    source = FakeSource(clock, {f"j{i}": "IN_PROGRESS" for i in range(6)})
+    poller = collector(clock, source)
+    await poller.collect_once()  # the first cycle: every job at once
+    assert {at for _, at in source.calls} == {0.0}
+    source.calls.clear()
+    await poller.collect_once(spread=60)
+    starts = [at for _, at in source.calls]
+    assert len(starts) == 6
+    assert [round(b - a, 6) for a, b in itertools.pairwise(starts)] == [10.0] * 5
+
+
+async def test_frozen_jobs_are_never_described_again() -> None:
+    clock = FakeClock()
+    source = FakeSource(clock, {"done": "COMPLETED", "running": "IN_PROGRESS"})
+    poller = collector(clock, source)
+    await poller.collect_once()
+    source.calls.clear()
+    for _ in range(5):
+        clock.advance(60)
+        await poller.collect_once(spread=60)
+    assert {job for job, _ in source.calls} == {"running"}
+
+
+async def test_a_cycle_that_cannot_fit_its_jobs_says_it_is_stretched() -> None:
+    clock = FakeClock()
+    jobs = {f"j{i}": "IN_PROGRESS" for i in range(100)}
+    source = FakeSource(clock, jobs)
+    poller = collector(clock, source, interval="50ms")  # 100 jobs at 1000/s: 100 ms
+    await poller.collect_once()
+    assert poller.telemetry.collection_stretched.labels("t")._value.get() == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("events", [1, 3, 20])
+async def test_event_marks_describe_a_job_once_per_min_interval_on_the_clock(events: int) -> None:
+    clock = FakeClock()
+    source = FakeSource(clock, {"hot": "IN_PROGRESS", "cold": "IN_PROGRESS"})
+    poller = collector(
+        clock,
+        source,
+        events="    events: {sqs_queue_url: 'https://sqs.eu-west-1.amazonaws.com/123456789012/q', "
+        "min_describe_interval: 5s}\n",
+    )
+    await poller.collect_once()
+    source.calls.clear()
+    task = asyncio.create_task(poller.describe_dirty())
+    try:
+        for _ in range(events):
+            poller.job_changed("hot")
+            clock.advance(1)
+            for _ in range(20):
+                await asyncio.sleep(0)
+        for _ in range(50):  # let the last due mark come round on the fake clock
+            await asyncio.sleep(0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    times = [at for job, at in source.calls if job == "hot"]
+    # The first event at once (the clock had moved 1 s when the task first ran); later
+    # ones at most one describe per 5 s of clock, however many events.
+    assert times and times[0] <= 1.0
+    assert all(b - a >= 5 for a, b in itertools.pairwise(times)), times
+    assert len(times) <= events
+    assert all(job == "hot" for job, _ in source.calls)
+
+
+async def test_many_events_for_one_job_before_its_describe_cost_one_describe() -> None:
+    clock = FakeClock()
+    source = FakeSource(clock, {"hot": "IN_PROGRESS"})
+    poller = collector(
+        clock,
+        source,
+        events="    events: {sqs_queue_url: 'https://sqs.eu-west-1.amazonaws.com/123456789012/q', "
+        "min_describe_interval: 5s}\n",
+    )
+    await poller.collect_once()
+    source.calls.clear()
+    for _ in range(1000):
+        poller.job_changed("hot")
+    task = asyncio.create_task(poller.describe_dirty())
+    for _ in range(50):
+        await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert [job for job, _ in source.calls] == ["hot"]
+
+
+async def test_an_event_describe_still_running_at_the_end_of_a_cycle_does_not_fail_it() -> None:
+    clock = FakeClock()
+    source = FakeSource(clock, {"busy": "IN_PROGRESS", "quiet": "IN_PROGRESS"})
+    poller = collector(
+        clock,
+        source,
+        events="    events: {sqs_queue_url: 'https://sqs.eu-west-1.amazonaws.com/123456789012/q', "
+        "reconcile_interval: 1h}\n",
+    )
+    await poller.collect_once()
+    release = asyncio.Event()
+    describe = source.describe_job
+
+    async def slow(job_id: str) -> JobSnapshot:
+        if job_id == "busy":
+            await release.wait()
+        return await describe(job_id)
+
+    source.describe_job = slow  # type: ignore[method-assign]
+    task = asyncio.create_task(poller.describe_dirty())
+    poller.job_changed("busy")
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert "busy" in poller._in_flight  # the event's describe, not the cycle's
+    await poller.collect_once(spread=60)
+    assert poller.telemetry.collection_success.labels("t")._value.get() == 1  # type: ignore[attr-defined]
+    release.set()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
