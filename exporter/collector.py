@@ -119,6 +119,61 @@ class _Cycle:
     dropped: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class TargetState:
+    """What a target's poller knows, kept across reloads: the Collector owns it and hands
+    it to the poller that replaces a target's old one, instead of a field-by-field copy.
+
+    Every collection is bounded by the jobs AWS lists and the config names: terminal jobs
+    past retention (`expired`), explicit ids AWS does not know (`missing`), ids AWS refuses
+    (`invalid`) are forgotten once discovery no longer lists them.
+    """
+
+    jobs: dict[str, _Tracked] = field(default_factory=dict)
+    expired: set[str] = field(default_factory=set)
+    missing: set[str] = field(default_factory=set)
+    invalid: set[str] = field(default_factory=set)
+    # Frozen jobs discovery wants described once more (no longer listed: deleted?).
+    recheck: set[str] = field(default_factory=set)
+    reasons: ReasonCounts = field(default_factory=lambda: ReasonCounts(10))
+    next_discovery: float = 0.0
+    cycles: int = 0
+    # Ready once AWS answered: a discovery, or for explicit ids only, a describe.
+    primed: bool = False
+    # Whether the last discovery failed: the target counts as failing until one succeeds,
+    # however many describe-only cycles run in between.
+    discovery_failed: bool = False
+    last_success: bool | None = None
+    last_discovery: float | None = None
+    last_collection: float | None = None
+    last_error: LastError | None = None
+    # Each job's last describe failure, until a describe succeeds: the status page lists
+    # failing jobs apart from jobs merely due. Bounded by the tracked jobs.
+    job_errors: dict[str, LastError] = field(default_factory=dict)
+    # (time, attempts, throttled, failed, events received, event describes) of the target,
+    # one sample per cycle: the status page's window.
+    calls: deque[tuple[float, int, int, int, int, int]] = field(default_factory=deque)
+
+    def adopt(self, target: Target, shard: Shard) -> TargetState:
+        """This state for `target` as a reload changed it: jobs of another shard leave,
+        the config's explicit ids are marked so, reasons restart with events turned on."""
+        explicit = set(target.jobs.ids)
+        self.jobs = {
+            job_id: _Tracked(job_id in explicit or tracked.explicit, tracked.snapshot)
+            for job_id, tracked in self.jobs.items()
+            if shard.owns(target, job_id)
+        }  # fmt: skip
+        for job_id in explicit:
+            if shard.owns(target, job_id):
+                self.jobs.setdefault(job_id, _Tracked(explicit=True))
+        self.job_errors = {j: e for j, e in self.job_errors.items() if j in self.jobs}
+        if target.events is None:
+            self.reasons = ReasonCounts(10)
+        else:
+            self.reasons.max_reasons = target.events.max_reasons_per_job
+        return self
+
+
 class TargetCollector:
     """Polls one target: discovery every discovery_interval, active jobs every interval."""
 
@@ -132,6 +187,7 @@ class TargetCollector:
         shard: Shard = Shard(),
         clock: Clock = SYSTEM_CLOCK,
         tracing: Tracing = NOOP_TRACING,
+        state: TargetState | None = None,
     ) -> None:
         self.target = target
         self.settings = settings
@@ -141,37 +197,26 @@ class TargetCollector:
         self.shard = shard
         self.clock = clock
         self.tracing = tracing
-        self.cycles = 0
         # The replica's share of the budget: every shard spends from the same quota.
         self.rate = settings.requests_per_second / max(shard.total, 1)
-        self._jobs: dict[str, _Tracked] = {}
-        # Terminal jobs past retention, and explicit ids AWS does not know: neither is
-        # described again until the next discovery says otherwise.
-        self._expired: set[str] = set()
-        self._missing: set[str] = set()
-        self._recheck: set[str] = set()
-        self._next_discovery = 0.0
+        events = target.events
+        if state is None:
+            state = TargetState(reasons=ReasonCounts(events.max_reasons_per_job if events else 10))
+        self.state = state.adopt(target, shard)
         self._stretched = False
         self._semaphore = asyncio.Semaphore(settings.concurrency)
-        # Jobs an event marked changed: job id → when first marked (monotonic), and a heap
-        # of (due, marked, job id) so the oldest mark is described first.
-        events = target.events
+        # Jobs an event marked changed, described oldest mark first (schedule.EventMarks).
         self._marks = EventMarks(events.min_describe_interval if events else 0.0)
         self._dirty_wakeup = asyncio.Event()
         # Job ids only events named, awaiting the describe that says whether they exist:
         # at most events.max_unknown_jobs, in the order they came (the rest are dropped).
         self._unknown: dict[str, None] = {}
         self._unknown_log = LogThrottle(EventConsumer.LOG_EVERY)
-        # Job ids AWS refused as invalid: never asked for again (bounded like _missing, by
-        # what discovery lists and the config names).
-        self._invalid: set[str] = set()
         # Event describes hold at most half of the target's concurrent calls: the rest
         # stay free for the cycle's, however many events come.
         self._event_slots = asyncio.Semaphore(max(1, settings.concurrency // 2))
         self.consumer: EventConsumer | None = None
         self._event_driven = False
-        events = target.events
-        self.reasons = ReasonCounts(events.max_reasons_per_job if events else 10)
         # Calls outlive the cycle that started them when they are slow: a slow call must
         # not hold the target's other jobs. Their results count in the cycle they end in.
         self._in_flight: dict[str, asyncio.Task[None]] = {}
@@ -181,50 +226,30 @@ class TargetCollector:
         self._discovery: asyncio.Task[None] | None = None
         self._cycle = _Cycle()
         self._tracked_at = 0.0
-        for job_id in target.jobs.ids:
-            if shard.owns(target, job_id):
-                self._jobs[job_id] = _Tracked(explicit=True)
-        telemetry.init_target(target.name, discovery=target.jobs.discover is not None)
-        # Ready once AWS answered: a discovery, or for explicit ids only, a describe.
-        self.primed = False
-        # Whether the last discovery failed: the target counts as failing until one
-        # succeeds, however many describe-only cycles run in between.
-        self._discovery_failed = False
-        self._last_success: bool | None = None
-        self._last_discovery: float | None = None
-        self._last_collection: float | None = None
-        self.last_error: LastError | None = None
-        # (time, attempts, throttled, failed) of this target's API counters, one per cycle.
-        # Each job's last describe failure, until a describe succeeds: the status page lists
-        # failing jobs apart from jobs merely due. Bounded by the tracked jobs.
-        self._job_errors: dict[str, LastError] = {}
         self._event_describes = 0
-        # (time, attempts, throttled, failed, events received, event describes) of this
-        # target, one sample per cycle: the status page's window.
-        self._calls: deque[tuple[float, int, int, int, int, int]] = deque()
+        telemetry.init_target(target.name, discovery=target.jobs.discover is not None)
         self._sample_calls()
 
-    def inherit(self, previous: TargetCollector) -> None:
-        """Take over what a collector of the same target knew, so a reload loses nothing."""
-        for job_id, tracked in previous._jobs.items():
-            if self.shard.owns(self.target, job_id):
-                mine = self._jobs.get(job_id)
-                explicit = mine.explicit if mine is not None else tracked.explicit
-                self._jobs[job_id] = _Tracked(explicit, tracked.snapshot)
-        self._expired |= previous._expired
-        self._missing |= previous._missing
-        if self.target.events is not None and previous.target.events is not None:
-            self.reasons = previous.reasons
-        self._next_discovery = previous._next_discovery
-        self.cycles = previous.cycles
-        self.primed = previous.primed
-        self._discovery_failed = previous._discovery_failed
-        self._last_success = previous._last_success
-        self._last_discovery = previous._last_discovery
-        self._last_collection = previous._last_collection
-        self.last_error = previous.last_error
-        self._job_errors = {j: e for j, e in previous._job_errors.items() if j in self._jobs}
-        self._calls = previous._calls
+    # What other modules read of the state, by name.
+    @property
+    def cycles(self) -> int:
+        return self.state.cycles
+
+    @cycles.setter
+    def cycles(self, value: int) -> None:
+        self.state.cycles = value
+
+    @property
+    def primed(self) -> bool:
+        return self.state.primed
+
+    @property
+    def last_error(self) -> LastError | None:
+        return self.state.last_error
+
+    @property
+    def reasons(self) -> ReasonCounts:
+        return self.state.reasons
 
     @property
     def jobs(self) -> dict[str, JobSnapshot | None]:
@@ -232,7 +257,7 @@ class TargetCollector:
 
         A copy, read-only: what the scheduler knows, including jobs not (yet) in the store.
         """
-        return {job_id: t.snapshot for job_id, t in self._jobs.items()}
+        return {job_id: t.snapshot for job_id, t in self.state.jobs.items()}
 
     # --- events (EventSink) ---------------------------------------------------------------
 
@@ -241,9 +266,9 @@ class TargetCollector:
 
     def job_changed(self, job_id: str) -> bool:
         """An event says the job changed: describe it soon. False when it is not followed."""
-        if job_id not in self._jobs and job_id not in self._unknown:
+        if job_id not in self.state.jobs and job_id not in self._unknown:
             discover = self.target.jobs.discover
-            if job_id in self._expired or job_id in self._invalid:
+            if job_id in self.state.expired or job_id in self.state.invalid:
                 return False
             if discover is None or not discover.matches(job_id):
                 return False
@@ -271,12 +296,12 @@ class TargetCollector:
         return True
 
     def job_deleted(self, job_id: str) -> None:
-        tracked = self._jobs.get(job_id)
+        tracked = self.state.jobs.get(job_id)
         if tracked is None:
             return
         log.info("job deleted target=%s job_id=%s", self.target.name, job_id)
         if tracked.explicit:
-            self._missing.add(job_id)
+            self.state.missing.add(job_id)
         self._drop(job_id)
 
     def event_driven(self) -> bool:
@@ -284,7 +309,9 @@ class TargetCollector:
         consumer = self.consumer
         if consumer is None or not consumer.healthy():
             return False
-        active = any(t.snapshot is not None and not t.snapshot.frozen for t in self._jobs.values())
+        active = any(
+            t.snapshot is not None and not t.snapshot.frozen for t in self.state.jobs.values()
+        )
         return not (active and consumer.silent())
 
     def _check_event_driven(self) -> bool:
@@ -309,7 +336,7 @@ class TargetCollector:
                 # Nothing due: wait for the first due mark, or for a newer one.
                 await self._wait_for_mark(delay)
                 continue
-            tracked = self._jobs.get(job_id)
+            tracked = self.state.jobs.get(job_id)
             if tracked is None and job_id not in self._unknown:
                 continue
             self._event_describes += 1
@@ -397,7 +424,7 @@ class TargetCollector:
         out = []
         target = self.target
         for job_id in self.reasons.job_ids():
-            tracked = self._jobs.get(job_id)
+            tracked = self.state.jobs.get(job_id)
             if tracked is None or tracked.snapshot is None:
                 continue
             identity = {
@@ -419,7 +446,7 @@ class TargetCollector:
     def record_error(
         self, outcome: str, operation: str, message: str, job_id: str | None = None
     ) -> None:
-        self.last_error = LastError(
+        self.state.last_error = LastError(
             self.clock.time(), outcome, operation, sanitise(message), job_id
         )
 
@@ -430,16 +457,16 @@ class TargetCollector:
         """
         discover = self.target.jobs.discover
         now = self.clock.time()
-        for job_id in self._missing:
-            self._jobs.setdefault(job_id, _Tracked(explicit=True))
-        self._missing.clear()
+        for job_id in self.state.missing:
+            self.state.jobs.setdefault(job_id, _Tracked(explicit=True))
+        self.state.missing.clear()
         if discover is None:
             return True
         try:
             summaries = await self.source.list_jobs(discover.list_jobs_params())
         except ApiError as exc:
             cycle.failures += 1
-            self._discovery_failed = True
+            self.state.discovery_failed = True
             self.record_error(exc.outcome, exc.operation, exc.detail)
             log.warning(
                 "discovery failed target=%s outcome=%s error=%r",
@@ -448,33 +475,37 @@ class TargetCollector:
                 exc.detail,
             )
             return False
-        self._discovery_failed = False
-        self.primed = True
-        self._last_discovery = now
+        self.state.discovery_failed = False
+        self.state.primed = True
+        self.state.last_discovery = now
         listed = {s.job_id for s in summaries}
         # Forget expired jobs AWS no longer lists, so months of finished jobs do not pile up.
-        self._expired &= listed | set(self.target.jobs.ids)
-        self._invalid &= listed | set(self.target.jobs.ids)
+        self.state.expired &= listed | set(self.target.jobs.ids)
+        self.state.invalid &= listed | set(self.target.jobs.ids)
         # A frozen job is never described again, so its deletion would go unseen: when a
         # listing without a status filter (the only filter a job can leave) no longer has
         # it, describe it once more. NotFound then drops it; otherwise it freezes again.
         if discover.status is None:
-            for job_id, tracked in self._jobs.items():
+            for job_id, tracked in self.state.jobs.items():
                 snapshot = tracked.snapshot
                 if job_id not in listed and snapshot is not None and snapshot.frozen:
-                    self._recheck.add(job_id)
+                    self.state.recheck.add(job_id)
         added = 0
         for summary in summaries:
             job_id = summary.job_id
-            if job_id in self._jobs or job_id in self._invalid or not discover.matches(job_id):
+            if (
+                job_id in self.state.jobs
+                or job_id in self.state.invalid
+                or not discover.matches(job_id)
+            ):
                 continue
             if not self.shard.owns(self.target, job_id):
                 continue
             if self._expired_at(summary.status, summary.ended_at, now):
                 continue
-            if job_id in self._expired:
+            if job_id in self.state.expired:
                 continue
-            self._jobs[job_id] = _Tracked(explicit=False)
+            self.state.jobs[job_id] = _Tracked(explicit=False)
             added += 1
         self.telemetry.discovery_succeeded(self.target.name, now)
         if added:
@@ -492,13 +523,13 @@ class TargetCollector:
             # A bug must cost one discovery, not the target's describes.
             log.exception("discovery crashed target=%s", self.target.name)
             self.record_error("error", "ListJobs", type(exc).__name__)
-            self._discovery_failed = True
+            self.state.discovery_failed = True
             outcome.failures += 1
             listed = False
         if not listed:
             # A failed discovery is tried again next cycle rather than a discovery interval
             # later, so a target recovers as soon as ListJobs works again.
-            self._next_discovery = self.clock.time()
+            self.state.next_discovery = self.clock.time()
         self._cycle.failures += outcome.failures
 
     async def _spawn(
@@ -545,10 +576,10 @@ class TargetCollector:
             self._semaphore.release()
 
     def _update(self, job_id: str, snapshot: JobSnapshot, cycle: _Cycle) -> None:
-        tracked = self._jobs.get(job_id)
+        tracked = self.state.jobs.get(job_id)
         if tracked is None and self._forget_unknown(job_id):
             # The job an event named exists: tracked from now as if discovered.
-            tracked = self._jobs[job_id] = _Tracked(explicit=False)
+            tracked = self.state.jobs[job_id] = _Tracked(explicit=False)
         if tracked is None:
             return
         cycle.described += 1
@@ -558,11 +589,11 @@ class TargetCollector:
         snapshot = snapshot.with_observed_rate(tracked.snapshot)
         if self._expired_at(snapshot.status, snapshot.ended_at, self.clock.time()):
             self._drop(job_id)
-            self._expired.add(job_id)
+            self.state.expired.add(job_id)
             return
         self.store.put_job(self.target, job_id, snapshot)
         tracked.snapshot = snapshot
-        self._job_errors.pop(job_id, None)
+        self.state.job_errors.pop(job_id, None)
 
     def _forget_unknown(self, job_id: str) -> bool:
         """Whether the job was one only events named; it no longer waits either way."""
@@ -573,7 +604,7 @@ class TargetCollector:
         return True
 
     def _describe_failed(self, job_id: str, exc: ApiError, cycle: _Cycle) -> None:
-        tracked = self._jobs.get(job_id)
+        tracked = self.state.jobs.get(job_id)
         if self._forget_unknown(job_id):
             # An id only an event named: whatever the failure, it is not followed. If the
             # job exists, discovery finds it; a flood of made-up ids fails no cycle.
@@ -585,7 +616,7 @@ class TargetCollector:
             # AWS refuses the id itself: asking again every cycle would fail the target
             # forever. Dropped, counted and logged once; discovery never re-adds it.
             self._answered()
-            self._invalid.add(job_id)
+            self.state.invalid.add(job_id)
             self.telemetry.jobs_dropped(self.target.name, "invalid")
             log.warning(
                 "job id refused as invalid, dropped target=%s job_id=%s error=%r",
@@ -600,15 +631,15 @@ class TargetCollector:
             # AWS answered, so the credentials work: a wrong id is not an unready target.
             self._answered()
             if tracked is not None and tracked.explicit:
-                self._missing.add(job_id)
+                self.state.missing.add(job_id)
                 log.warning("job not found target=%s job_id=%s", self.target.name, job_id)
             cycle.dropped.append(job_id)
             self._drop(job_id)
             return
         cycle.failures += 1
         self.record_error(exc.outcome, exc.operation, exc.detail, job_id)
-        if self.last_error is not None and job_id in self._jobs:
-            self._job_errors[job_id] = self.last_error
+        if self.last_error is not None and job_id in self.state.jobs:
+            self.state.job_errors[job_id] = self.last_error
         # The last good snapshot stays exported; its last_success timestamp shows the age.
         log.warning(
             "describe failed target=%s job_id=%s outcome=%s error=%r",
@@ -620,22 +651,22 @@ class TargetCollector:
 
     def _answered(self) -> None:
         if self.target.jobs.discover is None:
-            self.primed = True
+            self.state.primed = True
 
     def _drop(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
-        self._job_errors.pop(job_id, None)
+        self.state.jobs.pop(job_id, None)
+        self.state.job_errors.pop(job_id, None)
         self._marks.forget(job_id)
         self.reasons.forget(job_id)
         self.store.remove((self.target.name, job_id))
 
     def _expire_frozen(self) -> None:
         now = self.clock.time()
-        for job_id, tracked in list(self._jobs.items()):
+        for job_id, tracked in list(self.state.jobs.items()):
             snap = tracked.snapshot
             if snap is not None and self._expired_at(snap.status, snap.ended_at, now):
                 self._drop(job_id)
-                self._expired.add(job_id)
+                self.state.expired.add(job_id)
 
     async def collect_once(self, spread: float = 0.0) -> None:
         """One cycle, traced when OpenTelemetry tracing is on."""
@@ -659,15 +690,15 @@ class TargetCollector:
         tasks: list[asyncio.Task[None]] = []
         # Discovery runs beside the describes: a long or slow listing never stops the
         # known jobs from being described. One at a time; a slow one carries over.
-        if self._discovery is None and self.clock.time() >= self._next_discovery:
+        if self._discovery is None and self.clock.time() >= self.state.next_discovery:
             self._discovery = asyncio.create_task(self._discover())
-            self._next_discovery = self.clock.time() + self.settings.discovery_interval
+            self.state.next_discovery = self.clock.time() + self.settings.discovery_interval
             await asyncio.sleep(0)  # let it queue the explicit ids it re-adds first
         discovery = self._discovery
         pending = self._pending()
         known = [
             job_id
-            for job_id, t in self._jobs.items()
+            for job_id, t in self.state.jobs.items()
             if t.snapshot is not None and not t.snapshot.frozen
         ]
         events = self.target.events
@@ -712,19 +743,19 @@ class TargetCollector:
             log.debug("calls carried over target=%s calls=%d", self.target.name, carried)
         self._cycle = _Cycle()
         self._expire_frozen()
-        self.cycles += 1
+        self.state.cycles += 1
         name = self.target.name
         # A cycle without discovery cannot show that ListJobs works again: until a
         # discovery succeeds, the target stays failed instead of flapping back to 1.
-        success = not cycle.failures and not self._discovery_failed
-        self._last_success = success
+        success = not cycle.failures and not self.state.discovery_failed
+        self.state.last_success = success
         now = self.clock.time()
         if success:
-            self._last_collection = now
+            self.state.last_collection = now
         self.telemetry.cycle_done(name, self.clock.monotonic() - started, success, now)
-        if self.target.jobs.discover is None and not self._jobs:
+        if self.target.jobs.discover is None and not self.state.jobs:
             # Nothing of this target is this shard's to describe: nothing to wait for.
-            self.primed = True
+            self.state.primed = True
         self._update_tracked()
         self._sample_calls()
         log.debug(
@@ -752,17 +783,17 @@ class TargetCollector:
                 await consumer.answered.wait()
 
     def _fetched_at(self, job_id: str) -> float:
-        snapshot = self._jobs[job_id].snapshot
+        snapshot = self.state.jobs[job_id].snapshot
         return snapshot.fetched_at if snapshot is not None else 0.0
 
     def _pending(self) -> list[str]:
         """Jobs never described, and frozen jobs discovery wants described once more."""
         pending = [
             job_id
-            for job_id, t in self._jobs.items()
-            if t.snapshot is None or job_id in self._recheck
+            for job_id, t in self.state.jobs.items()
+            if t.snapshot is None or job_id in self.state.recheck
         ]
-        self._recheck.clear()
+        self.state.recheck.clear()
         return pending
 
     def _hold(self, started: float) -> float:
@@ -813,10 +844,10 @@ class TargetCollector:
 
     def _sample_calls(self) -> None:
         now = self.clock.time()
-        self._calls.append((now, *self._api_totals(), *self._event_totals()))
+        self.state.calls.append((now, *self._api_totals(), *self._event_totals()))
         # Keep one sample older than the window, the baseline of its difference.
-        while len(self._calls) > 2 and self._calls[1][0] <= now - STATUS_WINDOW:
-            self._calls.popleft()
+        while len(self.state.calls) > 2 and self.state.calls[1][0] <= now - STATUS_WINDOW:
+            self.state.calls.popleft()
 
     def status(self) -> TargetStatus:
         """The target as the status page shows it, computed now from what the poller knows."""
@@ -825,8 +856,8 @@ class TargetCollector:
         received, describes = self._event_totals()
         # The newest sample at least a window old, else the oldest: the window shown is
         # the time since that sample, a little over STATUS_WINDOW once the target ran.
-        old = [c for c in self._calls if c[0] <= now - STATUS_WINDOW]
-        base = old[-1] if old else (self._calls[0] if self._calls else None)
+        old = [c for c in self.state.calls if c[0] <= now - STATUS_WINDOW]
+        base = old[-1] if old else (self.state.calls[0] if self.state.calls else None)
         if base is None or base[1] > total or base[4] > received:
             # No sample in the window yet, or counters that started again (a removed and
             # re-added target, a new consumer): count from now, never a negative number.
@@ -843,7 +874,7 @@ class TargetCollector:
         )
         stale_after, basis = threshold.after_seconds, threshold.basis
         stale: list[StaleJob] = []
-        for job_id, tracked in self._jobs.items():
+        for job_id, tracked in self.state.jobs.items():
             states[tracked.state] += 1
             snap = tracked.snapshot
             if snap is None:
@@ -851,12 +882,12 @@ class TargetCollector:
             status = snap.status or "UNKNOWN"
             statuses[status] = statuses.get(status, 0) + 1
             age = now - snap.fetched_at
-            if not snap.frozen and age > stale_after and job_id not in self._job_errors:
+            if not snap.frozen and age > stale_after and job_id not in self.state.job_errors:
                 stale.append(StaleJob(job_id, age))
         stale.sort(key=lambda j: (-j.age_seconds, j.job_id))
         failing = []
-        for job_id, error in self._job_errors.items():
-            snap = self._jobs[job_id].snapshot if job_id in self._jobs else None
+        for job_id, error in self.state.job_errors.items():
+            snap = self.state.jobs[job_id].snapshot if job_id in self.state.jobs else None
             failing.append(
                 FailingJob(job_id, None if snap is None else now - snap.fetched_at, error)
             )
@@ -866,9 +897,9 @@ class TargetCollector:
             region=self.target.region,
             discovery=self.target.jobs.discover is not None,
             ready=self.primed,
-            collection_success=self._last_success,
-            last_discovery_success=self._last_discovery,
-            last_collection_success=self._last_collection,
+            collection_success=self.state.last_success,
+            last_discovery_success=self.state.last_discovery,
+            last_collection_success=self.state.last_collection,
             last_error=self.last_error,
             api_window_seconds=now - base[0],
             api_calls=total - base[1],
@@ -921,9 +952,9 @@ class TargetCollector:
     def _update_tracked(self) -> None:
         self._tracked_at = self.clock.monotonic()
         counts = dict.fromkeys(TRACKED_STATES, 0)
-        for tracked in self._jobs.values():
+        for tracked in self.state.jobs.values():
             counts[tracked.state] += 1
-        self.telemetry.tracked_jobs(self.target.name, counts, len(self._missing))
+        self.telemetry.tracked_jobs(self.target.name, counts, len(self.state.missing))
 
     async def run(self) -> None:
         """Cycles forever, one every interval; a failing cycle never ends the loop."""
@@ -937,7 +968,7 @@ class TargetCollector:
                     # Unexpected bugs must not stop collection: retried next interval.
                     log.exception("collection cycle crashed target=%s", self.target.name)
                     self.telemetry.cycle_failed(self.target.name)
-                    self._last_success = False
+                    self.state.last_success = False
                 elapsed = self.clock.monotonic() - started
                 await self.clock.sleep(max(0.0, self.settings.interval - elapsed))
         finally:
@@ -1060,9 +1091,9 @@ class Collector:
             self.telemetry,
             self.shard,
             tracing=self.tracing,
+            # A reload loses nothing: the new poller takes the old one's state.
+            state=previous.collector.state if previous is not None else None,
         )
-        if previous is not None:
-            collector.inherit(previous.collector)
         task = asyncio.create_task(self._serve_target(collector), name=f"collector-{target.name}")
         self._running[target.name] = _Running(collector, task)
 
