@@ -32,6 +32,7 @@ RUN /opt/venv/bin/pip install --require-hashes --no-deps --only-binary=:all: \
 # they exist, and a COPY of a missing file would fail the build.
 COPY pyproject.toml README* LICENSE* ./
 COPY exporter ./exporter
+COPY simulator ./simulator
 
 # The project alone, built by the locked setuptools already in the venv (no index, no
 # build isolation: nothing is downloaded here). `pip check` fails the build when the lock

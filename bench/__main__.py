@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         fixtures: dict[int, Path] = {}
         if {"scrape", "memory"} & set(args.sections):
-            from exporter.simulator import SimulatorThread
+            from simulator import SimulatorThread
 
             top = max(args.job_counts)
             # DescribeJob bodies of the scale fleet, fetched once and shared by every server.

@@ -198,7 +198,7 @@ class Collection:
 
 def measure(jobs: int, rate: float, steady_cycles: int) -> Collection:
     from bench.common import SCALE_SCENARIO, child
-    from exporter.simulator import SimulatorThread
+    from simulator import SimulatorThread
 
     with SimulatorThread(SCALE_SCENARIO, jobs=jobs) as sim:
         set_quotas(sim.url, rate)

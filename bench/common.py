@@ -21,7 +21,7 @@ from exporter.config import Discover, Jobs, Target
 from exporter.model import JobSnapshot, parse_describe_job
 
 ROOT = Path(__file__).resolve().parent.parent
-SCALE_SCENARIO = ROOT / "exporter" / "simulator" / "scenarios" / "scale.yaml"
+SCALE_SCENARIO = ROOT / "simulator" / "scenarios" / "scale.yaml"
 REGION = "eu-west-1"
 # A SigV4 credential scope is how the simulator learns the region of a request.
 SIGV4_HEADER = {

@@ -30,8 +30,8 @@ from bench.report import Table
 from exporter.collector import Collector
 from exporter.config import CollectorSettings, Config, Events
 from exporter.selfmetrics import SelfMetrics
-from exporter.simulator import SimulatorThread
 from exporter.store import MetricsStore
+from simulator import SimulatorThread
 
 QUOTA = 10.0  # AWS's default DescribeJob quota per account and region
 # The scale fleet's shape: a tenth of the jobs active, most of them continuous jobs whose

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
 
-    from exporter.simulator import SimulatorThread
+    from simulator import SimulatorThread
 
     with SimulatorThread(SCALE_SCENARIO, jobs=args.jobs, no_quotas=True) as sim:
         bodies = fetch_describe_bodies(sim.url, args.jobs)

@@ -32,7 +32,7 @@ class Sharding:
 def measure(jobs: int) -> Sharding:
     """All four collectors at once against one simulator without quotas: the question is
     who describes which job, not how fast."""
-    from exporter.simulator import SimulatorThread
+    from simulator import SimulatorThread
 
     with (
         tempfile.TemporaryDirectory() as tmp,

@@ -546,7 +546,7 @@ def demo(argv: list[str]) -> int:
     metrics = _metrics_flags(args)
     if isinstance(metrics, int):
         return metrics
-    from exporter.simulator.scenario import bundled_scenario
+    from simulator.scenario import bundled_scenario
 
     if not Path(args.scenario).is_file() and bundled_scenario(args.scenario) is None:
         return _fail(f"{args.scenario}: no such scenario file, nor a bundled scenario")
@@ -571,7 +571,7 @@ async def _demo(
     web_config: WebConfig | None,
     metrics: Metrics | None = None,
 ) -> int:
-    from exporter.simulator import ScenarioError, start_simulator
+    from simulator import ScenarioError, start_simulator
 
     sim_host, sim_port = parse_listen_address(args.sim_address)
     try:
@@ -656,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "check-config":
             return check_config(argv[1:])
         if command == "simulator":
-            from exporter.simulator import main as simulator_main
+            from simulator import main as simulator_main
 
             return simulator_main(argv[1:])
         if command == "demo":

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 OUT_DIR = ROOT / "docs" / "images"
-SCENARIO = ROOT / "exporter" / "simulator" / "scenarios" / "demo.yaml"
+SCENARIO = ROOT / "simulator" / "scenarios" / "demo.yaml"
 RULES = ROOT / "exporter" / "mixin" / "rules"
 SCRAPE_JOB = "aws-iot-jobs-exporter"  # the mixin's exporter_selector
 # The job the job-detail dashboard shows: the demo's rollout near its abort threshold.
@@ -124,7 +124,7 @@ def demo_stack(warm_up: float, seconds: float) -> Iterator[tuple[str, float]]:
     slows to real time and Prometheus starts. Rollout rates are measured by the exporter
     against the wall clock, so only at real time do they compare with the configured limits.
     """
-    from exporter.simulator import SimulatorThread
+    from simulator import SimulatorThread
 
     prometheus_bin = shutil.which("prometheus")
     if not prometheus_bin:

@@ -10,11 +10,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from exporter.simulator import Simulator, start_simulator
+from simulator import Simulator, start_simulator
 from tests.simulator_client import Admin
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ROOT / "exporter" / "simulator" / "scenarios"
+SCENARIOS = ROOT / "simulator" / "scenarios"
 
 # Tests talk to local endpoints only; fixed dummy credentials keep botocore from looking
 # for real ones and make any accidental call to real AWS fail.

@@ -24,8 +24,8 @@ from exporter.aws import JobSource
 from exporter.collector import TargetCollector
 from exporter.config import parse_config
 from exporter.selfmetrics import SelfMetrics
-from exporter.simulator import Simulator, start_simulator
 from exporter.store import MetricsStore
+from simulator import Simulator, start_simulator
 from tests.simulator_client import Admin
 
 REGION = "us-east-1"

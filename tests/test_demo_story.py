@@ -1,7 +1,7 @@
 """The demo's story fires the shipped alerts, checked by promtool on series the demo records.
 
 How, and why this way: the demo runs in real time (the bundled scenario
-exporter/simulator/scenarios/demo.yaml, speed 1/60), so a simulated minute is a minute of
+simulator/scenarios/demo.yaml, speed 1/60), so a simulated minute is a minute of
 Prometheus time and the shipped rules apply as they are, windows and `for:` included.
 Waiting 40 real minutes in a test is not an option, so the demo is recorded instead, in
 simulated time:
@@ -47,13 +47,13 @@ from exporter.collector import TargetCollector
 from exporter.config import load_config
 from exporter.model import JobSnapshot
 from exporter.selfmetrics import SelfMetrics
-from exporter.simulator import ScenarioError, Simulator, load_scenario, start_simulator
 from exporter.store import MetricsStore
+from simulator import ScenarioError, Simulator, load_scenario, start_simulator
 from tests.conftest import ROOT
 from tests.support import WallClock
 from tests.test_rules import RULES, promtool
 
-SCENARIO = ROOT / "exporter" / "simulator" / "scenarios" / "demo.yaml"
+SCENARIO = ROOT / "simulator" / "scenarios" / "demo.yaml"
 EXPORTER_CONFIG = ROOT / "exporter" / "demo.yaml"
 STEP = 15  # seconds between scrapes, as in the demo's Prometheus
 MINUTES = 40

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from exporter import demo_stack
 from exporter.demo_stack import DemoStack
-from exporter.simulator import start_simulator
+from simulator import start_simulator
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 URL = re.compile(r"https?://[^\s()<>,;]+")

@@ -27,10 +27,10 @@ from exporter.config import CollectorSettings, Events, load_config
 from exporter.events import QueueError, parse_event
 from exporter.reader import Reader
 from exporter.selfmetrics import SelfMetrics
-from exporter.simulator import Simulator, SimulatorThread, load_scenario, start_simulator
-from exporter.simulator.scenario import Faults, parse_scenario
-from exporter.simulator.sqs import EventFaults
 from exporter.table import FAMILIES
+from simulator import Simulator, SimulatorThread, load_scenario, start_simulator
+from simulator.scenario import Faults, parse_scenario
+from simulator.sqs import EventFaults
 from tests.conftest import ROOT, SCENARIOS, free_port
 from tests.test_rules import RULES
 

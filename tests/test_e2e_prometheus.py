@@ -30,7 +30,7 @@ from tests.test_rules import load_generator
 pytestmark = pytest.mark.slow
 
 EXE = Path(sys.executable).parent / "aws-iot-jobs-exporter"
-SCENARIO = ROOT / "exporter" / "simulator" / "scenarios" / "demo.yaml"
+SCENARIO = ROOT / "simulator" / "scenarios" / "demo.yaml"
 FAILING = "firmware-v2-failing"
 HEALTHY = "firmware-v2-healthy"
 # 15 times the scenario's real time, with rules whose for: is 0s: the failing rollout's FAILED

@@ -36,13 +36,13 @@ from exporter.config import parse_config
 from exporter.model import JOB_STATUSES
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
-from exporter.simulator import SimulatorThread
-from exporter.simulator.render import describe_job
 from exporter.store import MetricsStore
+from simulator import SimulatorThread
+from simulator.render import describe_job
 from tests.conftest import ROOT, free_port
 from tests.simulator_client import Admin, wait_for
 
-SIMULATOR = ROOT / "exporter" / "simulator" / "scenarios"
+SIMULATOR = ROOT / "simulator" / "scenarios"
 REGION = "us-east-1"
 STATES = {
     "numberOfQueuedThings": "queued",

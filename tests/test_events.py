@@ -31,8 +31,8 @@ from exporter.events import (
 )
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
-from exporter.simulator import Simulator, start_simulator
 from exporter.store import MetricsStore
+from simulator import Simulator, start_simulator
 from tests.simulator_client import Admin, wait_for
 
 EXECUTION = {

@@ -21,8 +21,8 @@ from exporter.collector import Collector
 from exporter.config import parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
-from exporter.simulator import start_simulator
 from exporter.store import MetricsStore
+from simulator import start_simulator
 from tests.simulator_client import Admin, wait_for
 
 pytestmark = pytest.mark.slow

@@ -450,5 +450,5 @@ async def test_simulator_logs_like_the_exporter(tmp_path: Path) -> None:
     line = (await asyncio.wait_for(process.stderr.readline(), 20)).decode()
     process.send_signal(signal.SIGTERM)
     await asyncio.wait_for(process.communicate(), 15)
-    assert line.startswith("ts=") and " level=info logger=exporter.simulator " in line
+    assert line.startswith("ts=") and " level=info logger=simulator " in line
     assert 'msg="simulator listening" url=http://127.0.0.1:' in line

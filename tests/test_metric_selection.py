@@ -25,9 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import ConfigError, parse_config
 from exporter.model import JobSnapshot, parse_describe_job
-from exporter.simulator import SimulatorThread
 from exporter.store import MetricsStore
 from exporter.table import FAMILIES, FAMILY_NAMES, family_name_problem, select_families
+from simulator import SimulatorThread
 from tests.conftest import ROOT, free_port
 from tests.test_e2e_simulator import poll
 

@@ -10,8 +10,8 @@ import pytest
 
 from exporter.cli import DEMO_CONFIG, main
 from exporter.config import load_config
-from exporter.simulator import ScenarioError, load_scenario, start_simulator
-from exporter.simulator.scenario import bundled_scenario, bundled_scenarios
+from simulator import ScenarioError, load_scenario, start_simulator
+from simulator.scenario import bundled_scenario, bundled_scenarios
 from tests.conftest import ROOT, SCENARIOS
 from tests.simulator_client import iot_client
 

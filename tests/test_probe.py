@@ -19,7 +19,7 @@ import boto3
 import pytest
 
 from exporter.logs import escape_controls
-from exporter.simulator import Simulator
+from simulator import Simulator
 from tests.conftest import ROOT, free_port
 from tests.hostile_aws import HostileAws, listing
 from tests.simulator_client import Admin

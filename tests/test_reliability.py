@@ -31,8 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.collector import Collector
 from exporter.config import Config, parse_config
 from exporter.selfmetrics import SelfMetrics
-from exporter.simulator import SimulatorThread
 from exporter.store import MetricsStore
+from simulator import SimulatorThread
 from tests.conftest import ROOT, free_port
 from tests.iot_endpoint import IotEndpoint
 from tests.simulator_client import Admin

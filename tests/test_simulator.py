@@ -13,10 +13,10 @@ import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
 from exporter.model import JOB_STATUSES
-from exporter.simulator import Simulator
+from simulator import Simulator
 from tests.simulator_client import Admin, capture_raw, iot_client, shape_problems
 
-CONFIG = Path(__file__).resolve().parent.parent / "exporter" / "simulator" / "scenarios"
+CONFIG = Path(__file__).resolve().parent.parent / "simulator" / "scenarios"
 DEMO = CONFIG / "demo.yaml"
 
 

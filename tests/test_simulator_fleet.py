@@ -11,11 +11,11 @@ import aiohttp
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from exporter.simulator import Simulator, SimulatorThread, start_simulator
-from exporter.simulator.fleet import minute_string
+from simulator import Simulator, SimulatorThread, start_simulator
+from simulator.fleet import minute_string
 from tests.simulator_client import Admin, iot_client, wait_for
 
-CONFIG = Path(__file__).resolve().parent.parent / "exporter" / "simulator" / "scenarios"
+CONFIG = Path(__file__).resolve().parent.parent / "simulator" / "scenarios"
 DEMO = CONFIG / "demo.yaml"
 ABORT = CONFIG / "abort.yaml"
 STATES = (

@@ -20,11 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.cron import CronError, CronExpression
-from exporter.simulator import ScenarioError, load_scenario, main
-from exporter.simulator.scenario import parse_scenario
+from simulator import ScenarioError, load_scenario, main
+from simulator.scenario import parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "exporter" / "simulator" / "scenarios"
+CONFIG = ROOT / "simulator" / "scenarios"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG.glob("*.yaml")), ids=lambda p: p.name)
@@ -199,7 +199,7 @@ def _env() -> dict[str, str]:
 def test_module_runs_until_sigterm() -> None:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter.simulator", "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "simulator", "--listen", f"127.0.0.1:{port}",
          "--scenario", str(CONFIG / "abort.yaml"), "--seed", "4", "--speed", "2"],
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -228,7 +228,7 @@ def test_module_bad_scenario_no_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("speed: fast\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "exporter.simulator", "--scenario", str(bad)],
+        [sys.executable, "-m", "simulator", "--scenario", str(bad)],
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert proc.returncode == 2
@@ -240,8 +240,8 @@ def test_module_bad_scenario_no_traceback(tmp_path: Path) -> None:
 def test_fields_pass_describe_job_fields_through(tmp_path: Path) -> None:
     """A job's `fields:` reach DescribeJob as written: one scenario value exercises a field
     the simulator has no model for (CONTRIBUTING.md's recipe)."""
-    from exporter.simulator.fleet import Fleet
-    from exporter.simulator.render import describe_job
+    from simulator.fleet import Fleet
+    from simulator.render import describe_job
 
     data = {
         "groups": [{"name": "g", "things": 2}],

@@ -26,8 +26,8 @@ from exporter.collector import Collector
 from exporter.config import parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
-from exporter.simulator import SimulatorThread
 from exporter.store import MetricsStore
+from simulator import SimulatorThread
 from tests.simulator_client import Admin
 
 pytestmark = pytest.mark.slow

@@ -26,10 +26,10 @@ from exporter.config import Config, parse_config
 from exporter.logs import escape_controls, sanitise
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
-from exporter.simulator import Simulator
 from exporter.status import wants_json
 from exporter.store import MetricsStore
 from exporter.webconfig import parse_web_config
+from simulator import Simulator
 from tests.hostile_aws import HostileAws, job_body, listing
 from tests.iot_endpoint import IotEndpoint, Reply
 from tests.simulator_client import Admin

@@ -63,9 +63,8 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
-    shutil.copytree(
-        ROOT / "exporter", src / "exporter", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for package in ("exporter", "simulator"):
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     dist = work / "dist"
     _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, src, cwd=work)
     (wheel,) = dist.glob("aws_iot_jobs_exporter-*.whl")
@@ -131,15 +130,17 @@ def test_the_wheel_carries_every_scenario_and_imports_from_the_venv(
     venv: Path, elsewhere: Path
 ) -> None:
     probe = (
-        "import exporter, exporter.cli as c; "
-        "from exporter.simulator.scenario import bundled_scenarios, load_scenario; "
-        "print(exporter.__file__); print(c.DEMO_CONFIG); "
+        "import exporter, exporter.cli as c, simulator; "
+        "from simulator.scenario import bundled_scenarios, load_scenario; "
+        "print(exporter.__file__); print(simulator.__file__); print(c.DEMO_CONFIG); "
         "[print(n, load_scenario(n).file) for n in bundled_scenarios()]"
     )
     lines = _run(venv / "bin" / "python", "-c", probe, cwd=elsewhere).splitlines()
-    module, demo_config, *scenarios = lines
+    module, simulator_module, demo_config, *scenarios = lines
     site = venv.resolve()
     assert site in Path(module).resolve().parents, module
+    # The simulator is a top-level package of its own in the same wheel.
+    assert site in Path(simulator_module).resolve().parents, simulator_module
     assert site in Path(demo_config).resolve().parents, demo_config
     # Every scenario of the source tree made it into the wheel, and loads from there.
     assert [line.split()[0] for line in scenarios] == sorted(
@@ -194,7 +195,7 @@ def test_installed_demo_serves_jobs_and_fires_alerts_from_another_folder(
     running.append(demo)
     url = demo.wait_for(r"metrics:\s+(http://127\.0\.0\.1:\d+/metrics)")
     log = demo.err.read_text()
-    assert re.search(r"scenario=\S*site-packages/exporter/simulator/scenarios/demo\.yaml", log)
+    assert re.search(r"scenario=\S*site-packages/simulator/scenarios/demo\.yaml", log)
     demo.wait_for(r"(?m)^(alertmanager: .*)$")
     printed = demo.out.read_text()
     assert "did not start" not in printed and "no rules loaded" not in printed, printed

@@ -25,9 +25,9 @@ from exporter.collector import Collector
 from exporter.config import parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
-from exporter.simulator.scenario import bundled_scenario
-from exporter.simulator.server import start_simulator
 from exporter.store import MetricsStore
+from simulator.scenario import bundled_scenario
+from simulator.server import start_simulator
 
 OUT = Path(__file__).with_name("status-page.png")
 DENIED = "camera-config-timeouts"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from exporter.simulator.scenario import (
+from simulator.scenario import (
     Devices,
     Generate,
     JobSpec,
@@ -24,7 +24,7 @@ from exporter.simulator.scenario import (
     TimelineEvent,
 )
 
-log = logging.getLogger("exporter.simulator")
+log = logging.getLogger("simulator")
 
 QUEUED = "QUEUED"
 IN_PROGRESS = "IN_PROGRESS"

@@ -820,7 +820,7 @@ def parse_scenario(data: Any, file: str) -> Scenario:
 
 def bundled_scenarios() -> tuple[str, ...]:
     """Names of the scenarios shipped inside the package (`--scenario demo`)."""
-    folder = resources.files("exporter.simulator") / "scenarios"
+    folder = resources.files("simulator") / "scenarios"
     return tuple(
         sorted(f.name.removesuffix(".yaml") for f in folder.iterdir() if f.name.endswith(".yaml"))
     )
@@ -834,7 +834,7 @@ def bundled_scenario(name: str) -> Traversable | None:
     """
     if name not in bundled_scenarios():
         return None
-    return resources.files("exporter.simulator") / "scenarios" / f"{name}.yaml"
+    return resources.files("simulator") / "scenarios" / f"{name}.yaml"
 
 
 def load_scenario(

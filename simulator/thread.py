@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
-from exporter.simulator.server import Simulator, start_simulator
+from simulator.server import Simulator, start_simulator
 
 T = TypeVar("T")
 

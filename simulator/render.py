@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from exporter.simulator.fleet import (
+from simulator.fleet import (
     CANCELED,
     FAILED,
     IN_PROGRESS,

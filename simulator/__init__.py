@@ -1,9 +1,9 @@
 """A local AWS IoT Jobs control-plane endpoint over a simulated fleet, with fault injection."""
 
-from exporter.simulator.command import main
-from exporter.simulator.scenario import Scenario, ScenarioError, load_scenario
-from exporter.simulator.server import Simulator, start_simulator
-from exporter.simulator.thread import SimulatorThread
+from simulator.command import main
+from simulator.scenario import Scenario, ScenarioError, load_scenario
+from simulator.server import Simulator, start_simulator
+from simulator.thread import SimulatorThread
 
 __all__ = [
     "Scenario",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from exporter.simulator.scenario import (
+from simulator.scenario import (
     FAULT_RULES,
     OPERATIONS,
     FaultRule,

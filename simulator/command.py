@@ -9,10 +9,10 @@ import signal
 import sys
 
 from exporter.logs import LEVELS, setup_logging
-from exporter.simulator.scenario import ScenarioError
-from exporter.simulator.server import start_simulator
+from simulator.scenario import ScenarioError
+from simulator.server import start_simulator
 
-log = logging.getLogger("exporter.simulator")
+log = logging.getLogger("simulator")
 
 
 def _listen(value: str) -> tuple[str, int]:

@@ -22,11 +22,11 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.simulator import sqs
-from exporter.simulator.faults import FaultPicker, Stats, TokenBucket, faults_json, quotas_json
-from exporter.simulator.fleet import EXECUTION_STATES, JOB_SCHEDULED, Fleet, FleetError, Job
-from exporter.simulator.render import describe_job, execution_summary, job_summary
-from exporter.simulator.scenario import (
+from simulator import sqs
+from simulator.faults import FaultPicker, Stats, TokenBucket, faults_json, quotas_json
+from simulator.fleet import EXECUTION_STATES, JOB_SCHEDULED, Fleet, FleetError, Job
+from simulator.render import describe_job, execution_summary, job_summary
+from simulator.scenario import (
     JOB_STATUSES,
     OPERATIONS,
     Faults,
@@ -39,7 +39,7 @@ from exporter.simulator.scenario import (
     reason_from_json,
 )
 
-log = logging.getLogger("exporter.simulator")
+log = logging.getLogger("simulator")
 
 _CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/")
 _JOB_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
