@@ -357,7 +357,7 @@ async def test_silent_and_stopped_differ_as_documented(sim: Simulator) -> None:
     assert "`silent` is a broken or disabled IoT rule (nothing arrives, nothing fails)" in " ".join(
         text.split()
     )
-    config = load_config(SCENARIOS.parent.parent / "demo.yaml")
+    config = load_config(ROOT / "exporter" / "demo.yaml")
     target = config.targets[0]
     assert target.events is not None
     local = dataclasses.replace(
@@ -409,7 +409,7 @@ async def test_demo_statuses_and_states_as_documented(sim: Simulator) -> None:
     start_statuses = set(backticked(claims["statuses"]))
     late, late_minute = claims["late"], int(claims["late_minute"])
     absent, absent_minute = claims["absent"], int(claims["absent_minute"])
-    config = load_config(SCENARIOS.parent.parent / "demo.yaml")
+    config = load_config(ROOT / "exporter" / "demo.yaml")
     target = dataclasses.replace(config.targets[0], endpoint_url=sim.url, events=None)
     minute = 0.0
 
