@@ -37,22 +37,19 @@ from exporter.schedule import (
     staleness,
 )
 from exporter.status import (
+    STATUS_WINDOW,
     EventsStatus,
-    FailingJob,
+    JobView,
     LastError,
-    StaleJob,
     Status,
     TargetStatus,
+    job_lists,
+    window_base,
 )
 from exporter.telemetry import ACTIVE, FROZEN, PENDING, TRACKED_STATES, Telemetry
 from exporter.tracing import NOOP_TRACING, Tracing
 
 log = logging.getLogger(__name__)
-
-# The status page counts API calls over this window ("the last minutes").
-STATUS_WINDOW = 300.0
-# Stale jobs listed per target on the status page; the count says how many there are.
-STATUS_STALE_LISTED = 50
 
 
 class SnapshotSink(Protocol):
@@ -852,46 +849,29 @@ class TargetCollector:
     def status(self) -> TargetStatus:
         """The target as the status page shows it, computed now from what the poller knows."""
         now = self.clock.time()
-        total, throttled, failed = self._api_totals()
-        received, describes = self._event_totals()
-        # The newest sample at least a window old, else the oldest: the window shown is
-        # the time since that sample, a little over STATUS_WINDOW once the target ran.
-        old = [c for c in self.state.calls if c[0] <= now - STATUS_WINDOW]
-        base = old[-1] if old else (self.state.calls[0] if self.state.calls else None)
-        if base is None or base[1] > total or base[4] > received:
-            # No sample in the window yet, or counters that started again (a removed and
-            # re-added target, a new consumer): count from now, never a negative number.
-            base = (now, total, throttled, failed, received, describes)
-        states = dict.fromkeys(TRACKED_STATES, 0)
-        statuses: dict[str, int] = {}
-        # Stale means older than the target means to keep its jobs: its interval when
-        # polling, its reconcile interval (plus the interval it is checked at) when events
-        # drive it; twice that, as one late round is normal.
+        current = (now, *self._api_totals(), *self._event_totals())
+        base = window_base(self.state.calls, current)
         events = self.target.events
         driven = events is not None and self.event_driven()
         threshold = staleness(
             self.settings.interval, events.reconcile_interval if events else None, driven
         )
-        stale_after, basis = threshold.after_seconds, threshold.basis
-        stale: list[StaleJob] = []
-        for job_id, tracked in self.state.jobs.items():
-            states[tracked.state] += 1
-            snap = tracked.snapshot
-            if snap is None:
-                continue
-            status = snap.status or "UNKNOWN"
-            statuses[status] = statuses.get(status, 0) + 1
-            age = now - snap.fetched_at
-            if not snap.frozen and age > stale_after and job_id not in self.state.job_errors:
-                stale.append(StaleJob(job_id, age))
-        stale.sort(key=lambda j: (-j.age_seconds, j.job_id))
-        failing = []
-        for job_id, error in self.state.job_errors.items():
-            snap = self.state.jobs[job_id].snapshot if job_id in self.state.jobs else None
-            failing.append(
-                FailingJob(job_id, None if snap is None else now - snap.fetched_at, error)
-            )
-        failing.sort(key=lambda j: (-j.error.at, j.job_id))
+        lists = job_lists(
+            (
+                JobView(
+                    job_id,
+                    tracked.state,
+                    tracked.snapshot.status if tracked.snapshot else None,
+                    tracked.snapshot.fetched_at if tracked.snapshot else None,
+                    tracked.snapshot is not None and tracked.snapshot.frozen,
+                )
+                for job_id, tracked in self.state.jobs.items()
+            ),
+            self.state.job_errors,
+            TRACKED_STATES,
+            now,
+            threshold.after_seconds,
+        )
         return TargetStatus(
             name=self.target.name,
             region=self.target.region,
@@ -902,17 +882,17 @@ class TargetCollector:
             last_collection_success=self.state.last_collection,
             last_error=self.last_error,
             api_window_seconds=now - base[0],
-            api_calls=total - base[1],
-            api_throttled=throttled - base[2],
-            api_failed=failed - base[3],
-            jobs_by_state=tuple(states.items()),
-            jobs_by_status=tuple(sorted(statuses.items())),
-            stale_after_seconds=stale_after,
-            stale_total=len(stale),
-            stale_jobs=tuple(stale[:STATUS_STALE_LISTED]),
-            stale_basis=basis,
-            failing_total=len(failing),
-            failing_jobs=tuple(failing[:STATUS_STALE_LISTED]),
+            api_calls=current[1] - base[1],
+            api_throttled=current[2] - base[2],
+            api_failed=current[3] - base[3],
+            jobs_by_state=lists.by_state,
+            jobs_by_status=lists.by_status,
+            stale_after_seconds=threshold.after_seconds,
+            stale_total=lists.stale_total,
+            stale_jobs=lists.stale,
+            stale_basis=threshold.basis,
+            failing_total=lists.failing_total,
+            failing_jobs=lists.failing,
             events=self._events_status(driven, now, base[4:]),
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,88 @@ class Status:
     generated_at: float
     ready: bool
     targets: tuple[TargetStatus, ...]
+
+
+# The status page counts API calls and events over this window ("the last minutes").
+STATUS_WINDOW = 300.0
+# Jobs listed per target and list (stale, failing); the count says how many there are.
+LISTED = 50
+
+# (time, attempts, throttled, failed, events received, event describes) of a target's
+# counters: the collector samples them once per cycle.
+Sample = tuple[float, int, int, int, int, int]
+
+
+def window_base(samples: Sequence[Sample], now: Sample) -> Sample:
+    """The sample the window's counts start from: the newest at least STATUS_WINDOW old,
+    else the oldest; `now` itself when there is none, or when the counters started again
+    (a removed and re-added target, a new consumer), so no count is ever negative."""
+    old = [c for c in samples if c[0] <= now[0] - STATUS_WINDOW]
+    base = old[-1] if old else (samples[0] if samples else None)
+    if base is None or base[1] > now[1] or base[4] > now[4]:
+        return now
+    return base
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """What the status page reads of a tracked job."""
+
+    job_id: str
+    # One of the tracked states: active, frozen, pending.
+    state: str
+    status: str | None
+    fetched_at: float | None
+    frozen: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobLists:
+    by_state: tuple[tuple[str, int], ...]
+    by_status: tuple[tuple[str, int], ...]
+    stale_total: int
+    stale: tuple[StaleJob, ...]
+    failing_total: int
+    failing: tuple[FailingJob, ...]
+
+
+def job_lists(
+    jobs: Iterable[JobView],
+    errors: Mapping[str, LastError],
+    states: Iterable[str],
+    now: float,
+    stale_after: float,
+) -> JobLists:
+    """Counts by state and status; failing jobs (their last describe failed, newest failure
+    first) apart from stale ones (not failing, data older than `stale_after`, oldest first)."""
+    by_state = dict.fromkeys(states, 0)
+    by_status: dict[str, int] = {}
+    stale: list[StaleJob] = []
+    fetched: dict[str, float | None] = {}
+    for job in jobs:
+        by_state[job.state] = by_state.get(job.state, 0) + 1
+        fetched[job.job_id] = job.fetched_at
+        if job.fetched_at is None:
+            continue
+        status = job.status or "UNKNOWN"
+        by_status[status] = by_status.get(status, 0) + 1
+        age = now - job.fetched_at
+        if not job.frozen and age > stale_after and job.job_id not in errors:
+            stale.append(StaleJob(job.job_id, age))
+    stale.sort(key=lambda j: (-j.age_seconds, j.job_id))
+    failing = []
+    for job_id, error in errors.items():
+        at = fetched.get(job_id)
+        failing.append(FailingJob(job_id, None if at is None else now - at, error))
+    failing.sort(key=lambda j: (-j.error.at, j.job_id))
+    return JobLists(
+        tuple(by_state.items()),
+        tuple(sorted(by_status.items())),
+        len(stale),
+        tuple(stale[:LISTED]),
+        len(failing),
+        tuple(failing[:LISTED]),
+    )
 
 
 def wants_json(accept: str) -> bool:
