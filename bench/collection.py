@@ -24,10 +24,11 @@ from bench.common import bench_target, cpu_seconds, reply, rss_bytes
 from bench.report import Table, median, ratio, verdict
 from exporter import gzipjoin
 from exporter.aws import LIST_JOBS_PAGE_SIZE
-from exporter.collector import Collector, Shard
+from exporter.collector import Collector
 from exporter.config import CollectorSettings, Config
 from exporter.model import TERMINAL_STATUSES
 from exporter.selfmetrics import SelfMetrics
+from exporter.shard import Shard
 from exporter.store import MetricsStore
 
 # Long enough that every generated job (created up to 30 days before the simulator's

@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from exporter import __version__
-from exporter.collector import Collector, Shard
+from exporter.collector import Collector
 from exporter.config import Config, ConfigError, Metrics, load_config
 from exporter.demo_stack import (
     ALERTMANAGER_ADDRESS,
@@ -37,6 +37,7 @@ from exporter.otel import OtelExporter, OtelUnavailable, check_packages
 from exporter.reader import cut, parse_duration
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import DEFAULT_WRITE_TIMEOUT, build_app
+from exporter.shard import Shard
 from exporter.store import MetricsStore
 from exporter.table import FAMILIES, Family, family_name_problem, select_families
 from exporter.webconfig import WebConfig, load_web_config

@@ -14,9 +14,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.aws import JobSource
-from exporter.collector import Collector, Shard, TargetCollector
+from exporter.collector import Collector, TargetCollector
 from exporter.config import Config, parse_config
 from exporter.selfmetrics import SelfMetrics
+from exporter.shard import Shard
 from exporter.store import MetricsStore
 from tests.support import WallClock
 
