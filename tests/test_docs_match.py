@@ -31,7 +31,7 @@ from exporter.table import FAMILIES
 from simulator import Simulator, SimulatorThread, load_scenario, start_simulator
 from simulator.scenario import Faults, parse_scenario
 from simulator.sqs import EventFaults
-from tests.conftest import ROOT, SCENARIOS, free_port
+from tests.conftest import ROOT, free_port
 from tests.test_rules import RULES
 
 README = ROOT / "README.md"
