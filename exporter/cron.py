@@ -1,6 +1,7 @@
 """AWS cron expressions ('cron(0 2 ? * SUN *)') of maintenance windows: parse, next occurrence.
 
-Pure (no I/O, nothing of ours): the model reads job windows with it, the simulator runs them."""
+Pure (no I/O, nothing of ours): the model reads job windows with it. The simulator runs
+windows on a parser of its own (simulator/cron.py), and a property test checks they agree."""
 
 from __future__ import annotations
 

@@ -4,15 +4,78 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import re
 import signal
 import sys
+import time
 
-from exporter.logs import LEVELS, setup_logging
 from simulator.scenario import ScenarioError
 from simulator.server import start_simulator
 
 log = logging.getLogger("simulator")
+
+# Prometheus' level names, as the exporter spells them in its flags and lines.
+LEVELS = ("debug", "info", "warn", "error")
+_LEVEL_NAMES = {"WARNING": "warn", "CRITICAL": "error"}
+# A message written `event key=%s key=%r`: its trailing pairs become fields of their own.
+_FIELDS = re.compile(r"(?: [a-z_]+=%[sr])+$")
+_FIELD = re.compile(r" ([a-z_]+)=%[sr]")
+# A logfmt value left bare: printable ASCII but space, '"', '=' and '\'.
+_BARE = re.compile(r"[!#-<>-\[\]-~]+")
+
+
+def _fields(record: logging.LogRecord) -> tuple[str, list[tuple[str, str]]]:
+    """The event and its `key=value` context; any other message is the event whole."""
+    fmt, args = record.msg, record.args
+    if isinstance(fmt, str) and isinstance(args, tuple):
+        tail = _FIELDS.search(fmt)
+        if tail is not None and fmt.count("%") == len(args) == tail.group(0).count("%"):
+            keys = _FIELD.findall(tail.group(0))
+            return fmt[: tail.start()], [(k, str(v)) for k, v in zip(keys, args, strict=True)]
+    return record.getMessage(), []
+
+
+def _logfmt(value: str) -> str:
+    # json.dumps escapes every control and non-ASCII character: one line, safe to print.
+    return value if _BARE.fullmatch(value) else json.dumps(value)
+
+
+class _Formatter(logging.Formatter):
+    """One line per event: logfmt (`ts= level= logger= msg=` then fields) or JSON."""
+
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        self.json = style == "json"
+
+    def format(self, record: logging.LogRecord) -> str:
+        event, fields = _fields(record)
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        entry = {
+            "ts": f"{ts}.{int(record.msecs):03d}Z",
+            "level": _LEVEL_NAMES.get(record.levelname, record.levelname.lower()),
+            "logger": record.name,
+            "msg": event,
+            **dict(fields),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        if self.json:
+            return json.dumps(entry)
+        return " ".join(f"{key}={_logfmt(value)}" for key, value in entry.items())
+
+
+def setup_logging(level: str, style: str) -> None:
+    """One handler on stderr for the whole process, in the exporter's line format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(style))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel({"warn": "WARNING"}.get(level, level.upper()))
+    # aiohttp logs every request at info; botocore (the service model) chats at debug.
+    for noisy in ("aiohttp.access", "botocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _listen(value: str) -> tuple[str, int]:

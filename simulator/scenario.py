@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -15,9 +14,9 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from exporter.cron import CronError, CronExpression
-from exporter.model import JOB_STATUSES
-from exporter.reader import LocatedError, Reader, join, load_yaml, read_file
+from simulator.cron import Cron, CronError
+from simulator.reader import LocatedError, Reader, join, load_yaml, read_file
+from simulator.service import describe_job_fields
 
 TARGET_SELECTIONS = ("CONTINUOUS", "SNAPSHOT")
 ABORT_FAILURE_TYPES = ("FAILED", "REJECTED", "TIMED_OUT", "ALL")
@@ -101,7 +100,7 @@ class RetryCriterion:
 class MaintenanceWindow:
     start_time: str  # AWS cron expression, e.g. 'cron(0 2 ? * SUN *)'
     duration_in_minutes: int
-    cron: CronExpression = field(compare=False, repr=False)
+    cron: Cron = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,16 +182,6 @@ COMPUTED_FIELDS = frozenset(
         "scheduledJobRollouts",
     }
 )
-
-
-@functools.cache
-def describe_job_fields() -> frozenset[str]:
-    """The members of DescribeJob's `job`, from botocore's service model."""
-    import botocore.session
-
-    model = botocore.session.get_session().get_service_model("iot")
-    shape = model.operation_model("DescribeJob").output_shape.members["job"]
-    return frozenset(shape.members)
 
 
 # Room for the `-NNNN` suffix of a repeated job within AWS's 64 characters.
@@ -509,7 +498,7 @@ def _scheduling(r: Reader, value: Any, path: str) -> Scheduling:
                 raise r.fail(join(p, key), "required")
         expr = r.string(w["start_time"], join(p, "start_time"))
         try:
-            cron = CronExpression.parse(expr)
+            cron = Cron.parse(expr)
         except CronError as e:
             raise r.fail(
                 join(p, "start_time"), f"expected 'cron(m h dom mon dow year)': {e}"
@@ -737,7 +726,7 @@ def parse_faults(r: Reader, value: Any, path: str, base: Faults = Faults()) -> F
                 ),
             )
         elif key == "unavailable_status":
-            out = replace(out, unavailable_status=int(r.choice(item, p, (500, 503))))  # type: ignore[arg-type]
+            out = replace(out, unavailable_status=int(r.choice(item, p, (500, 503))))
         else:
             rules[key] = _rule(r, item, p)
     return replace(out, **rules)
@@ -900,7 +889,6 @@ def reason_from_json(value: Any, path: str) -> str | None:
 
 
 __all__ = [
-    "JOB_STATUSES",
     "OPERATIONS",
     "AbortCriterion",
     "Devices",

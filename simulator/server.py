@@ -24,10 +24,9 @@ from aiohttp import web
 
 from simulator import sqs
 from simulator.faults import FaultPicker, Stats, TokenBucket, faults_json, quotas_json
-from simulator.fleet import EXECUTION_STATES, JOB_SCHEDULED, Fleet, FleetError, Job
+from simulator.fleet import JOB_SCHEDULED, Fleet, FleetError, Job
 from simulator.render import describe_job, execution_summary, job_summary
 from simulator.scenario import (
-    JOB_STATUSES,
     OPERATIONS,
     Faults,
     Scenario,
@@ -38,6 +37,7 @@ from simulator.scenario import (
     quotas_from_json,
     reason_from_json,
 )
+from simulator.service import execution_statuses, job_statuses
 
 log = logging.getLogger("simulator")
 
@@ -281,7 +281,7 @@ class Simulator:
         q = request.query
         limit = _max_results(request)
         status = q.get("status")
-        if status is not None and status not in JOB_STATUSES:
+        if status is not None and status not in job_statuses():
             raise _invalid(f"Invalid job status {status!r}.")
         selection = q.get("targetSelection")
         if selection is not None and selection not in ("CONTINUOUS", "SNAPSHOT"):
@@ -334,7 +334,7 @@ class Simulator:
         job = self._job(job_id)
         limit = _max_results(request)
         status = request.query.get("status")
-        if status is not None and status not in EXECUTION_STATES:
+        if status is not None and status not in execution_statuses():
             raise _invalid(f"Invalid job execution status {status!r}.")
         offset = 0
         token = request.query.get("nextToken")

@@ -19,9 +19,13 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.cron import CronError, CronExpression
+from exporter.cron import CronExpression
+from exporter.model import JOB_STATUSES
 from simulator import ScenarioError, load_scenario, main
+from simulator.cron import Cron, CronError
+from simulator.fleet import EXECUTION_STATES
 from simulator.scenario import parse_scenario
+from simulator.service import execution_statuses, job_statuses
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "simulator" / "scenarios"
@@ -157,24 +161,78 @@ def test_untrusted_scenarios_fail_only_with_scenario_errors(data: Any) -> None:
 
 
 def test_cron_next_occurrence() -> None:
-    sunday_two = CronExpression.parse("cron(0 2 ? * SUN *)")
+    sunday_two = Cron.parse("cron(0 2 ? * SUN *)")
     after = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)  # a Wednesday
     assert sunday_two.next_at_or_after(after) == datetime(2024, 5, 5, 2, 0, tzinfo=UTC)
-    half_hourly = CronExpression.parse("cron(0/30 * * * ? *)")
+    half_hourly = Cron.parse("cron(0/30 * * * ? *)")
     assert half_hourly.next_at_or_after(datetime(2024, 5, 1, 12, 1, tzinfo=UTC)) == datetime(
         2024, 5, 1, 12, 30, tzinfo=UTC
     )
-    first_of_month = CronExpression.parse("cron(15 10 1 JAN-MAR ? 2025)")
+    first_of_month = Cron.parse("cron(15 10 1 JAN-MAR ? 2025)")
     assert first_of_month.next_at_or_after(after) == datetime(2025, 1, 1, 10, 15, tzinfo=UTC)
+    assert first_of_month.next_at_or_after(datetime(2025, 3, 1, 10, 16, tzinfo=UTC)) is None
+    # A start on the minute counts; a second later, the next one does.
+    at = datetime(2024, 5, 5, 2, 0, tzinfo=UTC)
+    assert sunday_two.next_at_or_after(at) == at
+    assert sunday_two.next_at_or_after(at.replace(second=1)) == datetime(
+        2024, 5, 12, 2, 0, tzinfo=UTC
+    )
+    assert Cron.parse("cron(0 0 30 FEB ? *)").next_at_or_after(after) is None
 
 
 @pytest.mark.parametrize(
     "expr",
-    ["0 2 * * *", "cron(0 2 * * SUN *)", "cron(61 2 ? * SUN *)", "cron(0 2 ? * FUNDAY *)"],
+    [
+        "0 2 * * *",
+        "cron(0 2 * * SUN *)",
+        "cron(0 2 ? * ? *)",
+        "cron(61 2 ? * SUN *)",
+        "cron(0 2 ? * FUNDAY *)",
+        "cron(0 2 ? * SUN)",
+        "cron(0/0 2 ? * SUN *)",
+        "cron(30-10 2 ? * SUN *)",
+        "cron(? 2 ? * SUN *)",
+    ],
 )
 def test_cron_rejects(expr: str) -> None:
     with pytest.raises(CronError):
-        CronExpression.parse(expr)
+        Cron.parse(expr)
+
+
+def _field(*choices: str) -> st.SearchStrategy[str]:
+    return st.sampled_from(choices)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.tuples(
+        _field("*", "0", "59", "0/15", "5/20", "10-40/10", "0,30", "7-9"),
+        _field("*", "0", "23", "2", "0/6", "9-17", "1,13", "22-23/1"),
+        st.one_of(
+            st.tuples(_field("*", "1", "15", "28", "29", "30", "31", "1-7", "*/10"), st.just("?")),
+            st.tuples(st.just("?"), _field("*", "SUN", "MON-FRI", "1,7", "sat", "2-4", "*/3")),
+        ),
+        _field("*", "JAN", "FEB", "2", "JAN-MAR", "*/3", "APR,JUN,SEP,NOV", "dec"),
+        _field("*", "2025", "2024-2030", "2028", "2025-2199/4", "2100"),
+    ),
+    st.datetimes(datetime(2020, 1, 1), datetime(2035, 12, 31), timezones=st.just(UTC)),
+)
+def test_the_simulators_cron_agrees_with_the_exporters(
+    fields: tuple[str, str, tuple[str, str], str, str], when: datetime
+) -> None:
+    # The two parsers are written apart on purpose (the simulator is the independent
+    # witness); where both accept an expression, they must find the same next start.
+    minute, hour, (day, weekday), month, year = fields
+    text = f"cron({minute} {hour} {day} {month} {weekday} {year})"
+    ours = Cron.parse(text).next_at_or_after(when)
+    assert ours == CronExpression.parse(text).next_at_or_after(when), text
+
+
+def test_the_simulators_enums_are_botocores() -> None:
+    # The simulator reads AWS's enums from botocore's service model, not from the exporter.
+    assert job_statuses() == JOB_STATUSES
+    assert "SCHEDULED" in job_statuses()
+    assert set(execution_statuses()) == set(EXECUTION_STATES)
 
 
 def test_main_bad_scenario_exits_2_with_one_line(tmp_path: Path, capsys: Any) -> None:
