@@ -29,6 +29,7 @@ from exporter.reader import Reader
 from exporter.selfmetrics import SelfMetrics
 from exporter.table import FAMILIES
 from simulator import Simulator, SimulatorThread, load_scenario, start_simulator
+from simulator.reader import Reader as ScenarioReader
 from simulator.scenario import Faults, parse_scenario
 from simulator.sqs import EventFaults
 from tests.conftest import ROOT, free_port
@@ -46,19 +47,22 @@ COMPOSE = ROOT / "docker-compose.yml"
 
 
 def accepted_keys(
-    parse: Callable[[], object], monkeypatch: pytest.MonkeyPatch
+    parse: Callable[[], object],
+    monkeypatch: pytest.MonkeyPatch,
+    reader: type[Reader] | type[ScenarioReader] = Reader,
 ) -> dict[str, set[str]]:
     """The keys the reader accepts at each mapping it visits while `parse` runs, by path
-    with list indices folded (`targets[].jobs`): the reader's own word, not a copy of it."""
+    with list indices folded (`targets[].jobs`): the reader's own word, not a copy of it.
+    `reader` is the exporter's, or the simulator's own for scenarios."""
     seen: dict[str, set[str]] = {}
-    original = Reader.mapping
+    original = reader.mapping
 
-    def recording(self: Reader, value: Any, path: str, allowed: tuple[str, ...]) -> Any:
+    def recording(self: Any, value: Any, path: str, allowed: tuple[str, ...]) -> Any:
         seen.setdefault(re.sub(r"\[\d+\]", "[]", path), set()).update(allowed)
         return original(self, value, path, allowed)
 
     with monkeypatch.context() as patch:
-        patch.setattr(Reader, "mapping", recording)
+        patch.setattr(reader, "mapping", recording)
         parse()
     return seen
 
@@ -235,7 +239,7 @@ def test_scenario_format_block_loads_and_shows_every_key(
 ) -> None:
     block = scenario_block()
     accepted = accepted_keys(
-        lambda: parse_scenario(yaml.safe_load(block), "simulator.md"), monkeypatch
+        lambda: parse_scenario(yaml.safe_load(block), "simulator.md"), monkeypatch, ScenarioReader
     )
     assert "devices" in accepted and "failure_reasons" in accepted["devices"]
     # A job's devices are the scenario's format, merged over them: shown once, at the top.
