@@ -12,10 +12,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-T = TypeVar("T")
+from exporter import durations
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+T = TypeVar("T")
 
 # A value quoted in an error is cut to this many characters: a config value can be
 # megabytes long, or an alias graph whose repr would be billions of characters.
@@ -87,19 +86,10 @@ def field_name(key: Any) -> str:
 
 
 def parse_duration(value: Any) -> float | None:
-    """Prometheus-style durations (`30s`, `5m`, `1h30m`); None when not one or not positive."""
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            return None
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or pos == 0 or total <= 0 or not math.isfinite(total):
-        return None
-    return total
+    """The seconds of a duration (`30s`, `5m`, `1h30m`: exporter.durations' grammar, blanks
+    around it allowed); None when not one or not positive."""
+    seconds = durations.parse(value.strip()) if isinstance(value, str) else None
+    return seconds if seconds else None
 
 
 def read_file(path: str | os.PathLike[str], error: type[LocatedError] = LocatedError) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import re
 import sys
 from collections.abc import Mapping
 from importlib import resources
@@ -23,6 +22,12 @@ from typing import Any
 import yaml
 
 HERE = Path(__file__).resolve().parent
+if not __package__:  # run as a script from a checkout: the exporter package beside it
+    sys.path.insert(0, str(HERE.parent.parent))
+
+from exporter import durations  # noqa: E402
+from exporter.table import IDENTITY_LABELS  # noqa: E402
+
 CONFIG_FILE = "mixin.yaml"
 RULES_DIR = HERE / "rules"
 RECORDING_FILE = "recording.rules.yml"
@@ -33,10 +38,10 @@ HEADER = (
     "# Do not edit: change mixin.yaml or the generator and regenerate.\n"
 )
 
-# The labels that identify one job across all of its series. Guards join on these
-# (not on every label) so that a metric's own labels, such as `status` or `action`,
-# never keep two sides of a join apart.
-JOB_KEY = "target, region, account_id, job_id"
+# The labels that identify one job across all of its series (the metric table's). Guards
+# join on these (not on every label) so that a metric's own labels, such as `status` or
+# `action`, never keep two sides of a join apart.
+JOB_KEY = ", ".join(IDENTITY_LABELS)
 
 # Go-template fragments used in annotations.
 T_JOB = "{{ $labels.job_id }}"
@@ -84,25 +89,21 @@ def with_for(config: Config, duration: str) -> dict[str, Any]:
     return out
 
 
-_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def time_scaled(config: Config, factor: float) -> dict[str, Any]:
     """A copy of the config with every window and `for:` divided by `factor`.
 
     For the demo run faster than real time (`demo --speed`): when the simulated fleet
     moves `factor` times as fast as the wall clock, the same story fires the same alerts
     if the rules' durations shrink by as much. Thresholds are unchanged. Whole seconds,
-    at least one.
+    at least one, written as Prometheus writes durations (`2m`, not `120s`).
     """
     out = copy.deepcopy(dict(config))
 
     def scale(value: Any) -> Any:
         if isinstance(value, dict):
             return {key: scale(item) for key, item in value.items()}
-        if isinstance(value, str) and _DURATION.match(value):
-            return f"{max(1, round(seconds(value) / factor))}s"
+        if isinstance(value, str) and (length := durations.parse(value)) is not None:
+            return durations.format(max(1, round(length / factor)))
         return value
 
     out["alerts"] = scale(out["alerts"])
@@ -110,11 +111,8 @@ def time_scaled(config: Config, factor: float) -> dict[str, Any]:
     return out
 
 
-def seconds(duration: str) -> float:
-    match = _DURATION.match(duration)
-    if not match:
-        raise ValueError(f"{duration!r} is not a single-unit Prometheus duration like 15m")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+# The seconds of a duration of mixin.yaml (the demo stack and the tests read them here too).
+seconds = durations.seconds
 
 
 def percent(ratio: float) -> str:
