@@ -56,7 +56,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
-import yaml
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.builders import prometheus, stat, statetimeline, table, timeseries
@@ -68,19 +67,25 @@ from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout: the exporter package
+
+from exporter import durations  # noqa: E402
+from exporter.mixin import generate as rules  # noqa: E402
+from exporter.table import IDENTITY_LABELS  # noqa: E402
+
 MIXIN = ROOT / "exporter" / "mixin" / "mixin.yaml"
 OUT_DIR = ROOT / "grafana" / "dashboards"
 
 TAG = "aws-iot-jobs"
 # One row per job in a Grafana grid of 24 columns.
 WIDTH = 24
-# The labels that identify a job, as in the rules' joins.
-JOB_KEY = "target, region, account_id, job_id"
+# The labels that identify a job: the metric table's, as in the rules' joins.
+JOB_KEY = ", ".join(IDENTITY_LABELS)
 RATE_PER_MINUTE = "suffix: executions/min"
 # Grafana's date units take milliseconds; the exporter's timestamps are seconds.
 MS = " * 1000"
-# Statuses in which the exporter describes a job every interval, as in the data-stale alert.
-ACTIVE = 'status=~"IN_PROGRESS|SCHEDULED"'
+# Statuses in which the exporter describes a job every interval: the data-stale alert's.
+ACTIVE = rules.M_ACTIVE
 # The colour of a value that is neither good nor bad. Without a colour of its own a stat or
 # table field falls back on Grafana's default thresholds (red from 80), which would paint
 # counts, durations and timestamps red; every such field gets this fixed colour instead.
@@ -128,8 +133,7 @@ def datasource() -> models.DataSourceRef:
 
 
 def load_mixin() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load(MIXIN.read_text(encoding="utf-8"))
-    return data
+    return rules.load_config(MIXIN)
 
 
 # Links ------------------------------------------------------------------------------
@@ -514,6 +518,8 @@ class Mixin:
         self.sel = config["exporter_selector"]
         self.replicas = ", ".join(config["replica_labels"])
         self.uids = config["dashboard_uids"]
+        # The AwsIotJobsExporterDataStale limit, in seconds.
+        self.stale_after = durations.seconds(config["alerts"]["data_stale"]["max_age"])
         # Every job query filters on the dashboard's variables.
         self.f = f'{self.sel}, target=~"$target", region=~"$region", job_id=~"$job_id"'
 
@@ -529,6 +535,11 @@ class Mixin:
         matchers = ", ".join(m for m in (self.f, extra) if m)
         return f"max without ({self.replicas}) ({metric}{{{matchers}}})"
 
+    def latest(self, *series: tuple[str, str], suffix: str = "") -> list[Query]:
+        """An instant query per (metric, legend) of the selected jobs, replicas folded;
+        `suffix` ends every expression (MS for timestamps)."""
+        return [query(self.dedup(name) + suffix, legend, instant=True) for name, legend in series]
+
     @staticmethod
     def per_job(expr: str) -> str:
         """One series per job, labelled with the job's identity only and no metric name, so
@@ -536,7 +547,7 @@ class Mixin:
         return f"max by ({JOB_KEY}) (\n  {expr}\n)"
 
     def in_progress(self, expr: str) -> str:
-        status = self.dedup("aws_iot_job_status", 'status="IN_PROGRESS"')
+        status = self.dedup("aws_iot_job_status", rules.M_IN_PROGRESS)
         return f"{expr} and on ({JOB_KEY}) ({status} == 1)"
 
     def status_code(self) -> str:
@@ -799,7 +810,7 @@ class Mixin:
                     ),
                 ],
                 "s",
-                thresholds=[(None, "green"), (_seconds(alerts["data_stale"]["max_age"]), "red")],
+                thresholds=[(None, "green"), (self.stale_after, "red")],
                 overrides=[(by_query("B"), [prop("color", fixed(NEUTRAL))])],
                 w=6,
             ),
@@ -913,28 +924,15 @@ class Mixin:
                 "Timeouts and retries",
                 "In-progress timeout, retries allowed per failure type, and the executed "
                 "things each abort criterion waits for.",
-                [
-                    query(
-                        self.dedup("aws_iot_job_in_progress_timeout_seconds"),
-                        "in-progress timeout",
-                        instant=True,
-                    ),
-                    query(
-                        self.dedup("aws_iot_job_retry_max_attempts"),
-                        "retries on {{failure_type}}",
-                        instant=True,
-                    ),
-                    query(
-                        self.dedup("aws_iot_job_abort_min_executed_things"),
+                self.latest(
+                    ("aws_iot_job_in_progress_timeout_seconds", "in-progress timeout"),
+                    ("aws_iot_job_retry_max_attempts", "retries on {{failure_type}}"),
+                    (
+                        "aws_iot_job_abort_min_executed_things",
                         "abort after executions ({{failure_type}})",
-                        instant=True,
                     ),
-                    query(
-                        self.dedup("aws_iot_job_presigned_url_expiry_seconds"),
-                        "pre-signed URL expiry",
-                        instant=True,
-                    ),
-                ],
+                    ("aws_iot_job_presigned_url_expiry_seconds", "pre-signed URL expiry"),
+                ),
                 "short",
                 overrides=[(by_regexp(".*(timeout|expiry)"), [prop("unit", "s")])],
                 w=8,
@@ -944,28 +942,16 @@ class Mixin:
                 "Scheduling windows",
                 "Scheduled start and end of the rollout, date-time maintenance windows and "
                 "the next maintenance-window rollouts AWS has planned.",
-                [
-                    query(
-                        self.dedup("aws_iot_job_scheduling_start_timestamp_seconds") + MS,
-                        "start",
-                        instant=True,
-                    ),
-                    query(
-                        self.dedup("aws_iot_job_scheduling_end_timestamp_seconds") + MS,
-                        "end",
-                        instant=True,
-                    ),
-                    query(
-                        self.dedup("aws_iot_job_scheduled_rollout_start_timestamp_seconds") + MS,
+                self.latest(
+                    ("aws_iot_job_scheduling_start_timestamp_seconds", "start"),
+                    ("aws_iot_job_scheduling_end_timestamp_seconds", "end"),
+                    (
+                        "aws_iot_job_scheduled_rollout_start_timestamp_seconds",
                         "rollout {{rollout}}",
-                        instant=True,
                     ),
-                    query(
-                        self.dedup("aws_iot_job_maintenance_window_start_timestamp_seconds") + MS,
-                        "window {{window}}",
-                        instant=True,
-                    ),
-                ],
+                    ("aws_iot_job_maintenance_window_start_timestamp_seconds", "window {{window}}"),
+                    suffix=MS,
+                ),
                 "dateTimeAsIso",
                 w=8,
                 h=7,
@@ -1026,23 +1012,12 @@ class Mixin:
             stat_panel(
                 "Timestamps",
                 "When the job was created, last updated and completed.",
-                [
-                    query(
-                        self.dedup("aws_iot_job_created_timestamp_seconds") + MS,
-                        "created",
-                        instant=True,
-                    ),
-                    query(
-                        self.dedup("aws_iot_job_last_updated_timestamp_seconds") + MS,
-                        "last updated",
-                        instant=True,
-                    ),
-                    query(
-                        self.dedup("aws_iot_job_completed_timestamp_seconds") + MS,
-                        "completed",
-                        instant=True,
-                    ),
-                ],
+                self.latest(
+                    ("aws_iot_job_created_timestamp_seconds", "created"),
+                    ("aws_iot_job_last_updated_timestamp_seconds", "last updated"),
+                    ("aws_iot_job_completed_timestamp_seconds", "completed"),
+                    suffix=MS,
+                ),
                 "dateTimeAsIso",
                 w=8,
             ),
@@ -1050,28 +1025,21 @@ class Mixin:
                 "Exponential rollout",
                 "The exponential rollout config: starting rate, factor, and the notified or "
                 "succeeded things that trigger each increase.",
-                [
-                    query(
-                        self.dedup("aws_iot_job_rollout_exponential_base_rate_per_minute"),
+                self.latest(
+                    (
+                        "aws_iot_job_rollout_exponential_base_rate_per_minute",
                         "base rate per minute",
-                        instant=True,
                     ),
-                    query(
-                        self.dedup("aws_iot_job_rollout_exponential_increment_factor"),
-                        "increment factor",
-                        instant=True,
-                    ),
-                    query(
-                        self.dedup("aws_iot_job_rollout_exponential_notified_things_threshold"),
+                    ("aws_iot_job_rollout_exponential_increment_factor", "increment factor"),
+                    (
+                        "aws_iot_job_rollout_exponential_notified_things_threshold",
                         "increase every notified",
-                        instant=True,
                     ),
-                    query(
-                        self.dedup("aws_iot_job_rollout_exponential_succeeded_things_threshold"),
+                    (
+                        "aws_iot_job_rollout_exponential_succeeded_things_threshold",
                         "increase every succeeded",
-                        instant=True,
                     ),
-                ],
+                ),
                 "short",
                 w=8,
             ),
@@ -1079,15 +1047,11 @@ class Mixin:
                 "Rollout state",
                 "Targets still being rolled out to, whether AWS is rolling out or canceling "
                 "(isConcurrent), and whether the job was force-canceled.",
-                [
-                    query(
-                        self.dedup("aws_iot_job_processing_targets"),
-                        "processing targets",
-                        instant=True,
-                    ),
-                    query(self.dedup("aws_iot_job_is_concurrent"), "concurrent", instant=True),
-                    query(self.dedup("aws_iot_job_force_canceled"), "force-canceled", instant=True),
-                ],
+                self.latest(
+                    ("aws_iot_job_processing_targets", "processing targets"),
+                    ("aws_iot_job_is_concurrent", "concurrent"),
+                    ("aws_iot_job_force_canceled", "force-canceled"),
+                ),
                 "short",
                 w=8,
             ),
@@ -1272,7 +1236,7 @@ class Mixin:
                     ),
                 ],
                 "s",
-                threshold_line=_seconds(alerts["data_stale"]["max_age"]),
+                threshold_line=self.stale_after,
             ),
             timeseries_panel(
                 "Job events",
@@ -1374,11 +1338,6 @@ STATUS_COLORS = {
     "CANCELED": "orange",
     "DELETION_IN_PROGRESS": "grey",
 }
-
-
-def _seconds(duration: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    return float(duration[:-1]) * units[duration[-1]]
 
 
 def render(config: dict[str, Any]) -> dict[str, str]:
