@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter.model import JOB_STATUSES
+from exporter.model import JOB_ID, JOB_STATUSES
 from exporter.reader import LocatedError, Reader, field_name, kind, load_yaml, read_file, shown
 from exporter.table import EXECUTION_EVENTS_FAMILY, RESERVED_LABELS, family_name_problem, selects
 
@@ -18,7 +18,6 @@ OTLP_PROTOCOLS = ("http/protobuf", "grpc")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _TARGET_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
-_JOB_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
 _URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 
@@ -350,7 +349,7 @@ def _read_jobs(r: Reader, value: Any, path: str) -> Jobs:
             raise r.fail(f"{path}.ids", f"expected a list of job ids, got {kind(raw)}")
         for i, item in enumerate(raw):
             job_id = r.string(
-                item, f"{path}.ids[{i}]", _JOB_ID, "a job id (1-64 letters, digits, '-' or '_')"
+                item, f"{path}.ids[{i}]", JOB_ID, "a job id (1-64 letters, digits, '-' or '_')"
             )
             if job_id in seen:
                 raise r.fail(f"{path}.ids[{i}]", f"{shown(job_id)} is listed twice")

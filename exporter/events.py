@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from exporter.config import Events
+from exporter.model import JOB_ID
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,6 @@ REASON_MAX_LENGTH = 64
 # Bodies larger than this are not events (AWS's are well under 8 KiB; SQS allows 256 KiB).
 MAX_BODY_BYTES = 64 * 1024
 
-_JOB_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
@@ -144,7 +144,7 @@ def _parse_event(body: str | bytes, reason_key: str | None) -> JobEvent:
     else:
         raise MalformedEvent("eventType: expected JOB or JOB_EXECUTION")
     job_id = data.get("jobId")
-    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
         raise MalformedEvent("jobId: expected a job id")
     event_id = data.get("eventId")
     if not isinstance(event_id, str) or not 0 < len(event_id) <= 128:

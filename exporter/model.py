@@ -17,6 +17,8 @@ from exporter.cron import CronError, CronExpression
 # string forgets; a value not listed here is still read and exported as it comes.
 JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 TERMINAL_STATUSES = frozenset({"COMPLETED", "CANCELED"})
+# A job id as CreateJob allows it: 1-64 letters, digits, '-' or '_'. Match with fullmatch.
+JOB_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 EXECUTION_STATES = (
     ("queued", "numberOfQueuedThings"),
     ("in_progress", "numberOfInProgressThings"),
