@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from exporter.config import Target
 from exporter.model import JobSnapshot
 from exporter.table import FAMILIES, IDENTITY_LABELS, Family
+from exporter.telemetry import ACTIVE, FROZEN
 
 JobKey = tuple[str, str]  # (target name, job id)
-FROZEN, ACTIVE = "frozen", "active"
 # Active jobs are joined in this many buckets, so that one job's change re-joins (and
 # re-compresses for gzip) a sixteenth of the active text. More buckets make more
 # segments per family, which cost every scrape a little; 16 keeps a change at 10,000

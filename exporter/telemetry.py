@@ -26,7 +26,8 @@ OUTCOMES = (
     "error",
 )
 # What the collector knows of a tracked job: described and changing, described and
-# terminal (frozen: never described again), or not described yet.
+# terminal (frozen: never described again), or not described yet. The store's two tiers
+# of rendered jobs are the first two.
 ACTIVE, FROZEN, PENDING = "active", "frozen", "pending"
 TRACKED_STATES = (ACTIVE, FROZEN, PENDING)
 # Why a job id is not followed (jobs_dropped_total's reason): an event named it while
