@@ -200,7 +200,7 @@ async def test_listing_without_jobs_keeps_the_known_jobs(aws: HostileAws, body: 
         frozen = collector.jobs["b"]
         assert frozen is not None and frozen.frozen
         pages["body"] = body
-        collector._next_discovery = 0
+        collector.state.next_discovery = 0
         await collector.collect_once()
         telemetry = collector.telemetry
         assert count(telemetry, "ListJobs", "malformed") == 1
@@ -231,7 +231,7 @@ async def test_endless_paginator_is_cut_and_describing_goes_on(
         await collector.collect_once()
         described = aws.calls["DescribeJob:a"]
         mode["endless"] = True
-        collector._next_discovery = 0
+        collector.state.next_discovery = 0
         await collector.collect_once()
         telemetry = collector.telemetry
         assert count(telemetry, "ListJobs", "malformed") == 1
