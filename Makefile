@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint typecheck unit prometheus bench clean run
+.PHONY: demo test test-all lint typecheck unit integration prometheus bench clean run
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,10 +46,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# The inner loop: everything but the tests marked slow (soak, Prometheus end to end,
-# deploy, processes, fault storms, the installed wheel).
+# The tiers are folders: tests/unit (no subprocess, no socket; the inner loop, seconds),
+# tests/integration (moto, the simulator, real HTTP), tests/e2e (Prometheus, Alertmanager,
+# the demo, the wheel, the image files).
 unit: $(STAMP)
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest -q tests/integration
 
 # Every test, slow ones included: what `make test` and CI run.
 test-all: $(STAMP)

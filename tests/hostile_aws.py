@@ -1,5 +1,5 @@
 """A hostile AWS endpoint over real HTTP: IoT ListJobs/DescribeJob and STS AssumeRole that
-answer whatever bytes a test sets, at whatever pace (tests/test_hostile_aws.py)."""
+answer whatever bytes a test sets, at whatever pace (tests/integration/test_hostile_aws.py)."""
 
 from __future__ import annotations
 

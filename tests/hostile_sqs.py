@@ -1,5 +1,5 @@
 """A hostile SQS endpoint over real HTTP, in botocore's JSON protocol: ReceiveMessage and
-DeleteMessageBatch answer whatever a test sets (tests/test_events_hostile.py)."""
+DeleteMessageBatch answer whatever a test sets (tests/integration/test_events_hostile.py)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from simulator.reader import Reader as ScenarioReader
 from simulator.scenario import Faults, parse_scenario
 from simulator.sqs import EventFaults
 from tests.conftest import ROOT, free_port
-from tests.test_rules import RULES
+from tests.e2e.test_rules import RULES
 
 README = ROOT / "README.md"
 EXAMPLE = ROOT / "config" / "example.yaml"

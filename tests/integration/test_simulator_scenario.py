@@ -27,7 +27,7 @@ from simulator.fleet import EXECUTION_STATES
 from simulator.scenario import parse_scenario
 from simulator.service import execution_statuses, job_statuses
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "simulator" / "scenarios"
 
 

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.mixin import RULE_FILES
 from tests.conftest import ROOT, SCENARIOS, free_port
-from tests.test_demo_launcher import FOUR, assert_every_printed_url_answers, get_json, poll
+from tests.e2e.test_demo_launcher import FOUR, assert_every_printed_url_answers, get_json, poll
 
 # Building pulls setuptools into an isolated build environment and installing resolves the
 # runtime dependencies, both through pip's index and cache: minutes on a loaded machine.

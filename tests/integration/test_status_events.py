@@ -13,7 +13,7 @@ import pytest
 from exporter.config import parse_config
 from tests.hostile_aws import HostileAws, listing
 from tests.hostile_sqs import HostileSqs, event_body, messages
-from tests.test_status import Served, get, serve, until
+from tests.integration.test_status import Served, get, serve, until
 
 __all__ = ["serve"]  # the fixture, used by name
 

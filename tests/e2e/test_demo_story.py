@@ -50,8 +50,8 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
 from simulator import ScenarioError, Simulator, load_scenario, start_simulator
 from tests.conftest import ROOT
+from tests.e2e.test_rules import RULES, promtool
 from tests.support import WallClock
-from tests.test_rules import RULES, promtool
 
 SCENARIO = ROOT / "simulator" / "scenarios" / "demo.yaml"
 EXPORTER_CONFIG = ROOT / "exporter" / "demo.yaml"

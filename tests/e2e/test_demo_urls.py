@@ -3,7 +3,7 @@ Alertmanager runs, and the simulator answers a browser at its root.
 
 Debian's prometheus 2.42 has no new UI (/alerts and /rules are 404, /graph redirects to
 /classic/graph); Debian's Alertmanager has no web UI at all. Fakes of each build stand in
-here; tests/test_demo_launcher.py and tests/test_wheel.py fetch what the installed ones
+here; tests/e2e/test_demo_launcher.py and tests/e2e/test_wheel.py fetch what the installed ones
 answer.
 """
 

@@ -33,8 +33,8 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app, limit_in_flight, wants_gzip, wants_openmetrics
 from exporter.store import MetricsStore
 from tests.conftest import ROOT, free_port
+from tests.integration.test_process import wait_for
 from tests.iot_endpoint import IotEndpoint
-from tests.test_process import wait_for
 
 FULL = json.loads((ROOT / "tests" / "data" / "describe_job_full.json").read_text())
 

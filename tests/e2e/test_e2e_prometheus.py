@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, free_port
-from tests.test_dashboards import dashboards, data_panels, queries, substitute
-from tests.test_rules import load_generator
+from tests.e2e.test_dashboards import dashboards, data_panels, queries, substitute
+from tests.e2e.test_rules import load_generator
 
 pytestmark = pytest.mark.slow
 

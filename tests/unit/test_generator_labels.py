@@ -14,7 +14,7 @@ import yaml
 from exporter.mixin import generate as rules
 from exporter.table import IDENTITY_LABELS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # The label list of a vector matching or an aggregation: `on (...)`, `by (...)`.
 GROUPING = re.compile(r"\b(?:on|by|ignoring|without)\s*\(([^()]*)\)")
 

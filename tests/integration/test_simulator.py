@@ -16,7 +16,7 @@ from exporter.model import JOB_STATUSES
 from simulator import Simulator
 from tests.simulator_client import Admin, capture_raw, iot_client, shape_problems
 
-CONFIG = Path(__file__).resolve().parent.parent / "simulator" / "scenarios"
+CONFIG = Path(__file__).resolve().parents[2] / "simulator" / "scenarios"
 DEMO = CONFIG / "demo.yaml"
 
 

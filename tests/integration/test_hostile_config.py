@@ -27,7 +27,7 @@ from exporter.server import build_app
 from exporter.store import MetricsStore
 from exporter.webconfig import BCRYPT_MAX_COST, parse_web_config
 from tests.conftest import free_port
-from tests.test_process import wait_for
+from tests.integration.test_process import wait_for
 
 TARGET = "targets: [{name: t, region: us-east-1, jobs: {ids: [x]}}]\n"
 GAUGE = "aws_iot_jobs_exporter_config_last_reload_successful"

@@ -15,7 +15,7 @@ from simulator import Simulator, SimulatorThread, start_simulator
 from simulator.fleet import minute_string
 from tests.simulator_client import Admin, iot_client, wait_for
 
-CONFIG = Path(__file__).resolve().parent.parent / "simulator" / "scenarios"
+CONFIG = Path(__file__).resolve().parents[2] / "simulator" / "scenarios"
 DEMO = CONFIG / "demo.yaml"
 ABORT = CONFIG / "abort.yaml"
 STATES = (

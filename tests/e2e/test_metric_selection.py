@@ -29,7 +29,7 @@ from exporter.store import MetricsStore
 from exporter.table import FAMILIES, FAMILY_NAMES, family_name_problem, select_families
 from simulator import SimulatorThread
 from tests.conftest import ROOT, free_port
-from tests.test_e2e_simulator import poll
+from tests.e2e.test_e2e_simulator import poll
 
 FULL = json.loads((ROOT / "tests" / "data" / "describe_job_full.json").read_text())
 TARGET = parse_config("targets: [{name: t, region: eu-west-1, jobs: {ids: [x]}}]").targets[0]

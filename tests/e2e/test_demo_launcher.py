@@ -7,7 +7,7 @@ minutes must fire within a minute or so and reach Alertmanager; no alert about t
 exporter itself may fire (the time-scaled rules once called the data of an exporter
 that was not time-scaled stale); every URL the demo prints must answer; and Ctrl-C
 (SIGINT) must stop every process the demo started and remove its temporary directory.
-The real-time story with the shipped rules is checked by tests/test_demo_story.py.
+The real-time story with the shipped rules is checked by tests/e2e/test_demo_story.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import IO, Any
 import yaml
 
 from tests.conftest import free_port
-from tests.test_rules import RULES
+from tests.e2e.test_rules import RULES
 
 EXE = Path(sys.executable).parent / "aws-iot-jobs-exporter"
 SPEED = 0.5  # simulated minutes per real second: 30 times real time

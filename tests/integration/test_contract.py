@@ -124,7 +124,7 @@ EXCLUSIONS: tuple[Exclusion, ...] = (
     ),
 )
 # Not in the jobs below at all, because moto's CreateJob accepts and drops them (the
-# simulator fills them; tests/test_e2e_simulator.py checks they reach their series):
+# simulator fills them; tests/e2e/test_e2e_simulator.py checks they reach their series):
 # namespaceId, jobTemplateArn, destinationPackageVersions.
 DROPPED_BY_MOTO = ("namespaceId", "jobTemplateArn", "destinationPackageVersions")
 

@@ -31,9 +31,9 @@ from exporter.store import MetricsStore
 from exporter.webconfig import parse_web_config
 from simulator import Simulator
 from tests.hostile_aws import HostileAws, job_body, listing
+from tests.integration.test_source_faults import job
 from tests.iot_endpoint import IotEndpoint, Reply
 from tests.simulator_client import Admin
-from tests.test_source_faults import job
 
 HOSTILE = "<script>alert(1)</script>"
 

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
-from tests.test_e2e_prometheus import http_ok, query, start, stop, wait_for
-from tests.test_rules import load_generator
+from tests.e2e.test_e2e_prometheus import http_ok, query, start, stop, wait_for
+from tests.e2e.test_rules import load_generator
 
 EXE = Path(sys.executable).parent / "aws-iot-jobs-exporter"
 SCENARIO = "demo"  # the bundled scenario

@@ -14,7 +14,7 @@ import boto3
 import pytest
 
 from tests.conftest import free_port
-from tests.test_otel import Receiver, attrs, receiver, until  # noqa: F401 (fixture)
+from tests.integration.test_otel import Receiver, attrs, receiver, until  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 

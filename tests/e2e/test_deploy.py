@@ -40,7 +40,7 @@ from cloudcoil.models.prometheus_operator import v1 as monitoring_v1
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 LOCK = ROOT / "requirements.lock.txt"
@@ -330,7 +330,7 @@ def test_dockerignore_sends_what_the_build_copies_and_nothing_private() -> None:
                 for file in files:
                     rel = file.relative_to(ROOT).as_posix()
                     assert not dockerignore_excludes(rel, patterns), f"{rel} is ignored"
-    for private in (".venv/bin/python", ".git/config", "tests/test_deploy.py", ".env"):
+    for private in (".venv/bin/python", ".git/config", "tests/e2e/test_deploy.py", ".env"):
         assert dockerignore_excludes(private, patterns), f"{private} reaches the build context"
     assert dockerignore_excludes("exporter/__pycache__/cli.cpython-311.pyc", patterns)
 

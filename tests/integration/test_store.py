@@ -18,7 +18,7 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import ACTIVE, FROZEN, MetricsStore
 from tests.conftest import ROOT
-from tests.test_server import without_process_metrics
+from tests.integration.test_server import without_process_metrics
 
 FULL = json.loads((ROOT / "tests" / "data" / "describe_job_full.json").read_text())
 TARGET = parse_config("targets: [{name: t, region: eu-west-1, jobs: {ids: [x]}}]").targets[0]
