@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 _ATTEMPT_COUNTED: ContextVar[list[bool] | None] = ContextVar("attempt_counted", default=None)
 
 LIST_JOBS_PAGE_SIZE = 250  # the largest page AWS accepts: fewest calls per discovery
+# The largest IoT or STS answer read: a DescribeJob is a few KiB, a ListJobs page of 250
+# jobs about 100 KiB. A larger one is refused unread (counted malformed): aiobotocore reads
+# bodies whole, and botocore parses them on the event loop.
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
 
 _THROTTLED = {
     "ThrottlingException",
@@ -346,7 +350,11 @@ class JobSource:
 
     def _http_session_cls(self, attempt_timeout: float | None = None) -> type[AIOHTTPSession]:
         timeout = self.settings.attempt_timeout if attempt_timeout is None else attempt_timeout
-        return type("DeadlineSession", (_DeadlineSession,), {"attempt_timeout": timeout})
+        return type(
+            "CappedSession",
+            (_CappedSession,),
+            {"attempt_timeout": timeout, "max_body_bytes": MAX_ANSWER_BYTES},
+        )
 
     async def _assume_role(self, session: AioSession) -> None:
         """Swap the session's credentials for the role's, refreshed by botocore before expiry."""

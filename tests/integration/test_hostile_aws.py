@@ -452,3 +452,15 @@ async def test_simulator_logs_like_the_exporter(tmp_path: Path) -> None:
     await asyncio.wait_for(process.communicate(), 15)
     assert line.startswith("ts=") and " level=info logger=simulator " in line
     assert 'msg="simulator listening" url=http://127.0.0.1:' in line
+
+
+async def test_an_answer_larger_than_the_cap_is_refused_unread(aws: HostileAws) -> None:
+    # 9 MiB of a DescribeJob answer: over MAX_ANSWER_BYTES, refused from its length alone.
+    padding = "x" * (9 * 1024 * 1024)
+    aws.describe["huge"] = json.dumps(job_body("huge", description=padding)).encode()
+    async with InProcess(cfg(aws, "ids: [huge, good]")) as collector:
+        await collector.collect_once()
+        telemetry = collector.telemetry
+        assert collector.jobs["good"] is not None and collector.jobs["huge"] is None
+        assert count(telemetry, "DescribeJob", "malformed") >= 1
+        assert collector.last_error is not None and "larger than" in collector.last_error.message
