@@ -1,18 +1,28 @@
 """Renders a picture of each dashboard in grafana/dashboards/ into docs/images/<uid>.png.
 
 Usage:
-    python grafana/render_previews.py                  # run the demo stack, then render
-    python grafana/render_previews.py --seconds 120    # let the demo run longer
-    python grafana/render_previews.py --prometheus http://localhost:9090 --seconds 3600
+    python grafana/render_previews.py                     # 40 simulated minutes of the demo
+    python grafana/render_previews.py --speed 0.1         # the same, 6 times as fast
+    python grafana/render_previews.py --prometheus http://127.0.0.1:19090 --minutes 40
 
-Without --prometheus it starts what tests/test_e2e_prometheus.py starts: the simulator with
-the demo fleet (exporter/simulator/scenarios/demo.yaml, one simulated minute per second), the
-exporter, and Prometheus (from PATH) with the mixin's rules, scraping every second. After --seconds
-it draws every panel from Prometheus' HTTP API (range queries for graphs, instant queries
-for stats and tables), placed by its gridPos in Grafana's dark theme, and stops everything.
+Without --prometheus it runs the demo as a user does, `python -m exporter demo` (the demo
+scenario simulator/scenarios/demo.yaml, with job events, the exporter, and
+Prometheus with the mixin's rules, all on free ports) at `--speed` simulated minutes per
+real second, and records `--minutes` simulated minutes of its story from Prometheus' first
+scrape. With --prometheus it reads the last `--minutes` (real minutes) of a Prometheus
+that scrapes the exporter already, such as the one `make demo` starts. Then it draws every
+panel from Prometheus' HTTP API (range queries for graphs, instant queries for stats and
+tables), placed by its gridPos in Grafana's dark theme, and stops what it started.
+
+The default speed is the demo's own, real time: rates the exporter measures against the
+wall clock (observed rollout rates, events and API calls per second) only compare with the
+fleet's configured limits then. A faster demo tells the same story sooner, with those
+rates multiplied by the speed-up.
 
 No Grafana is involved: the panels are an approximation of what Grafana draws from the same
-queries, units, thresholds, value mappings, overrides and table transformations. It needs
+queries, units, thresholds, value mappings, overrides and table transformations. Each
+picture records in its PNG text chunks how it was made and which panels it drew, where it
+drew them (tests/test_docs_match.py compares them with the dashboards). It needs
 matplotlib, which the project does not depend on: `pip install matplotlib`.
 """
 
@@ -21,9 +31,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -39,20 +50,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout: the exporter package
+
+from exporter.demo_stack import (  # noqa: E402
+    REAL_TIME,
+    SCRAPE_INTERVAL,
+    SCRAPE_JOB,
+    SHORTEST,
+    scaled_seconds,
+    time_factor,
+)
+
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 OUT_DIR = ROOT / "docs" / "images"
-SCENARIO = ROOT / "simulator" / "scenarios" / "demo.yaml"
-RULES = ROOT / "exporter" / "mixin" / "rules"
-SCRAPE_JOB = "aws-iot-jobs-exporter"  # the mixin's exporter_selector
-# The job the job-detail dashboard shows: the demo's rollout near its abort threshold.
-DEFAULT_JOB = "firmware-v2-failing"
+# The job the job-detail dashboard shows: the demo's rollout over its abort threshold,
+# which fails with reasons, fires AwsIotJobAbortThresholdApproaching throughout and is
+# aborted by AWS about 21.5 minutes in, once enough things have executed.
+DEFAULT_JOB = "modem-firmware-near-abort"
+# Long enough for the README's story: the stalled rollout fires at about minute 35.5.
+DEFAULT_MINUTES = 40.0
 
 # Grafana's dark theme.
 CANVAS = "#111217"
@@ -90,7 +111,7 @@ CHAR_PX = 0.6  # average glyph width over font size in pixels, for truncation
 BOLD_CHAR_PX = 0.68
 
 
-# Running the demo stack ---------------------------------------------------------------
+# Running the demo -----------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -115,128 +136,63 @@ def wait_until(what: str, ready: Any, deadline: float = 60.0) -> None:
         time.sleep(0.5)
 
 
+def scrape_interval(speed: float) -> float:
+    """The scrape interval of the demo's Prometheus at `speed` (exporter/demo_stack.py)."""
+    return float(max(SHORTEST, round(scaled_seconds(SCRAPE_INTERVAL, time_factor(speed)))))
+
+
 @contextmanager
-def demo_stack(warm_up: float, seconds: float) -> Iterator[tuple[str, float]]:
-    """Simulator, exporter and Prometheus; yields Prometheus' URL and when it began scraping.
-
-    The demo fleet first runs at its own speed (a simulated minute per second) for `warm_up`
-    seconds, so that jobs have been created, aborted, deleted and scheduled; then its clock
-    slows to real time and Prometheus starts. Rollout rates are measured by the exporter
-    against the wall clock, so only at real time do they compare with the configured limits.
-    """
-    from simulator import SimulatorThread
-
-    prometheus_bin = shutil.which("prometheus")
-    if not prometheus_bin:
-        raise SystemExit("error: prometheus not found on PATH (make prometheus installs it)")
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        env.pop(key, None)
-    exporter_port, prometheus_port = free_port(), free_port()
-    exporter = f"http://127.0.0.1:{exporter_port}"
+def demo(speed: float, minutes: float) -> Iterator[tuple[str, float]]:
+    """`python -m exporter demo` on free ports; yields its Prometheus' URL and when it first
+    scraped, once `minutes` simulated minutes have passed since."""
+    if not shutil.which("prometheus"):
+        raise SystemExit(
+            "error: prometheus not found on PATH (apt-get install prometheus; the demo starts it)"
+        )
+    exporter_port, prometheus_port, alertmanager_port = free_port(), free_port(), free_port()
     prometheus = f"http://127.0.0.1:{prometheus_port}"
-    processes: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory(prefix="render-previews-") as tmp_name, ExitStack() as logs:
-        tmp = Path(tmp_name)
-
-        def start(name: str, args: list[str], **kwargs: Any) -> None:
-            log = logs.enter_context((tmp / f"{name}.log").open("wb"))
-            processes.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **kwargs))
-
-        def wait_for(what: str, ready: Any) -> None:
-            try:
-                wait_until(what, ready)
-            except SystemExit:
-                for log in sorted(tmp.glob("*.log")):
-                    tail = log.read_text(errors="replace")[-2000:]
-                    print(f"--- {log.name}\n{tail}", file=sys.stderr)
-                raise
-
-        simulator = SimulatorThread(SCENARIO).start()
+    argv = [
+        sys.executable,
+        "-m",
+        "exporter",
+        "demo",
+        f"--speed={speed!r}",
+        "--simulator.listen-address=127.0.0.1:0",
+        f"--web.listen-address=127.0.0.1:{exporter_port}",
+        f"--prometheus.listen-address=127.0.0.1:{prometheus_port}",
+        f"--alertmanager.listen-address=127.0.0.1:{alertmanager_port}",
+    ]
+    with tempfile.TemporaryDirectory(prefix="render-previews-") as tmp:
+        log_path = Path(tmp) / "demo.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
-            config = tmp / "exporter.yaml"
-            target = {
-                "name": "demo",
-                "region": "us-east-1",
-                "endpoint_url": simulator.url,
-                "labels": {"env": "demo"},
-                "jobs": {"discover": {}},
-            }
-            collector = {
-                "interval": "1s",
-                "discovery_interval": "2s",
-                "request_timeout": "5s",
-                "concurrency": 8,
-                "terminal_job_retention": "24h",
-            }
-            config.write_text(yaml.safe_dump({"collector": collector, "targets": [target]}))
-            start(
-                "exporter",
-                [
-                    sys.executable,
-                    "-m",
-                    "exporter",
-                    "--config.file",
-                    str(config),
-                    "--web.listen-address",
-                    f"127.0.0.1:{exporter_port}",
-                ],
-                env=env,
-                cwd=ROOT,
-            )
-            wait_for("the exporter", lambda: http_ok(f"{exporter}/readyz"))
-            print(f"demo fleet at its own speed for {warm_up:.0f} s", file=sys.stderr)
-            time.sleep(warm_up)
-            simulator.call(lambda sim: sim.clock.set_speed(1 / 60))
-            time.sleep(2)  # two describes at real time, for the observed rollout rate
-
-            prometheus_config = tmp / "prometheus.yml"
-            scrape = {
-                "job_name": SCRAPE_JOB,
-                "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}],
-            }
-            prometheus_config.write_text(
-                yaml.safe_dump(
-                    {
-                        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                        "rule_files": [str(RULES / "*.rules.yml")],
-                        "scrape_configs": [scrape],
-                    }
-                )
-            )
-            start(
-                "prometheus",
-                [
-                    prometheus_bin,
-                    f"--config.file={prometheus_config}",
-                    f"--storage.tsdb.path={tmp / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
-                    "--log.level=warn",
-                ],
-            )
-            wait_for("Prometheus", lambda: http_ok(f"{prometheus}/-/ready"))
-            wait_for("a scrape", lambda: instant(prometheus, f'up{{job="{SCRAPE_JOB}"}}'))
+            try:
+                wait_until("the demo's Prometheus", lambda: http_ok(f"{prometheus}/-/ready"))
+                wait_until("a scrape", lambda: instant(prometheus, f'up{{job="{SCRAPE_JOB}"}}'))
+            except SystemExit:
+                print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
+                raise
             began = time.time()
-            print(f"recording {seconds:.0f} s at real time", file=sys.stderr)
+            seconds = minutes * 60 / time_factor(speed)
+            print(
+                f"recording {minutes:g} simulated minutes of the demo at --speed {speed:g}:"
+                f" {seconds:.0f} s",
+                file=sys.stderr,
+            )
             time.sleep(seconds)
+            if process.poll() is not None:
+                print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
+                raise SystemExit(f"error: the demo exited early ({process.returncode})")
             yield prometheus, began
         finally:
-            for process in processes:
-                if process.poll() is None:
-                    process.terminate()
-            for process in processes:
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-            simulator.close()
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)  # the demo stops its Prometheus itself
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 # Prometheus -----------------------------------------------------------------------------
@@ -392,6 +348,8 @@ def fmt_value(value: float, unit: str) -> str:
         return f"{fmt_value(value, 'short')} {unit[len('suffix:') :].strip()}"
     if unit == "none":
         return fmt_number(value)
+    if unit == "bool_yes_no":
+        return "Yes" if value else "No"
     for scale, suffix in ((1e9, " Bil"), (1e6, " Mil"), (1e3, " K")):
         if abs(value) >= scale:
             return f"{fmt_number(value / scale)}{suffix}"
@@ -440,7 +398,7 @@ def no_data(ax: Axes, w: float, h: float) -> None:
     text(ax, w / 2, h / 2, "No data", 14, color=MUTED, ha="center")
 
 
-def draw_stat(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect) -> None:
+def draw_stat(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect) -> bool:
     x, y, w, h = rect
     items = []
     for target in panel["targets"]:
@@ -452,7 +410,7 @@ def draw_stat(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect)
     ax = canvas.box(x, y, w, h)
     if not items:
         no_data(ax, w, h)
-        return
+        return False
     row = h / len(items)
     for i, (name, value, config) in enumerate(items):
         shown, tint = display(value, config)
@@ -460,9 +418,12 @@ def draw_stat(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect)
         # Grafana sizes the value to its room and gives the name what is left.
         value_px = min(row * 0.7, 40.0, w * 0.6 / (len(shown) * BOLD_CHAR_PX))
         name_px = min(max(row * 0.4, 10.0), 14.0)
-        value_room = len(shown) * value_px * BOLD_CHAR_PX
+        # Capitals are wider than the average glyph.
+        glyph = BOLD_CHAR_PX + (0.12 if shown.isupper() else 0.0)
+        value_room = len(shown) * value_px * glyph
         text(ax, 6, middle, fit(name, w - value_room - 24, name_px), name_px)
         text(ax, w - 6, middle, shown, value_px, color=tint, ha="right", weight="bold")
+    return True
 
 
 def series_matrix(
@@ -489,7 +450,9 @@ def time_axis(ax: Axes, times: list[float], px: float) -> None:
 
     ax.set_xlim(times[0] / 86400, times[-1] / 86400)
     ax.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=3, maxticks=7))
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
+    # Grafana shows seconds on ranges of a few minutes, minutes beyond.
+    short = times[-1] - times[0] <= 5 * 60
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S" if short else "%H:%M"))
     ax.tick_params(axis="x", colors=MUTED, labelsize=px * PT, length=0, pad=6)
 
 
@@ -501,42 +464,67 @@ def style_axes(ax: Axes) -> None:
     ax.set_axisbelow(True)
 
 
-def draw_timeseries(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect) -> None:
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
+def on_right(config: dict[str, Any]) -> bool:
+    return bool(config.get("custom", {}).get("axisPlacement") == "right")
+
+
+def y_axis(lines: list[list[float]], unit: str, px: float) -> tuple[float, float, Any, float]:
+    """A value axis for the lines: its range from zero (or below) to a little above the
+    highest value, its tick locator, and the width its tick labels take."""
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
+    plotted = [v for line in lines for v in line if not math.isnan(v)]
+    low, high = (min(plotted), max(plotted)) if plotted else (0.0, 1.0)
+    low = min(low, 0.0)
+    if high == low:
+        high = low + (abs(low) or 1.0)
+    high += (high - low) * 0.08
+    locator: Any = FixedLocator([0, 1]) if unit == "bool_yes_no" else MaxNLocator(nbins=4)
+    ticks = [t for t in locator.tick_values(low, high) if low <= t <= high]
+    width = max((len(fmt_value(t, unit)) for t in ticks), default=1) * px * CHAR_PX + 14
+    return low, high, locator, width
+
+
+def draw_timeseries(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect) -> bool:
+    from matplotlib.ticker import FuncFormatter
 
     x, y, w, h = rect
     times, rows = series_matrix(panel, source)
     if not rows:
         no_data(canvas.box(x, y, w, h), w, h)
-        return
+        return False
     defaults = field_config(panel, "")
     unit = defaults.get("unit", "short")
     custom = defaults.get("custom", {})
     stacked = custom.get("stacking", {}).get("mode", "none") == "normal"
     fill = custom.get("fillOpacity", 0) / 100
 
+    # Series with axisPlacement "right" get their own axis, in their own unit.
+    right = [on_right(cfg) for _, _, cfg in rows]
+    right_unit = next((row[2].get("unit", unit) for row in rows if on_right(row[2])), None)
+
     # What each series draws: its line, and the band under it (the stack below, or zero).
     drawn = []
     base = [0.0] * len(times)
-    for values in (vals for _, vals, _ in rows):
+    for (_, values, _), is_right in zip(rows, right, strict=True):
         present = [not math.isnan(v) for v in values]
-        if stacked:
+        if stacked and not is_right:
             top = [b + v if p else b for b, v, p in zip(base, values, present, strict=True)]
             line = [t if p else math.nan for t, p in zip(top, present, strict=True)]
             drawn.append((line, base, present))
             base = top
         else:
             drawn.append((values, [0.0] * len(times), present))
-    plotted = [v for line, _, _ in drawn for v in line if not math.isnan(v)]
-    low, high = (min(plotted), max(plotted)) if plotted else (0.0, 1.0)
-    low = min(low, 0.0)
-    if high == low:
-        high = low + (abs(low) or 1.0)
-    high += (high - low) * 0.08
-    locator = MaxNLocator(nbins=4)
-    ticks = [t for t in locator.tick_values(low, high) if low <= t <= high]
     tick_font = 10.0
-    axis_w = max(len(fmt_value(t, unit)) for t in ticks) * tick_font * CHAR_PX + 14
+    low, high, locator, axis_w = y_axis(
+        [line for (line, _, _), r in zip(drawn, right, strict=True) if not r], unit, tick_font
+    )
+    if right_unit is not None:
+        lines = [line for (line, _, _), r in zip(drawn, right, strict=True) if r]
+        right_axis = y_axis(lines, right_unit, tick_font)
+        right_w = right_axis[3]
+    else:
+        right_w = 0.0
 
     legend_font = 11.0
     last = [next((v for v in reversed(vals) if not math.isnan(v)), math.nan) for _, vals, _ in rows]
@@ -548,15 +536,29 @@ def draw_timeseries(canvas: Canvas, panel: dict[str, Any], source: Source, rect:
     legend_w = min(max(longest * legend_font * CHAR_PX + value_w + 30, 150), w * 0.45)
 
     axis_h = 20
-    ax = canvas.axes(x + axis_w, y + 4, w - legend_w - axis_w - 12, h - axis_h - 4)
+    plot_w = w - legend_w - axis_w - right_w - 12
+    ax = canvas.axes(x + axis_w, y + 4, plot_w, h - axis_h - 4)
     style_axes(ax)
+    other = None
+    if right_unit is not None:
+        other = ax.twinx()
+        for spine in other.spines.values():
+            spine.set_visible(False)
+        r_low, r_high, r_locator, _ = right_axis
+        other.set_ylim(r_low, r_high)
+        other.yaxis.set_major_locator(r_locator)
+        other.yaxis.set_major_formatter(
+            FuncFormatter(lambda v, _pos: fmt_value(v, right_unit or "short"))
+        )
+        other.tick_params(axis="y", colors=MUTED, labelsize=tick_font * PT, length=0)
     xs = [t / 86400 for t in times]
     for i, ((_, _, config), (line, under, present)) in enumerate(zip(rows, drawn, strict=True)):
         tint = PALETTE[i % len(PALETTE)]
         dashed = config.get("custom", {}).get("lineStyle", {}).get("fill") == "dash"
+        target = other if right[i] and other is not None else ax
         if fill:
-            ax.fill_between(xs, under, line, where=present, color=tint, alpha=fill, lw=0)
-        ax.plot(xs, line, color=tint, linewidth=1.2, linestyle=(0, (6, 4)) if dashed else "-")
+            target.fill_between(xs, under, line, where=present, color=tint, alpha=fill, lw=0)
+        target.plot(xs, line, color=tint, linewidth=1.2, linestyle=(0, (6, 4)) if dashed else "-")
     ax.set_ylim(low, high)
     # Grafana draws thresholds as dashed lines without widening the axis to show them.
     if custom.get("thresholdsStyle", {}).get("mode") == "dashed":
@@ -580,14 +582,15 @@ def draw_timeseries(canvas: Canvas, panel: dict[str, Any], source: Source, rect:
         box.plot([4, 16], [middle, middle], color=tint, linewidth=3, solid_capstyle="round")
         text(box, 22, middle, fit(name, legend_w - value_w - 26, legend_font), legend_font)
         text(box, legend_w - 6, middle, shown, legend_font, ha="right")
+    return True
 
 
-def draw_state_timeline(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect) -> None:
+def draw_state_timeline(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect) -> bool:
     x, y, w, h = rect
     times, rows = series_matrix(panel, source)
     if not rows:
         no_data(canvas.box(x, y, w, h), w, h)
-        return
+        return False
     defaults = field_config(panel, "")
     show_values = panel.get("options", {}).get("showValue", "auto") != "never"
     font = 12.0
@@ -647,6 +650,7 @@ def draw_state_timeline(canvas: Canvas, panel: dict[str, Any], source: Source, r
             key.add_patch(_rect(at, legend_h / 2 - 5, 14, 10, tint))
             text(key, at + 20, legend_h / 2, option["text"], 11)
             at += 20 + len(option["text"]) * 11 * CHAR_PX + 18
+    return True
 
 
 def _rect(x: float, y: float, w: float, h: float, face: str, edge: str | None = None) -> Any:
@@ -698,7 +702,7 @@ def merge(frames: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return merged
 
 
-def draw_table(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect) -> None:
+def draw_table(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect) -> bool:
     x, y, w, h = rect
     frames = table_frames(panel, source)
     transformations = {t["id"]: t.get("options", {}) for t in panel.get("transformations", [])}
@@ -709,7 +713,7 @@ def draw_table(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect
     ax = canvas.box(x, y, w, h)
     if not rows:
         no_data(ax, w, h)
-        return
+        return False
     excluded = transformations.get("organize", {}).get("excludeByName", {})
     names: list[str] = []
     for row in rows:
@@ -764,6 +768,7 @@ def draw_table(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect
                 text(ax, left, middle, fit(shown, col_w - 14, font), font, color=tint)
             else:
                 text(ax, left, middle, fit(shown, col_w - 14, font), font)
+    return True
 
 
 Rect = tuple[float, float, float, float]
@@ -781,7 +786,26 @@ def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from panel.get("panels", [])
 
 
-def render(board: dict[str, Any], source: Source, variables: dict[str, str]) -> Figure:
+def span_text(seconds: float) -> str:
+    """A time range as Grafana's picker names it: seconds, minutes or hours."""
+    if seconds < 120:
+        return f"{round(seconds)} s"
+    if seconds < 2 * 3600:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.3g} h"
+
+
+@dataclass
+class Drawn:
+    """What a picture shows: the figure, and every panel with whether it had data."""
+
+    figure: Figure
+    panels: list[dict[str, Any]]
+
+
+def render(board: dict[str, Any], source: Source, variables: dict[str, str], note: str) -> Drawn:
+    """The dashboard as Grafana lays it out; `note` says under the time range what the
+    data is."""
     import matplotlib.pyplot as plt
 
     every = list(panels(board))
@@ -793,9 +817,10 @@ def render(board: dict[str, Any], source: Source, variables: dict[str, str]) -> 
 
     head = canvas.box(0, 0, WIDTH, HEADER_PX)
     text(head, GAP + 4, 22, board["title"], 20, weight="bold")
-    span = round(source.end - source.start)
+    span = span_text(source.end - source.start)
     when = datetime.fromtimestamp(source.end, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    text(head, WIDTH - GAP - 4, 22, f"Last {span} s to {when} UTC", 13, color=MUTED, ha="right")
+    text(head, WIDTH - GAP - 4, 22, f"Last {span} to {when} UTC", 13, color=MUTED, ha="right")
+    text(head, WIDTH - GAP - 4, 60, note, 13, color=MUTED, ha="right")
     at = GAP + 4.0
     for label, value in variables.items():
         label_w = len(label) * 13 * CHAR_PX + 16
@@ -806,8 +831,11 @@ def render(board: dict[str, Any], source: Source, variables: dict[str, str]) -> 
         text(head, at + label_w + 10, 60, value, 13)
         at += label_w + value_w + 10
 
+    drawn = []
     for panel in every:
         grid = panel["gridPos"]
+        record = {"title": panel["title"], "type": panel["type"], "gridPos": grid}
+        drawn.append(record)
         px, py = GAP + grid["x"] * column, HEADER_PX + grid["y"] * ROW_PX
         pw, ph = grid["w"] * column - GAP, grid["h"] * ROW_PX - GAP
         if panel["type"] == "row":
@@ -821,9 +849,10 @@ def render(board: dict[str, Any], source: Source, variables: dict[str, str]) -> 
         draw = DRAW.get(panel["type"])
         if draw is None:
             text(frame, pw / 2, ph / 2, f"({panel['type']} panel)", 13, color=MUTED, ha="center")
+            record["data"] = False
         else:
-            draw(canvas, panel, source, body)
-    return fig
+            record["data"] = draw(canvas, panel, source, body)
+    return Drawn(fig, drawn)
 
 
 def rate_interval(step: float, scrape: float) -> str:
@@ -831,17 +860,39 @@ def rate_interval(step: float, scrape: float) -> str:
     return f"{int(max(step + scrape, 4 * scrape))}s"
 
 
+def speed_text(speed: float) -> str:
+    if math.isclose(speed, REAL_TIME):
+        return "real time"
+    return f"{time_factor(speed):g}x real time"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=75, help="time range to show")
     parser.add_argument(
-        "--warm-up", type=float, default=30, help="seconds of the demo at its own speed first"
+        "--minutes",
+        type=float,
+        default=DEFAULT_MINUTES,
+        help="time range to show: simulated minutes of the demo, or with --prometheus the"
+        " last real minutes (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=REAL_TIME,
+        help="the demo's speed, simulated minutes per real second (default: real time, 1/60)",
     )
     parser.add_argument("--job", default=DEFAULT_JOB, help="job of the job-detail dashboard")
     parser.add_argument("--prometheus", help="render from this Prometheus, start nothing")
-    parser.add_argument("--scrape-interval", type=float, default=None, help="for $__rate_interval")
+    parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=None,
+        help="for $__rate_interval (default: the demo's at its speed; 15 with --prometheus)",
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args()
+    if not (math.isfinite(args.speed) and args.speed >= REAL_TIME):
+        parser.error("--speed: expected real time (1/60) or faster")
     try:
         import matplotlib
 
@@ -856,16 +907,34 @@ def main() -> int:
         return 1
     import matplotlib.pyplot as plt
 
+    command = shlex.join(["python", "grafana/render_previews.py", *sys.argv[1:]])
     with ExitStack() as stack:
         if args.prometheus:
             scrape = args.scrape_interval or 15.0
-            url, began = args.prometheus.rstrip("/"), time.time() - args.seconds
+            seconds = args.minutes * 60
+            url, began = args.prometheus.rstrip("/"), time.time() - seconds
+            data = f"Prometheus at {url}"
+            note = f"from {url}"
         else:
-            scrape = args.scrape_interval or 1.0
-            url, began = stack.enter_context(demo_stack(args.warm_up, args.seconds))
+            scrape = args.scrape_interval or scrape_interval(args.speed)
+            seconds = args.minutes * 60 / time_factor(args.speed)
+            url, began = stack.enter_context(demo(args.speed, args.minutes))
+            data = (
+                f"the Prometheus of `python -m exporter demo --speed {args.speed!r}` (the demo"
+                f" scenario with job events, at {speed_text(args.speed)}),"
+                f" {args.minutes:g} simulated minutes from its first scrape"
+            )
+            note = (
+                f"demo with job events at {speed_text(args.speed)}: {args.minutes:g} simulated min"
+            )
         end = time.time()
-        start = max(began, end - args.seconds)
-        step = max(1.0, round((end - start) / 300))
+        start = max(began, end - seconds)
+        # Grafana's $__interval: the range over about as many points as the panel has
+        # pixels, never below the scrape interval.
+        step = max(scrape, round((end - start) / 300))
+        window = " to ".join(
+            datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for t in (start, end)
+        )
         args.out.mkdir(parents=True, exist_ok=True)
         for path in sorted(DASHBOARDS.glob("*.json")):
             board = json.loads(path.read_text())
@@ -887,11 +956,23 @@ def main() -> int:
                 "$__range": f"{round(end - start)}s",
             }
             source = Source(url, start, end, step, variables)
-            fig = render(board, source, shown)
+            drawn = render(board, source, shown, note)
             out = args.out / f"{uid}.png"
-            fig.savefig(out, dpi=DPI, facecolor=CANVAS)
-            plt.close(fig)
-            print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+            # Read by tests/test_docs_match.py (PNG text chunks, no matplotlib needed).
+            metadata = {
+                "Title": board["title"],
+                "Description": "An approximation of the Grafana dashboard drawn without"
+                f" Grafana, from {data}; window {window}, step {step:g} s.",
+                "Software": "grafana/render_previews.py",
+                "Command": command,
+                "Dashboard": uid,
+                "Panels": json.dumps(drawn.panels, separators=(",", ":")),
+            }
+            drawn.figure.savefig(out, dpi=DPI, facecolor=CANVAS, metadata=metadata)
+            plt.close(drawn.figure)
+            empty = [p["title"] for p in drawn.panels if p["type"] != "row" and not p["data"]]
+            where = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+            print(f"wrote {where}; no data: {', '.join(empty) or 'none'}")
     return 0
 
 

@@ -13,6 +13,7 @@ import json
 import re
 import struct
 import urllib.parse
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -612,43 +613,88 @@ def preview_height(uid: str) -> tuple[int, int]:
     return height, header_px + rows * row_px
 
 
-# Pictures drawn before a panel was added below them: docs/dashboards.md says so. Grafana
-# cannot be installed here to take real screenshots; redraw these with
-# grafana/render_previews.py (and drop them from this set: the mark is strict).
-STALE_PREVIEWS = {"aws-iot-job-detail", "aws-iot-jobs-exporter"}
-
-
-@pytest.mark.parametrize(
-    "uid",
-    [
-        pytest.param(
-            uid,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="picture predates the job-event panels (docs/dashboards.md)",
-            ),
-        )
-        if uid in STALE_PREVIEWS
-        else uid
-        for uid in sorted(dashboards())
-    ],
-)
+@pytest.mark.parametrize("uid", sorted(dashboards()))
 def test_every_dashboard_picture_is_drawn_from_its_current_layout(uid: str) -> None:
     drawn, layout = preview_height(uid)
     assert drawn == layout, f"{uid}: the picture is {drawn} px high, the layout {layout} px"
 
 
-def test_the_doc_names_the_stale_pictures() -> None:
-    text = " ".join(DASHBOARDS.read_text().split())
-    sentence = re.search(r"The ([\w -]+) pictures also date from before job events", text)
-    assert sentence, "docs/dashboards.md no longer says which pictures are stale"
-    named = set(re.split(r",? and |, ", sentence.group(1)))
-    titles = {}
-    for uid in dashboards():
-        heading = re.search(
-            rf"^### (.+) \(`uid: {re.escape(uid)}`\)$", DASHBOARDS.read_text(), re.M
-        )
-        assert heading
-        titles[heading.group(1).lower().replace(" ", "-")] = uid
-    assert {titles[name] for name in named} == STALE_PREVIEWS
+def png_text(path: Path) -> dict[str, str]:
+    """The text chunks of a PNG (tEXt, zTXt, iTXt): what render_previews.py records there."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    found: dict[str, str] = {}
+    at = 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        at += 12 + length
+        if kind == b"tEXt":
+            key, _, value = body.partition(b"\0")
+            found[key.decode("latin-1")] = value.decode("latin-1")
+        elif kind == b"zTXt":
+            key, _, value = body.partition(b"\0")
+            found[key.decode("latin-1")] = zlib.decompress(value[1:]).decode("latin-1")
+        elif kind == b"iTXt":
+            key, _, rest = body.partition(b"\0")
+            compressed, rest = rest[0], rest[2:]
+            _, _, rest = rest.partition(b"\0")  # language
+            _, _, value = rest.partition(b"\0")  # translated keyword
+            found[key.decode("latin-1")] = (
+                zlib.decompress(value) if compressed else value
+            ).decode()
+    return found
+
+
+def picture_text(uid: str) -> dict[str, str]:
+    text = png_text(ROOT / "docs" / "images" / f"{uid}.png")
+    assert text.get("Software") == "grafana/render_previews.py", (
+        f"docs/images/{uid}.png was not drawn by grafana/render_previews.py"
+    )
+    return text
+
+
+@pytest.mark.parametrize("uid", sorted(dashboards()))
+def test_every_panel_is_drawn_in_its_picture(uid: str) -> None:
+    """The panels the picture records drawing are the dashboard's, at their places: a
+    panel added, moved or retitled since fails until the picture is drawn again."""
+    text = picture_text(uid)
+    assert text["Dashboard"] == uid
+    drawn = [(p["title"], p["type"], p["gridPos"]) for p in json.loads(text["Panels"])]
+    layout = [(p["title"], p["type"], p["gridPos"]) for p in every_panel(dashboards()[uid])]
+    missing = [title for title, _, _ in layout if title not in {t for t, _, _ in drawn}]
+    assert missing == [], f"{uid}: panels without a preview in docs/images/{uid}.png"
+    assert drawn == layout, f"{uid}: the picture shows an older layout of the dashboard"
+
+
+@pytest.mark.parametrize("uid", sorted(dashboards()))
+def test_every_graph_in_the_pictures_shows_data(uid: str) -> None:
+    """Graphs and timelines of the demo all have data (job events included); only stats and
+    tables of settings the pictured job does not use may say "No data"."""
+    panels = json.loads(picture_text(uid)["Panels"])
+    empty = [
+        p["title"] for p in panels if p["type"] in ("timeseries", "state-timeline") if not p["data"]
+    ]
+    assert empty == [], f"{uid}: graphs drawn without data"
+
+
+def test_the_doc_says_how_the_pictures_were_drawn() -> None:
+    """The picture notes name the command, the data and the window the pictures record."""
+    texts = [picture_text(uid) for uid in sorted(dashboards())]
+    commands = {text["Command"] for text in texts}
+    assert len(commands) == 1, f"pictures drawn by different commands: {commands}"
+    descriptions = {re.sub(r"; window .*", "", text["Description"]) for text in texts}
+    assert len(descriptions) == 1, f"pictures drawn from different data: {descriptions}"
+    description = descriptions.pop()
+    match = re.search(
+        r"`(python -m exporter demo[^`]*)` \(the demo scenario with job events, at "
+        r"(?P<speed>real time|[\d.]+x real time)\), (?P<minutes>[\d.]+) simulated minutes",
+        description,
+    )
+    assert match, f"the pictures are not drawn from the demo: {description}"
+    # Long enough for the README's story, to the stalled rollout at about minute 35.5.
+    assert float(match["minutes"]) >= 36
+    notes = " ".join(section(DASHBOARDS.read_text(), "Dashboards").split("### ")[0].split())
+    assert f"`{commands.pop()}`" in notes, "docs/dashboards.md: not the command of the pictures"
+    assert f"{match['minutes']} simulated minutes" in notes
+    assert f"at {match['speed']}" in notes
