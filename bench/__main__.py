@@ -1,4 +1,4 @@
-"""`python -m bench`: scrape path, collection, memory and sharding at 1,000 and 10,000 jobs."""
+"""`python -m bench`: scrape path, collection, memory, sharding, events, fair shares, readiness."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import collection, events, memory, scrape, sharding
+from bench import collection, events, fairness, memory, readiness, scrape, sharding
 from bench.common import SCALE_SCENARIO, fetch_describe_bodies, write_fixture
 from bench.report import Table
 
-SECTIONS = ("scrape", "collection", "memory", "sharding", "events")
+SECTIONS = ("scrape", "collection", "memory", "sharding", "events", "fairness", "readiness")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,12 +43,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--events-window", type=float, default=120.0, help="seconds measured per events run"
     )
     p.add_argument(
+        "--fairness-rate",
+        type=float,
+        default=20.0,
+        help="requests_per_second of the fairness section's two targets (issue 18: 20)",
+    )
+    p.add_argument(
+        "--fairness-window", type=float, default=60.0, help="seconds measured per fairness run"
+    )
+    p.add_argument(
+        "--fairness-warmup",
+        type=float,
+        default=15.0,
+        help="seconds between /readyz and the fairness window (storm already on)",
+    )
+    p.add_argument(
+        "--readiness-jobs",
+        default="1000,10000",
+        help="fleet sizes of the readiness section (10,000 takes 5 to 7 minutes)",
+    )
+    p.add_argument(
         "--quick", action="store_true", help="1,000 jobs, fewer scrapes and cycles (< 2 min)"
     )
     args = p.parse_args(argv)
     if args.quick:
         args.jobs, args.scrapes, args.baseline_scrapes, args.cycles = "1000", 30, 4, 3
         args.events_jobs, args.events_window = "100,1000", 60.0
+        args.fairness_window, args.readiness_jobs = 30.0, "1000"
     args.job_counts = sorted(int(n) for n in args.jobs.split(","))
     args.sections = [s for s in args.only.split(",") if s]
     unknown = set(args.sections) - set(SECTIONS)
@@ -123,6 +144,17 @@ def main(argv: list[str] | None = None) -> int:
         if "events" in args.sections:
             sizes = sorted(int(n) for n in args.events_jobs.split(","))
             tables = events.run(sizes, args.events_window)
+            show(tables)
+            all_tables += tables
+
+        if "fairness" in args.sections:
+            tables = fairness.run(args.fairness_rate, args.fairness_window, args.fairness_warmup)
+            show(tables)
+            all_tables += tables
+
+        if "readiness" in args.sections:
+            sizes = sorted(int(n) for n in args.readiness_jobs.split(","))
+            tables = readiness.run(sizes)
             show(tables)
             all_tables += tables
 
