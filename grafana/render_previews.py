@@ -22,7 +22,7 @@ rates multiplied by the speed-up.
 No Grafana is involved: the panels are an approximation of what Grafana draws from the same
 queries, units, thresholds, value mappings, overrides and table transformations. Each
 picture records in its PNG text chunks how it was made and which panels it drew, where it
-drew them (tests/test_docs_match.py compares them with the dashboards). It needs
+drew them (tests/integration/test_docs_match.py compares them with the dashboards). It needs
 matplotlib, which the project does not depend on: `pip install matplotlib`.
 """
 
@@ -958,7 +958,7 @@ def main() -> int:
             source = Source(url, start, end, step, variables)
             drawn = render(board, source, shown, note)
             out = args.out / f"{uid}.png"
-            # Read by tests/test_docs_match.py (PNG text chunks, no matplotlib needed).
+            # Read by tests/integration/test_docs_match.py (PNG text chunks, no matplotlib needed).
             metadata = {
                 "Title": board["title"],
                 "Description": "An approximation of the Grafana dashboard drawn without"
