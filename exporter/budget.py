@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 # - discovery: ListJobs (a bucket of its own, so its weight only matters between targets).
 FIRST, EVENT, REFRESH, UNKNOWN, DISCOVERY = "first", "event", "refresh", "unknown", "discovery"
 WORK_WEIGHTS: dict[str, float] = {
-    FIRST: 8.0,
+    # 16 of 20 while events and reconciles wait too: a restart's first cycle is within about
+    # 1.1 times jobs ÷ budget however many events flow (bench/readiness.py).
+    FIRST: 16.0,
     EVENT: 2.0,
     REFRESH: 1.0,
     UNKNOWN: 1.0,

@@ -191,6 +191,7 @@ class TargetCollector:
         self._cycle = _Cycle()
         self._tracked_at = 0.0
         self._event_describes = 0
+        self._cycle_started = 0.0
         telemetry.init_target(target.name, discovery=target.jobs.discover is not None)
         self._sample_calls()
 
@@ -470,6 +471,8 @@ class TargetCollector:
             if job_id in self.state.expired:
                 continue
             self.state.jobs[job_id] = _Tracked(explicit=False)
+            # An id events named first is a job now: it no longer holds an unknown slot.
+            self._forget_unknown(job_id)
             added += 1
         self.telemetry.discovery_succeeded(self.target.name, now)
         if added:
@@ -505,8 +508,10 @@ class TargetCollector:
         if job_id in self._in_flight:
             return
         await self._semaphore.acquire()
-        if job_id in self._in_flight:
-            # Spawned by the event path or the cycle while this one waited for the slot.
+        if job_id in self._in_flight or (kind == FIRST and from_cycle and self._fresh(job_id)):
+            # Spawned by the event path or the cycle while this one waited for the slot, or
+            # a first describe the event path has done meanwhile: a first cycle works
+            # through its list for minutes, and a second call would only cost budget.
             self._semaphore.release()
             return
         # The task takes the context with it: its calls spend as `kind` (budget.WORK).
@@ -520,6 +525,13 @@ class TargetCollector:
             self._in_flight_cycle.add(job_id)
         task.add_done_callback(lambda _: self._in_flight_done(job_id))
         tasks.append(task)
+
+    def _fresh(self, job_id: str) -> bool:
+        """Described since the current cycle started (frozen jobs discovery wants described
+        again were described long before, and are not)."""
+        tracked = self.state.jobs.get(job_id)
+        snapshot = tracked.snapshot if tracked is not None else None
+        return snapshot is not None and snapshot.fetched_at >= self._cycle_started
 
     def _in_flight_done(self, job_id: str) -> None:
         self._in_flight.pop(job_id, None)
@@ -541,7 +553,7 @@ class TargetCollector:
 
     def _update(self, job_id: str, snapshot: JobSnapshot, cycle: _Cycle) -> None:
         tracked = self.state.jobs.get(job_id)
-        if tracked is None and self._forget_unknown(job_id):
+        if self._forget_unknown(job_id) and tracked is None:
             # The job an event named exists: tracked from now as if discovered.
             tracked = self.state.jobs[job_id] = _Tracked(explicit=False)
         if tracked is None:
@@ -649,6 +661,7 @@ class TargetCollector:
         the quota cannot fit every active job in one interval.
         """
         started = self.clock.monotonic()
+        self._cycle_started = self.clock.time()
         cycle = self._cycle
         first_cycle = spread <= 0
         tasks: list[asyncio.Task[None]] = []

@@ -90,7 +90,7 @@ async def test_kinds_of_work_within_a_target_share_by_weight() -> None:
         expected = 1200 * WORK_WEIGHTS[kind] / total
         assert abs(got[("t", kind)] - expected) <= 2, (kind, got)
     # The smallest share is a share: unknown job ids never starve, and never take more.
-    assert got[("t", UNKNOWN)] >= 90
+    assert got[("t", UNKNOWN)] >= 1200 * WORK_WEIGHTS[UNKNOWN] / total - 2 > 0
 
 
 async def test_a_kind_alone_takes_the_whole_budget() -> None:

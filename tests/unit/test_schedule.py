@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from exporter.aws import JobSummary
+from exporter.budget import FIRST
 from exporter.collector import TargetCollector
 from exporter.config import parse_config
 from exporter.model import JobSnapshot, parse_describe_job
@@ -252,3 +253,41 @@ async def test_an_event_describe_still_running_at_the_end_of_a_cycle_does_not_fa
     release.set()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_first_describe_the_event_path_did_meanwhile_is_not_repeated() -> None:
+    # A first cycle works through its pending list for minutes; a job the event path
+    # described since the cycle started is skipped, not described twice.
+    clock = FakeClock()
+    source = FakeSource(clock, {"a": "IN_PROGRESS", "b": "IN_PROGRESS"})
+    poller = collector(clock, source)
+    poller._cycle_started = clock.time()
+    clock.advance(1)
+    poller.state.jobs["a"].snapshot = await source.describe_job("a")  # the event path's
+    source.calls.clear()
+    tasks: list[asyncio.Task[None]] = []
+    for job_id in ("a", "b"):
+        await poller._spawn(job_id, tasks, FIRST)
+    await asyncio.gather(*tasks)
+    assert [job for job, _ in source.calls] == ["b"]
+
+
+async def test_an_id_events_named_first_leaves_the_unknown_ids_once_discovered() -> None:
+    clock = FakeClock()
+    source = FakeSource(clock, {"old": "IN_PROGRESS"})
+    config = parse_config(
+        "collector: {interval: 60s, requests_per_second: 1000}\n"
+        "targets:\n  - name: t\n    region: eu-west-1\n    jobs: {discover: {}}\n"
+        "    events: {sqs_queue_url: 'https://sqs.eu-west-1.amazonaws.com/123456789012/q'}\n"
+    )
+    poller = TargetCollector(
+        config.targets[0], config.collector, source, MetricsStore(), SelfMetrics(), clock=clock
+    )
+    await poller.collect_once()
+    assert poller.job_changed("new")  # created after the listing: waits as an unknown id
+    assert "new" in poller._unknown
+    source.jobs["new"] = "IN_PROGRESS"
+    poller.state.next_discovery = 0
+    await poller.collect_once()
+    # Listed now: a job like any other, and its unknown slot is free for the next one.
+    assert "new" in poller.jobs and not poller._unknown
