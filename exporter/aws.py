@@ -550,12 +550,17 @@ class _CappedResponse(aiohttp.ClientResponse):
                 raise ResponseTooLarge(f"response of {length} bytes is larger than {cap}")
             chunks: list[bytes] = []
             size = 0
-            async for chunk in self.content.iter_any():
-                size += len(chunk)
-                if size > cap:
-                    self.close()
-                    raise ResponseTooLarge(f"response larger than {cap} bytes")
-                chunks.append(chunk)
+            try:
+                async for chunk in self.content.iter_any():
+                    size += len(chunk)
+                    if size > cap:
+                        raise ResponseTooLarge(f"response larger than {cap} bytes")
+                    chunks.append(chunk)
+            except BaseException:
+                # As aiohttp's own read does: a read cut short (the cap, a deadline, a
+                # cancellation) must give its pooled connection back, not wait for the GC.
+                self.close()
+                raise
             self._body = b"".join(chunks)
         return await super().read()
 

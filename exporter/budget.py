@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 # - event: a known job an event said changed: the freshness events exist for.
 # - refresh: polling every interval, or the reconcile of event-driven targets.
 # - unknown: a job id only an event named, not yet seen by discovery: anyone who can write
-#   to the queue can name a million of them, so they get the smallest share.
+#   to the queue can name a million of them, so they get the smallest share (and one
+#   concurrent call per target, collector.py).
 # - discovery: ListJobs (a bucket of its own, so its weight only matters between targets).
 FIRST, EVENT, REFRESH, UNKNOWN, DISCOVERY = "first", "event", "refresh", "unknown", "discovery"
 WORK_WEIGHTS: dict[str, float] = {
@@ -32,7 +33,7 @@ WORK_WEIGHTS: dict[str, float] = {
     FIRST: 16.0,
     EVENT: 2.0,
     REFRESH: 1.0,
-    UNKNOWN: 1.0,
+    UNKNOWN: 0.5,
     DISCOVERY: 1.0,
 }
 
@@ -94,7 +95,6 @@ class FairBucket:
         self._updated = clock()
         self._targets: dict[str, _Target] = {}
         self._vclock = 0.0
-        self._waiting = 0
         self._dispatcher: asyncio.Task[None] | None = None
         # Tokens handed out per (target, kind): what the fairness tests and the bench read.
         self.granted: dict[tuple[str, str], int] = {}
@@ -127,9 +127,15 @@ class FairBucket:
         key = (target, kind)
         self.granted[key] = self.granted.get(key, 0) + 1
 
+    def _waiting(self) -> bool:
+        """Whether anyone waits: read from the queues themselves, never from a counter that
+        a cancellation between two loop steps could leave wrong."""
+        return any([node.live() for node in self._targets.values()])
+
     async def acquire(self, target: str = "", kind: str = REFRESH) -> None:
+        waiting = self._waiting()
         node, flow = self._flow(target, kind)
-        if not self._waiting:
+        if not waiting:
             self._refill()
             if self._tokens >= _ONE:
                 self._tokens = max(0.0, self._tokens - 1.0)
@@ -137,20 +143,22 @@ class FairBucket:
                 return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         flow.waiters.append(future)
-        self._waiting += 1
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch())
         try:
             await future
         except asyncio.CancelledError:
-            if not future.done() or future.cancelled():
-                # Gave up before its token: no longer waiting (the dispatcher drops it).
-                future.cancel()
-                self._waiting -= 1
+            if future.done() and not future.cancelled():
+                # Granted, then cancelled before its call: the token goes back.
+                self._tokens = min(self.burst, self._tokens + 1.0)
+                key = (target, kind)
+                self.granted[key] = self.granted.get(key, 1) - 1
+            else:
+                future.cancel()  # no longer waiting: the queues drop it
             raise
 
     async def _dispatch(self) -> None:
-        while self._waiting > 0:
+        while self._waiting():
             self._refill()
             if self._tokens < _ONE:
                 # Polled: tokens arrive with time, not with an event to wait on.
@@ -158,11 +166,9 @@ class FairBucket:
                 continue
             picked = self._next()
             if picked is None:
-                self._waiting = 0
                 return
             target, kind, node, flow = picked
             future = flow.waiters.popleft()
-            self._waiting -= 1
             self._tokens = max(0.0, self._tokens - 1.0)
             self._serve(target, kind, node, flow)
             future.set_result(None)

@@ -83,6 +83,10 @@ class _Cycle:
     dropped: list[str] = field(default_factory=list)
 
 
+async def _wait(event: asyncio.Event) -> object:
+    return await event.wait()
+
+
 @dataclass(slots=True)
 class TargetState:
     """What a target's poller knows, kept across reloads: the Collector owns it and hands
@@ -123,7 +127,7 @@ class TargetState:
         the config's explicit ids are marked so, reasons restart with events turned on."""
         explicit = set(target.jobs.ids)
         self.jobs = {
-            job_id: _Tracked(job_id in explicit or tracked.explicit, tracked.snapshot)
+            job_id: _Tracked(job_id in explicit, tracked.snapshot)
             for job_id, tracked in self.jobs.items()
             if shard.owns(target, job_id)
         }  # fmt: skip
@@ -131,6 +135,7 @@ class TargetState:
             if shard.owns(target, job_id):
                 self.jobs.setdefault(job_id, _Tracked(explicit=True))
         self.job_errors = {j: e for j, e in self.job_errors.items() if j in self.jobs}
+        self.missing &= explicit
         if target.events is None:
             self.reasons = ReasonCounts(10)
         else:
@@ -172,6 +177,10 @@ class TargetCollector:
         # Jobs an event marked changed, described oldest mark first (schedule.EventMarks).
         self._marks = EventMarks(events.min_describe_interval if events else 0.0)
         self._dirty_wakeup = asyncio.Event()
+        self._unknown_marks = EventMarks(events.min_describe_interval if events else 0.0)
+        self._unknown_wakeup = asyncio.Event()
+        # One call at a time for ids only events named, whatever the concurrency.
+        self._unknown_slots = asyncio.Semaphore(1)
         # Job ids only events named, awaiting the describe that says whether they exist:
         # at most events.max_unknown_jobs, in the order they came (the rest are dropped).
         self._unknown: dict[str, None] = {}
@@ -256,7 +265,10 @@ class TargetCollector:
                 return False
             self._unknown[job_id] = None
             self.telemetry.unknown_jobs(self.target.name, len(self._unknown))
-        if self._marks.mark(job_id, self.clock.monotonic()):
+        if job_id in self._unknown:
+            if self._unknown_marks.mark(job_id, self.clock.monotonic()):
+                self._unknown_wakeup.set()
+        elif self._marks.mark(job_id, self.clock.monotonic()):
             self._dirty_wakeup.set()
         return True
 
@@ -293,13 +305,21 @@ class TargetCollector:
         self._event_driven = driven
         return driven
 
-    async def describe_dirty(self) -> None:
-        """Describes the jobs events marked, oldest mark first, inside the same budget."""
+    async def describe_dirty(self, unknown: bool = False) -> None:
+        """Describes the jobs events marked, oldest mark first, inside the same budget.
+
+        Ids only events named have a queue, a wake-up and one call of their own
+        (`unknown`): a flood of made-up ids never stands between a known job's event and
+        its describe.
+        """
+        marks = self._unknown_marks if unknown else self._marks
+        wakeup = self._unknown_wakeup if unknown else self._dirty_wakeup
+        slots = self._unknown_slots if unknown else self._event_slots
         while True:
-            job_id, delay = self._marks.next(self.clock.monotonic(), self._in_flight.__contains__)
+            job_id, delay = marks.next(self.clock.monotonic(), self._in_flight.__contains__)
             if job_id is None:
                 # Nothing due: wait for the first due mark, or for a newer one.
-                await self._wait_for_mark(delay)
+                await self._wait_for_mark(wakeup, delay)
                 continue
             tracked = self.state.jobs.get(job_id)
             if tracked is None and job_id not in self._unknown:
@@ -313,23 +333,20 @@ class TargetCollector:
             else:
                 kind = EVENT
             # Tracked in _in_flight like the cycle's calls, and closed with them.
-            await self._event_slots.acquire()
+            await slots.acquire()
             tasks: list[asyncio.Task[None]] = []
             try:
                 await self._spawn(job_id, tasks, kind, from_cycle=False)
             finally:
                 if tasks:
-                    tasks[0].add_done_callback(lambda _: self._event_slots.release())
+                    tasks[0].add_done_callback(lambda _: slots.release())
                 else:
-                    self._event_slots.release()
+                    slots.release()
 
-    async def _wait_wakeup(self) -> object:
-        return await self._dirty_wakeup.wait()
-
-    async def _wait_for_mark(self, delay: float | None) -> None:
+    async def _wait_for_mark(self, wakeup: asyncio.Event, delay: float | None) -> None:
         """Until `delay` has passed on the clock (None: forever), or a job is marked."""
-        self._dirty_wakeup.clear()
-        waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wait_wakeup())}
+        wakeup.clear()
+        waits: set[asyncio.Future[object]] = {asyncio.ensure_future(_wait(wakeup))}
         if delay is not None:
             waits.add(asyncio.ensure_future(self.clock.sleep(delay)))
         try:
@@ -372,6 +389,7 @@ class TargetCollector:
                     async with asyncio.TaskGroup() as group:
                         group.create_task(consumer.run())
                         group.create_task(self.describe_dirty())
+                        group.create_task(self.describe_dirty(unknown=True))
                 except Exception as exc:
                     log.error(
                         "event path stopped, restarting target=%s error=%s",
@@ -633,6 +651,7 @@ class TargetCollector:
         self.state.jobs.pop(job_id, None)
         self.state.job_errors.pop(job_id, None)
         self._marks.forget(job_id)
+        self._unknown_marks.forget(job_id)
         self.reasons.forget(job_id)
         self.store.remove((self.target.name, job_id))
 
@@ -720,6 +739,13 @@ class TargetCollector:
             log.debug("calls carried over target=%s calls=%d", self.target.name, carried)
         self._cycle = _Cycle()
         self._expire_frozen()
+        if self._unknown_log.due():
+            self._unknown_log.allow()
+            log.warning(
+                "events for unknown jobs dropped target=%s suppressed=%d",
+                self.target.name,
+                self._unknown_log.take(),
+            )
         self.state.cycles += 1
         name = self.target.name
         # A cycle without discovery cannot show that ListJobs works again: until a
@@ -889,7 +915,7 @@ class TargetCollector:
         elif driven:
             reason = "events flow"
         else:
-            reason = consumer.polling_reason() or (
+            reason = sanitise(consumer.polling_reason() or "") or (
                 f"no message for {events.silence_timeout:g} s (silence_timeout) while jobs "
                 "are active: events are taken as lost"
             )

@@ -255,7 +255,8 @@ def _read_events(r: Reader, value: Any, path: str) -> Events:
         "silence_timeout": r.duration,
         "dedup_capacity": lambda v, p: r.integer(v, p, 1000, 10_000_000),
         "max_unknown_jobs": lambda v, p: r.integer(v, p, 0, 100_000),
-        "max_receive_bytes": lambda v, p: r.integer(v, p, 64 * 1024, 64 * 1024 * 1024),
+        # At least two of SQS's largest messages (1 MiB): one alone must always fit.
+        "max_receive_bytes": lambda v, p: r.integer(v, p, 2 * 1024 * 1024, 64 * 1024 * 1024),
     }
     read = {key: r.opt(data, key, path, reader) for key, reader in readers.items()}
     return Events(

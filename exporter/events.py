@@ -507,6 +507,13 @@ class EventConsumer:
                 self.target,
                 self._failed_log.take(),
             )
+        if self._undeleted_log.due():
+            self._undeleted_log.allow()
+            log.warning(
+                "event messages not deleted target=%s suppressed=%d",
+                self.target,
+                self._undeleted_log.take(),
+            )
 
     def apply(self, message: Message) -> bool:
         """Applies one message; True when it can be deleted (applied, duplicate or malformed)."""

@@ -113,7 +113,7 @@ def window_base(samples: Sequence[Sample], now: Sample) -> Sample:
     (a removed and re-added target, a new consumer), so no count is ever negative."""
     old = [c for c in samples if c[0] <= now[0] - STATUS_WINDOW]
     base = old[-1] if old else (samples[0] if samples else None)
-    if base is None or base[1] > now[1] or base[4] > now[4]:
+    if base is None or base[1] > now[1] or base[4] > now[4] or base[5] > now[5]:
         return now
     return base
 

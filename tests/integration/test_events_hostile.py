@@ -42,11 +42,16 @@ class Running:
     """The real Collector of one target `ep` with events, started until the block ends."""
 
     def __init__(
-        self, aws: HostileAws, sqs: HostileSqs, jobs: str = "discover: {}", events: str = ""
+        self,
+        aws: HostileAws,
+        sqs: HostileSqs,
+        jobs: str = "discover: {}",
+        events: str = "",
+        rate: float = 200,
     ) -> None:
         self.config = parse_config(
             "collector: {interval: 500ms, discovery_interval: 1s, request_timeout: 2s, "
-            "max_attempts: 1, requests_per_second: 200}\n"
+            f"max_attempts: 1, requests_per_second: {rate:g}}}\n"
             f"targets:\n  - name: ep\n    region: eu-west-1\n    endpoint_url: {aws.url}\n"
             f"    jobs: {{{jobs}}}\n"
             f"    events: {{sqs_queue_url: '{sqs.queue_url}', {events}}}\n"
@@ -233,6 +238,36 @@ async def test_a_flood_of_unknown_job_ids_is_bounded_and_known_jobs_stay_fresh(
         assert run.value("aws_iot_jobs_exporter_collection_success") == 1
 
 
+async def test_at_the_default_budget_a_known_job_event_is_not_held_behind_a_flood(
+    aws: HostileAws, sqs: HostileSqs
+) -> None:
+    # The default budget (5/s) and cap (100): unknown ids have their own queue and one call
+    # at a time, so a known job's failure event is described within a couple of tokens.
+    aws.list_page = lambda token: listing("known")
+    not_found = (404, b'{"__type": "ResourceNotFoundException", "message": "no such job"}')
+
+    class Ghosts(dict[str, Any]):
+        def get(self, key: str, default: Any = None) -> Any:
+            return not_found if key.startswith("ghost-") else default
+
+    aws.describe = Ghosts()
+    ids = itertools.count()
+    flood = lambda data: messages(  # noqa: E731
+        *(event_body(f"ghost-{n}", f"g{n}") for n in itertools.islice(ids, 10)),
+        prefix=f"g{next(ids)}-",
+    )
+    sqs.receive = flood
+    async with Running(aws, sqs, events="reconcile_interval: 1h", rate=5) as run:
+        await until(lambda: run.target.jobs.get("known") is not None, what="described once")
+        await until(lambda: len(run.target._unknown) >= 100, what="the unknown ids full")
+        before = aws.calls["DescribeJob:known"]
+        sqs.receive = lambda data: messages(event_body("known", "real-1"), prefix="k")
+        await asyncio.sleep(0.3)
+        sqs.receive = flood
+        # Queued behind the 100 unknown ids, at 5/s it would wait 20 s.
+        await until(lambda: aws.calls["DescribeJob:known"] > before, within=10, what="known")
+
+
 # --- D4: ids that are not ids -------------------------------------------------------------
 
 
@@ -324,7 +359,7 @@ async def test_a_receive_answer_larger_than_the_cap_is_not_read_and_the_next_ask
         return stream
 
     sqs.receive = receive
-    async with Running(aws, sqs, events="max_receive_bytes: 1048576") as run:
+    async with Running(aws, sqs, events="max_receive_bytes: 2097152") as run:
         await until(lambda: "s-handle-0" in sqs.deleted, what="a one-message receive")
         assert run.value(
             "aws_iot_jobs_exporter_api_requests_total",

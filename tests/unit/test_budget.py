@@ -124,3 +124,19 @@ async def test_callers_that_give_up_do_not_hold_the_queue() -> None:
     # One token's wait, not six: the cancelled callers took nothing.
     assert clock.now - before <= 1.01
     assert fair.granted.get(("t", EVENT), 0) == 0
+
+
+async def test_a_waiter_cancelled_while_the_dispatcher_runs_leaves_no_one_stuck() -> None:
+    # A waiter's deadline and the dispatcher's wake-up in the same loop pass: the queues
+    # say who waits, so no count can drift and leave the next caller without a dispatcher.
+    fair, _ = bucket(rate=1.0)
+    await fair.acquire("t", REFRESH)  # the free token
+    waiter = asyncio.create_task(fair.acquire("t", EVENT))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await asyncio.gather(waiter, return_exceptions=True)
+    for _ in range(3):
+        await asyncio.wait_for(fair.acquire("t", REFRESH), timeout=2)
+    assert not fair._waiting()
