@@ -327,13 +327,8 @@ class JobSource:
             connect_timeout=self.settings.request_timeout,
             read_timeout=long_poll,
             retries={"mode": "standard", "total_max_attempts": self.settings.max_attempts},
-            http_session_cls=type(
-                "CappedSession",
-                (_CappedSession,),
-                {
-                    "attempt_timeout": max(long_poll, self.settings.attempt_timeout),
-                    "max_body_bytes": events.max_receive_bytes,
-                },
+            http_session_cls=self._http_session_cls(
+                max(long_poll, self.settings.attempt_timeout), events.max_receive_bytes
             ),
             user_agent_extra="aws-iot-jobs-exporter",
         )
@@ -348,12 +343,14 @@ class JobSource:
         client.meta.events.register("needs-retry.sqs", self._count_failed_attempt)
         return EventQueue(self, client, events.sqs_queue_url)
 
-    def _http_session_cls(self, attempt_timeout: float | None = None) -> type[AIOHTTPSession]:
+    def _http_session_cls(
+        self, attempt_timeout: float | None = None, max_body_bytes: int = MAX_ANSWER_BYTES
+    ) -> type[AIOHTTPSession]:
         timeout = self.settings.attempt_timeout if attempt_timeout is None else attempt_timeout
         return type(
             "CappedSession",
             (_CappedSession,),
-            {"attempt_timeout": timeout, "max_body_bytes": MAX_ANSWER_BYTES},
+            {"attempt_timeout": timeout, "max_body_bytes": max_body_bytes},
         )
 
     async def _assume_role(self, session: AioSession) -> None:

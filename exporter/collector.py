@@ -739,13 +739,7 @@ class TargetCollector:
             log.debug("calls carried over target=%s calls=%d", self.target.name, carried)
         self._cycle = _Cycle()
         self._expire_frozen()
-        if self._unknown_log.due():
-            self._unknown_log.allow()
-            log.warning(
-                "events for unknown jobs dropped target=%s suppressed=%d",
-                self.target.name,
-                self._unknown_log.take(),
-            )
+        self._unknown_log.summarise(log, "events for unknown jobs dropped", self.target.name)
         self.state.cycles += 1
         name = self.target.name
         # A cycle without discovery cannot show that ListJobs works again: until a

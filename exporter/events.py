@@ -257,11 +257,12 @@ class LogThrottle:
         count, self.suppressed = self.suppressed, 0
         return count
 
-    def due(self) -> bool:
-        """Occurrences were suppressed and a summary is due: flush() them."""
-        return bool(self.suppressed) and (
-            self._last is None or self.clock() - self._last >= self.every
-        )
+    def summarise(self, logger: logging.Logger, what: str, target: str) -> None:
+        """Logs `what target=... suppressed=N` when occurrences were held back and their
+        period is over: the periodic summary, even when no new occurrence comes."""
+        if self.suppressed and (self._last is None or self.clock() - self._last >= self.every):
+            self._last = self.clock()
+            logger.warning("%s target=%s suppressed=%d", what, target, self.take())
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,27 +494,9 @@ class EventConsumer:
 
     def _flush_logs(self) -> None:
         """The summaries of warnings held back, once their period is over."""
-        if self._malformed_log.due():
-            self._malformed_log.allow()
-            log.warning(
-                "malformed events target=%s suppressed=%d",
-                self.target,
-                self._malformed_log.take(),
-            )
-        if self._failed_log.due():
-            self._failed_log.allow()
-            log.warning(
-                "event queue failed target=%s suppressed=%d",
-                self.target,
-                self._failed_log.take(),
-            )
-        if self._undeleted_log.due():
-            self._undeleted_log.allow()
-            log.warning(
-                "event messages not deleted target=%s suppressed=%d",
-                self.target,
-                self._undeleted_log.take(),
-            )
+        self._malformed_log.summarise(log, "malformed events", self.target)
+        self._failed_log.summarise(log, "event queue failed", self.target)
+        self._undeleted_log.summarise(log, "event messages not deleted", self.target)
 
     def apply(self, message: Message) -> bool:
         """Applies one message; True when it can be deleted (applied, duplicate or malformed)."""

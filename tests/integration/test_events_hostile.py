@@ -7,8 +7,7 @@ import asyncio
 import itertools
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
 from tests.hostile_aws import HostileAws, listing
 from tests.hostile_sqs import HostileSqs, Stream, event_body, messages
+from tests.support import until
 
 
 @pytest.fixture
@@ -73,13 +73,6 @@ class Running:
     def value(self, metric: str, **labels: str) -> float:
         found = self.telemetry.registry.get_sample_value(metric, {"target": "ep", **labels})
         return 0.0 if found is None else found
-
-
-async def until(check: Callable[[], bool], within: float = 20, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def lines(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
