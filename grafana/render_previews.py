@@ -43,7 +43,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -449,10 +449,13 @@ def time_axis(ax: Axes, times: list[float], px: float) -> None:
     import matplotlib.dates as mdates
 
     ax.set_xlim(times[0] / 86400, times[-1] / 86400)
-    ax.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=3, maxticks=7))
+    # matplotlib.dates, unlike matplotlib.ticker, comes without type stubs.
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]
+    ax.xaxis.set_major_locator(locator)
     # Grafana shows seconds on ranges of a few minutes, minutes beyond.
     short = times[-1] - times[0] <= 5 * 60
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S" if short else "%H:%M"))
+    formatter = mdates.DateFormatter("%H:%M:%S" if short else "%H:%M")  # type: ignore[no-untyped-call]
+    ax.xaxis.set_major_formatter(formatter)
     ax.tick_params(axis="x", colors=MUTED, labelsize=px * PT, length=0, pad=6)
 
 
@@ -563,9 +566,9 @@ def draw_timeseries(canvas: Canvas, panel: dict[str, Any], source: Source, rect:
     # Grafana draws thresholds as dashed lines without widening the axis to show them.
     if custom.get("thresholdsStyle", {}).get("mode") == "dashed":
         for step in defaults.get("thresholds", {}).get("steps", []):
-            tint = color(step["color"])
-            if tint and step["value"] is not None and low <= step["value"] <= high:
-                ax.axhline(step["value"], color=tint, linestyle=(0, (6, 4)), linewidth=1)
+            step_color = color(step["color"])
+            if step_color and step["value"] is not None and low <= step["value"] <= high:
+                ax.axhline(step["value"], color=step_color, linestyle=(0, (6, 4)), linewidth=1)
     ax.yaxis.set_major_locator(locator)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt_value(v, unit)))
     ax.tick_params(axis="y", colors=MUTED, labelsize=tick_font * PT, length=0)
@@ -702,6 +705,11 @@ def merge(frames: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return merged
 
 
+def sort_key(column: str) -> Callable[[dict[str, Any]], Any]:
+    """A table sort on one column, rows without a value last when descending."""
+    return lambda row: row.get(column, -math.inf)
+
+
 def draw_table(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect) -> bool:
     x, y, w, h = rect
     frames = table_frames(panel, source)
@@ -727,7 +735,7 @@ def draw_table(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect
     for sort in panel.get("options", {}).get("sortBy", []):
         for name, shown, _ in columns:
             if shown == sort["displayName"]:
-                rows.sort(key=lambda r, n=name: r.get(n, -math.inf), reverse=sort["desc"])
+                rows.sort(key=sort_key(name), reverse=sort["desc"])
 
     font, row_h = 12.0, 32.0
     col_w = max(w / len(columns), 150.0)  # Grafana's columns share the width, down to a minimum
