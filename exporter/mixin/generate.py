@@ -57,6 +57,11 @@ M_ACTIVE = 'status=~"IN_PROGRESS|SCHEDULED"'
 M_CONTINUOUS = 'target_selection="CONTINUOUS"'
 M_TIMED_OUT = 'state="timed_out"'
 M_THROTTLED = 'outcome="throttled"'
+M_AGE_ALL = 'le="+Inf"'
+M_AGE_HOUR = 'le="3600"'
+
+# Quantiles of the time-in-state histograms: the typical device, the slow ones, the tail.
+QUANTILES = ("0.5", "0.9", "0.99")
 
 Config = Mapping[str, Any]
 
@@ -108,6 +113,7 @@ def time_scaled(config: Config, factor: float) -> dict[str, Any]:
 
     out["alerts"] = scale(out["alerts"])
     out["observed_rate_window"] = scale(out["observed_rate_window"])
+    out["time_in_state_window"] = scale(out["time_in_state_window"])
     return out
 
 
@@ -139,6 +145,20 @@ class Rules:
 
     def in_progress(self) -> str:
         return f"({self.dedup('aws_iot_job_status', M_IN_PROGRESS, drop='status')} == 1)"
+
+    def sweep_fresh(self) -> str:
+        """Jobs whose last execution sweep is younger than sweep_behind.max_age."""
+        max_age = seconds(self.c["alerts"]["sweep_behind"]["max_age"])
+        return (
+            "(\n"
+            f"  time() - {self.dedup('aws_iot_job_executions_sweep_timestamp_seconds')}\n"
+            f"  < {max_age:g}\n"
+            ")"
+        )
+
+    def windows_closed(self) -> str:
+        """Jobs that have maintenance windows, none of them open now."""
+        return f"(\n  {self.dedup('aws_iot_job_maintenance_window_open', drop='window')} == 0\n)"
 
     def runbook(self, anchor: str) -> str:
         return f"{self.c['runbook_url']}#{anchor}"
@@ -180,6 +200,29 @@ class Rules:
                     "labels": {"failure_type": failure_type},
                 }
             )
+        # How long finished executions were queued and ran, per job. A window in which no
+        # execution finished has no quantile (NaN), and `>= 0` drops it: a panel shows a
+        # gap rather than a number.
+        in_state = self.c["time_in_state_window"]
+        quantiles: list[dict[str, Any]] = [
+            {
+                "record": f"aws_iot_job_quantile:{histogram}:histogram_quantile",
+                "expr": (
+                    f"histogram_quantile(\n  {quantile},\n"
+                    f"  max without ({self.replicas}) (\n"
+                    f"    rate({self.metric(f'aws_iot_job_{histogram}_bucket')}[{in_state}])\n"
+                    "  )\n"
+                    ") >= 0"
+                ),
+                "labels": {"quantile": quantile},
+            }
+            for histogram in (
+                "execution_queued_duration_seconds",
+                "execution_run_duration_seconds",
+            )
+            for quantile in QUANTILES
+        ]
+        by_age = "aws_iot_job_executions_by_age"
         window = self.c["observed_rate_window"]
         return [
             {
@@ -239,6 +282,30 @@ class Rules:
                     f"({self.metric('aws_iot_job_abort_threshold_ratio')} > 0)"
                 ),
             },
+            {
+                # Executions queued or in progress for longer than their stuck threshold
+                # at the job's last sweep, both states together.
+                "record": "aws_iot_job:executions_stuck:sum",
+                "expr": (
+                    f"sum without (state) (\n  {self.dedup('aws_iot_job_executions_stuck')}\n)"
+                ),
+            },
+            {
+                # Over all of the job's executions, as the alert compares it: a share of
+                # the fleet the job reaches, not of the executions still pending.
+                "record": "aws_iot_job:executions_stuck:ratio",
+                "expr": ("aws_iot_job:executions_stuck:sum\n/ (aws_iot_job:executions:sum > 0)"),
+            },
+            {
+                # Per state: all of them minus those at most an hour old (the cumulative
+                # bucket le="3600"); one series where the buckets are seven.
+                "record": "aws_iot_job_state:executions_older_than_one_hour:sum",
+                "expr": (
+                    f"max without ({self.replicas}, le) ({self.metric(by_age, M_AGE_ALL)})\n"
+                    f"- max without ({self.replicas}, le) ({self.metric(by_age, M_AGE_HOUR)})"
+                ),
+            },
+            *quantiles,
         ]
 
     # Alerts ------------------------------------------------------------------------
@@ -276,6 +343,7 @@ class Rules:
         stalled = a["rollout_stalled"]
         timing_out = a["executions_timing_out"]
         end = a["scheduled_end_approaching"]
+        stuck = a["executions_stuck"]
         stale = a["data_stale"]
 
         stalled_expr = (
@@ -306,6 +374,20 @@ class Rules:
             f"{self.metric('aws_iot_job_maintenance_window_open')}[{stalled['window']}])\n"
             "  ) == 0\n"
             ")"
+        )
+        # The counts are those of the job's last sweep: a sweep older than sweep_behind's
+        # limit may count devices that have finished since (AwsIotJobsExporterSweepBehind
+        # fires instead), and a job with nothing queued or in progress any more has nothing
+        # stuck, whatever its last sweep found. A job with maintenance windows is ignored
+        # while all of them are closed, as for the stall alert; `for:` then makes a window
+        # have been open that long before the alert fires.
+        stuck_expr = (
+            f"aws_iot_job:executions_stuck:sum >= {stuck['min_stuck']}\n"
+            f"and on ({JOB_KEY}) aws_iot_job:executions_stuck:ratio > {stuck['threshold']:g}\n"
+            f"and on ({JOB_KEY}) aws_iot_job:executions_pending:sum > 0\n"
+            f"and on ({JOB_KEY}) {self.in_progress()}\n"
+            f"and on ({JOB_KEY}) {self.sweep_fresh()}\n"
+            f"unless on ({JOB_KEY}) {self.windows_closed()}"
         )
         if not stalled["include_continuous"]:
             stalled_expr += (
@@ -395,6 +477,21 @@ class Rules:
                 self.job_dashboard(),
             ),
             self.alert(
+                "AwsIotJobExecutionsStuck",
+                "executions_stuck",
+                stuck_expr,
+                "warning",
+                "Devices are stuck in an AWS IoT job rollout.",
+                (
+                    f"{where} has {{{{ $value }}}} executions queued or in progress for "
+                    "longer than their stuck threshold (alert threshold "
+                    f"{percent(stuck['threshold'])} of its executions, at least "
+                    f"{stuck['min_stuck']}). The exporter's /status page lists the oldest "
+                    "by thing name."
+                ),
+                self.job_dashboard(),
+            ),
+            self.alert(
                 "AwsIotJobExecutionsTimingOut",
                 "executions_timing_out",
                 (
@@ -444,6 +541,7 @@ class Rules:
         stale = a["data_stale"]
         discovery = a["discovery_failing"]
         events = a["events_failing"]
+        sweep = a["sweep_behind"]
         discovered = "aws_iot_jobs_exporter_discovery_last_success_timestamp_seconds"
         consumer_errors = "aws_iot_jobs_exporter_events_consumer_errors_total"
         requests = "aws_iot_jobs_exporter_api_requests_total"
@@ -509,6 +607,23 @@ class Rules:
                     f"The job event consumer of target {T_TARGET} on {T_INSTANCE} has failed "
                     f"calls to its SQS queue for {events['for']}; the target's jobs are polled "
                     "every interval instead, and failure reasons are not counted."
+                ),
+                self.exporter_dashboard(),
+            ),
+            self.alert(
+                "AwsIotJobsExporterSweepBehind",
+                "sweep_behind",
+                (
+                    f"{self.metric('aws_iot_jobs_exporter_sweep_oldest_age_seconds')}\n"
+                    f"> {seconds(sweep['max_age']):g}"
+                ),
+                "warning",
+                "The AWS IoT Jobs exporter's execution sweeps fall behind.",
+                (
+                    f"The oldest execution sweep of a job of target {T_TARGET} on {T_INSTANCE} "
+                    f"is {{{{ $value | humanizeDuration }}}} old (limit {sweep['max_age']}); "
+                    "execution ages and stuck counts lag behind, and AwsIotJobExecutionsStuck "
+                    "ignores the jobs whose sweep is older than the limit."
                 ),
                 self.exporter_dashboard(),
             ),

@@ -217,3 +217,59 @@ def test_generator_can_shorten_for_durations(tmp_path: Path) -> None:
                 assert rule.get("for", "0s") == "0s"
     result = run_promtool("check", "rules", *(str(f) for f in written))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_executions_stuck_waits_for_its_minimum_count(tmp_path: Path) -> None:
+    # The shipped minimum is one stuck execution, which the share alone already implies;
+    # with a higher one, a small job over the share still waits for that many.
+    config = generate.load_config()
+    stuck = {**config["alerts"]["executions_stuck"], "min_stuck": 3}
+    generate.write(
+        {**config, **TEST_LINKS, "alerts": {**config["alerts"], "executions_stuck": stuck}},
+        tmp_path / "rules",
+    )
+    ident = (
+        'job="aws-iot-jobs-exporter", instance="e1", target="prod", region="eu-west-1", '
+        'account_id="111122223333"'
+    )
+    series = []
+    # few: 2 of 10 stuck (20 %, far over the share) but under the minimum; enough: 3 of 10.
+    for job_id, stuck_count in (("few", 2), ("enough", 3)):
+        labels = f'{ident}, job_id="{job_id}"'
+        series += [
+            {
+                "series": f'aws_iot_job_executions{{{labels}, state="in_progress"}}',
+                "values": "10x20",
+            },
+            {
+                "series": f'aws_iot_job_executions_stuck{{{labels}, state="in_progress"}}',
+                "values": f"{stuck_count}x20",
+            },
+            {"series": f'aws_iot_job_status{{{labels}, status="IN_PROGRESS"}}', "values": "1x20"},
+            {
+                "series": f"aws_iot_job_executions_sweep_timestamp_seconds{{{labels}}}",
+                "values": "0+60x20",
+            },
+        ]
+    fired = 'ALERTS{alertname="AwsIotJobExecutionsStuck", alertstate="firing"}'
+    test = {
+        "rule_files": [f"rules/{name}" for name in (generate.RECORDING_FILE, generate.ALERTS_FILE)],
+        "evaluation_interval": "1m",
+        "group_eval_order": ["aws-iot-jobs.rules", "aws-iot-jobs.alerts"],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": f"count by (job_id) ({fired})",
+                        "eval_time": "15m",
+                        "exp_samples": [{"labels": '{job_id="enough"}', "value": 1}],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "min.test.yaml").write_text(yaml.safe_dump(test, sort_keys=False, width=1000))
+    result = run_promtool("test", "rules", "min.test.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
