@@ -8,11 +8,12 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from simulator.positions import SortedPositions
 from simulator.scenario import (
     Devices,
     Generate,
@@ -67,6 +68,9 @@ class Execution:
     queued_at: float
     last_updated_at: float
     started_at: float | None = None
+    # The thing's place in its job's listing: the order of first notification, kept by
+    # its retries, so that a page token can name the last execution it returned.
+    position: int = 0
 
 
 @dataclass(slots=True)
@@ -94,6 +98,10 @@ class Job:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXECUTION_STATES, 0))
     # Latest execution per thing, in notification order (what ListJobExecutionsForJob shows).
     latest: dict[str, Execution] = field(default_factory=dict)
+    # The same things by position, and the positions of the latest executions per state:
+    # a page of the listing, filtered or not, reads only what it returns.
+    order: list[str] = field(default_factory=list)
+    by_status: dict[str, SortedPositions] = field(default_factory=dict)
     # Things waiting to be notified, in order; a dict so that removal is O(1).
     pending: dict[str, None] = field(default_factory=dict)
     known: set[str] = field(default_factory=set)
@@ -489,10 +497,26 @@ class Fleet:
 
     def _notify(self, job: Job, thing: str, attempt: int) -> None:
         self._execution_number += 1
-        exe = Execution(thing, self._execution_number, attempt, QUEUED, self.now, self.now)
+        previous = job.latest.get(thing)
+        if previous is None:
+            position = len(job.order)
+            job.order.append(thing)
+        else:
+            position = previous.position
+            _index(job, previous.status).discard(position)
+        exe = Execution(
+            thing, self._execution_number, attempt, QUEUED, self.now, self.now, None, position
+        )
         job.latest[thing] = exe
+        _index(job, QUEUED).add(position)
         job.counts[QUEUED] += 1
         dev = job.spec.devices
+        # Drawn only when asked for, so that scenarios without offline devices draw the
+        # same sequence as before there were any.
+        offline = dev.offline_probability > 0 and job.rng.random() < dev.offline_probability
+        if attempt == 0 and (offline or thing in dev.offline_things):
+            # Never picked up: queuedAt and lastUpdatedAt stay at this moment.
+            return
         self._push(
             self.now + _draw(job.rng, dev.queued_minutes.low, dev.queued_minutes.high),
             self._pickup,
@@ -503,6 +527,9 @@ class Fleet:
     def _set_state(self, job: Job, exe: Execution, state: str) -> None:
         job.counts[exe.status] -= 1
         job.counts[state] += 1
+        if job.latest.get(exe.thing) is exe:
+            _index(job, exe.status).discard(exe.position)
+            _index(job, state).add(exe.position)
         exe.status = state
         exe.last_updated_at = self.now
         job.version += 1
@@ -569,7 +596,9 @@ class Fleet:
             return
         self._set_state(job, exe, IN_PROGRESS)
         exe.started_at = self.now
-        stuck = job.rng.random() < dev.stuck_probability
+        stuck = job.rng.random() < dev.stuck_probability or (
+            exe.retry_attempt == 0 and exe.thing in dev.stuck_things
+        )
         duration = _draw(job.rng, dev.in_progress_minutes.low, dev.in_progress_minutes.high)
         timeout = job.spec.timeout_minutes * 60.0 if job.spec.timeout_minutes else None
         if timeout is not None and (stuck or duration >= timeout):
@@ -832,7 +861,33 @@ class Fleet:
         states = [s for s in EXECUTION_STATES for _ in range(job.counts[s])]
         at = job.completed_at or job.created_at
         for i, (thing, state) in enumerate(zip(things, states, strict=False)):
-            yield Execution(thing, i + 1, 0, state, job.created_at, at, job.created_at)
+            yield Execution(thing, i + 1, 0, state, job.created_at, at, job.created_at, i)
+
+    def page(
+        self, job: Job, status: str | None, after: int, limit: int
+    ) -> tuple[list[Execution], bool]:
+        """Up to `limit` latest executions (of `status`, if given) positioned after `after`,
+        in position order, and whether more follow.
+
+        Keyset pagination: a page starts after the last position the previous one returned,
+        so executions that change state between pages never shift the others, and no
+        unchanged execution is returned twice or skipped.
+        """
+        if job.spec.precomputed is not None:
+            # Terminal jobs made up from counts: a scan, but only of a finished job.
+            found = [
+                e
+                for e in self.executions(job)
+                if e.position > after and (status is None or e.status == status)
+            ]
+            return found[:limit], len(found) > limit
+        if status is None:
+            positions: Iterable[int] = range(after + 1, min(len(job.order), after + 2 + limit))
+        else:
+            index = job.by_status.get(status)
+            positions = index.after(after, limit + 1) if index is not None else ()
+        found = [job.latest[job.order[p]] for p in positions]
+        return found[:limit], len(found) > limit
 
     def truth(self) -> dict[str, Any]:
         """Ground truth for tests: what DescribeJob reports for every job right now."""
@@ -868,6 +923,13 @@ def rollout_rate(rollout: Rollout | None, notified: int, succeeded: int) -> int:
     if steps * math.log(exp.increment_factor) >= math.log(maximum / exp.base_rate_per_minute):
         return maximum
     return max(1, min(maximum, int(exp.base_rate_per_minute * exp.increment_factor**steps)))
+
+
+def _index(job: Job, status: str) -> SortedPositions:
+    index = job.by_status.get(status)
+    if index is None:
+        index = job.by_status[status] = SortedPositions()
+    return index
 
 
 def _targets_group(spec: JobSpec, group: str) -> bool:

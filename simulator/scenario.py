@@ -56,8 +56,15 @@ class Devices:
     in_progress_minutes: Span = Span(0.5, 3.0)
     reject_probability: float = 0.0
     failure_probability: float = 0.0
-    # A stuck device never reports back: TIMED_OUT with a timeoutConfig, else IN_PROGRESS forever.
+    # A stuck device goes silent once it has started: it never reports back, so its
+    # execution is TIMED_OUT with a timeoutConfig, else IN_PROGRESS forever.
     stuck_probability: float = 0.0
+    # An offline device never connects: its execution stays QUEUED forever (AWS's
+    # in-progress timeout does not apply to queued executions).
+    offline_probability: float = 0.0
+    # Things that are stuck or offline whatever the probabilities draw (first attempts).
+    stuck_things: frozenset[str] = frozenset()
+    offline_things: frozenset[str] = frozenset()
     # What a device reports in statusDetails["reason"] when its execution fails, is
     # rejected or times out: (reason, weight) pairs; empty: no statusDetails.
     failure_reasons: tuple[tuple[str, float], ...] = ()
@@ -312,6 +319,9 @@ _DEVICE_KEYS = (
     "reject_probability",
     "failure_probability",
     "stuck_probability",
+    "offline_probability",
+    "stuck_things",
+    "offline_things",
     "failure_reasons",
 )
 _JOB_KEYS = (
@@ -367,17 +377,33 @@ def _devices(r: Reader, value: Any, path: str, base: Devices) -> Devices:
     if "in_progress_minutes" in data:
         span = _span(r, data["in_progress_minutes"], join(path, "in_progress_minutes"))
         out = replace(out, in_progress_minutes=span)
-    probabilities = {
-        key: r.probability(data.get(key, getattr(base, key)), join(path, key))
-        for key in ("reject_probability", "failure_probability", "stuck_probability")
-    }
+
+    def probability(key: str) -> float:
+        return r.probability(data.get(key, getattr(base, key)), join(path, key))
+
+    def things(key: str) -> frozenset[str]:
+        if key not in data:
+            return frozenset(getattr(base, key))
+        where = join(path, key)
+        items = r.seq(data[key], where)
+        return frozenset(r.string(v, join(where, i), _NAME) for i, v in enumerate(items))
+
     if "failure_reasons" in data:
         out = replace(out, failure_reasons=_reasons(r, data["failure_reasons"], path))
+    stuck, offline = things("stuck_things"), things("offline_things")
+    if stuck & offline:
+        shown = ", ".join(sorted(stuck & offline)[:3])
+        raise r.fail(
+            join(path, "offline_things"), f"a thing cannot be both stuck and offline: {shown}"
+        )
     return replace(
         out,
-        reject_probability=probabilities["reject_probability"],
-        failure_probability=probabilities["failure_probability"],
-        stuck_probability=probabilities["stuck_probability"],
+        reject_probability=probability("reject_probability"),
+        failure_probability=probability("failure_probability"),
+        stuck_probability=probability("stuck_probability"),
+        offline_probability=probability("offline_probability"),
+        stuck_things=stuck,
+        offline_things=offline,
     )
 
 

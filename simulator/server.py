@@ -43,9 +43,16 @@ log = logging.getLogger("simulator")
 
 _CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/")
 _JOB_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# AWS does not document its default page sizes; clients that care pass maxResults.
 _DEFAULT_PAGE = 50
 _TICK_SECONDS = 0.05
 _JSON = "application/json"
+# A page token of ours is under 200 characters: a longer one is refused before decoding.
+_TOKEN_MAX = 1024
+# aiohttp refuses request lines over 8 KiB with a plain 400 of its own; a longer limit
+# lets an overlong nextToken reach the handler and get AWS's error body instead.
+_MAX_LINE = 64 * 1024
+_INTEGER = re.compile(r"-?[0-9]{1,12}")
 
 
 class AwsError(Exception):
@@ -92,9 +99,12 @@ def _encode_token(value: Any) -> str:
 
 
 def _decode_token(token: str) -> Any:
+    """A token's JSON value; any other bytes are the client's error, never a 500."""
+    if len(token) > _TOKEN_MAX:
+        raise _invalid("The nextToken is invalid.")
     try:
         return json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeError, RecursionError):
         raise _invalid("The nextToken is invalid.") from None
 
 
@@ -102,10 +112,10 @@ def _max_results(request: web.Request) -> int:
     raw = request.query.get("maxResults")
     if raw is None:
         return _DEFAULT_PAGE
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _invalid(f"maxResults {raw!r} is not a number.") from None
+    # ASCII digits only: int() also takes "1_0", " 5" and other scripts' digits.
+    if not _INTEGER.fullmatch(raw):
+        raise _invalid(f"maxResults {raw[:40]!r} is not a number.")
+    value = int(raw)
     if not 1 <= value <= 250:
         # AWS's own wording of a constraint violation, which botocore surfaces as is.
         raise _invalid(
@@ -162,7 +172,9 @@ class Simulator:
         if self._runner is not None:
             return
         self.events.reopen()
-        runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self._app(), access_log=None, handle_signals=False, max_line_size=_MAX_LINE
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         try:
@@ -297,10 +309,19 @@ class Simulator:
         token = q.get("nextToken")
         if token:
             key = _decode_token(token)
-            if not (isinstance(key, list) and len(key) == 2 and isinstance(key[1], str)):
+            if not (
+                isinstance(key, list)
+                and len(key) == 2
+                and isinstance(key[0], int | float)
+                and not isinstance(key[0], bool)
+                and isinstance(key[1], str)
+            ):
                 raise _invalid("The nextToken is invalid.")
+            try:
+                created, last_id = float(key[0]), key[1]
+            except OverflowError:
+                raise _invalid("The nextToken is invalid.") from None
             # Keyset pagination: stable while jobs are created or purged between pages.
-            created, last_id = float(key[0]), key[1]
             start = bisect.bisect_right(
                 jobs, (-created, last_id), key=lambda j: (-j.created_at, j.job_id)
             )
@@ -335,20 +356,21 @@ class Simulator:
         limit = _max_results(request)
         status = request.query.get("status")
         if status is not None and status not in execution_statuses():
-            raise _invalid(f"Invalid job execution status {status!r}.")
-        offset = 0
+            raise _invalid(f"Invalid job execution status {status[:40]!r}.")
+        after = -1
         token = request.query.get("nextToken")
         if token:
-            offset = _decode_token(token)
-            if not isinstance(offset, int) or offset < 0:
-                raise _invalid("The nextToken is invalid.")
-        matching = [e for e in self.fleet.executions(job) if status is None or e.status == status]
-        page = matching[offset : offset + limit]
+            after = _execution_token(_decode_token(token), job_id, status)
+        page, more = self.fleet.page(job, status, after, limit)
         body: dict[str, Any] = {
             "executionSummaries": [execution_summary(self.fleet, e, region) for e in page]
         }
-        if offset + limit < len(matching):
-            body["nextToken"] = _encode_token(offset + limit)
+        if more:
+            # Keyset pagination by the thing's place in the job: executions that change
+            # state between pages shift nothing, so no unchanged one is repeated or missed.
+            body["nextToken"] = _encode_token(
+                {"job": job_id, "status": status, "after": page[-1].position}
+            )
         return body
 
     async def _aws(
@@ -625,6 +647,22 @@ def _root_page(sim: Simulator) -> str:
 
 def _headers() -> dict[str, str]:
     return {"Content-Type": _JSON, "x-amzn-RequestId": str(uuid.uuid4())}
+
+
+def _execution_token(key: Any, job_id: str, status: str | None) -> int:
+    """The position a ListJobExecutionsForJob token resumes after, for this very listing."""
+    if not (
+        isinstance(key, dict)
+        and set(key) == {"job", "status", "after"}
+        and isinstance(key["after"], int)
+        and not isinstance(key["after"], bool)
+        and key["after"] >= 0
+    ):
+        raise _invalid("The nextToken is invalid.")
+    if key["job"] != job_id or key["status"] != status:
+        # A token of another job or status filter would resume at a meaningless place.
+        raise _invalid("The nextToken does not belong to this request.")
+    return int(key["after"])
 
 
 def _error_response(e: AwsError) -> web.Response:
