@@ -332,7 +332,7 @@ def test_dockerignore_sends_what_the_build_copies_and_nothing_private() -> None:
                     assert not dockerignore_excludes(rel, patterns), f"{rel} is ignored"
     for private in (".venv/bin/python", ".git/config", "tests/e2e/test_deploy.py", ".env"):
         assert dockerignore_excludes(private, patterns), f"{private} reaches the build context"
-    assert dockerignore_excludes("exporter/__pycache__/cli.cpython-311.pyc", patterns)
+    assert dockerignore_excludes("exporter/cli/__pycache__/run.cpython-311.pyc", patterns)
 
 
 # --- Dependency lock and build order -----------------------------------------------------
@@ -747,7 +747,7 @@ def test_manifests_run_the_image_as_built(variant: str) -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_exporter_accepts_the_pod_and_image_arguments(variant: str) -> None:
-    from exporter.cli import build_parser
+    from exporter.cli.run import build_parser
 
     parser = build_parser()
     for args in (container(variant)["args"], final_stage().last("CMD").exec_form()):

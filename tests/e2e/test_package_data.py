@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.cli import DEMO_CONFIG, main
+from exporter.cli import main
+from exporter.cli.demo import DEMO_CONFIG
 from exporter.config import load_config
 from simulator import ScenarioError, load_scenario, start_simulator
 from simulator.scenario import bundled_scenario, bundled_scenarios

@@ -130,7 +130,7 @@ def test_the_wheel_carries_every_scenario_and_imports_from_the_venv(
     venv: Path, elsewhere: Path
 ) -> None:
     probe = (
-        "import exporter, exporter.cli as c, simulator; "
+        "import exporter, exporter.cli.demo as c, simulator; "
         "from simulator.scenario import bundled_scenarios, load_scenario; "
         "print(exporter.__file__); print(simulator.__file__); print(c.DEMO_CONFIG); "
         "[print(n, load_scenario(n).file) for n in bundled_scenarios()]"

@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from exporter.aws import JobSource
-from exporter.cli import build_parser, main
+from exporter.cli import main
+from exporter.cli.run import build_parser
 from exporter.config import CollectorSettings, Events, load_config
 from exporter.events import QueueError, parse_event
 from exporter.reader import Reader

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from exporter.cli import Reloader
+from exporter.cli.lifecycle import Reloader
 from exporter.collector import Collector
 from exporter.config import Config, ConfigError, _read_jobs, parse_config
 from exporter.reader import ALIAS_BUDGET, SHOWN_MAX, Reader

@@ -345,7 +345,7 @@ async def test_cycle_stretches_when_the_budget_is_short(
 
 
 async def test_reload_refuses_otel_changes_it_cannot_apply(tmp_path: Path) -> None:
-    from exporter.cli import Reloader
+    from exporter.cli.lifecycle import Reloader
 
     text = "targets: [{name: a, region: us-east-1, jobs: {ids: [x]}}]\n"
     path = tmp_path / "config.yaml"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.cli import DEMO_CONFIG
+from exporter.cli.demo import DEMO_CONFIG
 from exporter.config import CollectorSettings, Config, Events, load_config
 from exporter.demo_stack import (
     REAL_TIME,

@@ -1,0 +1,64 @@
+"""The check-config command: validate a configuration file; with --probe, call AWS once."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from exporter.cli.flags import (
+    add_metrics_flags,
+    fail,
+    families_of,
+    load,
+    metrics_flags,
+    with_metrics,
+)
+from exporter.otel import OtelUnavailable, check_packages
+from exporter.table import FAMILIES
+
+
+def main(argv: list[str]) -> int:
+    """Exit 0 valid, 2 invalid; with --probe, 1 when a target's AWS calls fail."""
+    parser = argparse.ArgumentParser(
+        prog="aws-iot-jobs-exporter check-config",
+        description="Validate a configuration file, and the packages it needs. With --probe, "
+        "also call AWS once per target with the exporter's credentials.",
+    )
+    parser.add_argument("--config.file", dest="config_file", default="config.yaml")
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="per target: resolve credentials (and the role), GetCallerIdentity, ListJobs "
+        "(one job) and DescribeJob (one job); exit 1 if any target fails",
+    )
+    # The run command's flags that change what the file means, checked the same way.
+    add_metrics_flags(parser)
+    args = parser.parse_args(argv)
+    config = load(args.config_file)
+    if isinstance(config, int):
+        return config
+    metrics = metrics_flags(args)
+    if isinstance(metrics, int):
+        return metrics
+    config = with_metrics(config, metrics)
+    try:
+        check_packages(config.otel)
+    except OtelUnavailable as exc:
+        return fail(f"{args.config_file}: {exc}")
+    jobs = sum(len(t.jobs.ids) for t in config.targets)
+    discovering = sum(1 for t in config.targets if t.jobs.discover is not None)
+    print(
+        f"{args.config_file}: valid: {len(config.targets)} target(s), {jobs} explicit job id(s), "
+        f"{discovering} target(s) with discovery, "
+        f"{len(families_of(config))} of {len(FAMILIES)} job metric families"
+    )
+    if not args.probe:
+        return 0
+    from exporter.probe import probe
+
+    results = asyncio.run(probe(config))
+    for result in results:
+        print(result.line())
+    failed = sum(1 for r in results if not r.ok)
+    print(f"probe: {len(results) - failed} of {len(results)} target(s) OK")
+    return 1 if failed else 0
