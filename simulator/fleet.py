@@ -8,6 +8,7 @@ import math
 import random
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -102,8 +103,10 @@ class Job:
     # a page of the listing, filtered or not, reads only what it returns.
     order: list[str] = field(default_factory=list)
     by_status: dict[str, SortedPositions] = field(default_factory=dict)
-    # Things waiting to be notified, in order; a dict so that removal is O(1).
-    pending: dict[str, None] = field(default_factory=dict)
+    # Things waiting to be notified, in order. An OrderedDict, not a dict: removal by key
+    # is O(1) in both, but taking the first of a plain dict after many deletions from its
+    # front walks every hole they left, which made a 100,000-thing rollout quadratic.
+    pending: OrderedDict[str, None] = field(default_factory=OrderedDict)
     known: set[str] = field(default_factory=set)
     rollout_log: list[RolloutEntry] = field(default_factory=list)
     next_rollout: float | None = None
@@ -447,8 +450,7 @@ class Fleet:
                 job.next_rollout = at
                 self._push(at, self._rollout, job)
             return
-        thing = next(iter(job.pending))
-        del job.pending[thing]
+        thing, _ = job.pending.popitem(last=False)
         job.rollout_log.append(RolloutEntry(self.now, self.rate_limit(job), thing))
         job.last_rollout = self.now
         self._notify(job, thing, 0)
