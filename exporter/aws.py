@@ -33,9 +33,10 @@ from botocore.exceptions import (
 )
 from botocore.parsers import DEFAULT_TIMESTAMP_PARSER, ResponseParserError
 
-from exporter.budget import DISCOVERY, WORK, Budgets, FairBucket
+from exporter.budget import DISCOVERY, SWEEP, WORK, Budgets, FairBucket
 from exporter.config import CollectorSettings, Target
 from exporter.events import Message, QueueError, message_from_sqs
+from exporter.executions import PAGE_SIZE, ExecutionSummary, MalformedPage, parse_page
 from exporter.logs import redact, summarise
 from exporter.model import JobSnapshot, MalformedJob, parse_describe_job, to_timestamp
 from exporter.telemetry import SourceTelemetry
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 _ATTEMPT_COUNTED: ContextVar[list[bool] | None] = ContextVar("attempt_counted", default=None)
 
 LIST_JOBS_PAGE_SIZE = 250  # the largest page AWS accepts: fewest calls per discovery
+LIST_EXECUTIONS = "ListJobExecutionsForJob"
 # The largest IoT or STS answer read: a DescribeJob is a few KiB, a ListJobs page of 250
 # jobs about 100 KiB. A larger one is refused unread (counted malformed): aiobotocore reads
 # bodies whole, and botocore parses them on the event loop.
@@ -238,11 +240,16 @@ class JobSource:
         if self.target.role_arn:
             await self._assume_role(session)
         self.account_key = await self._account_key(session)
+        rates = {
+            "DescribeJob": self.settings.requests_per_second,
+            "ListJobs": self.settings.requests_per_second,
+            # Its own quota at AWS, so a budget of its own (0: sweeps are off).
+            LIST_EXECUTIONS: self.settings.executions.requests_per_second,
+        }
         self._buckets = {
-            op: self.budgets.bucket(
-                self.account_key, self.target.region, op, self.settings.requests_per_second
-            )
-            for op in ("DescribeJob", "ListJobs")
+            op: self.budgets.bucket(self.account_key, self.target.region, op, rate)
+            for op, rate in rates.items()
+            if rate > 0
         }
         boto_config = AioConfig(
             region_name=self.target.region,
@@ -391,6 +398,8 @@ class JobSource:
             flag[0] = False  # a new attempt: not counted yet
         # Every attempt, retries included, spends from the budget: that is what AWS counts.
         kind = WORK.get() if operation == "DescribeJob" else DISCOVERY
+        if operation == LIST_EXECUTIONS:
+            kind = SWEEP
         await self._buckets[operation].acquire(self.target.name, kind)
 
     def _count_failed_attempt(
@@ -458,6 +467,25 @@ class JobSource:
                 raise ApiError("malformed", "DescribeJob", summarise(exc)) from None
             self._count("DescribeJob", "ok")
         return snapshot
+
+    async def list_executions(
+        self, job_id: str, status: str, token: str | None = None
+    ) -> tuple[list[ExecutionSummary], str | None]:
+        """One page of the job's executions in `status`, and the next page's token."""
+        kwargs: dict[str, Any] = {"jobId": job_id, "status": status, "maxResults": PAGE_SIZE}
+        if token:
+            kwargs["nextToken"] = token
+        async with self._call(LIST_EXECUTIONS, job_id):
+            if LIST_EXECUTIONS not in self._buckets:
+                raise ApiError("error", LIST_EXECUTIONS, "execution sweeps are turned off")
+            page = await self._client.list_job_executions_for_job(**kwargs)
+            try:
+                summaries, next_token = parse_page(page)
+            except MalformedPage as exc:
+                self._count(LIST_EXECUTIONS, "malformed")
+                raise ApiError("malformed", LIST_EXECUTIONS, str(exc)) from None
+            self._count(LIST_EXECUTIONS, "ok")
+        return summaries, next_token
 
     async def list_jobs(self, params: dict[str, str]) -> list[JobSummary]:
         """Every job ListJobs returns for the filters, paged at the largest page size.

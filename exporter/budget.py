@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 #   to the queue can name a million of them, so they get the smallest share (and one
 #   concurrent call per target, collector.py).
 # - discovery: ListJobs (a bucket of its own, so its weight only matters between targets).
-FIRST, EVENT, REFRESH, UNKNOWN, DISCOVERY = "first", "event", "refresh", "unknown", "discovery"
+# - sweep: ListJobExecutionsForJob (a bucket of its own too).
+FIRST, EVENT, REFRESH, UNKNOWN = "first", "event", "refresh", "unknown"
+DISCOVERY, SWEEP = "discovery", "sweep"
 WORK_WEIGHTS: dict[str, float] = {
     # 16 of 20 while events and reconciles wait too: a restart's first cycle is within about
     # 1.1 times jobs ÷ budget however many events flow (bench/readiness.py).
@@ -35,6 +37,7 @@ WORK_WEIGHTS: dict[str, float] = {
     REFRESH: 1.0,
     UNKNOWN: 0.5,
     DISCOVERY: 1.0,
+    SWEEP: 1.0,
 }
 
 # A token, give or take float rounding: a wait of 1e-17 s would not move the clock.
@@ -203,10 +206,12 @@ class Budgets:
         self.divisor = max(divisor, 1)
         self._buckets: dict[tuple[str, str, str], FairBucket] = {}
 
-    def set_rate(self, rate: float) -> None:
-        """A reload's new requests_per_second, for the buckets of every account."""
-        for bucket in self._buckets.values():
-            bucket.rate = rate / self.divisor
+    def set_rate(self, rate: float, operations: tuple[str, ...] | None = None) -> None:
+        """A reload's new rate, for the buckets of every account (of `operations` only,
+        when given)."""
+        for (_, _, operation), bucket in self._buckets.items():
+            if operations is None or operation in operations:
+                bucket.rate = rate / self.divisor
 
     def bucket(self, account: str, region: str, operation: str, rate: float) -> FairBucket:
         key = (account, region, operation)

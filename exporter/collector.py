@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,7 +21,8 @@ from exporter.aws import (
 )
 from exporter.budget import EVENT, FIRST, REFRESH, UNKNOWN, WORK, Budgets
 from exporter.config import CollectorSettings, Config, Target
-from exporter.events import EventConsumer, LogThrottle, Queue, ReasonCounts
+from exporter.events import EventConsumer, JobEvent, LogThrottle, Queue, ReasonCounts
+from exporter.executions import ExecutionSummary
 from exporter.logs import sanitise
 from exporter.model import TERMINAL_STATUSES, JobSnapshot
 from exporter.schedule import (
@@ -40,14 +42,20 @@ from exporter.status import (
     JobView,
     LastError,
     Status,
+    StuckJob,
+    StuckRow,
     TargetStatus,
     job_lists,
     window_base,
 )
+from exporter.sweep import Sweeper, SweepState
 from exporter.telemetry import ACTIVE, FROZEN, PENDING, TRACKED_STATES, Telemetry
 from exporter.tracing import NOOP_TRACING, Tracing
 
 log = logging.getLogger(__name__)
+
+# Jobs with stuck executions the status page lists per target, oldest stuck first.
+STUCK_JOBS_LISTED = 50
 
 
 class SnapshotSink(Protocol):
@@ -61,6 +69,14 @@ class SnapshotSink(Protocol):
 class Source(Protocol):
     async def describe_job(self, job_id: str) -> JobSnapshot: ...
     async def list_jobs(self, params: dict[str, str]) -> list[JobSummary]: ...
+    async def list_executions(
+        self, job_id: str, status: str, token: str | None = None
+    ) -> tuple[list[ExecutionSummary], str | None]: ...
+
+
+def _waiting(snapshot: JobSnapshot) -> tuple[int | None, int | None]:
+    """The job's queued and in-progress counts: a change calls for a sweep."""
+    return snapshot.execution_count("queued"), snapshot.execution_count("in_progress")
 
 
 @dataclass(slots=True)
@@ -104,6 +120,7 @@ class TargetState:
     # Frozen jobs discovery wants described once more (no longer listed: deleted?).
     recheck: set[str] = field(default_factory=set)
     reasons: ReasonCounts = field(default_factory=lambda: ReasonCounts(10))
+    sweeps: SweepState = field(default_factory=SweepState)
     next_discovery: float = 0.0
     cycles: int = 0
     # Ready once AWS answered: a discovery, or for explicit ids only, a describe.
@@ -203,6 +220,17 @@ class TargetCollector:
         self._cycle_started = 0.0
         telemetry.init_target(target.name, discovery=target.jobs.discover is not None)
         self._sample_calls()
+        self.sweeper = Sweeper(
+            target.name,
+            settings.executions,
+            settings.interval,
+            lambda: self.source,
+            self.snapshots,
+            self.amend,
+            telemetry,
+            clock,
+            self.state.sweeps,
+        )
 
     # What other modules read of the state, by name.
     @property
@@ -232,6 +260,19 @@ class TargetCollector:
         A copy, read-only: what the scheduler knows, including jobs not (yet) in the store.
         """
         return {job_id: t.snapshot for job_id, t in self.state.jobs.items()}
+
+    def snapshots(self) -> dict[str, JobSnapshot | None]:
+        return {job_id: t.snapshot for job_id, t in self.state.jobs.items()}
+
+    def amend(self, job_id: str, change: Callable[[JobSnapshot], JobSnapshot]) -> None:
+        """Applies `change` to the job's latest snapshot (a sweep's counts, an event's) and
+        stores the result; nothing when the job is gone or not described yet."""
+        tracked = self.state.jobs.get(job_id)
+        if tracked is None or tracked.snapshot is None:
+            return
+        snapshot = change(tracked.snapshot)
+        tracked.snapshot = snapshot
+        self.store.put_job(self.target, job_id, snapshot)
 
     # --- events (EventSink) ---------------------------------------------------------------
 
@@ -280,6 +321,22 @@ class TargetCollector:
         if tracked.explicit:
             self.state.missing.add(job_id)
         self._drop(job_id)
+
+    def execution_ended(self, event: JobEvent) -> None:
+        """An execution of a followed job ended: its counts, its run time, a sweep soon."""
+        job_id = event.job_id
+        timed = self.sweeper.ended(event)
+        counts = tuple(self.reasons.samples(job_id))
+
+        def change(snapshot: JobSnapshot) -> JobSnapshot:
+            if timed is not None:
+                snapshot = timed(snapshot)
+            if counts != snapshot.execution_events:
+                snapshot = dataclasses.replace(snapshot, execution_events=counts)
+            return snapshot
+
+        self.amend(job_id, change)
+        self.sweeper.mark(job_id)
 
     def event_driven(self) -> bool:
         """Events refresh the active jobs now; else they are polled every interval."""
@@ -401,25 +458,6 @@ class TargetCollector:
         finally:
             self.consumer = None
             self.telemetry.watch_events_driven(self.target.name, lambda: False)
-
-    def execution_event_samples(self) -> list[tuple[dict[str, str], float]]:
-        """aws_iot_job_execution_events_total samples of the jobs in the store."""
-        out = []
-        target = self.target
-        for job_id in self.reasons.job_ids():
-            tracked = self.state.jobs.get(job_id)
-            if tracked is None or tracked.snapshot is None:
-                continue
-            identity = {
-                "target": target.name,
-                "region": target.region,
-                "account_id": tracked.snapshot.account_id,
-                "job_id": job_id,
-                **dict(target.labels),
-            }
-            for status, reason, value in self.reasons.samples(job_id):
-                out.append(({**identity, "status": status, "reason": reason}, float(value)))
-        return out
 
     def _expired_at(self, status: str | None, ended_at: float | None, now: float) -> bool:
         if status not in TERMINAL_STATUSES or ended_at is None:
@@ -580,7 +618,14 @@ class TargetCollector:
         if self.clock.monotonic() - self._tracked_at >= 1.0:
             self._update_tracked()
         self._answered()
-        snapshot = snapshot.with_observed_rate(tracked.snapshot)
+        previous = tracked.snapshot
+        snapshot = snapshot.with_observed_rate(previous).carry(previous)
+        # Events counted before the job's first describe (or while it was dropped) too.
+        counts = tuple(self.reasons.samples(job_id))
+        if counts != snapshot.execution_events:
+            snapshot = dataclasses.replace(snapshot, execution_events=counts)
+        if previous is None or _waiting(previous) != _waiting(snapshot):
+            self.sweeper.mark(job_id)
         if self._expired_at(snapshot.status, snapshot.ended_at, self.clock.time()):
             self._drop(job_id)
             self.state.expired.add(job_id)
@@ -653,6 +698,7 @@ class TargetCollector:
         self._marks.forget(job_id)
         self._unknown_marks.forget(job_id)
         self.reasons.forget(job_id)
+        self.sweeper.forget(job_id)
         self.store.remove((self.target.name, job_id))
 
     def _expire_frozen(self) -> None:
@@ -894,7 +940,27 @@ class TargetCollector:
             failing_total=lists.failing_total,
             failing_jobs=lists.failing,
             events=self._events_status(driven, now, base[4:]),
+            stuck_jobs=self._stuck_jobs(),
         )
+
+    def _stuck_jobs(self) -> tuple[StuckJob, ...]:
+        """Jobs with stuck executions at their last sweep, oldest stuck first; at most
+        STUCK_JOBS_LISTED of them, each with its executions.stuck_list_size oldest."""
+        found = []
+        for job_id, tracked in self.state.jobs.items():
+            sweep = tracked.snapshot.sweep if tracked.snapshot is not None else None
+            if sweep is None or not sweep.oldest_stuck:
+                continue
+            rows = tuple(
+                StuckRow(
+                    job_id, r.thing_name, r.state, r.since, r.retry_attempt, r.execution_number
+                )
+                for r in sweep.oldest_stuck
+            )
+            stuck = tuple((state, counts.stuck) for state, counts in sweep.states)
+            found.append(StuckJob(job_id, stuck, sweep.ended_at, rows))
+        found.sort(key=lambda j: (j.oldest[0].since, j.job_id))
+        return tuple(found[:STUCK_JOBS_LISTED])
 
     def _events_status(
         self, driven: bool, now: float, base: tuple[int, ...]
@@ -970,6 +1036,11 @@ class _NotConnected:
     async def list_jobs(self, params: dict[str, str]) -> list[JobSummary]:
         raise ApiError("error", "ListJobs", "no AWS client")
 
+    async def list_executions(
+        self, job_id: str, status: str, token: str | None = None
+    ) -> tuple[list[ExecutionSummary], str | None]:
+        raise ApiError("error", "ListJobExecutionsForJob", "no AWS client")
+
 
 class Collector:
     """All targets of a config, each with its own client and poller, in one event loop."""
@@ -992,12 +1063,6 @@ class Collector:
         self._lock = asyncio.Lock()
         # One budget per account, region and operation, shared by the targets that spend it.
         self.budgets = Budgets(divisor=shard.total)
-        telemetry.watch_execution_events(self.execution_event_samples)
-
-    def execution_event_samples(self) -> list[tuple[dict[str, str], float]]:
-        if not self.config.metrics.execution_events:
-            return []
-        return [s for r in self._running.values() for s in r.collector.execution_event_samples()]
 
     @property
     def targets(self) -> dict[str, TargetCollector]:
@@ -1039,7 +1104,7 @@ class Collector:
             settings_changed = budget_only != dataclasses.replace(
                 self.config.collector, requests_per_second=0.0
             )
-            self.budgets.set_rate(rate)
+            self.budgets.set_rate(rate, ("DescribeJob", "ListJobs"))
             if not settings_changed:
                 for running in self._running.values():
                     running.collector.set_budget(config.collector)
@@ -1087,13 +1152,12 @@ class Collector:
                 ) as source:
                     collector.source = source
                     queue = await source.event_queue()
-                    if queue is None:
-                        await collector.run()
-                    else:
-                        self.telemetry.init_events(target.name)
-                        consumer = collector.attach_events(queue)
-                        async with asyncio.TaskGroup() as group:
-                            group.create_task(collector.run())
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(collector.run())
+                        group.create_task(collector.sweeper.run())
+                        if queue is not None:
+                            self.telemetry.init_events(target.name)
+                            consumer = collector.attach_events(queue)
                             group.create_task(collector.run_events(consumer))
             except Exception as exc:
                 # An unknown profile or a broken credential source: this target waits

@@ -10,7 +10,7 @@ from typing import Any
 
 from exporter.model import JOB_ID, JOB_STATUSES
 from exporter.reader import LocatedError, Reader, field_name, kind, load_yaml, read_file, shown
-from exporter.table import EXECUTION_EVENTS_FAMILY, RESERVED_LABELS, family_name_problem, selects
+from exporter.table import RESERVED_LABELS, family_name_problem
 
 TARGET_SELECTIONS = ("CONTINUOUS", "SNAPSHOT")
 OTLP_PROTOCOLS = ("http/protobuf", "grpc")
@@ -111,6 +111,28 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Executions:
+    """Sweeps of ListJobExecutionsForJob over the QUEUED and IN_PROGRESS executions of the
+    active jobs: ages, stuck counts and retry attempts (docs/metrics.md)."""
+
+    # Calls per second per account and region, shared by its targets, divided by
+    # --total-shards; 0 turns sweeps off. AWS allows 10 by default, shared with every
+    # other tool of the account.
+    requests_per_second: float = 2.0
+    # In progress this long counts as stuck when the job has no in-progress timeout.
+    stuck_in_progress_after: float = 3600.0
+    # Queued this long counts as stuck: the device has not connected.
+    stuck_queued_after: float = 86400.0
+    # A sweep reads at most this many summaries of one job (400 pages of 250).
+    max_executions_per_job: int = 100_000
+    # The oldest stuck executions per job the status page lists by name.
+    stuck_list_size: int = 10
+    # Started executions remembered per target, to time their run when their terminal
+    # event comes: (thing, startedAt) pairs, about 200 bytes each.
+    max_tracked_executions: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
 class CollectorSettings:
     interval: float = 60.0
     discovery_interval: float = 300.0
@@ -125,6 +147,7 @@ class CollectorSettings:
     attempt_timeout: float = 30.0
     discovery_max_pages: int = 1000
     discovery_max_jobs: int = 100_000
+    executions: Executions = Executions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +174,6 @@ class Metrics:
 
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
-
-    @property
-    def execution_events(self) -> bool:
-        """Whether aws_iot_job_execution_events_total is exported (counted from events)."""
-        return selects(EXECUTION_EVENTS_FAMILY, self.allow, self.deny)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +205,21 @@ def _read_collector(r: Reader, value: Any) -> CollectorSettings:
         "attempt_timeout": r.duration,
         "discovery_max_pages": lambda v, p: r.integer(v, p, 1, 1_000_000),
         "discovery_max_jobs": lambda v, p: r.integer(v, p, 1, 100_000_000),
+        "executions": lambda v, p: _read_executions(r, v, p),
     }
     return CollectorSettings(**_read_section(r, value, "collector", readers))
+
+
+def _read_executions(r: Reader, value: Any, path: str) -> Executions:
+    readers: dict[str, Callable[[Any, str], Any]] = {
+        "requests_per_second": lambda v, p: r.number(v, p, 0.0),
+        "stuck_in_progress_after": r.duration,
+        "stuck_queued_after": r.duration,
+        "max_executions_per_job": lambda v, p: r.integer(v, p, 1, 10_000_000),
+        "stuck_list_size": lambda v, p: r.integer(v, p, 0, 1000),
+        "max_tracked_executions": lambda v, p: r.integer(v, p, 0, 10_000_000),
+    }
+    return Executions(**_read_section(r, value, path, readers))
 
 
 def _read_string_map(

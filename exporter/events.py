@@ -57,6 +57,10 @@ REASON_MAX_LENGTH = 64
 MAX_BODY_BYTES = 64 * 1024
 
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+# AWS's thing name pattern (CreateThing).
+THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+# Execution statuses that end an execution.
+ENDED_STATUSES = ("SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED")
 
 
 class MalformedEvent(ValueError):
@@ -86,6 +90,8 @@ class JobEvent:
     timestamp: float | None
     status: str | None = None
     reason: str | None = None
+    # The thing of an execution event (thingArn's name), when it is a valid thing name.
+    thing: str | None = None
 
     @property
     def label(self) -> str:
@@ -167,7 +173,13 @@ def _parse_event(body: str | bytes, reason_key: str | None) -> JobEvent:
             raw = details.get(reason_key)
             if isinstance(raw, str):
                 reason = sanitise_reason(raw)
-    return JobEvent(event_id, kind, name, job_id, timestamp, status, reason)
+    thing: str | None = None
+    arn = data.get("thingArn")
+    if kind == "execution" and isinstance(arn, str) and len(arn) <= 2048:
+        _, _, name_part = arn.rpartition(":thing/")
+        if THING_NAME.fullmatch(name_part):
+            thing = name_part
+    return JobEvent(event_id, kind, name, job_id, timestamp, status, reason, thing)
 
 
 class RecentIds:
@@ -293,6 +305,7 @@ class EventSink(Protocol):
     def owns(self, job_id: str) -> bool: ...
     def job_changed(self, job_id: str) -> bool: ...
     def job_deleted(self, job_id: str) -> None: ...
+    def execution_ended(self, event: JobEvent) -> None: ...
 
 
 class EventTelemetry(Protocol):
@@ -546,8 +559,10 @@ class EventConsumer:
             self.sink.job_deleted(event.job_id)
             return True
         tracked = self.sink.job_changed(event.job_id)
-        if tracked and event.is_failure and event.status is not None:
-            self.reasons.count(event.job_id, event.status, event.reason or "")
+        if tracked and event.kind == "execution" and event.status in ENDED_STATUSES:
+            if event.is_failure and event.status is not None:
+                self.reasons.count(event.job_id, event.status, event.reason or "")
+            self.sink.execution_ended(event)
         return True
 
 

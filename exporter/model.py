@@ -7,11 +7,12 @@ import functools
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from exporter.cron import CronError, CronExpression
+from exporter.executions import ExecutionSweep, TimeInState
 
 # Every JobStatus AWS documents. SCHEDULED is botocore's enum value the field's own doc
 # string forgets; a value not listed here is still read and exported as it comes.
@@ -153,6 +154,29 @@ class JobSnapshot:
     scheduled_rollouts: tuple[float, ...] = ()
     package_versions: tuple[str, ...] = ()
     observed_rate_per_minute: float | None = None
+    # Beyond DescribeJob, what the exporter learnt of the job's executions; the collector
+    # carries these from one snapshot of the job to the next (`carry`).
+    # The last complete ListJobExecutionsForJob sweep of its QUEUED and IN_PROGRESS ones.
+    sweep: ExecutionSweep | None = None
+    # How long its finished executions were queued and ran.
+    time_in_state: TimeInState | None = None
+    # Failed, rejected and timed-out execution events: (status, reason, count).
+    execution_events: tuple[tuple[str, str, int], ...] = ()
+
+    def carry(self, previous: JobSnapshot | None) -> JobSnapshot:
+        """This snapshot with what `previous` knew beyond DescribeJob."""
+        if previous is None or (
+            previous.sweep is None
+            and previous.time_in_state is None
+            and not previous.execution_events
+        ):
+            return self
+        return replace(
+            self,
+            sweep=previous.sweep,
+            time_in_state=previous.time_in_state,
+            execution_events=previous.execution_events,
+        )
 
     @property
     def terminal(self) -> bool:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from exporter import __version__
 from exporter.config import Otel, Target
+from exporter.executions import DURATION_BOUNDS
 from exporter.store import MetricsStore
 from exporter.table import FAMILIES, IDENTITY_LABELS, Family
 from exporter.tracing import NOOP_TRACING, AttributeValue, SpanHandle, Tracing
@@ -259,29 +260,36 @@ def build_metrics_data(
     resource: Resource,
     time_unix_nano: int,
     families: tuple[Family, ...] = FAMILIES,
+    start_unix_nano: int = 0,
 ) -> MetricsData | None:
-    """One OTLP gauge per family with a point per /metrics series; None when there are none.
+    """One OTLP metric per family with a point per /metrics series; None when there are none.
+
+    Gauges are gauges; the counter is a cumulative monotonic sum and the histograms
+    cumulative histograms, both counted since `start_unix_nano` (the exporter's start).
 
     Runs in the push thread while the event loop updates the store: job_keys() copies the
     keys in one C call and get() is one dict lookup, both atomic under the GIL, and a
     snapshot is immutable, so a push sees each job either before or after an update.
     """
     from opentelemetry.sdk.metrics.export import (
+        AggregationTemporality,
         Gauge,
+        HistogramDataPoint,
         Metric,
         MetricsData,
         NumberDataPoint,
         ResourceMetrics,
         ScopeMetrics,
+        Sum,
     )
+    from opentelemetry.sdk.metrics.export import Histogram as OtlpHistogram
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
     for family in families:
-        if family.type != "gauge":
-            # A counter needs a start time and cumulative temporality: refuse to send it
-            # as a gauge by accident when such a row is added.
+        if family.type not in ("gauge", "counter", "histogram"):
+            # Refuse to send a new kind of row as something it is not.
             raise ValueError(f"{family.name}: no OTLP mapping for metric type {family.type}")
-    points: list[list[NumberDataPoint]] = [[] for _ in families]
+    points: list[list[Any]] = [[] for _ in families]
     for key in sorted(store.job_keys()):
         snapshot = store.get(key)
         target = targets.get(key[0])
@@ -296,13 +304,46 @@ def build_metrics_data(
         )
         identity.update(target.labels)
         for family, family_points in zip(families, points, strict=True):
+            if family.histogram is not None:
+                histogram = family.histogram(snapshot)
+                if histogram is not None and histogram.count:
+                    family_points.append(
+                        HistogramDataPoint(
+                            dict(identity),
+                            start_unix_nano,
+                            time_unix_nano,
+                            histogram.count,
+                            histogram.total,
+                            list(histogram.counts),
+                            list(DURATION_BOUNDS),
+                            histogram.low,
+                            histogram.high,
+                        )
+                    )
+                continue
+            # Gauges have no start time; 0 leaves the field unset on the wire.
+            start = start_unix_nano if family.type == "counter" else 0
             for label_values, value in family.samples(snapshot):
                 attributes = dict(identity)
                 attributes.update(zip(family.labels, label_values, strict=True))
-                # Gauges have no start time; 0 leaves the field unset on the wire.
-                family_points.append(NumberDataPoint(attributes, 0, time_unix_nano, value))
+                family_points.append(NumberDataPoint(attributes, start, time_unix_nano, value))
+    cumulative = AggregationTemporality.CUMULATIVE
+
+    def data(family: Family, family_points: list[Any]) -> Any:
+        if family.type == "counter":
+            return Sum(family_points, cumulative, is_monotonic=True)
+        if family.type == "histogram":
+            return OtlpHistogram(family_points, cumulative)
+        return Gauge(family_points)
+
     metrics = [
-        Metric(family.name, family.help, _unit(family.name), Gauge(family_points))
+        # OTLP names a counter without the `_total` Prometheus adds.
+        Metric(
+            family.name.removesuffix("_total") if family.type == "counter" else family.name,
+            family.help,
+            _unit(family.name),
+            data(family, family_points),
+        )
         for family, family_points in zip(families, points, strict=True)
         if family_points
     ]
@@ -334,6 +375,8 @@ class OtelExporter:
         self.last_success: float | None = None
         self.failures = 0
         self._store = store
+        # The start of the counter's and the histograms' cumulative counts.
+        self._started = time.time_ns()
         self._targets: Callable[[], Mapping[str, Target]] = (
             targets if callable(targets) else lambda: targets
         )
@@ -416,6 +459,7 @@ class OtelExporter:
                     self._resource,
                     time.time_ns(),
                     self._store.families,
+                    self._started,
                 )
                 if data is None:
                     return True

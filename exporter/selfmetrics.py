@@ -24,38 +24,13 @@ from exporter.events import EVENT_NAMES
 from exporter.table import (
     API_CALL_LABELS,
     EVENT_OPERATIONS,
-    EXECUTION_EVENTS_HELP,
-    EXECUTION_EVENTS_NAME,
     OPERATIONS,
 )
-from exporter.telemetry import DROP_REASONS, OUTCOMES, TRACKED_STATES, EventSamples
+from exporter.telemetry import DROP_REASONS, OUTCOMES, TRACKED_STATES
 
 # `_created` series double the self-metrics for no use: Prometheus ignores them in the
 # text format. The setting is process-wide, which is what the exporter wants.
 disable_created_metrics()  # type: ignore[no-untyped-call]
-
-
-class _ExecutionEvents:
-    """aws_iot_job_execution_events_total: a counter per job, status and reason.
-
-    Not a row of FAMILIES, whose job series are gauges rendered from DescribeJob
-    snapshots: these counts come from events and are rendered per scrape through the
-    registry, which writes the counter right in both the text format and OpenMetrics.
-    """
-
-    def __init__(self, read: EventSamples) -> None:
-        self._read = read
-
-    def describe(self) -> list[Metric]:
-        return [Metric(EXECUTION_EVENTS_NAME, EXECUTION_EVENTS_HELP, "counter")]
-
-    def collect(self) -> Iterator[Metric]:
-        metric = Metric(EXECUTION_EVENTS_NAME, EXECUTION_EVENTS_HELP, "counter")
-        for labels, value in self._read():
-            metric.add_sample(EXECUTION_EVENTS_NAME + "_total", labels, value)
-        # No HELP and TYPE without a series: a target without events, or a family denied.
-        if metric.samples:
-            yield metric
 
 
 # (failures so far, time of the last successful push or None) of the OTLP push.
@@ -223,6 +198,26 @@ class SelfMetrics:
         self._event_targets: set[str] = set()
         # Per target: attempts, throttled ones and failed ones (anything but ok).
         self._api_totals: dict[str, tuple[int, int, int]] = {}
+        self.sweep_pages = Counter(
+            f"{ns}_sweep_pages",
+            "ListJobExecutionsForJob pages read by execution sweeps.",
+            ["target"],
+            registry=r,
+        )
+        self.sweep_executions = Counter(
+            f"{ns}_sweep_executions",
+            "Queued and in-progress execution summaries read by execution sweeps.",
+            ["target"],
+            registry=r,
+        )
+        self.sweep_oldest_age = Gauge(
+            f"{ns}_sweep_oldest_age_seconds",
+            "Age of the oldest last sweep among the jobs with queued or in-progress "
+            "executions (a job never swept counts from when it was first described); 0 "
+            "when none waits.",
+            ["target"],
+            registry=r,
+        )
         self.config_reload_ok = Gauge(
             f"{ns}_config_last_reload_successful",
             "1 when the last configuration load succeeded.",
@@ -238,9 +233,13 @@ class SelfMetrics:
         """Export the OTLP push's failures and last success from `read`."""
         self.registry.register(_OtelPush(read))
 
-    def watch_execution_events(self, read: EventSamples) -> None:
-        """Export aws_iot_job_execution_events_total from `read` (the collector's counts)."""
-        self.registry.register(_ExecutionEvents(read))
+    # SweepTelemetry (telemetry.py): what the execution sweeps report.
+    def sweep_page(self, target: str, executions: int) -> None:
+        self.sweep_pages.labels(target).inc()
+        self.sweep_executions.labels(target).inc(executions)
+
+    def watch_sweep_age(self, target: str, read: Callable[[], float]) -> None:
+        self.sweep_oldest_age.labels(target).set_function(read)
 
     # EventTelemetry (events.py): what the event consumer reports.
     def event_received(self, target: str, event: str) -> None:
@@ -365,8 +364,11 @@ class SelfMetrics:
             with contextlib.suppress(KeyError):
                 self.discovery_last_success.remove(target)
 
-    def _target_gauges(self) -> tuple[Gauge, ...]:
+    def _target_gauges(self) -> tuple[Counter | Gauge, ...]:
         return (
+            self.sweep_pages,
+            self.sweep_executions,
+            self.sweep_oldest_age,
             self.collection_success,
             self.collection_stretched,
             self.jobs_missing,

@@ -61,35 +61,41 @@ class MetricsHandler:
     def __init__(self, store: MetricsStore, telemetry: SelfMetrics) -> None:
         self.store = store
         self.telemetry = telemetry
-        self._parts: dict[tuple[str, int], tuple[int, gzipjoin.Part]] = {}
-        # Per family: the segment versions it was folded from and the folded run.
-        self._families: dict[int, tuple[tuple[tuple[str, int], ...], gzipjoin.Run]] = {}
-        self._jobs: tuple[int, bytes, gzipjoin.Run] = (-1, b"", gzipjoin.Run())
+        # Per format (OpenMetrics or not), as the segments are: the compressed segments,
+        self._parts: dict[bool, dict[tuple[str, int], tuple[int, gzipjoin.Part]]] = {}
+        # per family the segment versions it was folded from and the folded run,
+        self._families: dict[bool, dict[int, tuple[tuple[tuple[str, int], ...], gzipjoin.Run]]] = {}
+        # and the joined body of a store version.
+        self._jobs: dict[bool, tuple[int, bytes, gzipjoin.Run]] = {}
         self._gzip_lock = asyncio.Lock()
 
-    async def _gzip_jobs(self) -> tuple[bytes, gzipjoin.Run]:
+    async def _gzip_jobs(self, openmetrics: bool) -> tuple[bytes, gzipjoin.Run]:
         """The gzip header and the jobs' raw deflate (not final), with the jobs' text run.
 
-        Joined once per store version.
+        Joined once per store version and format.
         """
         async with self._gzip_lock:
             version = self.store.version
-            if self._jobs[0] != version:
-                self._jobs = (version, *await self._join(self.store.segments()))
-            return self._jobs[1], self._jobs[2]
+            jobs = self._jobs.get(openmetrics)
+            if jobs is None or jobs[0] != version:
+                joined = await self._join(self.store.segments(openmetrics), openmetrics)
+                jobs = self._jobs[openmetrics] = (version, *joined)
+            return jobs[1], jobs[2]
 
-    async def _join(self, segments: list[Segment]) -> tuple[bytes, gzipjoin.Run]:
+    async def _join(self, segments: list[Segment], openmetrics: bool) -> tuple[bytes, gzipjoin.Run]:
         deflates: list[bytes] = []
         families: dict[int, list[tuple[tuple[str, int], int, gzipjoin.Run]]] = {}
+        parts = self._parts.setdefault(openmetrics, {})
+        folds = self._families.setdefault(openmetrics, {})
         for segment in segments:
-            cached = self._parts.get(segment.key)
+            cached = parts.get(segment.key)
             if cached is None or cached[0] != segment.version:
                 if len(segment.data) > _INLINE_GZIP_LIMIT:
                     part = await asyncio.to_thread(gzipjoin.compress, segment.data, _GZIP_LEVEL)
                 else:
                     part = gzipjoin.compress(segment.data, _GZIP_LEVEL)
                 cached = (segment.version, part)
-                self._parts[segment.key] = cached
+                parts[segment.key] = cached
             deflates.append(cached[1].deflate)
             families.setdefault(segment.key[1], []).append(
                 (segment.key, segment.version, cached[1].run)
@@ -99,24 +105,25 @@ class MetricsHandler:
         runs = []
         for family, members in families.items():
             versions = tuple((key[0], version) for key, version, _ in members)
-            folded = self._families.get(family)
+            folded = folds.get(family)
             if folded is None or folded[0] != versions:
                 folded = (versions, gzipjoin.fold(run for _, _, run in members))
-                self._families[family] = folded
+                folds[family] = folded
             runs.append(folded[1])
         # Families and segments that left the body (a bucket emptied) leave the caches.
-        for family in self._families.keys() - families.keys():
-            del self._families[family]
-        for key in self._parts.keys() - {segment.key for segment in segments}:
-            del self._parts[key]
+        for family in folds.keys() - families.keys():
+            del folds[family]
+        for key in parts.keys() - {segment.key for segment in segments}:
+            del parts[key]
         # The header leads the cached bytes: one write fewer per scrape.
         return gzipjoin.header(_GZIP_LEVEL) + b"".join(deflates), gzipjoin.fold(runs)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        # Job families are all gauges, whose lines read the same in both formats, so the
-        # pre-rendered bytes serve OpenMetrics too; only the self-metrics (counters,
-        # histograms) are rendered per format, and OpenMetrics' `# EOF` ends them.
-        if wants_openmetrics(request.headers.get("Accept", "")):
+        # The job families are pre-rendered in both formats (they differ in counter
+        # headers and exemplars); the self-metrics are rendered per scrape, and
+        # OpenMetrics' `# EOF` ends them.
+        openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
+        if openmetrics:
             own = generate_openmetrics(self.telemetry.registry)  # type: ignore[no-untyped-call]
             content_type = OPENMETRICS_TYPE
         else:
@@ -128,12 +135,12 @@ class MetricsHandler:
         parts: list[bytes | bytearray]
         if wants_gzip(request.headers.get("Accept-Encoding", "")):
             # One gzip member: curl and browsers decode only the first of several.
-            jobs, run = await self._gzip_jobs()
+            jobs, run = await self._gzip_jobs(openmetrics)
             tail = gzipjoin.compress(own, _GZIP_LEVEL)
             parts = [jobs, tail.deflate + gzipjoin.trailer(run.then(tail.run), _GZIP_LEVEL)]
             response.headers["Content-Encoding"] = "gzip"
         else:
-            parts = [segment.data for segment in self.store.segments()]
+            parts = [segment.data for segment in self.store.segments(openmetrics)]
             parts.append(own)
         # Written part by part: joining would copy tens of MB per scrape at 10,000 jobs.
         response.content_length = sum(len(part) for part in parts)

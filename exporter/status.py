@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from exporter import __version__
 from exporter.logs import escape_controls
@@ -42,6 +43,30 @@ class FailingJob:
     # Age of the data still exported; None when the job was never described.
     age_seconds: float | None
     error: LastError
+
+
+@dataclass(frozen=True, slots=True)
+class StuckRow:
+    """One of a job's oldest stuck executions: the device to look at, by name."""
+
+    job_id: str
+    thing_name: str
+    # queued or in_progress
+    state: str
+    since: float
+    retry_attempt: int
+    execution_number: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StuckJob:
+    """A job with stuck executions at its last sweep, and the oldest of them."""
+
+    job_id: str
+    # Stuck executions by state at the last sweep.
+    stuck: tuple[tuple[str, int], ...]
+    swept_at: float
+    oldest: tuple[StuckRow, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +113,7 @@ class TargetStatus:
     failing_total: int = 0
     failing_jobs: tuple[FailingJob, ...] = ()
     events: EventsStatus | None = None
+    stuck_jobs: tuple[StuckJob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +271,25 @@ def _target(t: TargetStatus) -> dict[str, Any]:
                 for j in t.failing_jobs
             ],
         },
+        "stuck": [
+            {
+                "job_id": j.job_id,
+                "stuck": dict(j.stuck),
+                "swept_at": j.swept_at,
+                "oldest": [
+                    {
+                        "thing_name": r.thing_name,
+                        "state": r.state,
+                        "since": r.since,
+                        "retry_attempt": r.retry_attempt,
+                        "execution_number": r.execution_number,
+                        "console_url": console_url(t.region, r.thing_name),
+                    }
+                    for r in j.oldest
+                ],
+            }
+            for j in t.stuck_jobs
+        ],
         "stale": {
             "after_seconds": t.stale_after_seconds,
             "basis": t.stale_basis,
@@ -340,6 +385,33 @@ _OK = '<span class="ok">OK</span>'
 _FAILING = '<span class="bad">failing</span>'
 
 
+def console_url(region: str, thing: str) -> str:
+    """The thing's page in the AWS IoT console (its job executions are listed there)."""
+    return (
+        f"https://{quote(region, safe='')}.console.aws.amazon.com/iot/home"
+        f"?region={quote(region, safe='')}#/thing/{quote(thing, safe='')}"
+    )
+
+
+def _stuck_html(t: TargetStatus, now: float) -> str:
+    if not t.stuck_jobs:
+        return "none"
+    rows = []
+    for j in t.stuck_jobs:
+        counts = ", ".join(f"{_e(state)}&nbsp;{n}" for state, n in j.stuck if n)
+        things = "".join(
+            f'<li><a href="{_e(console_url(t.region, r.thing_name))}"><code>'
+            f"{_e(r.thing_name)}</code></a> {_e(r.state.replace('_', ' '))} since "
+            f"{_e(_when(r.since, now))}, retry attempt {r.retry_attempt}</li>"
+            for r in j.oldest
+        )
+        rows.append(
+            f"<li><code>{_e(j.job_id)}</code>: {counts} (swept {_e(_age(now - j.swept_at))} "
+            f"ago)<ul>{things}</ul></li>"
+        )
+    return "<ul>" + "".join(rows) + "</ul>"
+
+
 def _target_html(t: TargetStatus, now: float) -> str:
     state = (
         "not run yet" if t.collection_success is None else _OK if t.collection_success else _FAILING
@@ -381,6 +453,7 @@ def _target_html(t: TargetStatus, now: float) -> str:
 <tr><th>Jobs tracked</th><td>{_counts(t.jobs_by_state)}</td></tr>
 <tr><th>Jobs by status</th><td>{_counts(t.jobs_by_status)}</td></tr>
 <tr><th>Failing jobs (last describe failed)</th><td>{failing}</td></tr>
+<tr><th>Stuck executions (oldest first)</th><td>{_stuck_html(t, now)}</td></tr>
 <tr><th>Stale jobs (data older than {_e(_age(t.stale_after_seconds))}, twice the {basis})</th><td>{t.stale_total}{stale if t.stale_total else ""}</td></tr>
 </table>
 </section>

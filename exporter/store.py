@@ -7,10 +7,11 @@ import math
 import time
 import zlib
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from exporter.config import Target
+from exporter.executions import Exemplar, Histogram
 from exporter.model import JobSnapshot
 from exporter.table import FAMILIES, IDENTITY_LABELS, Family
 from exporter.telemetry import ACTIVE, FROZEN
@@ -58,34 +59,80 @@ def _identity(target: Target, job_id: str, snapshot: JobSnapshot) -> str:
     return identity_labels(target.name, target.region, snapshot.account_id, job_id, target.labels)
 
 
+def _exemplar(exemplar: Exemplar | None) -> str:
+    """An OpenMetrics exemplar: the thing and execution behind a bucket, never a label."""
+    if exemplar is None:
+        return ""
+    labels = f'thing_name="{escape_label_value(exemplar.thing_name)}"'
+    if exemplar.execution_number is not None:
+        labels += f',execution_number="{exemplar.execution_number}"'
+    value, at = format_value(exemplar.value), format_value(round(exemplar.at, 3))
+    return f" # {{{labels}}} {value} {at}"
+
+
+def _histogram_lines(
+    family: Family, identity: str, histogram: Histogram | None, openmetrics: bool
+) -> Iterator[str]:
+    if histogram is None:
+        return
+    for le, count, exemplar in histogram.cumulative():
+        tail = _exemplar(exemplar) if openmetrics else ""
+        yield f'{family.name}_bucket{{{identity},le="{le}"}} {count}{tail}\n'
+    yield f"{family.name}_sum{{{identity}}} {format_value(histogram.total)}\n"
+    yield f"{family.name}_count{{{identity}}} {histogram.count}\n"
+
+
+def _family_lines(
+    family: Family, snapshot: JobSnapshot, identity: str, openmetrics: bool
+) -> Iterator[str]:
+    if family.histogram is not None:
+        yield from _histogram_lines(family, identity, family.histogram(snapshot), openmetrics)
+        return
+    seen: set[tuple[str, ...]] = set()
+    for label_values, value in family.samples(snapshot):
+        # Two criteria of one failure type would be two series with the same labels,
+        # which Prometheus rejects as duplicates: the first one wins.
+        if label_values in seen:
+            continue
+        seen.add(label_values)
+        own = "".join(
+            f',{name}="{escape_label_value(v)}"'
+            for name, v in zip(family.labels, label_values, strict=True)
+        )
+        yield f"{family.name}{{{identity}{own}}} {format_value(value)}\n"
+
+
+def _render(
+    snapshot: JobSnapshot, identity: str, families: tuple[Family, ...], openmetrics: bool
+) -> tuple[bytes, array[int]]:
+    lines = []
+    offsets = array("I", [0])
+    size = 0
+    for family in families:
+        for text in _family_lines(family, snapshot, identity, openmetrics):
+            line = text.encode()
+            lines.append(line)
+            size += len(line)
+        offsets.append(size)
+    return b"".join(lines), offsets
+
+
 def render_job(
     snapshot: JobSnapshot, identity: str, families: tuple[Family, ...] = FAMILIES
 ) -> Rendered:
     """The job's lines, family after family, in one bytes with the offset of each family.
 
     One bytes and an array of offsets cost a tenth of a tuple of 32 small bytes objects,
-    which at 10,000 jobs is most of the difference to the 10 KiB-per-job budget.
+    which at 10,000 jobs is most of the difference to the 10 KiB-per-job budget. A job
+    whose histograms carry exemplars has a second rendering for OpenMetrics.
     """
-    lines = []
-    offsets = array("I", [0])
-    size = 0
-    for family in families:
-        seen: set[tuple[str, ...]] = set()
-        for label_values, value in family.samples(snapshot):
-            # Two criteria of one failure type would be two series with the same labels,
-            # which Prometheus rejects as duplicates: the first one wins.
-            if label_values in seen:
-                continue
-            seen.add(label_values)
-            own = "".join(
-                f',{name}="{escape_label_value(v)}"'
-                for name, v in zip(family.labels, label_values, strict=True)
-            )
-            line = f"{family.name}{{{identity}{own}}} {format_value(value)}\n".encode()
-            lines.append(line)
-            size += len(line)
-        offsets.append(size)
-    return Rendered(b"".join(lines), offsets)
+    data, offsets = _render(snapshot, identity, families, openmetrics=False)
+    om: bytes | None = None
+    if any(f.histogram is not None and f.histogram(snapshot) is not None for f in families):
+        om_data, om_offsets = _render(snapshot, identity, families, openmetrics=True)
+        if om_data != data:
+            return Rendered(data, offsets, om=om_data, om_offsets=om_offsets)
+    return Rendered(data, offsets, om=om)
 
 
 def _changed_families(old: Rendered, new: Rendered) -> set[int]:
@@ -94,9 +141,13 @@ def _changed_families(old: Rendered, new: Rendered) -> set[int]:
     return {i for i in range(len(ao) - 1) if a[ao[i] : ao[i + 1]] != b[bo[i] : bo[i + 1]]}
 
 
-def _header(family: Family) -> bytes:
+def _header(family: Family, openmetrics: bool = False) -> bytes:
+    """HELP and TYPE; OpenMetrics names a counter family without its `_total`."""
     help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
-    return f"# HELP {family.name} {help_text}\n# TYPE {family.name} {family.type}\n".encode()
+    name = family.name
+    if openmetrics and family.type == "counter":
+        name = name.removesuffix("_total")
+    return f"# HELP {name} {help_text}\n# TYPE {name} {family.type}\n".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +162,23 @@ class Rendered:
     data: bytes
     offsets: array[int]
     packed: bool = False
+    # The OpenMetrics rendering, when it differs (exemplars), with its own offsets.
+    om: bytes | None = None
+    om_offsets: array[int] | None = None
 
     def pack(self) -> Rendered:
-        return Rendered(zlib.compress(self.data, 1), self.offsets, packed=True)
+        om = zlib.compress(self.om, 1) if self.om is not None else None
+        return Rendered(zlib.compress(self.data, 1), self.offsets, True, om, self.om_offsets)
 
     @property
     def text(self) -> bytes:
         return zlib.decompress(self.data) if self.packed else self.data
+
+    def format(self, openmetrics: bool) -> tuple[bytes, array[int]]:
+        """The text and offsets of one exposition format."""
+        if openmetrics and self.om is not None and self.om_offsets is not None:
+            return (zlib.decompress(self.om) if self.packed else self.om), self.om_offsets
+        return self.text, self.offsets
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +203,7 @@ class MetricsStore:
 
     def __init__(self, families: tuple[Family, ...] = FAMILIES) -> None:
         self._families = families
-        self._headers = tuple(_header(f) for f in families)
+        self._headers = self._make_headers(families)
         self._rendered: dict[JobKey, Rendered] = {}
         self._snapshots: dict[JobKey, JobSnapshot] = {}
         self._frozen: set[JobKey] = set()
@@ -151,13 +212,25 @@ class MetricsStore:
         # The version of each part that is joined apart: the frozen tier and each bucket.
         self._part_versions: dict[str, int] = {FROZEN: 0}
         self._part_versions.update((_bucket_name(b), 0) for b in range(ACTIVE_BUCKETS))
-        # Joined once per part version, a segment per family, never changed after; a
-        # segment's version is a serial that changes only when its bytes do.
-        self._joined: dict[str, tuple[int, list[Segment]]] = {}
-        # Families of an active bucket to join again; None: all of them.
-        self._dirty: dict[str, set[int] | None] = {}
+        # Joined once per part version and format, a segment per family, never changed
+        # after; a segment's version is a serial that changes only when its bytes do.
+        self._joined: dict[tuple[str, bool], tuple[int, list[Segment]]] = {}
+        # Families of a part to join again, per format; None: all of them.
+        self._dirty: dict[tuple[str, bool], set[int] | None] = {}
+        # Parts where some job has an OpenMetrics rendering of its own (exemplars).
         self._serial = 0
-        self._segments: tuple[int, list[Segment]] = (-1, [])
+        self._segments: dict[bool, tuple[int, list[Segment]]] = {}
+
+    @staticmethod
+    def _make_headers(families: tuple[Family, ...]) -> dict[bool, list[Segment]]:
+        """HELP and TYPE per family and format: a segment each, the same one where the
+        formats agree (every family but counters), so the gzip cache keeps one copy."""
+        text = [Segment(("header", i), 0, _header(f)) for i, f in enumerate(families)]
+        om = [
+            Segment(("header-om", i), 0, _header(f, True)) if f.type == "counter" else text[i]
+            for i, f in enumerate(families)
+        ]
+        return {False: text, True: om}
 
     @property
     def version(self) -> int:
@@ -231,7 +304,7 @@ class MetricsStore:
             bucket.intersection_update(rendered.keys())
         self._rendered = rendered
         self._families = families
-        self._headers = tuple(_header(f) for f in families)
+        self._headers = self._make_headers(families)
         # Every part is joined afresh, its segments under new versions: the family
         # indexes changed, and the headers lead the frozen part.
         self._joined.clear()
@@ -245,8 +318,11 @@ class MetricsStore:
         self._versions[tier] += 1
         part = FROZEN if tier == FROZEN else _bucket_name(_bucket(key))
         self._part_versions[part] += 1
-        dirty = self._dirty.get(part, set())
-        self._dirty[part] = None if families is None or dirty is None else dirty | families
+        for openmetrics in (False, True):
+            dirty = self._dirty.get((part, openmetrics), set())
+            self._dirty[(part, openmetrics)] = (
+                None if families is None or dirty is None else dirty | families
+            )
 
     def _place(self, key: JobKey, tier: str) -> None:
         if tier == FROZEN:
@@ -292,62 +368,76 @@ class MetricsStore:
         for key in [k for k in self._snapshots if k[0] == target]:
             self.remove(key)
 
-    def _join(self, part: str, keys: set[JobKey]) -> list[Segment]:
-        """A segment per family: the part's jobs, the family header leading the frozen part."""
+    def _join(self, part: str, keys: set[JobKey], openmetrics: bool) -> list[Segment]:
+        """A segment per family: the part's jobs in one format."""
         version = self._part_versions[part]
-        cached = self._joined.get(part)
+        cache = (part, openmetrics)
+        cached = self._joined.get(cache)
         if cached is not None and cached[0] == version:
             return cached[1]
-        families = range(len(self._headers))
-        old = cached[1] if cached is not None else [Segment((part, i), -1, b"") for i in families]
-        dirty = self._dirty.get(part) if cached is not None else None
+        families = range(len(self._families))
+        kind = f"{part}-om" if openmetrics else part
+        old = cached[1] if cached is not None else [Segment((kind, i), -1, b"") for i in families]
+        dirty = self._dirty.get(cache) if cached is not None else None
         fresh: dict[int, bytes | bytearray] = {}
         if part == FROZEN:
             # Job by job, so that one packed job at a time is unpacked: unpacking them all
             # first would hold the whole text twice at the peak, and the allocator keeps a
             # peak of small objects long after it is freed.
-            frozen = [bytearray(header) for header in self._headers]
+            frozen = [bytearray() for _ in families]
             for key in sorted(keys):
-                rendered = self._rendered[key]
-                text, offsets = memoryview(rendered.text), rendered.offsets
+                text, offsets = self._rendered[key].format(openmetrics)
+                view = memoryview(text)
                 for i, buffer in enumerate(frozen):
-                    buffer += text[offsets[i] : offsets[i + 1]]
+                    buffer += view[offsets[i] : offsets[i + 1]]
             fresh = dict(enumerate(frozen))
         else:
             # Active jobs are not packed: one join per family is a third faster than
             # appending job by job, and this runs on the scrape after every change.
-            texts = [(r.text, r.offsets) for r in (self._rendered[k] for k in sorted(keys))]
+            texts = [self._rendered[k].format(openmetrics) for k in sorted(keys)]
             for i in families if dirty is None else sorted(dirty):
                 fresh[i] = b"".join([text[o[i] : o[i + 1]] for text, o in texts])
         # A family whose bytes did not change keeps its segment: a job's change touches a
-        # few of its families, and the gzip cache redoes only those.
+        # few of its families, and the gzip cache redoes only those. OpenMetrics takes the
+        # text format's segment where the bytes agree (all but exemplars).
+        text_segments = self._joined.get((part, False)) if openmetrics else None
         joined = list(old)
         for i, data in fresh.items():
-            if old[i].version < 0 or old[i].data != data:
+            if text_segments is not None and text_segments[1][i].data == data:
+                joined[i] = text_segments[1][i]
+            elif old[i].version < 0 or old[i].data != data:
                 self._serial += 1
-                joined[i] = Segment((part, i), self._serial, data)
-        self._joined[part] = (version, joined)
-        self._dirty[part] = set()
+                joined[i] = Segment((kind, i), self._serial, data)
+        self._joined[cache] = (version, joined)
+        self._dirty[cache] = set()
         return joined
 
-    def segments(self) -> list[Segment]:
-        """The body as segments, family by family: header and frozen jobs, then active ones.
+    def segments(self, openmetrics: bool = False) -> list[Segment]:
+        """The body as segments, family by family: its header, frozen jobs, active ones.
 
         A segment's key is (part, family index); its version changes when its bytes do.
+        OpenMetrics differs from the text format in counter headers and exemplars only.
         """
-        if self._segments[0] == self.version:
-            return self._segments[1]
-        frozen = self._join(FROZEN, self._frozen)
-        buckets = [self._join(_bucket_name(b), keys) for b, keys in enumerate(self._active)]
+        cached = self._segments.get(openmetrics)
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        if openmetrics:
+            self.segments(False)  # the text segments, which OpenMetrics shares
+        frozen = self._join(FROZEN, self._frozen, openmetrics)
+        buckets = [
+            self._join(_bucket_name(b), keys, openmetrics) for b, keys in enumerate(self._active)
+        ]
         out = []
         for i, segment in enumerate(frozen):
-            out.append(segment)
+            out.append(self._headers[openmetrics][i])
+            if segment.data:
+                out.append(segment)
             out.extend(joined[i] for joined in buckets if joined[i].data)
-        self._segments = (self.version, out)
+        self._segments[openmetrics] = (self.version, out)
         return out
 
-    def body(self) -> bytes:
+    def body(self, openmetrics: bool = False) -> bytes:
         """The job metrics as one text body, for callers that want bytes, not segments
         (the OTLP tests, the benchmarks). The server writes `segments()` one by one
         instead: joining would copy the whole body on every scrape."""
-        return b"".join(segment.data for segment in self.segments())
+        return b"".join(segment.data for segment in self.segments(openmetrics))

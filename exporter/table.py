@@ -10,6 +10,7 @@ import difflib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from exporter.executions import AGE_LE, MAX_RETRY_ATTEMPT, Histogram, StateCounts
 from exporter.model import EXECUTION_STATES, JOB_STATUSES, JobSnapshot, target_type
 
 IDENTITY_LABELS = ("target", "region", "account_id", "job_id")
@@ -33,6 +34,8 @@ class Family:
     source: str = ""
     # What the value means, for the docs' Meaning column.
     doc: str = ""
+    # A histogram row: its histogram of a job (None: no series); `samples` yields none.
+    histogram: Callable[[JobSnapshot], Histogram | None] | None = None
 
 
 def _value(
@@ -155,6 +158,48 @@ def _scheduled_rollouts(job: JobSnapshot) -> Iterator[Sample]:
 
 def _processing_targets(job: JobSnapshot) -> float | None:
     return None if job.executions is None else job.processing_targets
+
+
+def _sweep_states(job: JobSnapshot) -> Iterator[tuple[str, StateCounts]]:
+    if job.sweep is not None:
+        yield from job.sweep.states
+
+
+def _by_age(job: JobSnapshot) -> Iterator[Sample]:
+    for state, counts in _sweep_states(job):
+        for le, value in zip(AGE_LE, counts.by_age, strict=True):
+            yield (state, le), float(value)
+
+
+def _stuck(job: JobSnapshot) -> Iterator[Sample]:
+    for state, counts in _sweep_states(job):
+        yield (state,), float(counts.stuck)
+
+
+def _stuck_threshold(job: JobSnapshot) -> Iterator[Sample]:
+    for state, counts in _sweep_states(job):
+        yield (state,), counts.threshold
+
+
+def _oldest(job: JobSnapshot) -> Iterator[Sample]:
+    for state, counts in _sweep_states(job):
+        if counts.oldest is not None:
+            yield (state,), counts.oldest
+
+
+def _by_retry(job: JobSnapshot) -> Iterator[Sample]:
+    for state, counts in _sweep_states(job):
+        for attempt in range(MAX_RETRY_ATTEMPT + 1):
+            yield (state, str(attempt)), float(counts.retries[attempt])
+
+
+def _no_samples(job: JobSnapshot) -> Iterator[Sample]:
+    return iter(())
+
+
+def _execution_events(job: JobSnapshot) -> Iterator[Sample]:
+    for status, reason, count in job.execution_events:
+        yield (status, reason), float(count)
 
 
 P = "aws_iot_job_"
@@ -530,6 +575,135 @@ FAMILIES: tuple[Family, ...] = (
         doc="1 while the job is rolling out or canceling executions, else 0.",
     ),
     Family(
+        P + "executions_by_age",
+        "Queued and in-progress executions of the job whose age at the last sweep is at most "
+        "le seconds (since queuedAt when queued, startedAt when in progress); cumulative.",
+        ("state", "le"),
+        _by_age,
+        series="0 or 14",
+        source="ListJobExecutionsForJob `queuedAt`, `startedAt`",
+        doc=(
+            "Executions in `state` (`queued`, `in_progress`) whose age at the job's last "
+            "sweep was at most `le` seconds (300, 900, 3600, 21600, 86400, 604800, `+Inf`); "
+            'cumulative, `le="+Inf"` counts them all. Those older than an hour: '
+            '`{le="+Inf"} - ignoring(le) {le="3600"}`. Absent until the first sweep.'
+        ),
+    ),
+    Family(
+        P + "executions_stuck",
+        "Executions in progress or queued longer than the job's stuck threshold at the last sweep.",
+        ("state",),
+        _stuck,
+        series="0 or 2",
+        source="ListJobExecutionsForJob `queuedAt`, `startedAt`",
+        doc=(
+            "Executions in `state` for longer than "
+            "`aws_iot_job_executions_stuck_threshold_seconds` at the last sweep: an in-progress "
+            "device that went silent, a queued one that never connected."
+        ),
+    ),
+    Family(
+        P + "executions_stuck_threshold_seconds",
+        "How long an execution may stay in the state before it counts as stuck.",
+        ("state",),
+        _stuck_threshold,
+        series="0 or 2",
+        source="`timeoutConfig.inProgressTimeoutInMinutes`, exporter",
+        doc=(
+            "`in_progress`: the job's in-progress timeout when it has one, else "
+            "`executions.stuck_in_progress_after` (default 1h); `queued`: "
+            "`executions.stuck_queued_after` (default 24h)."
+        ),
+    ),
+    Family(
+        P + "executions_oldest_timestamp_seconds",
+        "When the oldest execution in the state entered it (queuedAt, startedAt), Unix "
+        "seconds, at the last sweep.",
+        ("state",),
+        _oldest,
+        series="0 to 2",
+        source="ListJobExecutionsForJob `queuedAt`, `startedAt`",
+        doc=(
+            "`queuedAt` of the oldest queued, `startedAt` of the oldest in-progress execution, "
+            "Unix seconds; `time() - this` is its age. Absent when the state has none."
+        ),
+    ),
+    Family(
+        P + "executions_by_retry_attempt",
+        "Queued and in-progress executions by retry attempt at the last sweep.",
+        ("state", "retry_attempt"),
+        _by_retry,
+        series="0 or 22",
+        source="ListJobExecutionsForJob `retryAttempt`",
+        doc=(
+            "Executions in `state` by `retry_attempt` (`0` is the first try, up to `10`): "
+            "devices that already failed and are trying again."
+        ),
+    ),
+    Family(
+        P + "executions_sweep_timestamp_seconds",
+        "Unix time the last complete sweep of the job's queued and in-progress executions ended.",
+        (),
+        _value(lambda j: j.sweep.ended_at if j.sweep is not None else None),
+        series="0 or 1",
+        source="exporter",
+        doc=(
+            "When the job's last sweep (ListJobExecutionsForJob over its `QUEUED` and "
+            "`IN_PROGRESS` executions) ended; `time() - this` is the age of the "
+            "`aws_iot_job_executions_*` series read from it. Absent until one."
+        ),
+    ),
+    Family(
+        P + "execution_queued_duration_seconds",
+        "How long finished-queueing executions of the job waited, queuedAt to startedAt.",
+        (),
+        _no_samples,
+        histogram=lambda j: j.time_in_state.queued if j.time_in_state else None,
+        type="histogram",
+        series="0 or 12",
+        source="ListJobExecutionsForJob `queuedAt`, `startedAt`",
+        doc=(
+            "Histogram of `startedAt - queuedAt` of each execution a sweep saw in progress "
+            "for the first time, since the exporter started. With OpenMetrics, each bucket "
+            "carries an exemplar with the `thing_name` and `execution_number` of its last "
+            "execution."
+        ),
+    ),
+    Family(
+        P + "execution_run_duration_seconds",
+        "How long finished executions of the job ran, startedAt to the end.",
+        (),
+        _no_samples,
+        histogram=lambda j: j.time_in_state.run if j.time_in_state else None,
+        type="histogram",
+        series="0 or 12",
+        source="ListJobExecutionsForJob `startedAt`; execution events",
+        doc=(
+            "Histogram of the time from `startedAt` (seen by a sweep) to the execution's end "
+            "(the timestamp of its terminal execution event), since the exporter started: a "
+            "target with `events:` only. Exemplars as above."
+        ),
+    ),
+    Family(
+        P + "execution_events_total",
+        "Failed, rejected and timed-out execution events of the job by status and reason "
+        "(the statusDetails value of events.reason_key), since the exporter started.",
+        ("status", "reason"),
+        _execution_events,
+        type="counter",
+        series="per status and reason, at most events.max_reasons_per_job",
+        source="execution events' `status`, `statusDetails[events.reason_key]`",
+        doc=(
+            "Only for targets with `events:` (docs/events.md): execution events with status "
+            "`FAILED`, `REJECTED` or `TIMED_OUT` since the exporter started, each event counted "
+            "once (duplicate deliveries dropped by `eventId`). `reason` is the device-reported "
+            'value of `events.reason_key` (cut to 64 printable ASCII characters; `""` when '
+            "absent); at most `events.max_reasons_per_job` distinct values per job, later ones "
+            "count as `other`. Never a series per thing. Restarts at 0 with the process, as "
+            "counters do: use `increase()`."
+        ),
+    ),
+    Family(
         P + "last_success_timestamp_seconds",
         "Unix time of the last successful DescribeJob of the job.",
         (),
@@ -547,11 +721,7 @@ FAMILY_NAMES = tuple(f.name for f in FAMILIES)
 # Prefixes of the self-metrics: the exporter's health, a fixed number of series per target,
 # which the alerts rely on. They are not selectable, and a name of theirs gets its own error.
 SELF_METRIC_PREFIXES = ("aws_iot_jobs_exporter_", "process_", "python_")
-
-
-# A job family outside the table (events, not DescribeJob), selectable like the rows.
-EXECUTION_EVENTS_FAMILY = "aws_iot_job_execution_events_total"
-SELECTABLE_NAMES = (*FAMILY_NAMES, EXECUTION_EVENTS_FAMILY)
+SELECTABLE_NAMES = FAMILY_NAMES
 
 
 def selects(name: str, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> bool:
@@ -588,13 +758,11 @@ def select_families(allow: Iterable[str] = (), deny: Iterable[str] = ()) -> tupl
     return tuple(f for f in FAMILIES if (not allowed or f.name in allowed) and f.name not in denied)
 
 
-OPERATIONS = ("DescribeJob", "ListJobs")
+OPERATIONS = ("DescribeJob", "ListJobs", "ListJobExecutionsForJob")
 # The SQS calls of a target with `events:`; their series exist only for such targets.
 EVENT_OPERATIONS = ("ReceiveMessage", "DeleteMessageBatch")
-# The labels of the AWS call self-metrics, and of the execution events counter (with the
-# identity labels and the static labels).
+# The labels of the AWS call self-metrics.
 API_CALL_LABELS = ("target", "operation", "outcome")
-EXECUTION_EVENTS_LABELS = ("status", "reason")
 # Label names the exporter sets itself: a static label with one of these names would
 # produce duplicate labels in the exposition. `job` and `instance` belong to Prometheus,
 # `le` and `quantile` to histograms and summaries.
@@ -606,17 +774,9 @@ RESERVED_LABELS = frozenset(
         "quantile",
         *IDENTITY_LABELS,
         *(label for family in FAMILIES for label in family.labels),
-        *EXECUTION_EVENTS_LABELS,
         *API_CALL_LABELS,
     }
 )
-
-EXECUTION_EVENTS_NAME = "aws_iot_job_execution_events"
-EXECUTION_EVENTS_HELP = (
-    "Failed, rejected and timed-out execution events of the job by status and reason "
-    "(the statusDetails value of events.reason_key), since the exporter started."
-)
-
 
 __all__ = [
     "EXECUTION_STATES",

@@ -8,7 +8,7 @@ come from (call outcomes, tracked states) are defined here, once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from exporter.events import EventTelemetry
@@ -33,9 +33,6 @@ TRACKED_STATES = (ACTIVE, FROZEN, PENDING)
 # Why a job id is not followed (jobs_dropped_total's reason): an event named it while
 # events.max_unknown_jobs ids waited already, or AWS refused it as invalid.
 DROP_REASONS = ("unknown_limit", "invalid")
-
-# (labels, value) of every aws_iot_job_execution_events_total sample.
-EventSamples = Callable[[], Iterable[tuple[dict[str, str], float]]]
 
 
 class SourceTelemetry(Protocol):
@@ -70,7 +67,11 @@ class SchedulerTelemetry(Protocol):
     def unknown_jobs(self, target: str, count: int) -> None: ...
     def jobs_dropped(self, target: str, reason: str) -> None: ...
     def watch_events_driven(self, target: str, read: Callable[[], bool]) -> None: ...
-    def watch_execution_events(self, read: EventSamples) -> None: ...
+
+    def sweep_page(self, target: str, executions: int) -> None:
+        """An execution sweep read a page of `executions` summaries."""
+
+    def watch_sweep_age(self, target: str, read: Callable[[], float]) -> None: ...
 
     def api_totals(self, target: str) -> tuple[int, int, int]:
         """The target's call attempts so far: all, throttled, and failed (not ok)."""

@@ -81,9 +81,6 @@ def every_self_metric() -> SelfMetrics:
     telemetry = SelfMetrics()
     telemetry.init_target("t")
     telemetry.init_events("t")
-    telemetry.watch_execution_events(
-        lambda: [({"target": "t", "job_id": "j", "status": "FAILED", "reason": "r"}, 1.0)]
-    )
     telemetry.watch_otel_push(lambda: (0, 1.0))
     return telemetry
 

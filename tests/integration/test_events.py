@@ -482,11 +482,9 @@ async def test_consumer_against_motos_sqs(moto_url: str) -> None:
                     ],
                 )
                 left = sum(int(v) for v in attributes["Attributes"].values())
-                counts = {
-                    labels["reason"]: value
-                    for labels, value in collector.execution_event_samples()
-                    if labels["job_id"] == "contract-job"
-                }
+                snapshot = store.get(("moto", "contract-job"))
+                events = snapshot.execution_events if snapshot is not None else ()
+                counts = {reason: float(value) for _, reason, value in events}
                 return counts if left == 0 and sum(counts.values()) == 2 else None
 
             counts = await wait_for(consumed, deadline=30)

@@ -1,0 +1,299 @@
+"""Execution sweeps: which job's QUEUED and IN_PROGRESS executions are read next.
+
+One job at a time per target, page after page of ListJobExecutionsForJob, under a budget
+of its own (the source's bucket): a job that events or its counts say changed first,
+then a job never swept, then the oldest sweep, larger jobs first among equals. A job
+whose counts say nothing is queued or in progress costs no call: its sweep is emptied.
+No job is swept more often than every `interval` but for a change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from exporter.aws import LIST_EXECUTIONS, ApiError
+from exporter.config import Executions
+from exporter.events import JobEvent, LogThrottle
+from exporter.executions import (
+    SWEPT_STATES,
+    ExecutionSummary,
+    ExecutionSweep,
+    TimeInState,
+    summarise,
+)
+from exporter.model import JobSnapshot
+from exporter.schedule import Clock
+from exporter.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+# A job whose sweep failed waits this long before it is tried again (its other jobs go on).
+RETRY_SECONDS = 30.0
+# The shortest gap between two sweeps of one job, whatever events say.
+MIN_GAP_SECONDS = 5.0
+
+
+class ExecutionSource(Protocol):
+    async def list_executions(
+        self, job_id: str, status: str, token: str | None = None
+    ) -> tuple[list[ExecutionSummary], str | None]: ...
+
+
+# Applies a change to a job's latest snapshot and stores it (TargetCollector.amend).
+Amend = Callable[[str, Callable[[JobSnapshot], JobSnapshot]], None]
+
+
+@dataclass(slots=True)
+class SweepState:
+    """What a target's sweeps remember across reloads."""
+
+    # Jobs to sweep sooner: an event or a describe said their executions changed.
+    marked: dict[str, None] = field(default_factory=dict)
+    # When a job was last tried (failed sweeps included), monotonic.
+    tried: dict[str, float] = field(default_factory=dict)
+    # Executions seen IN_PROGRESS: (job, thing) -> (startedAt, executionNumber); the
+    # oldest are forgotten past max_tracked_executions. Their run is timed when their
+    # terminal event comes, and their queue time was observed once, when first seen.
+    started: OrderedDict[tuple[str, str], tuple[float, int | None]] = field(
+        default_factory=OrderedDict
+    )
+
+
+def _non_terminal(snapshot: JobSnapshot) -> int:
+    return (snapshot.execution_count("queued") or 0) + (
+        snapshot.execution_count("in_progress") or 0
+    )
+
+
+def next_job(
+    jobs: Mapping[str, JobSnapshot | None],
+    state: SweepState,
+    now: float,
+    interval: float,
+) -> tuple[str | None, float | None]:
+    """The job to sweep now, or None and how long until one is due (None: nothing to do)."""
+    best: tuple[tuple[int, float, int], str] | None = None
+    wait: float | None = None
+    for job_id, snapshot in jobs.items():
+        if snapshot is None or not _non_terminal(snapshot):
+            continue
+        swept = state.tried.get(job_id)
+        marked = job_id in state.marked
+        if swept is None:
+            due_at, rank = now, 1
+        elif marked:
+            due_at, rank = swept + MIN_GAP_SECONDS, 0
+        else:
+            due_at, rank = swept + interval, 2
+        if due_at > now:
+            wait = due_at - now if wait is None else min(wait, due_at - now)
+            continue
+        key = (rank, swept or 0.0, -_non_terminal(snapshot))
+        if best is None or key < best[0]:
+            best = (key, job_id)
+    if best is None:
+        return None, wait
+    return best[1], 0.0
+
+
+class Sweeper:
+    """The sweeps of one target's jobs (the TargetCollector's `jobs`)."""
+
+    def __init__(
+        self,
+        target: str,
+        settings: Executions,
+        interval: float,
+        source: Callable[[], ExecutionSource],
+        jobs: Callable[[], Mapping[str, JobSnapshot | None]],
+        amend: Amend,
+        telemetry: Telemetry,
+        clock: Clock,
+        state: SweepState | None = None,
+    ) -> None:
+        self.target = target
+        self.settings = settings
+        self.interval = interval
+        self.source = source
+        self.jobs = jobs
+        self.amend = amend
+        self.telemetry = telemetry
+        self.clock = clock
+        self.state = state if state is not None else SweepState()
+        self.wakeup = asyncio.Event()
+        self._log = LogThrottle(60.0, clock.monotonic)
+        telemetry.watch_sweep_age(target, self.oldest_age)
+
+    def mark(self, job_id: str) -> None:
+        """Sweep the job soon: its executions changed."""
+        if job_id not in self.state.marked:
+            self.state.marked[job_id] = None
+            self.wakeup.set()
+
+    def forget(self, job_id: str) -> None:
+        self.state.marked.pop(job_id, None)
+        self.state.tried.pop(job_id, None)
+        for key in [k for k in self.state.started if k[0] == job_id]:
+            del self.state.started[key]
+
+    def oldest_age(self) -> float:
+        """Seconds since the oldest last sweep of a job that needs sweeps (0: none waits)."""
+        now, oldest = self.clock.time(), 0.0
+        for snapshot in self.jobs().values():
+            if snapshot is None or not _non_terminal(snapshot):
+                continue
+            since = snapshot.sweep.ended_at if snapshot.sweep is not None else snapshot.fetched_at
+            oldest = max(oldest, now - since)
+        return oldest
+
+    async def run(self) -> None:
+        """Sweeps until cancelled; a failing sweep costs its job one try, never the loop."""
+        if self.settings.requests_per_second <= 0:
+            return
+        while True:
+            self._empty_idle()
+            job_id, wait = next_job(self.jobs(), self.state, self.clock.monotonic(), self.interval)
+            if job_id is None:
+                self.wakeup.clear()
+                timeout = 60.0 if wait is None else min(wait, 60.0)
+                sleep = asyncio.ensure_future(self.clock.sleep(timeout))
+                woken = asyncio.ensure_future(self.wakeup.wait())
+                try:
+                    await asyncio.wait({sleep, woken}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sleep.cancel()
+                    woken.cancel()
+                continue
+            try:
+                await self.sweep(job_id)
+            except Exception:
+                log.exception("sweep crashed target=%s job_id=%s", self.target, job_id)
+
+    def _empty_idle(self) -> None:
+        """Jobs whose counts say nothing waits lose their stuck executions at no cost."""
+        for job_id, snapshot in self.jobs().items():
+            if snapshot is None or snapshot.sweep is None or _non_terminal(snapshot):
+                continue
+            if any(counts.by_age[-1] for _, counts in snapshot.sweep.states):
+                self.amend(job_id, self._empty)
+
+    def _empty(self, snapshot: JobSnapshot) -> JobSnapshot:
+        sweep = summarise({}, self.clock.time(), self._thresholds(snapshot))
+        return replace(snapshot, sweep=sweep)
+
+    def _thresholds(self, snapshot: JobSnapshot) -> dict[str, float]:
+        timeout = snapshot.in_progress_timeout_minutes
+        return {
+            "in_progress": timeout * 60.0 if timeout else self.settings.stuck_in_progress_after,
+            "queued": self.settings.stuck_queued_after,
+        }
+
+    async def sweep(self, job_id: str) -> ExecutionSweep | None:
+        """Reads the job's queued and in-progress executions and publishes the counts."""
+        self.state.marked.pop(job_id, None)
+        self.state.tried[job_id] = self.clock.monotonic()
+        snapshot = self.jobs().get(job_id)
+        if snapshot is None:
+            return None
+        summaries: dict[str, list[ExecutionSummary]] = {}
+        pages, read, truncated = 0, 0, False
+        limit = self.settings.max_executions_per_job
+        try:
+            for api_state, label in SWEPT_STATES:
+                found = summaries[api_state] = []
+                if not snapshot.execution_count(label) or truncated:
+                    continue
+                token: str | None = None
+                seen: set[str] = set()
+                while True:
+                    page, token = await self.source().list_executions(job_id, api_state, token)
+                    pages += 1
+                    self.telemetry.sweep_page(self.target, len(page))
+                    found.extend(s for s in page if s.status == api_state)
+                    read += len(page)
+                    if not token:
+                        break
+                    if read >= limit:
+                        truncated = True
+                        break
+                    if token in seen:
+                        raise ApiError("malformed", LIST_EXECUTIONS, "nextToken repeats a page")
+                    seen.add(token)
+        except ApiError as exc:
+            if self._log.allow():
+                log.warning(
+                    "sweep failed target=%s job_id=%s outcome=%s error=%r suppressed=%d",
+                    self.target,
+                    job_id,
+                    exc.outcome,
+                    exc.detail,
+                    self._log.take(),
+                )
+            # Tried again after RETRY_SECONDS rather than the interval: a throttled page
+            # must not leave the job's counts an interval behind.
+            self.state.tried[job_id] = self.clock.monotonic() - self.interval + RETRY_SECONDS
+            return None
+        now = self.clock.time()
+        latest = self.jobs().get(job_id) or snapshot
+        sweep = summarise(
+            summaries,
+            now,
+            self._thresholds(latest),
+            self.settings.stuck_list_size,
+            pages,
+            truncated,
+        )
+        started = self._seen_started(job_id, summaries["IN_PROGRESS"], now)
+
+        def change(current: JobSnapshot) -> JobSnapshot:
+            times = current.time_in_state or TimeInState()
+            for summary in started:
+                times = times.started(summary, now)
+            return replace(current, sweep=sweep, time_in_state=times)
+
+        self.amend(job_id, change)
+        return sweep
+
+    def _seen_started(
+        self, job_id: str, running: list[ExecutionSummary], now: float
+    ) -> list[ExecutionSummary]:
+        """The in-progress executions seen for the first time, remembered for their end."""
+        new = []
+        started = self.state.started
+        bound = self.settings.max_tracked_executions
+        for summary in running:
+            if summary.started_at is None:
+                continue
+            key = (job_id, summary.thing_name)
+            known = started.get(key)
+            if known is not None and known == (summary.started_at, summary.execution_number):
+                continue
+            started[key] = (summary.started_at, summary.execution_number)
+            started.move_to_end(key)
+            new.append(summary)
+        while len(started) > bound:
+            started.popitem(last=False)
+        return new
+
+    def ended(self, event: JobEvent) -> Callable[[JobSnapshot], JobSnapshot] | None:
+        """The change an execution's terminal event makes: its run is timed when a sweep
+        saw it start. None when there is nothing to time."""
+        if event.thing is None or event.timestamp is None:
+            return None
+        known = self.state.started.pop((event.job_id, event.thing), None)
+        if known is None:
+            return None
+        started_at, number = known
+        ended_at = event.timestamp
+
+        def change(current: JobSnapshot) -> JobSnapshot:
+            times = current.time_in_state or TimeInState()
+            times = times.finished(event.thing or "", number, started_at, ended_at)
+            return replace(current, time_in_state=times)
+
+        return change
