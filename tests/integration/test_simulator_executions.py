@@ -252,6 +252,37 @@ jobs:
         await s.close()
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(st.tuples(st.booleans(), st.integers(0, 200)), max_size=300),
+    after=st.integers(-1, 201),
+    limit=st.integers(1, 50),
+)
+def test_sorted_positions_agree_with_a_sorted_set(
+    ops: list[tuple[bool, int]], after: int, limit: int
+) -> None:
+    """The per-state index behaves as a sorted set, across chunk splits and emptied chunks."""
+    import simulator.positions as positions
+
+    chunk = positions._CHUNK
+    positions._CHUNK = 4  # split and empty chunks often
+    try:
+        index, model = positions.SortedPositions(), set()
+        for add, value in ops:
+            if add:
+                index.add(value)
+                model.add(value)
+            else:
+                index.discard(value)
+                model.discard(value)
+            assert len(index) == len(model)
+        assert index.after(-1, len(model) + 1) == sorted(model)
+        assert index.after(after, limit) == sorted(v for v in model if v > after)[:limit]
+        assert all((v in index) == (v in model) for v in range(-1, 202))
+    finally:
+        positions._CHUNK = chunk
+
+
 # --- maxResults and nextToken -------------------------------------------------------------
 
 
