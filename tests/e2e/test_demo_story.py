@@ -14,6 +14,10 @@ simulated time:
   `instance` labels a scrape adds. Two changes: a snapshot's fetch time is the
   simulated time instead of the wall clock (the clock of this recording), and the
   request budget, a real-time rate, is lifted;
+- the stuck executions are not read from the exporter: at every step they are counted
+  from the simulator's own executions, as a sweep of ListJobExecutionsForJob would count
+  them at that instant (`swept`), so the story checks the rules against the fleet rather
+  than against the exporter's sweeps;
 - the series go into a promtool test file, minute 0 being the simulator's start. Values
   of `*_timestamp_seconds` series are shifted by the same start, as promtool's clock
   starts at 0 where the simulator's starts at its start time;
@@ -23,6 +27,8 @@ simulated time:
 "Within 10 minutes of `make demo`" is checked at minute 9, which leaves a minute for
 Prometheus to start and scrape. The stalled rollout needs its 30-minute window of history
 plus 5 minutes of `for:`: it is checked at minute 36, and shown pending, not firing, at 34.
+Devices stuck since before the start need the stuck alert's 15 minutes of `for:`: checked
+at minute 16, and shown pending, not firing, at 14.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.aws import JobSource, JobSummary
 from exporter.collector import TargetCollector
-from exporter.config import load_config
+from exporter.config import Executions, load_config
 from exporter.model import JobSnapshot
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
@@ -69,9 +75,22 @@ STORY = [
     # Aborted by AWS once minNumberOfExecutedThings have executed, about 22 minutes in.
     ("AwsIotJobAborted", "modem-firmware-near-abort", 30),
     ("AwsIotJobRolloutStalled", "kiosk-os-update-stalled", 36),
+    # Meters silent in progress for over an hour since before the start (no timeout).
+    ("AwsIotJobExecutionsStuck", "meter-firmware-stuck-devices", 16),
 ]
+# Every job with stuck executions in the story: the meters, the kiosks that stopped
+# reporting, and sensors that hang in the continuous calibration. Jobs with an
+# in-progress timeout never have any: AWS times their silent devices out first.
+STUCK_JOBS = {"meter-firmware-stuck-devices", "kiosk-os-update-stalled", "sensor-calibration"}
 
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], dict[int, float]]
+Labels = tuple[tuple[str, str], ...]
+
+# The families of the execution sweeps that the recording derives from the simulator.
+STUCK = "aws_iot_job_executions_stuck"
+SWEPT_AT = "aws_iot_job_executions_sweep_timestamp_seconds"
+# A family with the identity labels only, whose series give a job's labels.
+IDENTITY = "aws_iot_job_last_success_timestamp_seconds"
 
 
 class SimulatedTimeSource:
@@ -87,6 +106,38 @@ class SimulatedTimeSource:
 
     async def list_jobs(self, params: dict[str, str]) -> list[JobSummary]:
         return await self.source.list_jobs(params)
+
+
+def swept(sim: Simulator, job_id: str, settings: Executions) -> dict[str, int] | None:
+    """The job's stuck executions by state, counted as a sweep now would count them.
+
+    Read from the simulator's executions (what its ListJobExecutionsForJob lists), with
+    the exporter's definition: in progress longer than the job's in-progress timeout, or
+    than stuck_in_progress_after without one, since startedAt; queued longer than
+    stuck_queued_after since queuedAt. None when nothing is queued or in progress: a sweep
+    then costs nothing and finds nothing.
+    """
+    fleet = sim.fleet
+    job = fleet.jobs.get(job_id)
+    if job is None or not job.counts["QUEUED"] + job.counts["IN_PROGRESS"]:
+        return None
+    now = sim.clock.now()
+    timeout = job.spec.timeout_minutes
+    after = {
+        "IN_PROGRESS": timeout * 60.0 if timeout else settings.stuck_in_progress_after,
+        "QUEUED": settings.stuck_queued_after,
+    }
+    stuck = {"QUEUED": 0, "IN_PROGRESS": 0}
+    for exe in fleet.executions(job):
+        if exe.status not in stuck:
+            continue
+        since = exe.queued_at
+        if exe.status == "IN_PROGRESS" and exe.started_at is not None:
+            since = exe.started_at
+        # The API's timestamps have millisecond precision.
+        if now - round(since, 3) > after[exe.status]:
+            stuck[exe.status] += 1
+    return {"queued": stuck["QUEUED"], "in_progress": stuck["IN_PROGRESS"]}
 
 
 async def record(sim: Simulator) -> Series:
@@ -107,15 +158,33 @@ async def record(sim: Simulator) -> Series:
             telemetry,
             clock=WallClock(sim.clock.now),
         )
+        swept_at: dict[str, float] = {}
         for step in range(MINUTES * 60 // STEP + 1):
             await collector.collect_once()
+            jobs: dict[str, Labels] = {}
             for family in text_string_to_metric_families(store.body().decode()):
                 for sample in family.samples:
+                    if sample.name in (STUCK, SWEPT_AT):
+                        continue  # derived below, from the simulator
                     value = float(sample.value)
                     if sample.name.endswith("_timestamp_seconds"):
                         value -= start
                     labels = tuple(sorted({**sample.labels, **SCRAPE_LABELS}.items()))
                     series[(sample.name, labels)][step] = value
+                    if sample.name == IDENTITY:
+                        jobs[sample.labels["job_id"]] = labels
+            for job_id, labels in jobs.items():
+                stuck = swept(sim, job_id, config.collector.executions)
+                if stuck is not None:
+                    swept_at[job_id] = sim.clock.now() - start
+                elif job_id in swept_at:
+                    # Swept before and now with nothing pending: emptied, nothing stuck.
+                    stuck = {"queued": 0, "in_progress": 0}
+                else:
+                    continue
+                series[(SWEPT_AT, labels)][step] = swept_at[job_id]
+                for state, count in stuck.items():
+                    series[(STUCK, tuple(sorted((*labels, ("state", state)))))][step] = float(count)
             sim.clock.advance(STEP)
     return series
 
@@ -175,6 +244,25 @@ def promtool_tests(series: Series) -> dict[str, object]:
             'job_id="kiosk-os-update-stalled"})',
             "eval_time": "34m",
             "exp_samples": [{"labels": "{}", "value": 1}],
+        }
+    )
+    # Both sides of the stuck alert's for:, and only the jobs with stuck devices fire it.
+    checks.append(
+        {
+            "expr": 'count(ALERTS{alertname="AwsIotJobExecutionsStuck", alertstate="pending", '
+            'job_id="meter-firmware-stuck-devices"})',
+            "eval_time": "14m",
+            "exp_samples": [{"labels": "{}", "value": 1}],
+        }
+    )
+    checks.append(
+        {
+            "expr": "count by (job_id) (max_over_time("
+            f'ALERTS{{alertname="AwsIotJobExecutionsStuck", alertstate="firing"}}[{MINUTES}m]))',
+            "eval_time": f"{MINUTES}m",
+            "exp_samples": [
+                {"labels": f'{{job_id="{job_id}"}}', "value": 1} for job_id in sorted(STUCK_JOBS)
+            ],
         }
     )
     # The healthy rollout is judged on real numbers and stays quiet.
