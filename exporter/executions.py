@@ -67,6 +67,13 @@ def _int(value: Any, low: int, high: int) -> int | None:
     return None
 
 
+def _retry_attempt(value: Any) -> int:
+    """retryAttempt, at most MAX_RETRY_ATTEMPT (AWS allows ten retries); 0 when unusable."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return min(value, MAX_RETRY_ATTEMPT)
+    return 0
+
+
 def thing_name(arn: str) -> str:
     """The thing's name from its ARN (`arn:aws:iot:region:account:thing/NAME`)."""
     _, _, name = arn.rpartition(":thing/")
@@ -80,7 +87,9 @@ def parse_page(page: Any) -> tuple[list[ExecutionSummary], str | None]:
     """
     if not isinstance(page, Mapping):
         raise MalformedPage("response: expected an object")
-    items = page.get("executionSummaries", [])
+    # Always there, empty or not: an answer without it (an empty body) is not a listing,
+    # and must not pass for a job whose stuck devices all left.
+    items = page.get("executionSummaries")
     if not isinstance(items, list):
         raise MalformedPage("response.executionSummaries: expected a list")
     token = page.get("nextToken")
@@ -104,7 +113,7 @@ def parse_page(page: Any) -> tuple[list[ExecutionSummary], str | None]:
                 started_at=_timestamp(summary.get("startedAt")),
                 last_updated_at=_timestamp(summary.get("lastUpdatedAt")),
                 execution_number=_int(summary.get("executionNumber"), 0, 2**63 - 1),
-                retry_attempt=min(_int(summary.get("retryAttempt"), 0, 2**31) or 0, 10),
+                retry_attempt=_retry_attempt(summary.get("retryAttempt")),
             )
         )
     return out, token or None

@@ -222,6 +222,8 @@ class Sweeper:
                         truncated = True
                         break
                     if token in seen:
+                        # The pages were fine, the listing is not: counted as the call's.
+                        self.telemetry.api_call(self.target, LIST_EXECUTIONS, "malformed")
                         raise ApiError("malformed", LIST_EXECUTIONS, "nextToken repeats a page")
                     seen.add(token)
         except ApiError as exc:

@@ -580,7 +580,7 @@ FAMILIES: tuple[Family, ...] = (
         "le seconds (since queuedAt when queued, startedAt when in progress); cumulative.",
         ("state", "le"),
         _by_age,
-        series="0 or 14",
+        series="up to 14: per state and age bucket",
         source="ListJobExecutionsForJob `queuedAt`, `startedAt`",
         doc=(
             "Executions in `state` (`queued`, `in_progress`) whose age at the job's last "
@@ -594,7 +594,7 @@ FAMILIES: tuple[Family, ...] = (
         "Executions in progress or queued longer than the job's stuck threshold at the last sweep.",
         ("state",),
         _stuck,
-        series="0 or 2",
+        series="up to 2: per state",
         source="ListJobExecutionsForJob `queuedAt`, `startedAt`",
         doc=(
             "Executions in `state` for longer than "
@@ -607,7 +607,7 @@ FAMILIES: tuple[Family, ...] = (
         "How long an execution may stay in the state before it counts as stuck.",
         ("state",),
         _stuck_threshold,
-        series="0 or 2",
+        series="up to 2: per state",
         source="`timeoutConfig.inProgressTimeoutInMinutes`, exporter",
         doc=(
             "`in_progress`: the job's in-progress timeout when it has one, else "
@@ -621,7 +621,7 @@ FAMILIES: tuple[Family, ...] = (
         "seconds, at the last sweep.",
         ("state",),
         _oldest,
-        series="0 to 2",
+        series="up to 2: per state",
         source="ListJobExecutionsForJob `queuedAt`, `startedAt`",
         doc=(
             "`queuedAt` of the oldest queued, `startedAt` of the oldest in-progress execution, "
@@ -633,7 +633,7 @@ FAMILIES: tuple[Family, ...] = (
         "Queued and in-progress executions by retry attempt at the last sweep.",
         ("state", "retry_attempt"),
         _by_retry,
-        series="0 or 22",
+        series="up to 22: per state and retry attempt",
         source="ListJobExecutionsForJob `retryAttempt`",
         doc=(
             "Executions in `state` by `retry_attempt` (`0` is the first try, up to `10`): "
@@ -660,7 +660,7 @@ FAMILIES: tuple[Family, ...] = (
         _no_samples,
         histogram=lambda j: j.time_in_state.queued if j.time_in_state else None,
         type="histogram",
-        series="0 or 12",
+        series="up to 12: buckets, sum and count",
         source="ListJobExecutionsForJob `queuedAt`, `startedAt`",
         doc=(
             "Histogram of `startedAt - queuedAt` of each execution a sweep saw in progress "
@@ -676,7 +676,7 @@ FAMILIES: tuple[Family, ...] = (
         _no_samples,
         histogram=lambda j: j.time_in_state.run if j.time_in_state else None,
         type="histogram",
-        series="0 or 12",
+        series="up to 12: buckets, sum and count",
         source="ListJobExecutionsForJob `startedAt`; execution events",
         doc=(
             "Histogram of the time from `startedAt` (seen by a sweep) to the execution's end "

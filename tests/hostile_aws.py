@@ -58,6 +58,10 @@ class HostileAws:
     describe: dict[str, Answer] = field(default_factory=dict)
     # ListJobs: the page for a token (None for the first page).
     list_page: Callable[[str | None], Answer] = lambda token: b'{"jobs": []}'
+    # ListJobExecutionsForJob: the page for (job id, status, token).
+    executions: Callable[[str, str, str | None], Answer] = lambda job_id, status, token: (
+        b'{"executionSummaries": []}'
+    )
     sts: Answer = field(default_factory=unclosed_sts_body)
     calls: Counter[str] = field(default_factory=Counter)
     url: str = ""
@@ -89,6 +93,13 @@ class HostileAws:
         self.calls["ListJobs"] += 1
         return await self._send(request, self.list_page(request.query.get("nextToken")))
 
+    async def _executions(self, request: web.Request) -> web.StreamResponse:
+        job_id = request.match_info["job_id"]
+        self.calls[f"ListJobExecutionsForJob:{job_id}"] += 1
+        status = request.query.get("status", "")
+        answer = self.executions(job_id, status, request.query.get("nextToken"))
+        return await self._send(request, answer)
+
     async def _sts(self, request: web.Request) -> web.StreamResponse:
         self.calls["AssumeRole"] += 1
         if isinstance(self.sts, bytes):
@@ -99,6 +110,7 @@ class HostileAws:
         app = web.Application()
         app.router.add_get("/jobs", self._list)
         app.router.add_get("/jobs/{job_id}", self._describe)
+        app.router.add_get("/jobs/{job_id}/things", self._executions)
         app.router.add_post("/", self._sts)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -119,3 +131,27 @@ def listing(*job_ids: str, token: str | None = None, **extra: Any) -> bytes:
     if token is not None:
         page["nextToken"] = token
     return json.dumps(page).encode()
+
+
+def executions_page(*summaries: dict[str, Any], token: str | None = None) -> bytes:
+    """A ListJobExecutionsForJob page of `summaries` (thingArn and jobExecutionSummary)."""
+    page: dict[str, Any] = {"executionSummaries": list(summaries)}
+    if token is not None:
+        page["nextToken"] = token
+    return json.dumps(page).encode()
+
+
+def execution(thing: str, status: str, since: float, retry: int = 0) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "status": status,
+        "queuedAt": since,
+        "lastUpdatedAt": since,
+        "executionNumber": 1,
+        "retryAttempt": retry,
+    }
+    if status == "IN_PROGRESS":
+        summary["startedAt"] = since
+    return {
+        "thingArn": f"arn:aws:iot:eu-west-1:123456789012:thing/{thing}",
+        "jobExecutionSummary": summary,
+    }

@@ -1,0 +1,247 @@
+"""Hostile ListJobExecutionsForJob answers over real HTTP and botocore: a sweep that cannot
+read its pages costs that sweep only, the last good counts stay exported, and whatever a
+thing name holds reaches no label and is escaped on the status page."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.aws import JobSource
+from exporter.collector import TargetCollector
+from exporter.config import Config, parse_config
+from exporter.selfmetrics import SelfMetrics
+from exporter.status import Status, render_html, render_json
+from exporter.store import MetricsStore
+from tests.hostile_aws import Answer, HostileAws, execution, executions_page, job_body
+from tests.support import until
+
+JOB = "fw-rollout"
+NOW = time.time()
+GOOD = {
+    "IN_PROGRESS": executions_page(
+        execution("silent-1", "IN_PROGRESS", NOW - 7200),
+        execution("silent-2", "IN_PROGRESS", NOW - 5400, retry=2),
+        execution("busy-1", "IN_PROGRESS", NOW - 60),
+    ),
+    "QUEUED": executions_page(execution("waiting-1", "QUEUED", NOW - 600)),
+}
+
+
+@pytest.fixture
+async def aws() -> AsyncIterator[HostileAws]:
+    server = await HostileAws().start()
+    server.describe[JOB] = json.dumps(
+        job_body(JOB, jobProcessDetails={"numberOfInProgressThings": 3, "numberOfQueuedThings": 1})
+    ).encode()
+    yield server
+    await server.close()
+
+
+def cfg(aws: HostileAws, executions: str = "") -> Config:
+    return parse_config(
+        "collector: {interval: 1s, request_timeout: 1s, max_attempts: 1, "
+        f"executions: {{requests_per_second: 100, {executions}}}}}\n"
+        f"targets:\n  - name: ep\n    region: eu-west-1\n    endpoint_url: {aws.url}\n"
+        f"    jobs: {{ids: [{JOB}]}}\n"
+    )
+
+
+class Running:
+    """A target's collector and sweeper on the real source, until the block ends."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.telemetry, self.store = SelfMetrics(), MetricsStore()
+        self.source = JobSource(config.targets[0], config.collector, self.telemetry)
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Running:
+        source = await self.source.__aenter__()
+        self.collector = TargetCollector(
+            self.config.targets[0], self.config.collector, source, self.store, self.telemetry
+        )
+        self.tasks = [
+            asyncio.create_task(self.collector.run()),
+            asyncio.create_task(self.collector.sweeper.run()),
+        ]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.wait(self.tasks)
+        await self.source.__aexit__(None, None, None)
+
+    def calls(self, outcome: str) -> float:
+        metric = self.telemetry.api_requests.labels("ep", "ListJobExecutionsForJob", outcome)
+        return float(metric._value.get())
+
+    def stuck(self) -> dict[str, int] | None:
+        snapshot = self.collector.snapshots().get(JOB)
+        if snapshot is None or snapshot.sweep is None:
+            return None
+        return {state: counts.stuck for state, counts in snapshot.sweep.states}
+
+
+def serve(aws: HostileAws, answer: Callable[[str, str | None], Answer]) -> None:
+    aws.executions = lambda job_id, status, token: answer(status, token)
+
+
+def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    crashed = [r.getMessage() for r in caplog.records if r.exc_info or "crashed" in r.msg]
+    assert not crashed, crashed
+
+
+async def swept_good(run: Running) -> None:
+    await until(lambda: run.stuck() is not None, 15, "a first good sweep")
+    assert run.stuck() == {"queued": 0, "in_progress": 2}
+
+
+UNREADABLE = [
+    b"[" * 100_000,
+    b'{"executionSummaries": "all of them"}',
+    b'{"executionSummaries": [], "nextToken": 5}',
+    b'{"executionSummaries": [], "nextToken": "' + b"t" * 5000 + b'"}',
+    b"\xff\xfe not json",
+    b"",
+]
+
+
+@pytest.mark.parametrize("body", UNREADABLE, ids=range(len(UNREADABLE)))
+async def test_an_unreadable_page_keeps_the_last_good_sweep(
+    aws: HostileAws, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = {"on": False}
+    serve(aws, lambda status, token: body if bad["on"] else GOOD[status])
+    async with Running(cfg(aws)) as run:
+        await swept_good(run)
+        good = run.collector.snapshots()[JOB].sweep
+        bad["on"] = True
+        failed = run.calls("malformed") + run.calls("error")
+        run.collector.sweeper.mark(JOB)
+        await until(
+            lambda: run.calls("malformed") + run.calls("error") > failed, 15, "a failed sweep"
+        )
+        assert run.collector.snapshots()[JOB].sweep is good
+        text = run.store.body().decode()
+        assert 'state="in_progress"} 2' in text
+    no_tracebacks(caplog)
+
+
+async def test_odd_entries_cost_themselves_only(aws: HostileAws) -> None:
+    odd: list[dict[str, Any]] = [
+        {"thingArn": 7, "jobExecutionSummary": {"status": "IN_PROGRESS"}},
+        {"thingArn": "arn:aws:iot:eu-west-1:1:thing/no-summary"},
+        {"thingArn": "arn:aws:iot:eu-west-1:1:thing/no-status", "jobExecutionSummary": {}},
+        {
+            "thingArn": "arn:aws:iot:eu-west-1:1:thing/infinite-start",
+            "jobExecutionSummary": {"status": "IN_PROGRESS", "startedAt": 1e309},
+        },
+        {
+            "thingArn": "arn:aws:iot:eu-west-1:1:thing/huge-retry",
+            "jobExecutionSummary": {
+                "status": "IN_PROGRESS",
+                "startedAt": NOW - 7200,
+                "retryAttempt": 10**30,
+                "executionNumber": -5,
+            },
+        },
+        {
+            "thingArn": "arn:aws:iot:eu-west-1:1:thing/no-start",
+            "jobExecutionSummary": {"status": "IN_PROGRESS"},
+        },
+    ]
+    page = json.dumps({"executionSummaries": odd}).encode()
+    serve(aws, lambda status, token: page if status == "IN_PROGRESS" else GOOD[status])
+    async with Running(cfg(aws)) as run:
+        await until(lambda: run.stuck() is not None, 15, "a sweep")
+        sweep = run.collector.snapshots()[JOB].sweep
+        assert sweep is not None
+        counts = sweep.counts("in_progress")
+        assert counts is not None
+        # Of the odd entries, three are executions: one stuck (its retry attempt is beyond
+        # AWS's ten and counts as ten), two without a usable start (counted, never stuck).
+        assert counts.by_age[-1] == 3 and counts.stuck == 1
+        assert counts.retries[10] == 1
+        assert [r.thing_name for r in sweep.oldest_stuck] == ["huge-retry"]
+
+
+async def test_a_repeated_token_stops_the_sweep(aws: HostileAws) -> None:
+    calls = {"n": 0}
+
+    def answer(status: str, token: str | None) -> bytes:
+        calls["n"] += 1
+        if status == "QUEUED":
+            return GOOD[status]
+        return executions_page(execution("loop", "IN_PROGRESS", NOW - 7200), token="again")
+
+    serve(aws, answer)
+    async with Running(cfg(aws)) as run:
+        await until(lambda: run.calls("malformed") >= 1, 15, "the loop refused")
+        assert run.stuck() is None  # no partial sweep was published
+        assert calls["n"] <= 4
+
+
+async def test_an_endless_paginator_stops_at_max_executions_per_job(aws: HostileAws) -> None:
+    served = {"pages": 0}
+
+    def answer(status: str, token: str | None) -> bytes:
+        if status == "QUEUED":
+            return GOOD[status]
+        served["pages"] += 1
+        n = served["pages"]
+        rows = [execution(f"t-{n}-{i}", "IN_PROGRESS", NOW - 7200) for i in range(250)]
+        return executions_page(*rows, token=f"page-{n}")
+
+    serve(aws, answer)
+    async with Running(cfg(aws, "max_executions_per_job: 600")) as run:
+        await until(lambda: run.stuck() is not None, 15, "a truncated sweep")
+        sweep = run.collector.snapshots()[JOB].sweep
+        assert sweep is not None and sweep.truncated
+        # Three pages reach 600; the sweep stops there, counts a lower bound.
+        assert served["pages"] == 3
+        assert sweep.counts("in_progress").by_age[-1] == 750  # type: ignore[union-attr]
+
+
+HOSTILE_THINGS = [
+    "<script>alert(1)</script>",
+    "\u202eevil\u0000name\x1b[31m",
+    'quote"back\\slash\nnewline',
+]
+
+
+async def test_hostile_thing_names_reach_no_label_and_are_escaped(aws: HostileAws) -> None:
+    page = executions_page(
+        *(
+            {
+                "thingArn": f"arn:aws:iot:eu-west-1:1:thing/{name}",
+                "jobExecutionSummary": {"status": "IN_PROGRESS", "startedAt": NOW - 7200},
+            }
+            for name in HOSTILE_THINGS
+        )
+    )
+    serve(aws, lambda status, token: page if status == "IN_PROGRESS" else GOOD[status])
+    async with Running(cfg(aws)) as run:
+        await until(lambda: run.stuck() is not None, 15, "a sweep")
+        assert run.stuck() == {"queued": 0, "in_progress": 3}
+        for family in text_string_to_metric_families(run.store.body().decode()):
+            for sample in family.samples:
+                for value in sample.labels.values():
+                    assert not any(part in value for part in ("script", "evil", "quote"))
+        status = Status(time.time(), True, (run.collector.status(),))
+        html = render_html(status).decode()
+        assert "<script>" not in html and "&lt;script&gt;" in html
+        assert "\u202e" not in html and "\x1b" not in html and "\x00" not in html
+        data = render_json(status)
+        assert data.isascii()
+        names = {
+            r["thing_name"] for j in json.loads(data)["targets"][0]["stuck"] for r in j["oldest"]
+        }
+        assert names == set(HOSTILE_THINGS)
