@@ -60,7 +60,24 @@ MEASURED = (
     "aws_iot_job_rollout_observed_rate_per_minute",
     # From job events, compared with what the fleet published in the counts test.
     "aws_iot_job_execution_events_total",
+    # From ListJobExecutionsForJob sweeps, compared with the fleet's executions below.
+    "aws_iot_job_executions_by_age",
+    "aws_iot_job_executions_stuck",
+    "aws_iot_job_executions_stuck_threshold_seconds",
+    "aws_iot_job_executions_oldest_timestamp_seconds",
+    "aws_iot_job_executions_by_retry_attempt",
+    "aws_iot_job_executions_sweep_timestamp_seconds",
+    "aws_iot_job_execution_queued_duration_seconds_bucket",
+    "aws_iot_job_execution_queued_duration_seconds_sum",
+    "aws_iot_job_execution_queued_duration_seconds_count",
+    "aws_iot_job_execution_run_duration_seconds_bucket",
+    "aws_iot_job_execution_run_duration_seconds_sum",
+    "aws_iot_job_execution_run_duration_seconds_count",
 )
+# The exporter's stuck thresholds by default: in progress 1 h (or the job's timeout),
+# queued 24 h; and its age buckets (docs/metrics.md).
+STUCK_IN_PROGRESS, STUCK_QUEUED = 3600.0, 86400.0
+AGE_BUCKETS = ("300", "900", "3600", "21600", "86400", "604800", "+Inf")
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -278,6 +295,8 @@ class FrozenRun:
     force_canceled: dict[str, bool]
     account_id: str
     events: dict[str, Any]
+    # Per job, its queued and in-progress executions: (thing, status, since, retry attempt).
+    waiting: dict[str, list[tuple[str, str, float, int]]]
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +323,8 @@ def frozen_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrozenRun]
         )
         config = tmp / "config.yaml"
         config.write_text(
-            "collector: {interval: 1s, discovery_interval: 1s, request_timeout: 5s}\n"
+            "collector: {interval: 1s, discovery_interval: 1s, request_timeout: 5s,"
+            " executions: {requests_per_second: 20}}\n"
             f"targets:\n  - name: demo\n    region: {REGION}\n    endpoint_url: {sim.url}\n"
             "    labels: {env: e2e}\n    jobs: {discover: {}}\n"
             f"    events: {{sqs_queue_url: '{sim.queue_url}', reason_key: reason,"
@@ -359,20 +379,46 @@ def frozen_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrozenRun]
                         )
                         if described is None or (described < frozen_at and not done):
                             return None
+                        # A job with queued or in-progress executions is swept afterwards.
+                        waiting = sum(
+                            value(series, "aws_iot_job_executions", job_id, state=s) or 0
+                            for s in ("queued", "in_progress")
+                        )
+                        swept = value(
+                            series, "aws_iot_job_executions_sweep_timestamp_seconds", job_id
+                        )
+                        if waiting and (swept is None or swept < frozen_at):
+                            return None
                     return series
 
-                series = poll(settled, 20, "every job described after the freeze")
+                series = poll(settled, 30, "every job described and swept after the freeze")
 
-                def truth(s: Any) -> tuple[dict[str, Any], dict[str, bool]]:
+                def truth(
+                    s: Any,
+                ) -> tuple[dict[str, Any], dict[str, bool], dict[str, list[Any]]]:
                     s.fleet.advance(s.clock.now())
                     bodies = {
                         j: describe_job(s.fleet, job, REGION) for j, job in s.fleet.jobs.items()
                     }
-                    return bodies, {j: job.force_canceled for j, job in s.fleet.jobs.items()}
+                    waiting = {
+                        j: [
+                            (
+                                e.thing,
+                                e.status,
+                                e.started_at if e.status == "IN_PROGRESS" else e.queued_at,
+                                e.retry_attempt,
+                            )
+                            for e in s.fleet.executions(job)
+                            if e.status in ("QUEUED", "IN_PROGRESS")
+                        ]
+                        for j, job in s.fleet.jobs.items()
+                    }
+                    forced = {j: job.force_canceled for j, job in s.fleet.jobs.items()}
+                    return bodies, forced, waiting
 
-                bodies, forced = sim.call(truth)
+                bodies, forced, waiting = sim.call(truth)
                 events = json.loads(http_get(f"{sim.url}/_sim/events")[1])
-                yield FrozenRun(series, stats, bodies, forced, stats["account_id"], events)
+                yield FrozenRun(series, stats, bodies, forced, stats["account_id"], events, waiting)
             finally:
                 process.send_signal(signal.SIGTERM)
                 try:
@@ -429,6 +475,58 @@ def test_counts_equal_the_simulators_ground_truth(frozen_demo: FrozenRun) -> Non
     assert sum(value(series, "aws_iot_job_force_canceled", j) or 0 for j in jobs) >= 1
 
 
+def test_sweeps_equal_the_simulators_executions(frozen_demo: FrozenRun) -> None:
+    """Ages, stuck counts, oldest and retries of every job, from the fleet's executions at
+    the instant of the job's last sweep, the exporter's own clock reading."""
+    series = frozen_demo.series
+    stuck_somewhere = 0
+    for job_id, waiting in frozen_demo.waiting.items():
+        swept = value(series, "aws_iot_job_executions_sweep_timestamp_seconds", job_id)
+        if not waiting:
+            continue
+        assert swept is not None, job_id
+        timeout = frozen_demo.bodies[job_id]["job"].get("timeoutConfig", {})
+        minutes = timeout.get("inProgressTimeoutInMinutes")
+        thresholds = {
+            "in_progress": minutes * 60.0 if minutes else STUCK_IN_PROGRESS,
+            "queued": STUCK_QUEUED,
+        }
+        for status, state in (("QUEUED", "queued"), ("IN_PROGRESS", "in_progress")):
+            mine = [(thing, since, retry) for thing, st, since, retry in waiting if st == status]
+            ages = [swept - since for _, since, _ in mine]
+            for le in AGE_BUCKETS:
+                want = len(ages) if le == "+Inf" else sum(age <= float(le) for age in ages)
+                got = value(series, "aws_iot_job_executions_by_age", job_id, state=state, le=le)
+                assert got == want, (job_id, state, le, got, want)
+            stuck = sum(age > thresholds[state] for age in ages)
+            stuck_somewhere += stuck
+            got = value(series, "aws_iot_job_executions_stuck", job_id, state=state)
+            assert got == stuck, (job_id, state, got, stuck)
+            threshold = value(
+                series, "aws_iot_job_executions_stuck_threshold_seconds", job_id, state=state
+            )
+            assert threshold == thresholds[state], (job_id, state)
+            oldest = value(
+                series, "aws_iot_job_executions_oldest_timestamp_seconds", job_id, state=state
+            )
+            if mine:
+                assert oldest is not None
+                assert math.isclose(oldest, min(since for _, since, _ in mine), abs_tol=1e-3)
+            else:
+                assert oldest is None, (job_id, state)
+            for attempt in range(11):
+                got = value(
+                    series,
+                    "aws_iot_job_executions_by_retry_attempt",
+                    job_id,
+                    state=state,
+                    retry_attempt=str(attempt),
+                )
+                assert got == sum(retry == attempt for _, _, retry in mine), (job_id, attempt)
+    # The demo has stuck devices, so the comparison above was not vacuous.
+    assert stuck_somewhere > 0
+
+
 def test_every_describe_job_field_reaches_its_series(frozen_demo: FrozenRun) -> None:
     series = frozen_demo.series
     for job_id, body in frozen_demo.bodies.items():
@@ -459,6 +557,8 @@ def test_every_describe_job_field_reaches_its_series(frozen_demo: FrozenRun) -> 
     # Every job metric of the docs is exercised by some demo job, except the one the
     # simulator cannot produce: its maintenance windows are cron recurrences, never dates.
     seen = {name for name, _ in series if name.startswith("aws_iot_job_")}
+    # A histogram's series are its family's name and a suffix.
+    seen |= {re.sub(r"_(bucket|sum|count)$", "", name) for name in seen}
     missing = documented_job_metrics() - seen
     assert missing == {"aws_iot_job_maintenance_window_start_timestamp_seconds"}
 
