@@ -577,16 +577,17 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         P + "executions_by_age",
         "Queued and in-progress executions of the job whose age at the last sweep is at most "
-        "le seconds (since queuedAt when queued, startedAt when in progress); cumulative.",
-        ("state", "le"),
+        "max_age seconds (since queuedAt when queued, startedAt when in progress); cumulative.",
+        ("state", "max_age"),
         _by_age,
         series="up to 14: per state and age bucket",
         source="ListJobExecutionsForJob `queuedAt`, `startedAt`",
         doc=(
             "Executions in `state` (`queued`, `in_progress`) whose age at the job's last "
-            "sweep was at most `le` seconds (300, 900, 3600, 21600, 86400, 604800, `+Inf`); "
-            'cumulative, `le="+Inf"` counts them all. Those older than an hour: '
-            '`{le="+Inf"} - ignoring(le) {le="3600"}`. Absent until the first sweep.'
+            "sweep was at most `max_age` seconds (300, 900, 3600, 21600, 86400, 604800, `+Inf`); "
+            'cumulative, like a histogram\'s buckets, and `max_age="+Inf"` counts them all. Those '
+            'older than an hour: `{max_age="+Inf"} - ignoring(max_age) {max_age="3600"}`. Not '
+            "named `le`, which Prometheus keeps for histograms. Absent until the first sweep."
         ),
     ),
     Family(

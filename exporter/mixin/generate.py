@@ -57,8 +57,8 @@ M_ACTIVE = 'status=~"IN_PROGRESS|SCHEDULED"'
 M_CONTINUOUS = 'target_selection="CONTINUOUS"'
 M_TIMED_OUT = 'state="timed_out"'
 M_THROTTLED = 'outcome="throttled"'
-M_AGE_ALL = 'le="+Inf"'
-M_AGE_HOUR = 'le="3600"'
+M_AGE_ALL = 'max_age="+Inf"'
+M_AGE_HOUR = 'max_age="3600"'
 
 # Quantiles of the time-in-state histograms: the typical device, the slow ones, the tail.
 QUANTILES = ("0.5", "0.9", "0.99")
@@ -298,11 +298,11 @@ class Rules:
             },
             {
                 # Per state: all of them minus those at most an hour old (the cumulative
-                # bucket le="3600"); one series where the buckets are seven.
+                # bucket max_age="3600"); one series where the buckets are seven.
                 "record": "aws_iot_job_state:executions_older_than_one_hour:sum",
                 "expr": (
-                    f"max without ({self.replicas}, le) ({self.metric(by_age, M_AGE_ALL)})\n"
-                    f"- max without ({self.replicas}, le) ({self.metric(by_age, M_AGE_HOUR)})"
+                    f"max without ({self.replicas}, max_age) ({self.metric(by_age, M_AGE_ALL)})\n"
+                    f"- max without ({self.replicas}, max_age) ({self.metric(by_age, M_AGE_HOUR)})"
                 ),
             },
             *quantiles,

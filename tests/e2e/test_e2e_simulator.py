@@ -496,7 +496,9 @@ def test_sweeps_equal_the_simulators_executions(frozen_demo: FrozenRun) -> None:
             ages = [swept - since for _, since, _ in mine]
             for le in AGE_BUCKETS:
                 want = len(ages) if le == "+Inf" else sum(age <= float(le) for age in ages)
-                got = value(series, "aws_iot_job_executions_by_age", job_id, state=state, le=le)
+                got = value(
+                    series, "aws_iot_job_executions_by_age", job_id, state=state, max_age=le
+                )
                 assert got == want, (job_id, state, le, got, want)
             stuck = sum(age > thresholds[state] for age in ages)
             stuck_somewhere += stuck

@@ -11,10 +11,15 @@ import subprocess
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.aws import JobSource
 from exporter.config import parse_config
+from exporter.executions import TimeInState, parse_page, summarise
+from exporter.model import JobSnapshot
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
 from tests.conftest import ROOT
@@ -51,6 +56,59 @@ async def render(endpoint: IotEndpoint, job_id: str) -> str:
         snapshot = await source.describe_job(job_id)
     store.put_job(target, job_id, dataclasses.replace(snapshot, fetched_at=FETCHED_AT))
     return store.body().decode()
+
+
+def swept(snapshot: JobSnapshot) -> JobSnapshot:
+    """The snapshot with a sweep of tests/data/list_executions_full.json, two finished
+    executions timed and two failure events: what sweeps and events add to a job."""
+    pages = json.loads((DATA / "list_executions_full.json").read_text())
+    summaries = {status: parse_page(page)[0] for status, page in pages.items()}
+    sweep = summarise(
+        summaries, FETCHED_AT, {"in_progress": 3600.0, "queued": 86400.0}, keep_stuck=10
+    )
+    times = TimeInState()
+    for summary in summaries["IN_PROGRESS"]:
+        times = times.started(summary, FETCHED_AT)
+    times = times.finished("meter-0002", 2, FETCHED_AT - 400, FETCHED_AT - 100)
+    events = (("FAILED", "checksum_mismatch", 2), ("TIMED_OUT", "", 1))
+    return dataclasses.replace(snapshot, sweep=sweep, time_in_state=times, execution_events=events)
+
+
+async def render_swept(endpoint: IotEndpoint, openmetrics: bool) -> str:
+    config = parse_config(
+        f"targets:\n  - name: fleet\n    region: eu-west-1\n    endpoint_url: {endpoint.url}\n"
+        "    labels: {environment: prod}\n    jobs: {ids: [x]}\n"
+    )
+    target = config.targets[0]
+    store = MetricsStore()
+    async with JobSource(target, config.collector, SelfMetrics()) as source:
+        snapshot = await source.describe_job(CASES["full"])
+    snapshot = swept(dataclasses.replace(snapshot, fetched_at=FETCHED_AT))
+    store.put_job(target, CASES["full"], snapshot)
+    return store.body(openmetrics).decode()
+
+
+@pytest.mark.parametrize(("name", "openmetrics"), [("swept.prom", False), ("swept.om", True)])
+async def test_golden_swept_exposition(endpoint: IotEndpoint, name: str, openmetrics: bool) -> None:
+    """The rows fed by sweeps and events, in both formats: the counter's OpenMetrics family
+    name and the exemplars are the only differences."""
+    text = await render_swept(endpoint, openmetrics)
+    golden = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text(), f"regenerate with UPDATE_GOLDEN=1 and review {golden}"
+    if openmetrics:
+        families = {f.name: f for f in openmetrics_families(text + "# EOF\n")}
+        queued = families["aws_iot_job_execution_queued_duration_seconds"]
+        exemplars = {s.exemplar.labels["thing_name"] for s in queued.samples if s.exemplar}
+        assert exemplars == {"meter-0007", "meter-0012", "meter-0031"}
+        assert families["aws_iot_job_execution_events"].type == "counter"
+    else:
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        stuck = {
+            s.labels["state"]: s.value for s in families["aws_iot_job_executions_stuck"].samples
+        }
+        assert stuck == {"queued": 1, "in_progress": 1}
 
 
 def samples_only(text: str) -> str:

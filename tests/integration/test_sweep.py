@@ -145,8 +145,8 @@ async def test_a_silent_device_shows_in_the_age_buckets_the_stuck_count_and_by_n
         ages = samples(
             body, "aws_iot_job_executions_by_age", job_id="rollout-stuck", state="in_progress"
         )
-        assert ages[(("le", "+Inf"),)] == len(running)
-        assert ages[(("le", "+Inf"),)] - ages[(("le", "3600"),)] == len(stuck)
+        assert ages[(("max_age", "+Inf"),)] == len(running)
+        assert ages[(("max_age", "+Inf"),)] - ages[(("max_age", "3600"),)] == len(stuck)
         oldest = samples(
             body,
             "aws_iot_job_executions_oldest_timestamp_seconds",
