@@ -36,7 +36,13 @@ from botocore.parsers import DEFAULT_TIMESTAMP_PARSER, ResponseParserError
 from exporter.budget import DISCOVERY, SWEEP, WORK, Budgets, FairBucket
 from exporter.config import CollectorSettings, Target
 from exporter.events import Message, QueueError, message_from_sqs
-from exporter.executions import PAGE_SIZE, ExecutionSummary, MalformedPage, parse_page
+from exporter.executions import (
+    PAGE_SIZE,
+    ExecutionSummary,
+    MalformedPage,
+    parse_page,
+    server_time,
+)
 from exporter.logs import redact, summarise
 from exporter.model import JobSnapshot, MalformedJob, parse_describe_job, to_timestamp
 from exporter.telemetry import SourceTelemetry
@@ -470,8 +476,9 @@ class JobSource:
 
     async def list_executions(
         self, job_id: str, status: str, token: str | None = None
-    ) -> tuple[list[ExecutionSummary], str | None]:
-        """One page of the job's executions in `status`, and the next page's token."""
+    ) -> tuple[list[ExecutionSummary], str | None, float | None]:
+        """One page of the job's executions in `status`, the next page's token, and the
+        answer's Date (None when absent or unreadable)."""
         kwargs: dict[str, Any] = {"jobId": job_id, "status": status, "maxResults": PAGE_SIZE}
         if token:
             kwargs["nextToken"] = token
@@ -481,11 +488,12 @@ class JobSource:
             page = await self._client.list_job_executions_for_job(**kwargs)
             try:
                 summaries, next_token = parse_page(page)
+                date = server_time(page)
             except MalformedPage as exc:
                 self._count(LIST_EXECUTIONS, "malformed")
                 raise ApiError("malformed", LIST_EXECUTIONS, str(exc)) from None
             self._count(LIST_EXECUTIONS, "ok")
-        return summaries, next_token
+        return summaries, next_token, date
 
     async def list_jobs(self, params: dict[str, str]) -> list[JobSummary]:
         """Every job ListJobs returns for the filters, paged at the largest page size.

@@ -71,7 +71,7 @@ class Source(Protocol):
     async def list_jobs(self, params: dict[str, str]) -> list[JobSummary]: ...
     async def list_executions(
         self, job_id: str, status: str, token: str | None = None
-    ) -> tuple[list[ExecutionSummary], str | None]: ...
+    ) -> tuple[list[ExecutionSummary], str | None, float | None]: ...
 
 
 def _waiting(snapshot: JobSnapshot) -> tuple[int | None, int | None]:
@@ -1038,7 +1038,7 @@ class _NotConnected:
 
     async def list_executions(
         self, job_id: str, status: str, token: str | None = None
-    ) -> tuple[list[ExecutionSummary], str | None]:
+    ) -> tuple[list[ExecutionSummary], str | None, float | None]:
         raise ApiError("error", "ListJobExecutionsForJob", "no AWS client")
 
 

@@ -84,6 +84,11 @@ def time_scaled_config(config: Config, factor: float) -> Config:
         discovery_interval=scale(c.discovery_interval),
         terminal_job_retention=scale(c.terminal_job_retention),
         requests_per_second=c.requests_per_second * factor,
+        # Sweeps too; their stuck thresholds stay: ages are measured on the simulator's
+        # clock (its answers' Date), in simulated seconds like the thresholds.
+        executions=dataclasses.replace(
+            c.executions, requests_per_second=c.executions.requests_per_second * factor
+        ),
     )
     targets = tuple(
         dataclasses.replace(

@@ -8,6 +8,7 @@ thing name: the names of the oldest stuck executions are kept for the status pag
 
 from __future__ import annotations
 
+import email.utils
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -78,6 +79,18 @@ def thing_name(arn: str) -> str:
     """The thing's name from its ARN (`arn:aws:iot:region:account:thing/NAME`)."""
     _, _, name = arn.rpartition(":thing/")
     return (name or arn)[:MAX_THING_NAME]
+
+
+def server_time(page: Any) -> float | None:
+    """The answer's Date header (whole seconds): the instant ages are measured at, on the
+    server's clock, so that the exporter host's clock skew does not move them."""
+    try:
+        date = page["ResponseMetadata"]["HTTPHeaders"]["date"]
+        if isinstance(date, str) and len(date) <= 64:
+            return email.utils.parsedate_to_datetime(date).timestamp()
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
+        pass
+    return None
 
 
 def parse_page(page: Any) -> tuple[list[ExecutionSummary], str | None]:
@@ -165,11 +178,14 @@ def summarise(
     keep_stuck: int = 10,
     pages: int = 0,
     truncated: bool = False,
+    ended_at: float | None = None,
 ) -> ExecutionSweep:
     """One sweep's summaries, by API state (QUEUED, IN_PROGRESS), as counts at `now`.
 
     An execution is stuck when it has been in its state longer than `thresholds[label]`.
     An execution without a timestamp for its state counts in +Inf only, and is not stuck.
+    `now` is on the server's clock when known; `ended_at` (default `now`) is when the
+    sweep ended on the exporter's.
     """
     states = []
     stuck_list: list[StuckExecution] = []
@@ -206,7 +222,13 @@ def summarise(
             (label, StateCounts(tuple(buckets), stuck, threshold, oldest, tuple(retries)))
         )
     stuck_list.sort(key=lambda s: (s.since, s.thing_name))
-    return ExecutionSweep(now, tuple(states), tuple(stuck_list[:keep_stuck]), pages, truncated)
+    return ExecutionSweep(
+        now if ended_at is None else ended_at,
+        tuple(states),
+        tuple(stuck_list[:keep_stuck]),
+        pages,
+        truncated,
+    )
 
 
 @dataclass(frozen=True, slots=True)

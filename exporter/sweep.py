@@ -41,7 +41,9 @@ MIN_GAP_SECONDS = 5.0
 class ExecutionSource(Protocol):
     async def list_executions(
         self, job_id: str, status: str, token: str | None = None
-    ) -> tuple[list[ExecutionSummary], str | None]: ...
+    ) -> tuple[list[ExecutionSummary], str | None, float | None]:
+        """A page, the next token, and the answer's Date (the server's clock)."""
+        ...
 
 
 # Applies a change to a job's latest snapshot and stores it (TargetCollector.amend).
@@ -202,6 +204,8 @@ class Sweeper:
             return None
         summaries: dict[str, list[ExecutionSummary]] = {}
         pages, read, truncated = 0, 0, False
+        # Ages are measured on the server's clock when its answers say the time.
+        server_now: float | None = None
         limit = self.settings.max_executions_per_job
         try:
             for api_state, label in SWEPT_STATES:
@@ -211,7 +215,11 @@ class Sweeper:
                 token: str | None = None
                 seen: set[str] = set()
                 while True:
-                    page, token = await self.source().list_executions(job_id, api_state, token)
+                    page, token, date = await self.source().list_executions(
+                        job_id, api_state, token
+                    )
+                    if date is not None:
+                        server_now = date
                     pages += 1
                     self.telemetry.sweep_page(self.target, len(page))
                     found.extend(s for s in page if s.status == api_state)
@@ -244,11 +252,12 @@ class Sweeper:
         latest = self.jobs().get(job_id) or snapshot
         sweep = summarise(
             summaries,
-            now,
+            server_now if server_now is not None else now,
             self._thresholds(latest),
             self.settings.stuck_list_size,
             pages,
             truncated,
+            ended_at=now,
         )
         started = self._seen_started(job_id, summaries["IN_PROGRESS"], now)
 

@@ -7,6 +7,7 @@ import base64
 import binascii
 import bisect
 import contextlib
+import email.utils
 import html
 import json
 import logging
@@ -439,7 +440,10 @@ class Simulator:
             self.stats.count(operation, "truncated")
             return await _truncate(request, data)
         self.stats.count(operation, outcome)
-        return web.Response(body=data, headers=_headers())
+        # Date in simulated time, as AWS's is in its own: the exporter measures the ages of
+        # executions against the server's clock, so they hold at any speed.
+        date = email.utils.formatdate(self.clock.now(), usegmt=True)
+        return web.Response(body=data, headers={**_headers(), "Date": date})
 
     # --- admin API ----------------------------------------------------------------------
 

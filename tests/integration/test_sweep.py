@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -110,8 +111,10 @@ def samples(text: str, name: str, **labels: str) -> dict[tuple[tuple[str, str], 
 
 
 def truth(sim: Simulator, job_id: str) -> tuple[dict[str, float], float]:
-    """The in-progress executions of a job with their startedAt, from the fleet itself."""
-    now = sim.clock.now()
+    """The in-progress executions of a job with their startedAt, from the fleet itself, and
+    the simulator's time as its answers' Date header gives it (whole seconds): the exporter
+    measures ages on the server's clock."""
+    now = float(math.floor(sim.clock.now()))
     job = sim.fleet.jobs[job_id]
     running = {
         e.thing: e.started_at

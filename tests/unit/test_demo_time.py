@@ -112,6 +112,10 @@ def test_every_duration_of_the_exporter_config_is_divided_by_the_factor() -> Non
     }
     # The budget and the simulator's quotas grow alike, so shorter intervals fit.
     assert scaled.collector.requests_per_second == demo.collector.requests_per_second * factor
+    sweeps = scaled.collector.executions
+    assert sweeps.requests_per_second == demo.collector.executions.requests_per_second * factor
+    # Stuck thresholds are simulated seconds, as the ages measured on the simulator's clock.
+    assert sweeps.stuck_in_progress_after == demo.collector.executions.stuck_in_progress_after
     assert scaled_quotas([("DescribeJob", 10.0)], factor) == {"DescribeJob": 300.0}
 
 
