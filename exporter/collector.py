@@ -1105,6 +1105,9 @@ class Collector:
                 self.config.collector, requests_per_second=0.0
             )
             self.budgets.set_rate(rate, ("DescribeJob", "ListJobs"))
+            self.budgets.set_rate(
+                config.collector.executions.requests_per_second, ("ListJobExecutionsForJob",)
+            )
             if not settings_changed:
                 for running in self._running.values():
                     running.collector.set_budget(config.collector)

@@ -123,7 +123,7 @@ class Executions:
     stuck_in_progress_after: float = 3600.0
     # Queued this long counts as stuck: the device has not connected.
     stuck_queued_after: float = 86400.0
-    # A sweep reads at most this many summaries of one job (400 pages of 250).
+    # A sweep reads at most this many summaries of one job per state (400 pages of 250).
     max_executions_per_job: int = 100_000
     # The oldest stuck executions per job the status page lists by name.
     stuck_list_size: int = 10

@@ -176,8 +176,8 @@ def _parse_event(body: str | bytes, reason_key: str | None) -> JobEvent:
     thing: str | None = None
     arn = data.get("thingArn")
     if kind == "execution" and isinstance(arn, str) and len(arn) <= 2048:
-        _, _, name_part = arn.rpartition(":thing/")
-        if THING_NAME.fullmatch(name_part):
+        _, marker, name_part = arn.rpartition(":thing/")
+        if marker and THING_NAME.fullmatch(name_part):
             thing = name_part
     return JobEvent(event_id, kind, name, job_id, timestamp, status, reason, thing)
 

@@ -59,13 +59,22 @@ def _identity(target: Target, job_id: str, snapshot: JobSnapshot) -> str:
     return identity_labels(target.name, target.region, snapshot.account_id, job_id, target.labels)
 
 
+EXEMPLAR_CHARACTERS = 128
+
+
 def _exemplar(exemplar: Exemplar | None) -> str:
     """An OpenMetrics exemplar: the thing and execution behind a bucket, never a label."""
     if exemplar is None:
         return ""
+    # OpenMetrics allows 128 characters of label names and values in all; a scraper
+    # drops a longer exemplar. The execution number goes first, then the exemplar.
+    room = EXEMPLAR_CHARACTERS - len("thing_name") - len(exemplar.thing_name)
+    if room < 0:
+        return ""
     labels = f'thing_name="{escape_label_value(exemplar.thing_name)}"'
-    if exemplar.execution_number is not None:
-        labels += f',execution_number="{exemplar.execution_number}"'
+    number = exemplar.execution_number
+    if number is not None and len("execution_number") + len(str(number)) <= room:
+        labels += f',execution_number="{number}"'
     value, at = format_value(exemplar.value), format_value(round(exemplar.at, 3))
     return f" # {{{labels}}} {value} {at}"
 

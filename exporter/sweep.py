@@ -58,6 +58,8 @@ class SweepState:
     marked: dict[str, None] = field(default_factory=dict)
     # When a job was last tried (failed sweeps included), monotonic.
     tried: dict[str, float] = field(default_factory=dict)
+    # When a job never swept first waited for a sweep, monotonic.
+    seen: dict[str, float] = field(default_factory=dict)
     # Executions seen IN_PROGRESS: (job, thing) -> (startedAt, executionNumber); the
     # oldest are forgotten past max_tracked_executions. Their run is timed when their
     # terminal event comes, and their queue time was observed once, when first seen.
@@ -78,28 +80,33 @@ def next_job(
     now: float,
     interval: float,
 ) -> tuple[str | None, float | None]:
-    """The job to sweep now, or None and how long until one is due (None: nothing to do)."""
-    best: tuple[tuple[int, float, int], str] | None = None
-    wait: float | None = None
+    """The job to sweep now, or None and how long until one is due (None: nothing to do).
+
+    Earliest due first: a job is due `interval` after its last try, MIN_GAP_SECONDS after
+    it when its executions changed, and from when it first waited when never swept. A
+    job overdue the longest goes first, so that a stream of changed jobs cannot starve a
+    job whose counts stand still (a stalled rollout looks exactly like that); among equals
+    the larger job goes first.
+    """
+    best: tuple[tuple[float, int], str] | None = None
     for job_id, snapshot in jobs.items():
         if snapshot is None or not _non_terminal(snapshot):
             continue
-        swept = state.tried.get(job_id)
-        marked = job_id in state.marked
-        if swept is None:
-            due_at, rank = now, 1
-        elif marked:
-            due_at, rank = swept + MIN_GAP_SECONDS, 0
+        tried = state.tried.get(job_id)
+        if tried is None:
+            due_at = state.seen.setdefault(job_id, now)
+        elif job_id in state.marked:
+            due_at = tried + MIN_GAP_SECONDS
         else:
-            due_at, rank = swept + interval, 2
-        if due_at > now:
-            wait = due_at - now if wait is None else min(wait, due_at - now)
-            continue
-        key = (rank, swept or 0.0, -_non_terminal(snapshot))
+            due_at = tried + interval
+        key = (due_at, -_non_terminal(snapshot))
         if best is None or key < best[0]:
             best = (key, job_id)
     if best is None:
-        return None, wait
+        return None, None
+    due_at = best[0][0]
+    if due_at > now:
+        return None, due_at - now
     return best[1], 0.0
 
 
@@ -140,17 +147,23 @@ class Sweeper:
     def forget(self, job_id: str) -> None:
         self.state.marked.pop(job_id, None)
         self.state.tried.pop(job_id, None)
+        self.state.seen.pop(job_id, None)
         for key in [k for k in self.state.started if k[0] == job_id]:
             del self.state.started[key]
 
     def oldest_age(self) -> float:
-        """Seconds since the oldest last sweep of a job that needs sweeps (0: none waits)."""
-        now, oldest = self.clock.time(), 0.0
-        for snapshot in self.jobs().values():
+        """Seconds since the oldest last sweep of a job that needs sweeps (0: none waits); a
+        job never swept counts from when it first waited, so sweeps that always fail (a
+        denied call) show as an age that grows."""
+        now, mono, oldest = self.clock.time(), self.clock.monotonic(), 0.0
+        for job_id, snapshot in self.jobs().items():
             if snapshot is None or not _non_terminal(snapshot):
                 continue
-            since = snapshot.sweep.ended_at if snapshot.sweep is not None else snapshot.fetched_at
-            oldest = max(oldest, now - since)
+            if snapshot.sweep is not None:
+                age = now - snapshot.sweep.ended_at
+            else:
+                age = mono - self.state.seen.setdefault(job_id, mono)
+            oldest = max(oldest, age)
         return oldest
 
     async def run(self) -> None:
@@ -203,14 +216,14 @@ class Sweeper:
         if snapshot is None:
             return None
         summaries: dict[str, list[ExecutionSummary]] = {}
-        pages, read, truncated = 0, 0, False
+        pages, truncated = 0, False
         # Ages are measured on the server's clock when its answers say the time.
         server_now: float | None = None
         limit = self.settings.max_executions_per_job
         try:
             for api_state, label in SWEPT_STATES:
                 found = summaries[api_state] = []
-                if not snapshot.execution_count(label) or truncated:
+                if not snapshot.execution_count(label):
                     continue
                 token: str | None = None
                 seen: set[str] = set()
@@ -223,10 +236,10 @@ class Sweeper:
                     pages += 1
                     self.telemetry.sweep_page(self.target, len(page))
                     found.extend(s for s in page if s.status == api_state)
-                    read += len(page)
                     if not token:
                         break
-                    if read >= limit:
+                    if len(found) >= limit:
+                        # Per state: the in-progress ones are read however many wait.
                         truncated = True
                         break
                     if token in seen:

@@ -62,6 +62,11 @@ def test_targets_of_one_account_share_a_bucket_and_shards_split_it() -> None:
     assert a.rate == 2.5  # a quarter each for four shards
     budgets.set_rate(4.0)  # a reload's new budget reaches every bucket
     assert a.rate == 1.0
+    # The sweeps' budget is a setting of its own: a reload sets each to its operations.
+    sweeps = budgets.bucket("123456789012", "us-east-1", "ListJobExecutionsForJob", 2.0)
+    budgets.set_rate(8.0, ("DescribeJob", "ListJobs"))
+    budgets.set_rate(6.0, ("ListJobExecutionsForJob",))
+    assert (a.rate, sweeps.rate) == (2.0, 1.5)
 
 
 async def test_an_event_storm_on_one_target_leaves_the_other_its_half() -> None:
