@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from exporter.aws import (
@@ -19,16 +17,17 @@ from exporter.aws import (
     classify,
     describe_exception,
 )
-from exporter.budget import EVENT, FIRST, REFRESH, UNKNOWN, WORK, Budgets
+from exporter.budget import FIRST, REFRESH, WORK, Budgets
 from exporter.config import CollectorSettings, Config, Target
-from exporter.events import EventConsumer, JobEvent, LogThrottle, Queue, ReasonCounts
+from exporter.discovery import discover, discover_in_background
+from exporter.eventpath import EventPath
+from exporter.events import EventConsumer, ReasonCounts
 from exporter.executions import ExecutionSummary
 from exporter.logs import sanitise
 from exporter.model import TERMINAL_STATUSES, JobSnapshot
 from exporter.schedule import (
     SYSTEM_CLOCK,
     Clock,
-    EventMarks,
     cycle_seconds,
     hold,
     refresh_due,
@@ -38,7 +37,6 @@ from exporter.schedule import (
 from exporter.shard import ONE_SHARD, Shard
 from exporter.status import (
     STATUS_WINDOW,
-    EventsStatus,
     JobView,
     LastError,
     Status,
@@ -48,8 +46,9 @@ from exporter.status import (
     job_lists,
     window_base,
 )
-from exporter.sweep import Sweeper, SweepState
-from exporter.telemetry import ACTIVE, FROZEN, PENDING, TRACKED_STATES, Telemetry
+from exporter.sweep import Sweeper
+from exporter.targetstate import Cycle, TargetState, Tracked
+from exporter.telemetry import TRACKED_STATES, Telemetry
 from exporter.tracing import NOOP_TRACING, Tracing
 
 log = logging.getLogger(__name__)
@@ -77,87 +76,6 @@ class Source(Protocol):
 def _waiting(snapshot: JobSnapshot) -> tuple[int | None, int | None]:
     """The job's queued and in-progress counts: a change calls for a sweep."""
     return snapshot.execution_count("queued"), snapshot.execution_count("in_progress")
-
-
-@dataclass(slots=True)
-class _Tracked:
-    explicit: bool
-    snapshot: JobSnapshot | None = None
-
-    @property
-    def state(self) -> str:
-        """One of TRACKED_STATES: pending until described, then active or frozen."""
-        if self.snapshot is None:
-            return PENDING
-        return FROZEN if self.snapshot.frozen else ACTIVE
-
-
-@dataclass(slots=True)
-class _Cycle:
-    failures: int = 0
-    described: int = 0
-    dropped: list[str] = field(default_factory=list)
-
-
-async def _wait(event: asyncio.Event) -> object:
-    return await event.wait()
-
-
-@dataclass(slots=True)
-class TargetState:
-    """What a target's poller knows, kept across reloads: the Collector owns it and hands
-    it to the poller that replaces a target's old one, instead of a field-by-field copy.
-
-    Every collection is bounded by the jobs AWS lists and the config names: terminal jobs
-    past retention (`expired`), explicit ids AWS does not know (`missing`), ids AWS refuses
-    (`invalid`) are forgotten once discovery no longer lists them.
-    """
-
-    jobs: dict[str, _Tracked] = field(default_factory=dict)
-    expired: set[str] = field(default_factory=set)
-    missing: set[str] = field(default_factory=set)
-    invalid: set[str] = field(default_factory=set)
-    # Frozen jobs discovery wants described once more (no longer listed: deleted?).
-    recheck: set[str] = field(default_factory=set)
-    reasons: ReasonCounts = field(default_factory=lambda: ReasonCounts(10))
-    sweeps: SweepState = field(default_factory=SweepState)
-    next_discovery: float = 0.0
-    cycles: int = 0
-    # Ready once AWS answered: a discovery, or for explicit ids only, a describe.
-    primed: bool = False
-    # Whether the last discovery failed: the target counts as failing until one succeeds,
-    # however many describe-only cycles run in between.
-    discovery_failed: bool = False
-    last_success: bool | None = None
-    last_discovery: float | None = None
-    last_collection: float | None = None
-    last_error: LastError | None = None
-    # Each job's last describe failure, until a describe succeeds: the status page lists
-    # failing jobs apart from jobs merely due. Bounded by the tracked jobs.
-    job_errors: dict[str, LastError] = field(default_factory=dict)
-    # (time, attempts, throttled, failed, events received, event describes) of the target,
-    # one sample per cycle: the status page's window.
-    calls: deque[tuple[float, int, int, int, int, int]] = field(default_factory=deque)
-
-    def adopt(self, target: Target, shard: Shard) -> TargetState:
-        """This state for `target` as a reload changed it: jobs of another shard leave,
-        the config's explicit ids are marked so, reasons restart with events turned on."""
-        explicit = set(target.jobs.ids)
-        self.jobs = {
-            job_id: _Tracked(job_id in explicit, tracked.snapshot)
-            for job_id, tracked in self.jobs.items()
-            if shard.owns(target, job_id)
-        }  # fmt: skip
-        for job_id in explicit:
-            if shard.owns(target, job_id):
-                self.jobs.setdefault(job_id, _Tracked(explicit=True))
-        self.job_errors = {j: e for j, e in self.job_errors.items() if j in self.jobs}
-        self.missing &= explicit
-        if target.events is None:
-            self.reasons = ReasonCounts(10)
-        else:
-            self.reasons.max_reasons = target.events.max_reasons_per_job
-        return self
 
 
 class TargetCollector:
@@ -191,34 +109,19 @@ class TargetCollector:
         self.state = state.adopt(target, shard)
         self._stretched = False
         self._semaphore = asyncio.Semaphore(settings.concurrency)
-        # Jobs an event marked changed, described oldest mark first (schedule.EventMarks).
-        self._marks = EventMarks(events.min_describe_interval if events else 0.0)
-        self._dirty_wakeup = asyncio.Event()
-        self._unknown_marks = EventMarks(events.min_describe_interval if events else 0.0)
-        self._unknown_wakeup = asyncio.Event()
-        # One call at a time for ids only events named, whatever the concurrency.
-        self._unknown_slots = asyncio.Semaphore(1)
-        # Job ids only events named, awaiting the describe that says whether they exist:
-        # at most events.max_unknown_jobs, in the order they came (the rest are dropped).
-        self._unknown: dict[str, None] = {}
-        self._unknown_log = LogThrottle(EventConsumer.LOG_EVERY)
-        # Event describes hold at most half of the target's concurrent calls: the rest
-        # stay free for the cycle's, however many events come.
-        self._event_slots = asyncio.Semaphore(max(1, settings.concurrency // 2))
-        self.consumer: EventConsumer | None = None
-        self._event_driven = False
         # Calls outlive the cycle that started them when they are slow: a slow call must
         # not hold the target's other jobs. Their results count in the cycle they end in.
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self.in_flight: dict[str, asyncio.Task[None]] = {}
         # Of those, the ones a cycle started: a call still running when a cycle ends is a
         # job it could not refresh. Event describes (of known or unknown ids) are not.
         self._in_flight_cycle: set[str] = set()
         self._discovery: asyncio.Task[None] | None = None
-        self._cycle = _Cycle()
+        self.cycle = Cycle()
         self._tracked_at = 0.0
-        self._event_describes = 0
         self._cycle_started = 0.0
         telemetry.init_target(target.name, discovery=target.jobs.discover is not None)
+        # Events say which jobs changed (eventpath.EventPath); sweeps read executions.
+        self.events = EventPath(self)
         self._sample_calls()
         self.sweeper = Sweeper(
             target.name,
@@ -274,192 +177,19 @@ class TargetCollector:
         tracked.snapshot = snapshot
         self.store.put_job(self.target, job_id, snapshot)
 
-    # --- events (EventSink) ---------------------------------------------------------------
-
-    def owns(self, job_id: str) -> bool:
-        return self.shard.owns(self.target, job_id)
-
+    # The event path's entry points, as other modules and tests name them.
     def job_changed(self, job_id: str) -> bool:
-        """An event says the job changed: describe it soon. False when it is not followed."""
-        if job_id not in self.state.jobs and job_id not in self._unknown:
-            discover = self.target.jobs.discover
-            if job_id in self.state.expired or job_id in self.state.invalid:
-                return False
-            if discover is None or not discover.matches(job_id):
-                return False
-            # A job created since the last discovery is described at once, not minutes
-            # later: if it exists. Anyone who can write to the queue can name any number
-            # of ids, so they wait apart, bounded, and spend the smallest share.
-            settings = self.target.events
-            limit = settings.max_unknown_jobs if settings else 0
-            if len(self._unknown) >= limit:
-                self.telemetry.jobs_dropped(self.target.name, "unknown_limit")
-                if self._unknown_log.allow():
-                    log.warning(
-                        "event for an unknown job dropped target=%s job_id=%s "
-                        "max_unknown_jobs=%d suppressed=%d",
-                        self.target.name,
-                        job_id,
-                        limit,
-                        self._unknown_log.take(),
-                    )
-                return False
-            self._unknown[job_id] = None
-            self.telemetry.unknown_jobs(self.target.name, len(self._unknown))
-        if job_id in self._unknown:
-            if self._unknown_marks.mark(job_id, self.clock.monotonic()):
-                self._unknown_wakeup.set()
-        elif self._marks.mark(job_id, self.clock.monotonic()):
-            self._dirty_wakeup.set()
-        return True
-
-    def job_deleted(self, job_id: str) -> None:
-        tracked = self.state.jobs.get(job_id)
-        if tracked is None:
-            return
-        log.info("job deleted target=%s job_id=%s", self.target.name, job_id)
-        if tracked.explicit:
-            self.state.missing.add(job_id)
-        self._drop(job_id)
-
-    def execution_ended(self, event: JobEvent) -> None:
-        """An execution of a followed job ended: its counts, its run time, a sweep soon."""
-        job_id = event.job_id
-        timed = self.sweeper.ended(event)
-        counts = tuple(self.reasons.samples(job_id))
-
-        def change(snapshot: JobSnapshot) -> JobSnapshot:
-            if timed is not None:
-                snapshot = timed(snapshot)
-            if counts != snapshot.execution_events:
-                snapshot = dataclasses.replace(snapshot, execution_events=counts)
-            return snapshot
-
-        self.amend(job_id, change)
-        self.sweeper.mark(job_id)
-
-    def event_driven(self) -> bool:
-        """Events refresh the active jobs now; else they are polled every interval."""
-        consumer = self.consumer
-        if consumer is None or not consumer.healthy():
-            return False
-        active = any(
-            t.snapshot is not None and not t.snapshot.frozen for t in self.state.jobs.values()
-        )
-        return not (active and consumer.silent())
-
-    def _check_event_driven(self) -> bool:
-        driven = self.event_driven()
-        if self.consumer is not None and driven != self._event_driven:
-            if driven:
-                log.info("events drive collection target=%s", self.target.name)
-            else:
-                log.warning(
-                    "events lost or failing, polling every interval target=%s interval_seconds=%g",
-                    self.target.name,
-                    self.settings.interval,
-                )
-        self._event_driven = driven
-        return driven
+        return self.events.job_changed(job_id)
 
     async def describe_dirty(self, unknown: bool = False) -> None:
-        """Describes the jobs events marked, oldest mark first, inside the same budget.
+        await self.events.describe_dirty(unknown)
 
-        Ids only events named have a queue, a wake-up and one call of their own
-        (`unknown`): a flood of made-up ids never stands between a known job's event and
-        its describe.
-        """
-        marks = self._unknown_marks if unknown else self._marks
-        wakeup = self._unknown_wakeup if unknown else self._dirty_wakeup
-        slots = self._unknown_slots if unknown else self._event_slots
-        while True:
-            job_id, delay = marks.next(self.clock.monotonic(), self._in_flight.__contains__)
-            if job_id is None:
-                # Nothing due: wait for the first due mark, or for a newer one.
-                await self._wait_for_mark(wakeup, delay)
-                continue
-            tracked = self.state.jobs.get(job_id)
-            if tracked is None and job_id not in self._unknown:
-                continue
-            self._event_describes += 1
-            self.telemetry.event_describe(self.target.name)
-            if tracked is None:
-                kind = UNKNOWN
-            elif tracked.snapshot is None:
-                kind = FIRST
-            else:
-                kind = EVENT
-            # Tracked in _in_flight like the cycle's calls, and closed with them.
-            await slots.acquire()
-            tasks: list[asyncio.Task[None]] = []
-            try:
-                await self._spawn(job_id, tasks, kind, from_cycle=False)
-            finally:
-                if tasks:
-                    tasks[0].add_done_callback(lambda _: slots.release())
-                else:
-                    slots.release()
+    @property
+    def consumer(self) -> EventConsumer | None:
+        return self.events.consumer
 
-    async def _wait_for_mark(self, wakeup: asyncio.Event, delay: float | None) -> None:
-        """Until `delay` has passed on the clock (None: forever), or a job is marked."""
-        wakeup.clear()
-        waits: set[asyncio.Future[object]] = {asyncio.ensure_future(_wait(wakeup))}
-        if delay is not None:
-            waits.add(asyncio.ensure_future(self.clock.sleep(delay)))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for future in waits:
-                future.cancel()
-
-    def attach_events(self, queue: Queue) -> EventConsumer:
-        """The target's event consumer on `queue`; run it with run_events().
-
-        Made before the cycles start, so that the first cycle knows to wait for the
-        queue's first answer instead of polling every active job.
-        """
-        events = self.target.events
-        assert events is not None
-        self.consumer = EventConsumer(
-            self.target.name,
-            events,
-            queue,
-            self,
-            self.telemetry,
-            self.reasons,
-            clock=self.clock.time,
-        )
-        return self.consumer
-
-    async def run_events(self, consumer: EventConsumer) -> None:
-        """The consumer and the describes it causes, until cancelled.
-
-        Never raises but for cancellation: whatever ends the consumer or the event
-        describes is logged and restarted after a pause, and the target's polling, which
-        runs beside this, goes on meanwhile.
-        """
-        # Read at scrape time: the consumer's health changes between cycles.
-        self.telemetry.watch_events_driven(self.target.name, self.event_driven)
-        try:
-            while True:
-                try:
-                    async with asyncio.TaskGroup() as group:
-                        group.create_task(consumer.run())
-                        group.create_task(self.describe_dirty())
-                        group.create_task(self.describe_dirty(unknown=True))
-                except Exception as exc:
-                    log.error(
-                        "event path stopped, restarting target=%s error=%s",
-                        self.target.name,
-                        describe_exception(exc),
-                    )
-                    self.telemetry.event_consumer_error(self.target.name)
-                    await asyncio.sleep(EventConsumer.BACKOFF[-1])
-        finally:
-            self.consumer = None
-            self.telemetry.watch_events_driven(self.target.name, lambda: False)
-
-    def _expired_at(self, status: str | None, ended_at: float | None, now: float) -> bool:
+    def expired_at(self, status: str | None, ended_at: float | None, now: float) -> bool:
+        """Whether a job that ended at `ended_at` is past terminal_job_retention at `now`."""
         if status not in TERMINAL_STATUSES or ended_at is None:
             return False
         return now - ended_at > self.settings.terminal_job_retention
@@ -471,100 +201,22 @@ class TargetCollector:
             self.clock.time(), outcome, operation, sanitise(message), job_id
         )
 
-    async def discover(self, cycle: _Cycle) -> bool:
-        """Add the jobs ListJobs finds; jobs leave only by NotFound or retention.
-
-        False when ListJobs failed: the target then stays failed until a discovery succeeds.
-        """
-        discover = self.target.jobs.discover
-        now = self.clock.time()
-        for job_id in self.state.missing:
-            self.state.jobs.setdefault(job_id, _Tracked(explicit=True))
-        self.state.missing.clear()
-        if discover is None:
-            return True
-        try:
-            summaries = await self.source.list_jobs(discover.list_jobs_params())
-        except ApiError as exc:
-            cycle.failures += 1
-            self.state.discovery_failed = True
-            self.record_error(exc.outcome, exc.operation, exc.detail)
-            log.warning(
-                "discovery failed target=%s outcome=%s error=%r",
-                self.target.name,
-                exc.outcome,
-                exc.detail,
-            )
-            return False
-        self.state.discovery_failed = False
-        self.state.primed = True
-        self.state.last_discovery = now
-        listed = {s.job_id for s in summaries}
-        # Forget expired jobs AWS no longer lists, so months of finished jobs do not pile up.
-        self.state.expired &= listed | set(self.target.jobs.ids)
-        self.state.invalid &= listed | set(self.target.jobs.ids)
-        # A frozen job is never described again, so its deletion would go unseen: when a
-        # listing without a status filter (the only filter a job can leave) no longer has
-        # it, describe it once more. NotFound then drops it; otherwise it freezes again.
-        if discover.status is None:
-            for job_id, tracked in self.state.jobs.items():
-                snapshot = tracked.snapshot
-                if job_id not in listed and snapshot is not None and snapshot.frozen:
-                    self.state.recheck.add(job_id)
-        added = 0
-        for summary in summaries:
-            job_id = summary.job_id
-            if (
-                job_id in self.state.jobs
-                or job_id in self.state.invalid
-                or not discover.matches(job_id)
-            ):
-                continue
-            if not self.shard.owns(self.target, job_id):
-                continue
-            if self._expired_at(summary.status, summary.ended_at, now):
-                continue
-            if job_id in self.state.expired:
-                continue
-            self.state.jobs[job_id] = _Tracked(explicit=False)
-            # An id events named first is a job now: it no longer holds an unknown slot.
-            self._forget_unknown(job_id)
-            added += 1
-        self.telemetry.discovery_succeeded(self.target.name, now)
-        if added:
-            log.info("discovered jobs target=%s added=%d", self.target.name, added)
-            # Queued jobs show as pending now, not at the end of a long first cycle.
-            self._update_tracked()
-        return True
+    async def discover(self, cycle: Cycle) -> bool:
+        return await discover(self, cycle)
 
     async def _discover(self) -> None:
-        # A discovery may end in a later cycle than it began: it counts in that one.
-        outcome = _Cycle()
-        try:
-            listed = await self.discover(outcome)
-        except Exception as exc:
-            # A bug must cost one discovery, not the target's describes.
-            log.exception("discovery crashed target=%s", self.target.name)
-            self.record_error("error", "ListJobs", type(exc).__name__)
-            self.state.discovery_failed = True
-            outcome.failures += 1
-            listed = False
-        if not listed:
-            # A failed discovery is tried again next cycle rather than a discovery interval
-            # later, so a target recovers as soon as ListJobs works again.
-            self.state.next_discovery = self.clock.time()
-        self._cycle.failures += outcome.failures
+        await discover_in_background(self)
 
-    async def _spawn(
+    async def spawn(
         self, job_id: str, tasks: list[asyncio.Task[None]], kind: str, from_cycle: bool = True
     ) -> None:
         """Describes the job in a task of its own, as work of `kind` at the budget."""
         # Taking the slot before creating the task keeps at most `concurrency` tasks alive,
         # however many jobs are due: 10,000 sleeping tasks would cost more than the jobs.
-        if job_id in self._in_flight:
+        if job_id in self.in_flight:
             return
         await self._semaphore.acquire()
-        if job_id in self._in_flight or (kind == FIRST and from_cycle and self._fresh(job_id)):
+        if job_id in self.in_flight or (kind == FIRST and from_cycle and self._fresh(job_id)):
             # Spawned by the event path or the cycle while this one waited for the slot, or
             # a first describe the event path has done meanwhile: a first cycle works
             # through its list for minutes, and a second call would only cost budget.
@@ -576,7 +228,7 @@ class TargetCollector:
             task = asyncio.create_task(self._describe(job_id))
         finally:
             WORK.reset(token)
-        self._in_flight[job_id] = task
+        self.in_flight[job_id] = task
         if from_cycle:
             self._in_flight_cycle.add(job_id)
         task.add_done_callback(lambda _: self._in_flight_done(job_id))
@@ -590,33 +242,33 @@ class TargetCollector:
         return snapshot is not None and snapshot.fetched_at >= self._cycle_started
 
     def _in_flight_done(self, job_id: str) -> None:
-        self._in_flight.pop(job_id, None)
+        self.in_flight.pop(job_id, None)
         self._in_flight_cycle.discard(job_id)
 
     async def _describe(self, job_id: str) -> None:
         try:
             snapshot = await self.source.describe_job(job_id)
-            self._update(job_id, snapshot, self._cycle)
+            self._update(job_id, snapshot, self.cycle)
         except ApiError as exc:
-            self._describe_failed(job_id, exc, self._cycle)
+            self._describe_failed(job_id, exc, self.cycle)
         except Exception as exc:
             # A bug must cost one job one cycle, not the whole cycle of the target.
             log.exception("describe crashed target=%s job_id=%s", self.target.name, job_id)
             self.record_error("error", "DescribeJob", type(exc).__name__, job_id)
-            self._cycle.failures += 1
+            self.cycle.failures += 1
         finally:
             self._semaphore.release()
 
-    def _update(self, job_id: str, snapshot: JobSnapshot, cycle: _Cycle) -> None:
+    def _update(self, job_id: str, snapshot: JobSnapshot, cycle: Cycle) -> None:
         tracked = self.state.jobs.get(job_id)
-        if self._forget_unknown(job_id) and tracked is None:
+        if self.events.forget_unknown(job_id) and tracked is None:
             # The job an event named exists: tracked from now as if discovered.
-            tracked = self.state.jobs[job_id] = _Tracked(explicit=False)
+            tracked = self.state.jobs[job_id] = Tracked(explicit=False)
         if tracked is None:
             return
         cycle.described += 1
         if self.clock.monotonic() - self._tracked_at >= 1.0:
-            self._update_tracked()
+            self.update_tracked()
         self._answered()
         previous = tracked.snapshot
         snapshot = snapshot.with_observed_rate(previous).carry(previous)
@@ -626,25 +278,17 @@ class TargetCollector:
             snapshot = dataclasses.replace(snapshot, execution_events=counts)
         if previous is None or _waiting(previous) != _waiting(snapshot):
             self.sweeper.mark(job_id)
-        if self._expired_at(snapshot.status, snapshot.ended_at, self.clock.time()):
-            self._drop(job_id)
+        if self.expired_at(snapshot.status, snapshot.ended_at, self.clock.time()):
+            self.drop(job_id)
             self.state.expired.add(job_id)
             return
         self.store.put_job(self.target, job_id, snapshot)
         tracked.snapshot = snapshot
         self.state.job_errors.pop(job_id, None)
 
-    def _forget_unknown(self, job_id: str) -> bool:
-        """Whether the job was one only events named; it no longer waits either way."""
-        if job_id not in self._unknown:
-            return False
-        del self._unknown[job_id]
-        self.telemetry.unknown_jobs(self.target.name, len(self._unknown))
-        return True
-
-    def _describe_failed(self, job_id: str, exc: ApiError, cycle: _Cycle) -> None:
+    def _describe_failed(self, job_id: str, exc: ApiError, cycle: Cycle) -> None:
         tracked = self.state.jobs.get(job_id)
-        if self._forget_unknown(job_id):
+        if self.events.forget_unknown(job_id):
             # An id only an event named: whatever the failure, it is not followed. If the
             # job exists, discovery finds it; a flood of made-up ids fails no cycle.
             self.reasons.forget(job_id)
@@ -664,7 +308,7 @@ class TargetCollector:
                 exc.detail,
             )
             cycle.dropped.append(job_id)
-            self._drop(job_id)
+            self.drop(job_id)
             return
         if exc.outcome == "not_found":
             # AWS answered, so the credentials work: a wrong id is not an unready target.
@@ -673,7 +317,7 @@ class TargetCollector:
                 self.state.missing.add(job_id)
                 log.warning("job not found target=%s job_id=%s", self.target.name, job_id)
             cycle.dropped.append(job_id)
-            self._drop(job_id)
+            self.drop(job_id)
             return
         cycle.failures += 1
         self.record_error(exc.outcome, exc.operation, exc.detail, job_id)
@@ -692,11 +336,10 @@ class TargetCollector:
         if self.target.jobs.discover is None:
             self.state.primed = True
 
-    def _drop(self, job_id: str) -> None:
+    def drop(self, job_id: str) -> None:
         self.state.jobs.pop(job_id, None)
         self.state.job_errors.pop(job_id, None)
-        self._marks.forget(job_id)
-        self._unknown_marks.forget(job_id)
+        self.events.forget(job_id)
         self.reasons.forget(job_id)
         self.sweeper.forget(job_id)
         self.store.remove((self.target.name, job_id))
@@ -705,8 +348,8 @@ class TargetCollector:
         now = self.clock.time()
         for job_id, tracked in list(self.state.jobs.items()):
             snap = tracked.snapshot
-            if snap is not None and self._expired_at(snap.status, snap.ended_at, now):
-                self._drop(job_id)
+            if snap is not None and self.expired_at(snap.status, snap.ended_at, now):
+                self.drop(job_id)
                 self.state.expired.add(job_id)
 
     async def collect_once(self, spread: float = 0.0) -> None:
@@ -717,7 +360,7 @@ class TargetCollector:
             span.set_attribute("failures", cycle.failures)
             span.set_outcome("error" if cycle.failures else "ok")
 
-    async def _collect_once(self, spread: float) -> _Cycle:
+    async def _collect_once(self, spread: float) -> Cycle:
         """One cycle: discovery when due, then every job that is not frozen.
 
         Jobs never described yet go first, at once. Jobs already known are spread evenly
@@ -727,7 +370,7 @@ class TargetCollector:
         """
         started = self.clock.monotonic()
         self._cycle_started = self.clock.time()
-        cycle = self._cycle
+        cycle = self.cycle
         first_cycle = spread <= 0
         tasks: list[asyncio.Task[None]] = []
         # Discovery runs beside the describes: a long or slow listing never stops the
@@ -745,8 +388,8 @@ class TargetCollector:
         ]
         events = self.target.events
         if events is not None:
-            await self._await_consumer()
-        if events is not None and self._check_event_driven():
+            await self.events.await_consumer()
+        if events is not None and self.events.check_driven():
             # Events say which jobs changed; the rest are reconciled less often, for lost
             # events and for what no event reports (an execution going in progress). Half an
             # interval early, so a job is not left a whole extra cycle behind.
@@ -755,18 +398,18 @@ class TargetCollector:
                 self.clock.time(),
                 self.settings.interval,
                 events.reconcile_interval,
-                self._marks.__contains__,
+                self.events.marks.__contains__,
             )
         self._check_budget(len(pending) + len(known))
         step = spacing(spread, len(known))
         for job_id in pending:
-            await self._spawn(job_id, tasks, FIRST)
+            await self.spawn(job_id, tasks, FIRST)
         first = self.clock.monotonic()
         for i, job_id in enumerate(known):
             delay = first + i * step - self.clock.monotonic()
             if delay > 0:
                 await self.clock.sleep(delay)
-            await self._spawn(job_id, tasks, REFRESH)
+            await self.spawn(job_id, tasks, REFRESH)
         if discovery is not None:
             # The first cycle waits for discovery: readiness means every job was seen once.
             hold = None if first_cycle else self._hold(started)
@@ -774,7 +417,7 @@ class TargetCollector:
             if discovery.done():
                 self._discovery = None
                 for job_id in self._pending():
-                    await self._spawn(job_id, tasks, FIRST)
+                    await self.spawn(job_id, tasks, FIRST)
         if tasks:
             await asyncio.wait(tasks, timeout=None if first_cycle else self._hold(started))
         # A call still running, started by this cycle or an earlier one, is a job this
@@ -783,9 +426,9 @@ class TargetCollector:
         if carried:
             cycle.failures += carried
             log.debug("calls carried over target=%s calls=%d", self.target.name, carried)
-        self._cycle = _Cycle()
+        self.cycle = Cycle()
         self._expire_frozen()
-        self._unknown_log.summarise(log, "events for unknown jobs dropped", self.target.name)
+        self.events.unknown_log.summarise(log, "events for unknown jobs dropped", self.target.name)
         self.state.cycles += 1
         name = self.target.name
         # A cycle without discovery cannot show that ListJobs works again: until a
@@ -799,7 +442,7 @@ class TargetCollector:
         if self.target.jobs.discover is None and not self.state.jobs:
             # Nothing of this target is this shard's to describe: nothing to wait for.
             self.state.primed = True
-        self._update_tracked()
+        self.update_tracked()
         self._sample_calls()
         log.debug(
             "cycle done target=%s described=%d failures=%d dropped=%d",
@@ -814,16 +457,6 @@ class TargetCollector:
         """A reload that changed requests_per_second only (the buckets are Budgets')."""
         self.settings = settings
         self.rate = settings.requests_per_second / max(self.shard.total, 1)
-
-    async def _await_consumer(self) -> None:
-        """Whether events flow is known once the queue answered: wait for that a moment, so
-        that a restart or a reload does not poll every active job before the first receive."""
-        consumer = self.consumer
-        if consumer is None or consumer.answered.is_set():
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.settings.request_timeout):
-                await consumer.answered.wait()
 
     def _fetched_at(self, job_id: str) -> float:
         snapshot = self.state.jobs[job_id].snapshot
@@ -848,7 +481,7 @@ class TargetCollector:
 
     async def close(self) -> None:
         """Cancel the calls and the discovery still running, and wait for them."""
-        tasks = list(self._in_flight.values())
+        tasks = list(self.in_flight.values())
         if self._discovery is not None:
             tasks.append(self._discovery)
             self._discovery = None
@@ -881,13 +514,9 @@ class TargetCollector:
         """This target's attempts so far: all, throttled, and failed (anything but ok)."""
         return self.telemetry.api_totals(self.target.name)
 
-    def _event_totals(self) -> tuple[int, int]:
-        consumer = self.consumer
-        return (consumer.received if consumer is not None else 0), self._event_describes
-
     def _sample_calls(self) -> None:
         now = self.clock.time()
-        self.state.calls.append((now, *self._api_totals(), *self._event_totals()))
+        self.state.calls.append((now, *self._api_totals(), *self.events.totals()))
         # Keep one sample older than the window, the baseline of its difference.
         while len(self.state.calls) > 2 and self.state.calls[1][0] <= now - STATUS_WINDOW:
             self.state.calls.popleft()
@@ -895,10 +524,10 @@ class TargetCollector:
     def status(self) -> TargetStatus:
         """The target as the status page shows it, computed now from what the poller knows."""
         now = self.clock.time()
-        current = (now, *self._api_totals(), *self._event_totals())
+        current = (now, *self._api_totals(), *self.events.totals())
         base = window_base(self.state.calls, current)
         events = self.target.events
-        driven = events is not None and self.event_driven()
+        driven = events is not None and self.events.event_driven()
         threshold = staleness(
             self.settings.interval, events.reconcile_interval if events else None, driven
         )
@@ -939,7 +568,7 @@ class TargetCollector:
             stale_basis=threshold.basis,
             failing_total=lists.failing_total,
             failing_jobs=lists.failing,
-            events=self._events_status(driven, now, base[4:]),
+            events=self.events.status(driven, now, base[4:]),
             stuck_jobs=self._stuck_jobs(),
         )
 
@@ -962,40 +591,7 @@ class TargetCollector:
         found.sort(key=lambda j: (j.oldest[0].since, j.job_id))
         return tuple(found[:STUCK_JOBS_LISTED])
 
-    def _events_status(
-        self, driven: bool, now: float, base: tuple[int, ...]
-    ) -> EventsStatus | None:
-        events = self.target.events
-        if events is None:
-            return None
-        consumer = self.consumer
-        received, describes = self._event_totals()
-        if consumer is None:
-            reason = "the event queue is not connected (no AWS client yet)"
-        elif driven:
-            reason = "events flow"
-        else:
-            reason = sanitise(consumer.polling_reason() or "") or (
-                f"no message for {events.silence_timeout:g} s (silence_timeout) while jobs "
-                "are active: events are taken as lost"
-            )
-        error = None
-        if consumer is not None and consumer.last_error is not None:
-            at, outcome, detail = consumer.last_error
-            error = LastError(at, outcome, "SQS", sanitise(detail))
-        return EventsStatus(
-            queue_url=events.sqs_queue_url,
-            driven=driven,
-            reason=reason,
-            last_error=error,
-            last_message=consumer.last_message if consumer is not None else None,
-            lag_seconds=consumer.lag if consumer is not None else None,
-            received=received - base[0],
-            describes=describes - base[1],
-            unknown_waiting=len(self._unknown),
-        )
-
-    def _update_tracked(self) -> None:
+    def update_tracked(self) -> None:
         self._tracked_at = self.clock.monotonic()
         counts = dict.fromkeys(TRACKED_STATES, 0)
         for tracked in self.state.jobs.values():
@@ -1160,8 +756,8 @@ class Collector:
                         group.create_task(collector.sweeper.run())
                         if queue is not None:
                             self.telemetry.init_events(target.name)
-                            consumer = collector.attach_events(queue)
-                            group.create_task(collector.run_events(consumer))
+                            consumer = collector.events.attach(queue)
+                            group.create_task(collector.events.run(consumer))
             except Exception as exc:
                 # An unknown profile or a broken credential source: this target waits
                 # and tries again, the others go on.

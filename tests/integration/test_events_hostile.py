@@ -217,7 +217,7 @@ async def test_a_flood_of_unknown_job_ids_is_bounded_and_known_jobs_stay_fresh(
         await until(lambda: target.jobs.get("known") is not None, what="the known job described")
         # What the flood can make the exporter hold: the cap, whatever the rate.
         for _ in range(20):
-            assert len(target._unknown) <= 20
+            assert len(target.events.unknown) <= 20
             assert len(target.jobs) == 1  # the ghosts are never tracked jobs
             await asyncio.sleep(0.05)
         # A real failure event for the known job is described within seconds, flood or not.
@@ -252,7 +252,7 @@ async def test_at_the_default_budget_a_known_job_event_is_not_held_behind_a_floo
     sqs.receive = flood
     async with Running(aws, sqs, events="reconcile_interval: 1h", rate=5) as run:
         await until(lambda: run.target.jobs.get("known") is not None, what="described once")
-        await until(lambda: len(run.target._unknown) >= 100, what="the unknown ids full")
+        await until(lambda: len(run.target.events.unknown) >= 100, what="the unknown ids full")
         before = aws.calls["DescribeJob:known"]
         sqs.receive = lambda data: messages(event_body("known", "real-1"), prefix="k")
         await asyncio.sleep(0.3)

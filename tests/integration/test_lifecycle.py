@@ -188,9 +188,13 @@ async def test_apply_keeps_unchanged_targets_and_their_snapshots(
         # The restarted poller does not reset the target's health to "failing".
         assert telemetry.collection_success.labels("a")._value.get() == 1
         assert collector.targets["a"] is not a_before
-        assert store.get(("a", job_a)) is snapshot
+        # The same snapshot, or a newer one the restarted poller (a describe, a sweep)
+        # stored meanwhile: never none, never an older one.
+        kept = store.get(("a", job_a))
+        assert snapshot is not None and kept is not None
+        assert kept.fetched_at >= snapshot.fetched_at
         assert store.get(("b", job_b)) is None
-        assert collector.targets["a"].jobs[job_a] is snapshot
+        assert collector.targets["a"].jobs[job_a] is kept
     finally:
         await collector.stop()
 

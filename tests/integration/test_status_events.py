@@ -84,7 +84,7 @@ async def test_a_healthy_event_driven_target_and_a_failing_job_stand_apart(
         403,
         b'{"__type": "AccessDeniedException", "message": "not for you"}',
     )
-    await until("event-driven", lambda: target.event_driven())
+    await until("event-driven", lambda: target.events.event_driven())
     # The denied job is described again at its next event or reconcile: force one.
     target.job_changed("denied")
     await until("the failing job", lambda: target.status().failing_total == 1)

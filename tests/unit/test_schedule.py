@@ -247,7 +247,7 @@ async def test_an_event_describe_still_running_at_the_end_of_a_cycle_does_not_fa
     poller.job_changed("busy")
     for _ in range(10):
         await asyncio.sleep(0)
-    assert "busy" in poller._in_flight  # the event's describe, not the cycle's
+    assert "busy" in poller.in_flight  # the event's describe, not the cycle's
     await poller.collect_once(spread=60)
     assert poller.telemetry.collection_success.labels("t")._value.get() == 1  # type: ignore[attr-defined]
     release.set()
@@ -267,7 +267,7 @@ async def test_a_first_describe_the_event_path_did_meanwhile_is_not_repeated() -
     source.calls.clear()
     tasks: list[asyncio.Task[None]] = []
     for job_id in ("a", "b"):
-        await poller._spawn(job_id, tasks, FIRST)
+        await poller.spawn(job_id, tasks, FIRST)
     await asyncio.gather(*tasks)
     assert [job for job, _ in source.calls] == ["b"]
 
@@ -285,9 +285,9 @@ async def test_an_id_events_named_first_leaves_the_unknown_ids_once_discovered()
     )
     await poller.collect_once()
     assert poller.job_changed("new")  # created after the listing: waits as an unknown id
-    assert "new" in poller._unknown
+    assert "new" in poller.events.unknown
     source.jobs["new"] = "IN_PROGRESS"
     poller.state.next_discovery = 0
     await poller.collect_once()
     # Listed now: a job like any other, and its unknown slot is free for the next one.
-    assert "new" in poller.jobs and not poller._unknown
+    assert "new" in poller.jobs and not poller.events.unknown

@@ -1,0 +1,327 @@
+"""A target's event path: jobs events say changed are described soon, ids only events
+named wait apart, and whether events drive the target or it polls.
+
+The poller (collector.TargetCollector) is its host: the event path marks jobs, asks the
+host to describe them inside the same budget, and reads the host's state; it never
+describes, stores or schedules a cycle itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from exporter.aws import describe_exception
+from exporter.budget import EVENT, FIRST, UNKNOWN
+from exporter.config import CollectorSettings, Target
+from exporter.events import EventConsumer, JobEvent, LogThrottle, Queue, ReasonCounts
+from exporter.logs import sanitise
+from exporter.model import JobSnapshot
+from exporter.schedule import Clock, EventMarks
+from exporter.shard import Shard
+from exporter.status import EventsStatus, LastError
+from exporter.sweep import Sweeper
+from exporter.targetstate import TargetState
+from exporter.telemetry import Telemetry
+
+log = logging.getLogger("exporter.collector")
+
+
+class EventHost(Protocol):
+    """What the event path uses of its target's poller."""
+
+    target: Target
+    settings: CollectorSettings
+    telemetry: Telemetry
+    clock: Clock
+    shard: Shard
+    state: TargetState
+    sweeper: Sweeper
+    # Describes in flight, by job id.
+    in_flight: dict[str, asyncio.Task[None]]
+
+    @property
+    def reasons(self) -> ReasonCounts: ...
+    def amend(self, job_id: str, change: Callable[[JobSnapshot], JobSnapshot]) -> None: ...
+    def drop(self, job_id: str) -> None: ...
+    async def spawn(
+        self, job_id: str, tasks: list[asyncio.Task[None]], kind: str, from_cycle: bool = True
+    ) -> None: ...
+
+
+async def _wait(event: asyncio.Event) -> object:
+    return await event.wait()
+
+
+class EventPath:
+    """The events of one target (events.EventSink): marks, unknown ids, the consumer."""
+
+    def __init__(self, host: EventHost) -> None:
+        self.host = host
+        events = host.target.events
+        gap = events.min_describe_interval if events else 0.0
+        # Jobs an event marked changed, described oldest mark first (schedule.EventMarks).
+        self.marks = EventMarks(gap)
+        self.dirty_wakeup = asyncio.Event()
+        self.unknown_marks = EventMarks(gap)
+        self.unknown_wakeup = asyncio.Event()
+        # One call at a time for ids only events named, whatever the concurrency.
+        self.unknown_slots = asyncio.Semaphore(1)
+        # Job ids only events named, awaiting the describe that says whether they exist:
+        # at most events.max_unknown_jobs, in the order they came (the rest are dropped).
+        self.unknown: dict[str, None] = {}
+        self.unknown_log = LogThrottle(EventConsumer.LOG_EVERY)
+        # Event describes hold at most half of the target's concurrent calls: the rest
+        # stay free for the cycle's, however many events come.
+        self.event_slots = asyncio.Semaphore(max(1, host.settings.concurrency // 2))
+        self.consumer: EventConsumer | None = None
+        self.driven_before = False
+        self.describes = 0
+
+    def forget(self, job_id: str) -> None:
+        """A job that is no longer followed leaves the marks."""
+        self.marks.forget(job_id)
+        self.unknown_marks.forget(job_id)
+
+    def totals(self) -> tuple[int, int]:
+        """Events received and the describes they caused, so far."""
+        consumer = self.consumer
+        return (consumer.received if consumer is not None else 0), self.describes
+
+    def owns(self, job_id: str) -> bool:
+        return self.host.shard.owns(self.host.target, job_id)
+
+    def job_changed(self, job_id: str) -> bool:
+        """An event says the job changed: describe it soon. False when it is not followed."""
+        if job_id not in self.host.state.jobs and job_id not in self.unknown:
+            discover = self.host.target.jobs.discover
+            if job_id in self.host.state.expired or job_id in self.host.state.invalid:
+                return False
+            if discover is None or not discover.matches(job_id):
+                return False
+            # A job created since the last discovery is described at once, not minutes
+            # later: if it exists. Anyone who can write to the queue can name any number
+            # of ids, so they wait apart, bounded, and spend the smallest share.
+            settings = self.host.target.events
+            limit = settings.max_unknown_jobs if settings else 0
+            if len(self.unknown) >= limit:
+                self.host.telemetry.jobs_dropped(self.host.target.name, "unknown_limit")
+                if self.unknown_log.allow():
+                    log.warning(
+                        "event for an unknown job dropped target=%s job_id=%s "
+                        "max_unknown_jobs=%d suppressed=%d",
+                        self.host.target.name,
+                        job_id,
+                        limit,
+                        self.unknown_log.take(),
+                    )
+                return False
+            self.unknown[job_id] = None
+            self.host.telemetry.unknown_jobs(self.host.target.name, len(self.unknown))
+        if job_id in self.unknown:
+            if self.unknown_marks.mark(job_id, self.host.clock.monotonic()):
+                self.unknown_wakeup.set()
+        elif self.marks.mark(job_id, self.host.clock.monotonic()):
+            self.dirty_wakeup.set()
+        return True
+
+    def job_deleted(self, job_id: str) -> None:
+        tracked = self.host.state.jobs.get(job_id)
+        if tracked is None:
+            return
+        log.info("job deleted target=%s job_id=%s", self.host.target.name, job_id)
+        if tracked.explicit:
+            self.host.state.missing.add(job_id)
+        self.host.drop(job_id)
+
+    def execution_ended(self, event: JobEvent) -> None:
+        """An execution of a followed job ended: its counts, its run time, a sweep soon."""
+        job_id = event.job_id
+        timed = self.host.sweeper.ended(event)
+        counts = tuple(self.host.reasons.samples(job_id))
+
+        def change(snapshot: JobSnapshot) -> JobSnapshot:
+            if timed is not None:
+                snapshot = timed(snapshot)
+            if counts != snapshot.execution_events:
+                snapshot = dataclasses.replace(snapshot, execution_events=counts)
+            return snapshot
+
+        self.host.amend(job_id, change)
+        self.host.sweeper.mark(job_id)
+
+    def event_driven(self) -> bool:
+        """Events refresh the active jobs now; else they are polled every interval."""
+        consumer = self.consumer
+        if consumer is None or not consumer.healthy():
+            return False
+        active = any(
+            t.snapshot is not None and not t.snapshot.frozen for t in self.host.state.jobs.values()
+        )
+        return not (active and consumer.silent())
+
+    def check_driven(self) -> bool:
+        driven = self.event_driven()
+        if self.consumer is not None and driven != self.driven_before:
+            if driven:
+                log.info("events drive collection target=%s", self.host.target.name)
+            else:
+                log.warning(
+                    "events lost or failing, polling every interval target=%s interval_seconds=%g",
+                    self.host.target.name,
+                    self.host.settings.interval,
+                )
+        self.driven_before = driven
+        return driven
+
+    async def describe_dirty(self, unknown: bool = False) -> None:
+        """Describes the jobs events marked, oldest mark first, inside the same budget.
+
+        Ids only events named have a queue, a wake-up and one call of their own
+        (`unknown`): a flood of made-up ids never stands between a known job's event and
+        its describe.
+        """
+        marks = self.unknown_marks if unknown else self.marks
+        wakeup = self.unknown_wakeup if unknown else self.dirty_wakeup
+        slots = self.unknown_slots if unknown else self.event_slots
+        while True:
+            job_id, delay = marks.next(
+                self.host.clock.monotonic(), self.host.in_flight.__contains__
+            )
+            if job_id is None:
+                # Nothing due: wait for the first due mark, or for a newer one.
+                await self._wait_for_mark(wakeup, delay)
+                continue
+            tracked = self.host.state.jobs.get(job_id)
+            if tracked is None and job_id not in self.unknown:
+                continue
+            self.describes += 1
+            self.host.telemetry.event_describe(self.host.target.name)
+            if tracked is None:
+                kind = UNKNOWN
+            elif tracked.snapshot is None:
+                kind = FIRST
+            else:
+                kind = EVENT
+            # Tracked in _in_flight like the cycle's calls, and closed with them.
+            await slots.acquire()
+            tasks: list[asyncio.Task[None]] = []
+            try:
+                await self.host.spawn(job_id, tasks, kind, from_cycle=False)
+            finally:
+                if tasks:
+                    tasks[0].add_done_callback(lambda _: slots.release())
+                else:
+                    slots.release()
+
+    async def _wait_for_mark(self, wakeup: asyncio.Event, delay: float | None) -> None:
+        """Until `delay` has passed on the clock (None: forever), or a job is marked."""
+        wakeup.clear()
+        waits: set[asyncio.Future[object]] = {asyncio.ensure_future(_wait(wakeup))}
+        if delay is not None:
+            waits.add(asyncio.ensure_future(self.host.clock.sleep(delay)))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in waits:
+                future.cancel()
+
+    def attach(self, queue: Queue) -> EventConsumer:
+        """The target's event consumer on `queue`; run it with run_events().
+
+        Made before the cycles start, so that the first cycle knows to wait for the
+        queue's first answer instead of polling every active job.
+        """
+        events = self.host.target.events
+        assert events is not None
+        self.consumer = EventConsumer(
+            self.host.target.name,
+            events,
+            queue,
+            self,
+            self.host.telemetry,
+            self.host.reasons,
+            clock=self.host.clock.time,
+        )
+        return self.consumer
+
+    async def run(self, consumer: EventConsumer) -> None:
+        """The consumer and the describes it causes, until cancelled.
+
+        Never raises but for cancellation: whatever ends the consumer or the event
+        describes is logged and restarted after a pause, and the target's polling, which
+        runs beside this, goes on meanwhile.
+        """
+        # Read at scrape time: the consumer's health changes between cycles.
+        self.host.telemetry.watch_events_driven(self.host.target.name, self.event_driven)
+        try:
+            while True:
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(consumer.run())
+                        group.create_task(self.describe_dirty())
+                        group.create_task(self.describe_dirty(unknown=True))
+                except Exception as exc:
+                    log.error(
+                        "event path stopped, restarting target=%s error=%s",
+                        self.host.target.name,
+                        describe_exception(exc),
+                    )
+                    self.host.telemetry.event_consumer_error(self.host.target.name)
+                    await asyncio.sleep(EventConsumer.BACKOFF[-1])
+        finally:
+            self.consumer = None
+            self.host.telemetry.watch_events_driven(self.host.target.name, lambda: False)
+
+    def forget_unknown(self, job_id: str) -> bool:
+        """Whether the job was one only events named; it no longer waits either way."""
+        if job_id not in self.unknown:
+            return False
+        del self.unknown[job_id]
+        self.host.telemetry.unknown_jobs(self.host.target.name, len(self.unknown))
+        return True
+
+    async def await_consumer(self) -> None:
+        """Whether events flow is known once the queue answered: wait for that a moment, so
+        that a restart or a reload does not poll every active job before the first receive."""
+        consumer = self.consumer
+        if consumer is None or consumer.answered.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.host.settings.request_timeout):
+                await consumer.answered.wait()
+
+    def status(self, driven: bool, now: float, base: tuple[int, ...]) -> EventsStatus | None:
+        events = self.host.target.events
+        if events is None:
+            return None
+        consumer = self.consumer
+        received, describes = self.totals()
+        if consumer is None:
+            reason = "the event queue is not connected (no AWS client yet)"
+        elif driven:
+            reason = "events flow"
+        else:
+            reason = sanitise(consumer.polling_reason() or "") or (
+                f"no message for {events.silence_timeout:g} s (silence_timeout) while jobs "
+                "are active: events are taken as lost"
+            )
+        error = None
+        if consumer is not None and consumer.last_error is not None:
+            at, outcome, detail = consumer.last_error
+            error = LastError(at, outcome, "SQS", sanitise(detail))
+        return EventsStatus(
+            queue_url=events.sqs_queue_url,
+            driven=driven,
+            reason=reason,
+            last_error=error,
+            last_message=consumer.last_message if consumer is not None else None,
+            lag_seconds=consumer.lag if consumer is not None else None,
+            received=received - base[0],
+            describes=describes - base[1],
+            unknown_waiting=len(self.unknown),
+        )
