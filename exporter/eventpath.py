@@ -1,7 +1,7 @@
 """A target's event path: jobs events say changed are described soon, ids only events
 named wait apart, and whether events drive the target or it polls.
 
-The poller (collector.TargetCollector) is its host: the event path marks jobs, asks the
+The poller (poller.TargetCollector) is its host: the event path marks jobs, asks the
 host to describe them inside the same budget, and reads the host's state; it never
 describes, stores or schedules a cycle itself.
 """

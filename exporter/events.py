@@ -300,7 +300,7 @@ class Queue(Protocol):
 
 
 class EventSink(Protocol):
-    """What the scheduler does with events (collector.TargetCollector)."""
+    """What the scheduler does with events (eventpath.EventPath)."""
 
     def owns(self, job_id: str) -> bool: ...
     def job_changed(self, job_id: str) -> bool: ...

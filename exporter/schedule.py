@@ -1,7 +1,7 @@
 """Scheduling, pure: what is due, how a cycle spreads its calls, when it stretches, which
 event-marked job goes next and what counts as stale; given state and a Clock.
 
-No I/O and no task of its own: collector.py asks, and does what it is told. Time comes
+No I/O and no task of its own: poller.py asks, and does what it is told. Time comes
 from a Clock, so tests run a day of schedule on a fake one in milliseconds.
 """
 
