@@ -85,18 +85,35 @@ class MaintenanceWindow:
 
     def open_at(self, now: float) -> bool | None:
         """Whether a window is open at `now`; None without a duration or a readable start."""
+        opened = self._open_since(now)
+        return None if opened is None else opened[0]
+
+    def closes_at(self, now: float) -> float | None:
+        """When the occurrence open at `now` closes, Unix seconds; None when none is open
+        or that cannot be read."""
+        opened = self._open_since(now)
+        if opened is None or not opened[0] or self.duration_minutes is None:
+            return None
+        return opened[1] + self.duration_minutes * 60.0
+
+    def _open_since(self, now: float) -> tuple[bool, float] | None:
+        """Whether a window is open at `now` and, if so, when its occurrence started;
+        None without a duration or a readable start."""
         if self.duration_minutes is None or not math.isfinite(now):
             return None
         length = self.duration_minutes * 60.0
         if self.start_timestamp is not None:
-            return self.start_timestamp <= now < self.start_timestamp + length
+            start = self.start_timestamp
+            return start <= now < start + length, start
         # The earliest occurrence that could still be open started `length` ago.
         readable, recent = self._occurrence(now - length)
         if not readable:
             return None
         # A recurrence that never starts again (30 FEB, a past year) is closed, not open
-        # from 1970 on (issue 18, D13).
-        return recent is not None and recent <= now < recent + length
+        # from 1970 on.
+        if recent is None:
+            return False, 0.0
+        return recent <= now < recent + length, recent
 
     def _occurrence(self, at: float) -> tuple[bool, float | None]:
         """Whether the recurrence and the instant can be read, and if so the first

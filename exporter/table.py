@@ -151,6 +151,13 @@ def _window_open(job: JobSnapshot) -> Iterator[Sample]:
             yield (str(i),), 1.0 if is_open else 0.0
 
 
+def _window_closes(job: JobSnapshot) -> Iterator[Sample]:
+    for i, w in enumerate(job.maintenance_windows):
+        closes = w.closes_at(job.fetched_at)
+        if closes is not None:
+            yield (str(i),), closes
+
+
 def _scheduled_rollouts(job: JobSnapshot) -> Iterator[Sample]:
     for i, start in enumerate(job.scheduled_rollouts):
         yield (str(i),), start
@@ -542,6 +549,20 @@ FAMILIES: tuple[Family, ...] = (
             "1 when the window was open at the job's last describe (an occurrence started less "
             "than `durationInMinutes` before), else 0. The rollout-stalled alert ignores jobs "
             "with windows of which none was open throughout its window."
+        ),
+    ),
+    Family(
+        P + "maintenance_window_close_timestamp_seconds",
+        "When the maintenance window open at the job's last describe closes, Unix seconds.",
+        ("window",),
+        _window_closes,
+        series="per maintenance window open",
+        source="`schedulingConfig.maintenanceWindows[].startTime`, `durationInMinutes`",
+        doc=(
+            "When the occurrence of the window that was open at the job's last describe "
+            "closes: its start plus `durationInMinutes`, Unix seconds. Absent while the "
+            "window is closed. `this - time()` is how long the rollout has before it pauses "
+            "until the next window."
         ),
     ),
     Family(

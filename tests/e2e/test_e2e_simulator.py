@@ -120,6 +120,8 @@ def schedule_time(text: str) -> float:
 WINDOW_STARTS = {
     "cron(0/30 * * * ? *)": lambda t: t.minute in (0, 30),
     "cron(0 2 ? * SUN *)": lambda t: t.weekday() == 6 and (t.hour, t.minute) == (2, 0),
+    # Every hour on the hour: with 60 minutes' duration, a window always open.
+    "cron(0 * * * ? *)": lambda t: t.minute == 0,
 }
 
 
@@ -230,8 +232,11 @@ def expected_series(
         upcoming = next(window_starts(window["startTime"], described_at, described_at + week))
         add("maintenance_window_next_start_timestamp_seconds", upcoming, window=str(i))
         recent = list(window_starts(window["startTime"], described_at - length, described_at))
-        is_open = any(start > described_at - length for start in recent)
-        add("maintenance_window_open", 1 if is_open else 0, window=str(i))
+        opened = [start for start in recent if start > described_at - length]
+        add("maintenance_window_open", 1 if opened else 0, window=str(i))
+        if opened:
+            # The open occurrence closes its duration after it started.
+            add("maintenance_window_close_timestamp_seconds", opened[-1] + length, window=str(i))
     for i, rollout_start in enumerate(job.get("scheduledJobRollouts", [])):
         add(
             "scheduled_rollout_start_timestamp_seconds",

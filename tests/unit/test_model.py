@@ -248,3 +248,11 @@ def test_maintenance_window_next_start_and_open(
     (window,) = parse_describe_job(body, now).maintenance_windows
     assert window.next_start(now) == next_start
     assert window.open_at(now) is is_open
+    # An open window closes its duration after the occurrence it opened with.
+    closes = window.closes_at(now)
+    if is_open:
+        assert duration is not None and closes is not None
+        assert now < closes <= now + duration * 60
+        assert window.open_at(closes - 1) and not window.open_at(closes)
+    else:
+        assert closes is None
