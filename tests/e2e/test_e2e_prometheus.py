@@ -190,6 +190,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     f"--config.file={prometheus_config}",
                     f"--storage.tsdb.path={tmp / 'data'}",
                     f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                    # The time-in-state histograms' exemplars name the devices.
+                    "--enable-feature=exemplar-storage",
                     "--log.level=warn",
                 ],
                 tmp / "prometheus.log",
@@ -262,6 +264,30 @@ def test_failure_alerts_fire_for_the_failing_rollout_only(stack: Stack) -> None:
     assert terminal and float(terminal[0]["value"][1]) >= 10
     for alert in ("AwsIotJobFailureRatioHigh", "AwsIotJobAbortThresholdApproaching"):
         assert not seen(alert, HEALTHY), f"{alert} fired for {HEALTHY}"
+
+
+def test_exemplars_of_time_in_state_reach_prometheus_and_name_a_device(stack: Stack) -> None:
+    """Prometheus scrapes OpenMetrics and stores the exemplars: a slow bucket leads to the
+    thing behind it, which no series label carries."""
+
+    def exemplars() -> list[dict[str, Any]] | None:
+        now = time.time()
+        url = f"{stack.prometheus}/api/v1/query_exemplars?" + urllib.parse.urlencode(
+            {
+                "query": "aws_iot_job_execution_queued_duration_seconds_bucket",
+                "start": now - 600,
+                "end": now,
+            }
+        )
+        with urllib.request.urlopen(url, timeout=10) as response:
+            found = json.loads(response.read())["data"]
+        return [e for series in found for e in series["exemplars"]] or None
+
+    found = wait_for("exemplars of the queued-time histogram", exemplars)
+    assert all(e["labels"]["thing_name"] for e in found)
+    names = {e["labels"]["thing_name"] for e in found}
+    series = query(stack.prometheus, "aws_iot_job_execution_queued_duration_seconds_bucket")
+    assert series and not any(names & set(s["metric"].values()) for s in series)
 
 
 def test_every_recording_rule_yields_series(stack: Stack) -> None:
