@@ -1,4 +1,5 @@
-"""`python -m bench`: scrape path, collection, memory, sharding, events, fair shares, readiness."""
+"""`python -m bench`: scrape path, collection, memory, sharding, events, fair shares, readiness,
+execution sweeps."""
 
 from __future__ import annotations
 
@@ -10,11 +11,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import collection, events, fairness, memory, readiness, scrape, sharding
+from bench import collection, events, fairness, memory, readiness, scrape, sharding, sweeps
 from bench.common import SCALE_SCENARIO, fetch_describe_bodies, write_fixture
 from bench.report import Table
 
-SECTIONS = ("scrape", "collection", "memory", "sharding", "events", "fairness", "readiness")
+SECTIONS = (
+    "scrape",
+    "collection",
+    "memory",
+    "sharding",
+    "events",
+    "fairness",
+    "readiness",
+    "sweeps",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,6 +73,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fleet sizes of the readiness section (10,000 takes 5 to 7 minutes)",
     )
     p.add_argument(
+        "--sweeps-budget",
+        type=int,
+        default=4_000_000,
+        help="execution sweeps on the virtual clock: summaries read (and job visits) per "
+        "fleet before its figures are sampled instead of simulated in full",
+    )
+    p.add_argument(
         "--quick", action="store_true", help="1,000 jobs, fewer scrapes and cycles (< 2 min)"
     )
     args = p.parse_args(argv)
@@ -70,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.jobs, args.scrapes, args.baseline_scrapes, args.cycles = "1000", 30, 4, 3
         args.events_jobs, args.events_window = "100,1000", 60.0
         args.fairness_window, args.readiness_jobs = 30.0, "1000"
+        args.sweeps_budget = 1_000_000
     args.job_counts = sorted(int(n) for n in args.jobs.split(","))
     args.sections = [s for s in args.only.split(",") if s]
     unknown = set(args.sections) - set(SECTIONS)
@@ -155,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         if "readiness" in args.sections:
             sizes = sorted(int(n) for n in args.readiness_jobs.split(","))
             tables = readiness.run(sizes)
+            show(tables)
+            all_tables += tables
+
+        if "sweeps" in args.sections:
+            tables = sweeps.run(args.sweeps_budget)
             show(tables)
             all_tables += tables
 
