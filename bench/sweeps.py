@@ -177,12 +177,18 @@ class SyntheticSource:
 
 
 class _Telemetry:
-    """The two reports a Sweeper makes; it calls nothing else of Telemetry."""
+    """The reports a Sweeper makes; it calls nothing else of Telemetry."""
 
     def __init__(self) -> None:
         self.age: Callable[[], float] = lambda: 0.0
 
     def sweep_page(self, target: str, executions: int) -> None:
+        pass
+
+    def sweep_truncated(self, target: str) -> None:
+        pass
+
+    def api_call(self, target: str, operation: str, outcome: str) -> None:
         pass
 
     def watch_sweep_age(self, target: str, read: Callable[[], float]) -> None:

@@ -9,6 +9,7 @@ thing name: the names of the oldest stuck executions are kept for the status pag
 from __future__ import annotations
 
 import email.utils
+import heapq
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -221,11 +222,12 @@ def summarise(
         states.append(
             (label, StateCounts(tuple(buckets), stuck, threshold, oldest, tuple(retries)))
         )
-    stuck_list.sort(key=lambda s: (s.since, s.thing_name))
+    # The oldest few of what may be 100,000 stuck: no full sort.
+    first = heapq.nsmallest(keep_stuck, stuck_list, key=lambda s: (s.since, s.thing_name))
     return ExecutionSweep(
         now if ended_at is None else ended_at,
         tuple(states),
-        tuple(stuck_list[:keep_stuck]),
+        tuple(first),
         pages,
         truncated,
     )

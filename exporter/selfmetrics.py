@@ -210,6 +210,13 @@ class SelfMetrics:
             ["target"],
             registry=r,
         )
+        self.sweep_truncated_total = Counter(
+            f"{ns}_sweep_truncated",
+            "Sweeps that stopped at executions.max_executions_per_job: their job's counts "
+            "are a lower bound.",
+            ["target"],
+            registry=r,
+        )
         self.sweep_oldest_age = Gauge(
             f"{ns}_sweep_oldest_age_seconds",
             "Age of the oldest last sweep among the jobs with queued or in-progress "
@@ -237,6 +244,9 @@ class SelfMetrics:
     def sweep_page(self, target: str, executions: int) -> None:
         self.sweep_pages.labels(target).inc()
         self.sweep_executions.labels(target).inc(executions)
+
+    def sweep_truncated(self, target: str) -> None:
+        self.sweep_truncated_total.labels(target).inc()
 
     def watch_sweep_age(self, target: str, read: Callable[[], float]) -> None:
         self.sweep_oldest_age.labels(target).set_function(read)
@@ -368,6 +378,7 @@ class SelfMetrics:
         return (
             self.sweep_pages,
             self.sweep_executions,
+            self.sweep_truncated_total,
             self.sweep_oldest_age,
             self.collection_success,
             self.collection_stretched,

@@ -60,6 +60,12 @@ class SweepState:
     tried: dict[str, float] = field(default_factory=dict)
     # When a job never swept first waited for a sweep, monotonic.
     seen: dict[str, float] = field(default_factory=dict)
+    # Whether the next sweep goes to the marked job due earliest (turns alternate).
+    marked_turn: bool = True
+    # Per job, the server's time of its last complete sweep: an execution that started
+    # after it is seen in progress for the first time (its queue time is observed once,
+    # however many executions the remembered starts can hold).
+    measured: dict[str, float] = field(default_factory=dict)
     # Executions seen IN_PROGRESS: (job, thing) -> (startedAt, executionNumber); the
     # oldest are forgotten past max_tracked_executions. Their run is timed when their
     # terminal event comes, and their queue time was observed once, when first seen.
@@ -82,13 +88,15 @@ def next_job(
 ) -> tuple[str | None, float | None]:
     """The job to sweep now, or None and how long until one is due (None: nothing to do).
 
-    Earliest due first: a job is due `interval` after its last try, MIN_GAP_SECONDS after
-    it when its executions changed, and from when it first waited when never swept. A
-    job overdue the longest goes first, so that a stream of changed jobs cannot starve a
-    job whose counts stand still (a stalled rollout looks exactly like that); among equals
-    the larger job goes first.
+    A job is due `interval` after its last try, MIN_GAP_SECONDS after it when its
+    executions changed (marked), and from when it first waited when never swept. Turns
+    alternate: the marked job due earliest, then the job due earliest of all. A change is
+    read again within about one sweep however long the backlog, and a job whose counts
+    stand still (a stalled rollout looks exactly like that) still gets every other sweep:
+    neither kind can starve the other. Among equals the larger job goes first.
     """
     best: tuple[tuple[float, int], str] | None = None
+    marked: tuple[tuple[float, int], str] | None = None
     for job_id, snapshot in jobs.items():
         if snapshot is None or not _non_terminal(snapshot):
             continue
@@ -102,6 +110,10 @@ def next_job(
         key = (due_at, -_non_terminal(snapshot))
         if best is None or key < best[0]:
             best = (key, job_id)
+        if job_id in state.marked and due_at <= now and (marked is None or key < marked[0]):
+            marked = (key, job_id)
+    if marked is not None and state.marked_turn:
+        return marked[1], 0.0
     if best is None:
         return None, None
     due_at = best[0][0]
@@ -148,6 +160,7 @@ class Sweeper:
         self.state.marked.pop(job_id, None)
         self.state.tried.pop(job_id, None)
         self.state.seen.pop(job_id, None)
+        self.state.measured.pop(job_id, None)
         for key in [k for k in self.state.started if k[0] == job_id]:
             del self.state.started[key]
 
@@ -210,6 +223,8 @@ class Sweeper:
 
     async def sweep(self, job_id: str) -> ExecutionSweep | None:
         """Reads the job's queued and in-progress executions and publishes the counts."""
+        # A marked job's turn leads to the earliest due of all, and back.
+        self.state.marked_turn = job_id not in self.state.marked
         self.state.marked.pop(job_id, None)
         self.state.tried[job_id] = self.clock.monotonic()
         snapshot = self.jobs().get(job_id)
@@ -272,7 +287,17 @@ class Sweeper:
             truncated,
             ended_at=now,
         )
+        reference = server_now if server_now is not None else now
         started = self._seen_started(job_id, summaries["IN_PROGRESS"], now)
+        # Queue times of executions started since the last complete sweep only: one the
+        # remembered starts forgot (past max_tracked_executions) is not counted again.
+        since = self.state.measured.get(job_id)
+        if since is not None:
+            started = [s for s in started if s.started_at is not None and s.started_at > since]
+        if not truncated:
+            self.state.measured[job_id] = reference
+        if truncated:
+            self.telemetry.sweep_truncated(self.target)
 
         def change(current: JobSnapshot) -> JobSnapshot:
             times = current.time_in_state or TimeInState()

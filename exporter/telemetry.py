@@ -73,6 +73,9 @@ class SchedulerTelemetry(Protocol):
 
     def watch_sweep_age(self, target: str, read: Callable[[], float]) -> None: ...
 
+    def sweep_truncated(self, target: str) -> None:
+        """A sweep stopped at max_executions_per_job: its job's counts are a lower bound."""
+
     def api_totals(self, target: str) -> tuple[int, int, int]:
         """The target's call attempts so far: all, throttled, and failed (not ok)."""
 

@@ -62,13 +62,26 @@ def test_the_job_overdue_longest_goes_first_and_a_change_brings_a_job_forward() 
         assert job_id is not None and wait == 0.0
         order.append(job_id)
         state.tried[job_id] = now
+        state.marked_turn = job_id not in state.marked  # as Sweeper.sweep does
         state.marked.pop(job_id, None)
-    # Due at 40 (the larger first), 80, then three at 100: the changed one (swept 5 s
-    # ago: due MIN_GAP_SECONDS later), the one first seen now, larger first.
+    # The changed job (swept 5 s ago: due MIN_GAP_SECONDS later, now) has the first turn;
+    # then by due time: 40 (the larger first), 80, and the one first seen now.
     assert MIN_GAP_SECONDS == 5.0
-    assert order == ["older-big", "older-small", "old", "new", "changed"]
+    assert order == ["changed", "older-big", "older-small", "old", "new"]
     # A job whose counts say nothing waits is never picked, however old.
     assert next_job({"idle": jobs["idle"]}, state, 1e9, interval) == (None, None)
+
+
+def test_a_change_waits_about_one_sweep_however_long_the_backlog() -> None:
+    jobs = {f"j{i}": job(f"j{i}", in_progress=10) for i in range(1000)}
+    state = SweepState(tried={j: float(i) for i, j in enumerate(jobs)})
+    now = 10_000.0  # every job is long overdue
+    state.marked_turn = False  # the last sweep was a marked job's
+    assert next_job(jobs, state, now, 60.0)[0] == "j0"
+    state.tried["j0"], state.marked_turn = now, True
+    state.marked["j999"] = None
+    # The next turn is the change's, ahead of 998 overdue jobs.
+    assert next_job(jobs, state, now, 60.0)[0] == "j999"
 
 
 def test_changed_jobs_cannot_starve_a_job_whose_counts_stand_still() -> None:
@@ -80,6 +93,8 @@ def test_changed_jobs_cannot_starve_a_job_whose_counts_stand_still() -> None:
         if j != "stalled":
             state.tried[j] = now - 1
             state.marked[j] = None
+    # Changed jobs take every other turn; the stalled job, due longest, the ones between.
+    state.marked_turn = False
     assert next_job(jobs, state, now, 60.0)[0] == "stalled"
 
 
@@ -328,3 +343,17 @@ def test_long_thing_names_keep_exemplars_within_the_openmetrics_limit() -> None:
     assert "execution_number" in _exemplar(Exemplar("short", 7, 1.0, 2.0))
     assert "execution_number" not in _exemplar(Exemplar("x" * 100, 123456789, 1.0, 2.0))
     assert _exemplar(Exemplar("x" * 119, 1, 1.0, 2.0)) == ""
+
+
+async def test_queue_times_are_observed_once_past_the_remembered_starts() -> None:
+    rows = [summary(f"t{i}", "IN_PROGRESS", NOW - 600 + i) for i in range(10)]
+    h = Harness({"j": job("j", in_progress=10)}, {"j": rows}, max_tracked_executions=2)
+    await h.sweeper.sweep("j")
+    await h.sweeper.sweep("j")
+    times = h.jobs["j"].time_in_state
+    assert times is not None and times.queued.count == 10
+    # One that started after the last sweep is new, and counted.
+    h.clock.advance(1)
+    h.source.executions["j"].append(summary("late", "IN_PROGRESS", h.clock.time()))
+    await h.sweeper.sweep("j")
+    assert h.jobs["j"].time_in_state.queued.count == 11  # type: ignore[union-attr]
