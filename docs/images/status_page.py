@@ -61,7 +61,7 @@ async def main() -> None:
     try:
         prod = collector.targets["prod"]
         for _ in range(600):
-            if prod.primed and prod.event_driven():
+            if prod.primed and prod.events.event_driven():
                 break
             await asyncio.sleep(0.1)
         faults = {"faults": {"denied": {"ratio": 1, "job_ids": [DENIED]}}}
