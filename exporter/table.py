@@ -195,8 +195,16 @@ def _oldest(job: JobSnapshot) -> Iterator[Sample]:
 
 
 def _by_retry(job: JobSnapshot) -> Iterator[Sample]:
-    for state, counts in _sweep_states(job):
-        for attempt in range(MAX_RETRY_ATTEMPT + 1):
+    # Attempts up to the job's retry limit (0 without retries), or the highest seen: a
+    # job without retries costs two series, not twenty-two.
+    limit = max((c.number_of_retries or 0 for c in job.retry_criteria), default=0)
+    states = list(_sweep_states(job))
+    for _, counts in states:
+        seen = [attempt for attempt, n in enumerate(counts.retries) if n]
+        limit = max(limit, *seen) if seen else limit
+    limit = min(limit, MAX_RETRY_ATTEMPT)
+    for state, counts in states:
+        for attempt in range(limit + 1):
             yield (state, str(attempt)), float(counts.retries[attempt])
 
 
@@ -655,11 +663,12 @@ FAMILIES: tuple[Family, ...] = (
         "Queued and in-progress executions by retry attempt at the last sweep.",
         ("state", "retry_attempt"),
         _by_retry,
-        series="up to 22: per state and retry attempt",
+        series="up to 22: per state and retry attempt up to the job's limit",
         source="ListJobExecutionsForJob `retryAttempt`",
         doc=(
-            "Executions in `state` by `retry_attempt` (`0` is the first try, up to `10`): "
-            "devices that already failed and are trying again."
+            "Executions in `state` by `retry_attempt` (`0` is the first try): devices that "
+            "already failed and are trying again. From `0` to the job's largest "
+            "`numberOfRetries` (or the highest attempt seen, at most `10`)."
         ),
     ),
     Family(
