@@ -38,6 +38,8 @@ def test_example_config_documents_every_key_and_loads() -> None:
         "role_arn", "external_id", "session_name", "profile", "endpoint_url",
         "sts_endpoint_url", "labels", "ids", "discover", "status", "target_selection",
         "thing_group_name", "thing_group_id", "namespace_id", "include", "exclude",
+        "executions", "stuck_in_progress_after", "stuck_queued_after", "max_executions_per_job",
+        "stuck_list_size", "max_tracked_executions",
     ):  # fmt: skip
         assert f"{key}:" in text, key
 
@@ -73,6 +75,26 @@ def test_defaults() -> None:
         (
             "collector: {concurrency: many}\ntargets:" + BASE_TARGET,
             "config.yaml: collector.concurrency: expected an integer, got 'many'",
+        ),
+        (
+            "collector: {executions: {requests_per_second: -1}}\ntargets:" + BASE_TARGET,
+            "config.yaml: collector.executions.requests_per_second:",
+        ),
+        (
+            "collector: {executions: {stuck_in_progress_after: soon}}\ntargets:" + BASE_TARGET,
+            "config.yaml: collector.executions.stuck_in_progress_after: expected a duration",
+        ),
+        (
+            "collector: {executions: {stuck_list_size: 1e9}}\ntargets:" + BASE_TARGET,
+            "config.yaml: collector.executions.stuck_list_size: expected an integer",
+        ),
+        (
+            "collector: {executions: {stuck_after: 1h}}\ntargets:" + BASE_TARGET,
+            "config.yaml: collector.executions.stuck_after: unknown key",
+        ),
+        (
+            "collector: {executions: [1, 2]}\ntargets:" + BASE_TARGET,
+            "config.yaml: collector.executions: expected a mapping",
         ),
         (
             "targets:\n  - name: a\n    region: us-east-1\n    jobs: {discover: {include: ['(']}}",
