@@ -161,8 +161,8 @@ class Sweeper:
         self.state.tried.pop(job_id, None)
         self.state.seen.pop(job_id, None)
         self.state.measured.pop(job_id, None)
-        for key in [k for k in self.state.started if k[0] == job_id]:
-            del self.state.started[key]
+        # Its remembered starts are left to age out of the bounded map: scanning 100,000
+        # of them for each of many jobs a retention drops at once would stall the loop.
 
     def oldest_age(self) -> float:
         """Seconds since the oldest last sweep of a job that needs sweeps (0: none waits); a
