@@ -450,7 +450,9 @@ def time_axis(ax: Axes, times: list[float], px: float) -> None:
 
     ax.set_xlim(times[0] / 86400, times[-1] / 86400)
     # matplotlib.dates, unlike matplotlib.ticker, comes without type stubs.
-    locator = mdates.AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]
+    # As many times as fit side by side, at about 80 px each, as Grafana spaces them.
+    ticks = max(3, min(7, int(ax.bbox.width // 80)))
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=ticks)  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_locator(locator)
     # Grafana shows seconds on ranges of a few minutes, minutes beyond.
     short = times[-1] - times[0] <= 5 * 60
@@ -656,6 +658,62 @@ def draw_state_timeline(canvas: Canvas, panel: dict[str, Any], source: Source, r
     return True
 
 
+def draw_heatmap(canvas: Canvas, panel: dict[str, Any], source: Source, rect: Rect) -> bool:
+    """Grafana's heatmap of cumulative `le` buckets (query format "heatmap"): one row per
+    bucket, upper bound at its edge, each cell its cumulative count less the one below;
+    empty cells left out, the scheme's colours on the panel's exponential scale."""
+    from matplotlib import colormaps
+    from matplotlib.colors import PowerNorm, to_hex
+
+    x, y, w, h = rect
+    times, rows = series_matrix(panel, source)
+    if not rows:
+        no_data(canvas.box(x, y, w, h), w, h)
+        return False
+    options = panel.get("options", {})
+    buckets = sorted(rows, key=lambda r: float(r[0]))  # the legend is the bound: 300, +Inf
+    cells: list[list[float]] = []
+    below = [0.0] * len(times)
+    for _, values, _ in buckets:
+        cells.append(
+            [
+                v - b if not math.isnan(v) and v - b > 1e-9 else math.nan
+                for v, b in zip(values, below, strict=True)
+            ]
+        )
+        below = [b if math.isnan(v) else v for v, b in zip(values, below, strict=True)]
+    present = [c for line in cells for c in line if not math.isnan(c)]
+    y_unit = options.get("yAxis", {}).get("unit", "short")
+    bounds = [fmt_value(float(name), y_unit) for name, _, _ in buckets]
+    tick_font, scale_h, axis_h = 10.0, 22, 20
+    axis_w = max(len(b) for b in bounds) * tick_font * CHAR_PX + 14
+    ax = canvas.axes(x + axis_w, y + 4, w - axis_w - 8, h - axis_h - scale_h - 4)
+    style_axes(ax)
+    ax.grid(False)
+    # Grafana turns its single-hue schemes around on the dark theme: few is dark, many light.
+    scheme = options.get("color", {}).get("scheme", "Oranges")
+    cmap = colormaps[scheme if options.get("color", {}).get("reverse") else f"{scheme}_r"].copy()
+    cmap.set_bad(alpha=0)
+    top = max(present, default=1.0)
+    norm = PowerNorm(gamma=options.get("color", {}).get("exponent", 0.5), vmin=0, vmax=top)
+    edges = [t / 86400 for t in times] + [(times[-1] + source.step) / 86400]
+    ax.pcolormesh(edges, list(range(len(buckets) + 1)), cells, cmap=cmap, norm=norm)
+    ax.set_ylim(0, len(buckets))
+    # Each row's upper bound at its top edge, as Grafana's "le" layout labels them.
+    ax.set_yticks([i + 1 for i in range(len(buckets))], bounds)
+    ax.tick_params(axis="y", colors=MUTED, labelsize=tick_font * PT, length=0)
+    time_axis(ax, times, tick_font)
+    # The colour scale under the cells, from 0 to the highest count.
+    scale = canvas.box(x, y + h - scale_h, w, scale_h)
+    steps = 32
+    for i in range(steps):
+        tint = to_hex(cmap(norm(top * (i + 0.5) / steps)))
+        scale.add_patch(_rect(axis_w + i * 6, scale_h / 2 - 5, 6, 10, tint))
+    text(scale, axis_w - 6, scale_h / 2, "0", 11, ha="right")
+    text(scale, axis_w + steps * 6 + 6, scale_h / 2, fmt_value(top, "short"), 11)
+    return bool(present)
+
+
 def _rect(x: float, y: float, w: float, h: float, face: str, edge: str | None = None) -> Any:
     from matplotlib.patches import Rectangle
 
@@ -785,6 +843,7 @@ DRAW = {
     "timeseries": draw_timeseries,
     "state-timeline": draw_state_timeline,
     "table": draw_table,
+    "heatmap": draw_heatmap,
 }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as models
 
+from exporter import durations
+
 from .lib import (
     ACTIVE,
     JOB_KEY,
@@ -13,12 +15,14 @@ from .lib import (
     Mixin,
     by_regexp,
     dashboard,
+    exporter_url_variable,
     job_variables,
     prop,
     query,
     row,
     stat_panel,
     state_timeline_panel,
+    status_page_link,
     table_panel,
     timeseries_panel,
     value_mappings,
@@ -30,6 +34,9 @@ def build(m: Mixin) -> models.Dashboard:
     t = f'{m.sel}, target=~"$target"'
     requests = f"aws_iot_jobs_exporter_api_requests_total{{{t}}}"
     throttled = f'aws_iot_jobs_exporter_api_requests_total{{{t}, outcome="throttled"}}'
+    sweep_calls = (
+        f'aws_iot_jobs_exporter_api_requests_total{{{t}, operation="ListJobExecutionsForJob"}}'
+    )
     buckets = f"aws_iot_jobs_exporter_api_request_duration_seconds_bucket{{{t}}}"
     latency = [
         query(
@@ -256,12 +263,70 @@ def build(m: Mixin) -> models.Dashboard:
             },
             w=12,
         ),
+        row("Execution sweeps"),
+        timeseries_panel(
+            "ListJobExecutionsForJob calls",
+            "Attempts per second of the execution sweeps' ListJobExecutionsForJob calls, per "
+            "target and outcome, against the executions.requests_per_second budget.",
+            [
+                query(
+                    f"sum by (target, outcome) (rate({sweep_calls}[$__rate_interval]))",
+                    "{{target}} {{outcome}}",
+                )
+            ],
+            "reqps",
+            w=8,
+        ),
+        timeseries_panel(
+            "Sweep reads",
+            "Pages and queued or in-progress execution summaries the sweeps read per second, "
+            "per target: one page holds up to 250 summaries.",
+            [
+                query(
+                    "sum by (target) (rate("
+                    f"aws_iot_jobs_exporter_sweep_pages_total{{{t}}}[$__rate_interval]))",
+                    "pages {{target}}",
+                ),
+                query(
+                    "sum by (target) (rate("
+                    f"aws_iot_jobs_exporter_sweep_executions_total{{{t}}}[$__rate_interval]))",
+                    "executions {{target}}",
+                ),
+            ],
+            "suffix: pages/s",
+            overrides=[
+                (
+                    by_regexp("executions.*"),
+                    [
+                        prop("unit", "suffix: executions/s"),
+                        prop("custom.axisPlacement", common.AxisPlacement.RIGHT),
+                    ],
+                )
+            ],
+            w=8,
+        ),
+        timeseries_panel(
+            "Oldest sweep",
+            "Per target and replica, the age of the oldest last sweep among the jobs with "
+            "queued or in-progress executions: how far behind stuck counts and execution ages "
+            "can be. The line is the AwsIotJobsExporterSweepBehind limit.",
+            [
+                query(
+                    f"aws_iot_jobs_exporter_sweep_oldest_age_seconds{{{t}}}",
+                    "{{target}} {{instance}}",
+                )
+            ],
+            "s",
+            threshold_line=durations.seconds(alerts["sweep_behind"]["max_age"]),
+            header_links=[status_page_link("Exporter status page")],
+            w=8,
+        ),
     ]
     return dashboard(
         m.uids["exporter"],
         "AWS IoT Jobs / Exporter",
         "Health of aws-iot-jobs-exporter: scrapes, AWS API calls, throttling, latency, "
-        "collection cycles, data age and jobs tracked.",
+        "collection cycles, data age, jobs tracked and execution sweeps.",
         panels,
-        job_variables(m.sel),
+        [*job_variables(m.sel), exporter_url_variable()],
     )

@@ -6,6 +6,8 @@ from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as models
 
+from exporter import durations
+
 from .lib import (
     ACTIVE,
     JOB_KEY,
@@ -14,16 +16,21 @@ from .lib import (
     RATE_PER_MINUTE,
     Item,
     Mixin,
+    Query,
     by_query,
     by_regexp,
+    coloured_by,
     dashboard,
+    exporter_url_variable,
     fixed,
+    heatmap_panel,
     job_variables,
     prop,
     query,
     row,
     stat_panel,
     state_timeline_panel,
+    status_page_link,
     table_panel,
     timeseries_panel,
 )
@@ -195,6 +202,7 @@ def build(m: Mixin) -> models.Dashboard:
             stack=True,
             links=m.series_links(),
         ),
+        *stuck_executions(m),
         row("Configuration"),
         stat_panel(
             "Timeouts and retries",
@@ -345,5 +353,154 @@ def build(m: Mixin) -> models.Dashboard:
         "One AWS IoT job: status over time, executions, rollout rate, failure ratio "
         "against the abort threshold, timeouts, retries and scheduling.",
         panels,
-        job_variables(m.sel, single_job=True),
+        [*job_variables(m.sel, single_job=True), exporter_url_variable()],
     )
+
+
+def stuck_executions(m: Mixin) -> list[Item]:
+    """Queued and in-progress executions as the job's last sweep saw them: how old they
+    are, which are stuck, how many retry, and how long finished ones waited and ran."""
+    alerts = m.c["alerts"]
+    stuck, sweep = alerts["executions_stuck"], alerts["sweep_behind"]
+    # The series of one job's executions per state, replicas folded.
+    by_state = f"sum by ({JOB_KEY}, state) ({m.dedup('aws_iot_job_executions_stuck')})"
+    window = m.c["time_in_state_window"]
+
+    def age_heatmap(state: str, since: str) -> Item:
+        name = state.replace("_", "-")
+        return heatmap_panel(
+            f"{name.capitalize()} executions by age",
+            f"The job's {name.replace('-', ' ')} executions at each sweep by their age since "
+            f"{since}: each cell counts those between two bucket bounds (5m, 15m, 1h, 6h, "
+            "1d, 7d, older), from the cumulative le buckets of "
+            "aws_iot_job_executions_by_age.",
+            [
+                query(
+                    f"sum by ({JOB_KEY}, le) (\n  "
+                    + m.dedup("aws_iot_job_executions_by_age", f'state="{state}"')
+                    + "\n)"
+                )
+            ],
+            "s",
+        )
+
+    def time_in_state(histogram: str, quantile: float, legend: str) -> Query:
+        # From the buckets rather than the recording rule: Grafana reads the exemplars,
+        # a thing name and execution number per bucket, only from the histogram's series.
+        buckets = f"aws_iot_job_{histogram}_bucket{{{m.f}}}"
+        return query(
+            f"histogram_quantile(\n  {quantile:g},\n  sum by ({JOB_KEY}, le) (\n"
+            f"    max without ({m.replicas}) (rate({buckets}[{window}]))\n  )\n)",
+            legend,
+        ).exemplar(True)
+
+    return [
+        row("Stuck executions"),
+        stat_panel(
+            "Stuck executions",
+            "Executions queued or in progress for longer than their stuck threshold at the "
+            f"last sweep (orange from {stuck['min_stuck']}), and their share of all the "
+            "job's executions, red from the AwsIotJobExecutionsStuck threshold. The "
+            "exporter's status page lists the oldest stuck devices by thing name: the link "
+            "in this panel's header, at the address of the Exporter URL variable.",
+            [
+                query(by_state, "{{state}}", instant=True),
+                query(
+                    f"aws_iot_job:executions_stuck:ratio{{{m.f}}}",
+                    "share of executions",
+                    instant=True,
+                ),
+            ],
+            "short",
+            thresholds=[(None, "green"), (stuck["min_stuck"], "orange")],
+            overrides=[
+                (
+                    by_query("B"),
+                    [
+                        prop("unit", "percentunit"),
+                        *coloured_by([(None, "green"), (stuck["threshold"], "red")]),
+                    ],
+                )
+            ],
+            header_links=[status_page_link("Oldest stuck devices (exporter status page)")],
+            w=8,
+        ),
+        stat_panel(
+            "Oldest execution",
+            "Age of the oldest queued execution (since queuedAt) and of the oldest one in "
+            "progress (since startedAt) at the last sweep, and how long an execution may "
+            "stay in each state before it counts as stuck.",
+            [
+                query(
+                    f"time() - {m.dedup('aws_iot_job_executions_oldest_timestamp_seconds')}",
+                    "oldest {{state}}",
+                    instant=True,
+                ),
+                query(
+                    m.dedup("aws_iot_job_executions_stuck_threshold_seconds"),
+                    "{{state}} stuck after",
+                    instant=True,
+                ),
+            ],
+            "s",
+            w=8,
+        ),
+        stat_panel(
+            "Sweep age",
+            "Time since the exporter last read the job's queued and in-progress executions "
+            "(ListJobExecutionsForJob): the counts on this row are that old. Red from the "
+            f"AwsIotJobsExporterSweepBehind limit ({sweep['max_age']}).",
+            [
+                query(
+                    f"time() - {m.dedup('aws_iot_job_executions_sweep_timestamp_seconds')}",
+                    "last sweep",
+                    instant=True,
+                )
+            ],
+            "s",
+            thresholds=[(None, "green"), (durations.seconds(sweep["max_age"]), "red")],
+            w=8,
+        ),
+        age_heatmap("queued", "queuedAt"),
+        age_heatmap("in_progress", "startedAt"),
+        timeseries_panel(
+            "Stuck executions over time",
+            "Executions stuck per state at each sweep, stacked.",
+            [query(by_state, "{{state}}")],
+            "short",
+            stack=True,
+            w=8,
+        ),
+        timeseries_panel(
+            "Time in state",
+            "How long the job's executions that left a state waited in it: median and 90th "
+            f"percentile over {window} of the time queued (queuedAt to startedAt) and of the "
+            "run (startedAt to the end; targets with job events only). The dots are "
+            "exemplars: the thing name and execution number of an execution in the bucket.",
+            [
+                time_in_state("execution_queued_duration_seconds", 0.5, "queued p50"),
+                time_in_state("execution_queued_duration_seconds", 0.9, "queued p90"),
+                time_in_state("execution_run_duration_seconds", 0.5, "run p50"),
+                time_in_state("execution_run_duration_seconds", 0.9, "run p90"),
+            ],
+            "s",
+            w=8,
+        ),
+        timeseries_panel(
+            "Executions by retry attempt",
+            "Queued and in-progress executions by retry attempt at each sweep, stacked: "
+            "attempt 0 is the first try, higher ones are devices trying again after failing "
+            "or timing out.",
+            [
+                query(
+                    f"sum by ({JOB_KEY}, retry_attempt) (\n  "
+                    + m.dedup("aws_iot_job_executions_by_retry_attempt")
+                    + "\n)",
+                    "attempt {{retry_attempt}}",
+                )
+            ],
+            "short",
+            stack=True,
+            w=8,
+        ),
+    ]

@@ -15,11 +15,19 @@ from typing import Any, Protocol, Self, TypeVar
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
-from grafana_foundation_sdk.builders import prometheus, stat, statetimeline, table, timeseries
+from grafana_foundation_sdk.builders import (
+    heatmap,
+    prometheus,
+    stat,
+    statetimeline,
+    table,
+    timeseries,
+)
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.variants import Dataquery
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as models
+from grafana_foundation_sdk.models import heatmap as models_heatmap
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from exporter import durations
@@ -40,6 +48,10 @@ ACTIVE = rules.M_ACTIVE
 # table field falls back on Grafana's default thresholds (red from 80), which would paint
 # counts, durations and timestamps red; every such field gets this fixed colour instead.
 NEUTRAL = "text"
+# Where a browser reaches the exporter, for links to its status page: the default of the
+# `exporter_url` variable, the port docker-compose.yml publishes. Grafana keeps a value the
+# user sets in the dashboard's URL (var-exporter_url), and a saved dashboard keeps it.
+EXPORTER_URL = "http://localhost:9947"
 
 Query = prometheus.Dataquery
 Steps = list[tuple[float | None, str]]
@@ -64,6 +76,7 @@ class Panel(Protocol):
     def height(self, h: int) -> Self: ...
     def with_target(self, target: Builder[Dataquery]) -> Self: ...
     def data_links(self, links: Links) -> Self: ...
+    def links(self, links: Links) -> Self: ...
     def mappings(self, mappings: list[models.ValueMapping]) -> Self: ...
     def color_scheme(self, color: Builder[models.FieldColor]) -> Self: ...
     def thresholds(self, thresholds: Builder[models.ThresholdsConfig]) -> Self: ...
@@ -105,6 +118,11 @@ def job_dashboard_link(uid: str, ref: str) -> dashboard_builders.DashboardLink:
 
 SERIES = "${{__field.labels.{}}}"
 ROW = "${{__data.fields.{}}}"
+
+
+def status_page_link(title: str) -> dashboard_builders.DashboardLink:
+    """The exporter's status page, at the address of the `exporter_url` variable."""
+    return dashboard_builders.DashboardLink(title).url("${exporter_url}/status").target_blank(True)
 
 
 # Field configuration ----------------------------------------------------------------
@@ -170,6 +188,7 @@ def panel(
     w: int = 12,
     h: int = 8,
     links: Links | None = None,
+    header_links: Links | None = None,
     overrides: Iterable[tuple[models.MatcherConfig, list[models.DynamicConfigValue]]] = (),
     mappings: list[models.ValueMapping] | None = None,
     thresholds: Steps | None = None,
@@ -183,6 +202,9 @@ def panel(
         b.with_target(target.ref_id(ref))
     if links:
         b.data_links(links)
+    if header_links:
+        # Links of the panel itself, in its header, rather than of a series or a cell.
+        b.links(header_links)
     if mappings:
         b.mappings(mappings)
     if thresholds and color:
@@ -335,6 +357,37 @@ def state_timeline_panel(
     return panel(b, title, description, targets, "none", w=WIDTH, h=5, **kwargs)
 
 
+def heatmap_panel(
+    title: str, description: str, targets: list[Query], y_unit: str, **kwargs: Any
+) -> heatmap.Panel:
+    """A heatmap of cumulative `le` buckets: one query, its series one per bucket.
+
+    Grafana's Prometheus data source turns cumulative buckets into the count of each bucket
+    when a query's format is heatmap, so the heatmap needs no calculation of its own; the
+    cells count series values (`short`), the y axis has the buckets' unit.
+    """
+    b = (
+        heatmap.Panel()
+        .calculate(False)
+        .rows_frame(heatmap.RowsHeatmapOptions().layout(common.HeatmapCellLayout.LE))
+        .y_axis(heatmap.YAxisConfig().unit(y_unit))
+        .cell_values(heatmap.CellValues().unit("short"))
+        .color(
+            heatmap.HeatmapColorOptions()
+            .mode(models_heatmap.HeatmapColorMode.SCHEME)
+            .scheme("Oranges")
+            .scale(models_heatmap.HeatmapColorScale.EXPONENTIAL)
+            .exponent(0.5)
+            .steps(64)
+        )
+        .show_legend()
+        .mode(common.TooltipDisplayMode.SINGLE)
+        .show_y_histogram()
+    )
+    targets = [t.format(PromQueryFormat.HEATMAP).legend_format("{{le}}") for t in targets]
+    return panel(b, title, description, targets, "short", **kwargs)
+
+
 def row(title: str) -> dashboard_builders.Row:
     # Rows hold no data, so they have neither queries nor a unit.
     return dashboard_builders.Row(title).collapsed(False)
@@ -414,6 +467,19 @@ def job_variables(sel: str, *, single_job: bool = False) -> list[Builder[models.
             multi=not single_job,
         ),
     ]
+
+
+def exporter_url_variable() -> dashboard_builders.TextBoxVariable:
+    return (
+        dashboard_builders.TextBoxVariable("exporter_url")
+        .label("Exporter URL")
+        .description(
+            "Where your browser reaches the exporter (scheme, host and port), for the links "
+            "to its status page."
+        )
+        .default_value(EXPORTER_URL)
+        .hide(models.VariableHide.DONT_HIDE)
+    )
 
 
 def dashboard(
