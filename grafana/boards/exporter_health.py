@@ -267,7 +267,8 @@ def build(m: Mixin) -> models.Dashboard:
         timeseries_panel(
             "ListJobExecutionsForJob calls",
             "Attempts per second of the execution sweeps' ListJobExecutionsForJob calls, per "
-            "target and outcome, against the executions.requests_per_second budget.",
+            "target and outcome, against the collector.executions.requests_per_second budget "
+            "(per account and region).",
             [
                 query(
                     f"sum by (target, outcome) (rate({sweep_calls}[$__rate_interval]))",
