@@ -52,12 +52,18 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
+# The other tiers mostly wait (servers, Prometheus, the demo), so they run on more
+# pytest-xdist workers than there are cores; tests/conftest.py keeps the tests of a module
+# with a module-wide fixture on one worker. PYTEST_WORKERS=0 runs them in one process.
+PYTEST_WORKERS ?= 6
+PARALLEL := -n $(PYTEST_WORKERS) --dist loadgroup
+
 integration: $(STAMP)
-	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest -q $(PARALLEL) tests/integration
 
 # Every test, slow ones included: what `make test` and CI run.
 test-all: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PARALLEL)
 
 test: $(STAMP) prometheus lint typecheck test-all
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import socket
+import re
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -13,8 +13,10 @@ import pytest
 from simulator import Simulator, start_simulator
 from tests.simulator_client import Admin
 
-ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ROOT / "simulator" / "scenarios"
+# Older imports name these here; tests/support.py is where they live.
+from tests.support import ROOT as ROOT
+from tests.support import SCENARIOS as SCENARIOS
+from tests.support import free_port as free_port
 
 # Tests talk to local endpoints only; fixed dummy credentials keep botocore from looking
 # for real ones and make any accidental call to real AWS fail.
@@ -28,10 +30,41 @@ for _key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
     os.environ.pop(_key, None)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# Parallel runs (`make test`: pytest-xdist, `--dist loadgroup`) hand a worker one test at a
+# time, but all the tests of a module with a fixture wider than a test (a Prometheus stack, a
+# built wheel, a frozen fleet) go to one worker together, so that the fixture is set up once,
+# as its scope promises. The controller does not collect tests: it reads the module's source.
+# (xdist's own `xdist_group` marks rename node ids, which pytest 9.2 no longer lets it do.)
+_WIDE_FIXTURE = re.compile(
+    r"""@pytest\.fixture\([^)]*scope=["'](?:class|module|package|session)["']"""
+)
+
+
+@functools.cache
+def _has_wide_fixture(module: str) -> bool:
+    path = ROOT / module
+    return path.suffix == ".py" and bool(_WIDE_FIXTURE.search(path.read_text()))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ModuleFixturesTogether(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if _has_wide_fixture(module) else super()._split_scope(nodeid)
+
+    return ModuleFixturesTogether(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Under xdist, the tests of minutes go first: started last, one of them would be the
+    # run's tail. A serial run keeps the order of the files.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

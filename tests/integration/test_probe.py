@@ -20,9 +20,9 @@ import pytest
 
 from exporter.logs import escape_controls
 from simulator import Simulator
-from tests.conftest import ROOT, free_port
 from tests.hostile_aws import HostileAws, listing
 from tests.simulator_client import Admin
+from tests.support import ROOT, free_port
 
 SECRET = "probe-secret-key-must-not-show-0123456789"
 
@@ -38,9 +38,12 @@ async def check(config: Path, *flags: str, env: dict[str, str] | None = None) ->
     return process.returncode, out.decode()
 
 
-def write(tmp_path: Path, body: str) -> Path:
+def write(tmp_path: Path, body: str, request_timeout: str = "2s") -> Path:
     path = tmp_path / "config.yaml"
-    path.write_text("collector: {request_timeout: 2s, max_attempts: 1}\n" + textwrap.dedent(body))
+    path.write_text(
+        f"collector: {{request_timeout: {request_timeout}, max_attempts: 1}}\n"
+        + textwrap.dedent(body)
+    )
     return path
 
 
@@ -321,7 +324,10 @@ async def test_probe_escapes_what_a_hostile_endpoint_lists(tmp_path: Path) -> No
         for name, s in zip(names, servers, strict=True)
     )
     try:
-        code, out = await check(write(tmp_path, "targets:\n" + targets), "--probe")
+        # The targets are probed at once, their clients built on one loop: on a loaded
+        # machine a connection can wait seconds for it, and 2 s would read as unreachable.
+        config = write(tmp_path, "targets:\n" + targets, request_timeout="15s")
+        code, out = await check(config, "--probe")
     finally:
         for server in servers:
             await server.close()
