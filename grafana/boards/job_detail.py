@@ -372,16 +372,17 @@ def stuck_executions(m: Mixin) -> list[Item]:
             f"{name.capitalize()} executions by age",
             f"The job's {name.replace('-', ' ')} executions at each sweep by their age since "
             f"{since}: each cell counts those between two bucket bounds (5m, 15m, 1h, 6h, "
-            "1d, 7d, older), from the cumulative le buckets of "
+            "1d, 7d, older), from the cumulative max_age buckets of "
             "aws_iot_job_executions_by_age.",
             [
                 query(
-                    f"sum by ({JOB_KEY}, le) (\n  "
+                    f"sum by ({JOB_KEY}, max_age) (\n  "
                     + m.dedup("aws_iot_job_executions_by_age", f'state="{state}"')
                     + "\n)"
                 )
             ],
             "s",
+            bucket_label="max_age",
         )
 
     def time_in_state(histogram: str, quantile: float, legend: str) -> Query:

@@ -358,9 +358,15 @@ def state_timeline_panel(
 
 
 def heatmap_panel(
-    title: str, description: str, targets: list[Query], y_unit: str, **kwargs: Any
+    title: str,
+    description: str,
+    targets: list[Query],
+    y_unit: str,
+    bucket_label: str = "le",
+    **kwargs: Any,
 ) -> heatmap.Panel:
-    """A heatmap of cumulative `le` buckets: one query, its series one per bucket.
+    """A heatmap of cumulative buckets (`le`, or another label with upper bounds): one
+    query, its series one per bucket.
 
     Grafana's Prometheus data source turns cumulative buckets into the count of each bucket
     when a query's format is heatmap, so the heatmap needs no calculation of its own; the
@@ -384,7 +390,8 @@ def heatmap_panel(
         .mode(common.TooltipDisplayMode.SINGLE)
         .show_y_histogram()
     )
-    targets = [t.format(PromQueryFormat.HEATMAP).legend_format("{{le}}") for t in targets]
+    legend = "{{" + bucket_label + "}}"
+    targets = [t.format(PromQueryFormat.HEATMAP).legend_format(legend) for t in targets]
     return panel(b, title, description, targets, "short", **kwargs)
 
 
