@@ -12,7 +12,6 @@ The real-time story with the shipped rules is checked by tests/e2e/test_demo_sto
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -28,8 +27,8 @@ from typing import IO, Any
 
 import yaml
 
-from tests.conftest import free_port
 from tests.e2e.test_rules import RULES
+from tests.support import free_port, get_json, wait
 
 EXE = Path(sys.executable).parent / "aws-iot-jobs-exporter"
 SPEED = 0.5  # simulated minutes per real second: 30 times real time
@@ -45,11 +44,6 @@ FOUR = {
 # Alerts about the exporter watched until this long after the demo's URLs appear: before
 # the exporter's intervals were time-scaled, AwsIotJobsExporterDataStale fired 42 s in.
 OBSERVE = 75.0
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -77,20 +71,6 @@ def assert_every_printed_url_answers(text: str) -> None:
     assert urls, text
     answers = {url: status_of(url) for url in urls}
     assert all(code == 200 for code in answers.values()), answers
-
-
-def poll(what: str, probe: Any, deadline: float = DEADLINE) -> Any:
-    end = time.monotonic() + deadline
-    while True:
-        try:
-            result = probe()
-        except (urllib.error.URLError, ConnectionError, OSError):
-            result = None
-        if result:
-            return result
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(1)
 
 
 def _drain(stream: IO[str], into: list[str]) -> None:
@@ -122,7 +102,7 @@ def test_demo_starts_prometheus_and_alertmanager_and_stops_them(tmp_path: Path) 
         reader.start()
     prometheus = f"http://127.0.0.1:{ports['prom']}"
     try:
-        poll("the demo's URLs", lambda: any(line.startswith("alertmanager:") for line in out), 60)
+        wait(lambda: any(line.startswith("alertmanager:") for line in out), 60, "the demo's URLs")
         started = time.monotonic()
         printed = "".join(out)
         assert f"prometheus:   {prometheus}/" in printed, printed
@@ -150,7 +130,7 @@ def test_demo_starts_prometheus_and_alertmanager_and_stops_them(tmp_path: Path) 
             exporter_alerts.update(n for n in names if n.startswith("AwsIotJobsExporter"))
             return names if names >= FOUR else set()
 
-        poll("the four job alerts firing in Prometheus", firing)
+        wait(firing, DEADLINE, "the four job alerts firing in Prometheus")
         if alertmanager:
 
             def received() -> set[str]:
@@ -158,7 +138,7 @@ def test_demo_starts_prometheus_and_alertmanager_and_stops_them(tmp_path: Path) 
                 names = {a["labels"]["alertname"] for a in alerts}
                 return names if names >= FOUR else set()
 
-            poll("the four job alerts in Alertmanager", received, 60)
+            wait(received, 60, "the four job alerts in Alertmanager")
         # Nothing is wrong with the exporter: none of its own alerts may fire.
         while time.monotonic() < started + OBSERVE:
             firing()

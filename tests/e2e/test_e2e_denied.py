@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import free_port
-from tests.e2e.test_e2e_prometheus import http_ok, query, start, stop, wait_for
+from tests.e2e.test_e2e_prometheus import DEADLINE, query, start
 from tests.e2e.test_rules import load_generator
+from tests.support import free_port, http_ok, stop, wait
 
 EXE = Path(sys.executable).parent / "aws-iot-jobs-exporter"
 SCENARIO = "demo"  # the bundled scenario
@@ -124,7 +124,7 @@ def test_denied_target_stays_failed_and_its_alerts_fire(tmp_path: Path) -> None:
                 env,
             )
         )  # fmt: skip
-        wait_for("the simulator", lambda: http_ok(f"{sim}/_sim/stats"))
+        wait(lambda: http_ok(f"{sim}/_sim/stats"), DEADLINE, "the simulator")
         set_faults(sim, {"faults": {"denied": {"ratio": 1}}})
         processes.append(
             start(
@@ -134,20 +134,21 @@ def test_denied_target_stays_failed_and_its_alerts_fire(tmp_path: Path) -> None:
                 env,
             )
         )  # fmt: skip
-        wait_for("the exporter", lambda: http_ok(f"{exporter}/healthz"))
-        wait_for("Prometheus", lambda: http_ok(f"{prometheus}/-/ready"))
+        wait(lambda: http_ok(f"{exporter}/healthz"), DEADLINE, "the exporter")
+        wait(lambda: http_ok(f"{prometheus}/-/ready"), DEADLINE, "Prometheus")
 
         for alert in ("AwsIotJobsExporterCollectionFailing", "AwsIotJobsExporterDiscoveryFailing"):
-            (series, *_) = wait_for(f"{alert} firing", lambda a=alert: firing(prometheus, a))
+            (series, *_) = wait(lambda a=alert: firing(prometheus, a), DEADLINE, f"{alert} firing")
             assert series["metric"]["severity"] == "warning"
         # Ten scrapes, ten cycles and not one of them reported success.
         success = 'aws_iot_jobs_exporter_collection_success{target="demo"}'
-        wait_for(
-            "ten scrapes",
+        wait(
             lambda: [
                 s for s in query(prometheus, f"count_over_time({success}[1m])")
                 if float(s["value"][1]) >= 10
             ],
+            DEADLINE,
+            "ten scrapes",
         )  # fmt: skip
         (most,) = query(prometheus, f"max_over_time({success}[1m])")
         assert float(most["value"][1]) == 0
@@ -162,14 +163,16 @@ def test_denied_target_stays_failed_and_its_alerts_fire(tmp_path: Path) -> None:
 
         # Allowed again: ready, successful, and the discovery alert resolves.
         set_faults(sim, {"clear": True})
-        wait_for("ready", lambda: status_of(f"{exporter}/readyz") == 200)
-        wait_for("success", lambda: query(prometheus, f"{success} == 1"))
-        wait_for(
-            "the discovery alert to resolve",
+        wait(lambda: status_of(f"{exporter}/readyz") == 200, DEADLINE, "ready")
+        wait(lambda: query(prometheus, f"{success} == 1"), DEADLINE, "success")
+        wait(
             lambda: not firing(prometheus, "AwsIotJobsExporterDiscoveryFailing"),
+            DEADLINE,
+            "the discovery alert to resolve",
         )
         assert query(prometheus, 'aws_iot_job_info{target="demo"}')
     finally:
-        stop(processes)
+        for process in processes:
+            stop(process)
         for log in sorted(tmp_path.glob("*.log")):
             print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")

@@ -12,20 +12,19 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port
 from tests.e2e.test_dashboards import dashboards, data_panels, queries, substitute
 from tests.e2e.test_rules import load_generator
+from tests.support import ROOT, free_port, http_ok, stop, wait
 
 pytestmark = pytest.mark.slow
 
@@ -51,33 +50,11 @@ NEEDS_AN_EVENT = {
     ("aws-iot-job-detail.json", "Exponential rollout", "D"): "no succeeded-things criterion",
 }
 
-T = TypeVar("T")
-
 
 @dataclass
 class Stack:
     prometheus: str
     exporter: str
-
-
-def wait_for(what: str, probe: Callable[[], T | None], deadline: float = DEADLINE) -> T:
-    """Polls `probe` until it returns something truthy."""
-    end = time.monotonic() + deadline
-    while True:
-        try:
-            result = probe()
-        except (urllib.error.URLError, ConnectionError, OSError):
-            result = None
-        if result:
-            return result
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
-def http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return bool(response.status == 200)
 
 
 def query(prometheus: str, promql: str) -> list[dict[str, Any]]:
@@ -92,18 +69,6 @@ def query(prometheus: str, promql: str) -> list[dict[str, Any]]:
 def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +178,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 env,
             )
         )
-        wait_for("the simulator", lambda: http_ok(f"http://127.0.0.1:{sim_port}/_sim/stats"))
+        wait(lambda: http_ok(f"http://127.0.0.1:{sim_port}/_sim/stats"), DEADLINE, "the simulator")
         processes.append(
             start(
                 [
@@ -229,12 +194,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         exporter = f"http://127.0.0.1:{exporter_port}"
         prometheus = f"http://127.0.0.1:{prometheus_port}"
-        wait_for("the exporter's first collection", lambda: http_ok(f"{exporter}/readyz"))
-        wait_for("Prometheus", lambda: http_ok(f"{prometheus}/-/ready"))
-        wait_for("a scrape", lambda: query(prometheus, f'up{{job="{selector_job}"}} == 1'))
+        wait(lambda: http_ok(f"{exporter}/readyz"), DEADLINE, "the exporter's first collection")
+        wait(lambda: http_ok(f"{prometheus}/-/ready"), DEADLINE, "Prometheus")
+        wait(lambda: query(prometheus, f'up{{job="{selector_job}"}} == 1'), DEADLINE, "a scrape")
         yield Stack(prometheus=prometheus, exporter=exporter)
     finally:
-        stop(processes)
+        for process in processes:
+            stop(process)
         for log in sorted(tmp.glob("*.log")):
             # Shown by pytest only when a test failed.
             print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
@@ -250,7 +216,7 @@ def test_failure_alerts_fire_for_the_failing_rollout_only(stack: Stack) -> None:
         )
 
     for alert in ("AwsIotJobFailureRatioHigh", "AwsIotJobAbortThresholdApproaching"):
-        (series, *_) = wait_for(f"{alert} for {FAILING}", lambda a=alert: seen(a, FAILING))
+        (series, *_) = wait(lambda a=alert: seen(a, FAILING), DEADLINE, f"{alert} for {FAILING}")
         assert series["metric"]["alertstate"] in {"pending", "firing"}
         assert series["metric"]["target"] == "demo"
         assert series["metric"]["region"] == "us-east-1"
@@ -283,7 +249,7 @@ def test_exemplars_of_time_in_state_reach_prometheus_and_name_a_device(stack: St
             found = json.loads(response.read())["data"]
         return [e for series in found for e in series["exemplars"]] or None
 
-    found = wait_for("exemplars of the queued-time histogram", exemplars)
+    found = wait(exemplars, DEADLINE, "exemplars of the queued-time histogram")
     assert all(e["labels"]["thing_name"] for e in found)
     names = {e["labels"]["thing_name"] for e in found}
     series = query(stack.prometheus, "aws_iot_job_execution_queued_duration_seconds_bucket")
@@ -299,7 +265,7 @@ def test_every_recording_rule_yields_series(stack: Stack) -> None:
         if "record" in rule
     }
     for name in sorted(names):
-        wait_for(name, lambda n=name: query(stack.prometheus, f'{{__name__="{n}"}}'))
+        wait(lambda n=name: query(stack.prometheus, f'{{__name__="{n}"}}'), DEADLINE, name)
 
 
 def test_every_dashboard_query_returns_data(stack: Stack) -> None:

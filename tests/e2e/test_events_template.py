@@ -10,7 +10,7 @@ from typing import Any
 import botocore.session
 import yaml
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 TEMPLATE = ROOT / "deploy" / "aws" / "job-events.yaml"
 DOC = (ROOT / "docs" / "events.md").read_text()

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -28,8 +27,7 @@ from exporter.model import JobSnapshot, parse_describe_job
 from exporter.store import MetricsStore
 from exporter.table import FAMILIES, FAMILY_NAMES, family_name_problem, select_families
 from simulator import SimulatorThread
-from tests.conftest import ROOT, free_port
-from tests.e2e.test_e2e_simulator import poll
+from tests.support import ROOT, free_port, stop, wait
 
 FULL = json.loads((ROOT / "tests" / "data" / "describe_job_full.json").read_text())
 TARGET = parse_config("targets: [{name: t, region: eu-west-1, jobs: {ids: [x]}}]").targets[0]
@@ -257,7 +255,7 @@ class Exporter:
             text = self.scrape()
             return text if "aws_iot_job_executions{" in text else None
 
-        return str(poll(probe, 30, "jobs described"))
+        return str(wait(probe, 30, "jobs described"))
 
     def reload(self) -> tuple[int, str]:
         request = urllib.request.Request(f"{self.base}/-/reload", method="POST")
@@ -292,17 +290,12 @@ def start(fleet: SimulatorThread, tmp_path: Path) -> Iterator[Any]:
         )  # fmt: skip
         started.append(process)
         exporter.base = f"http://127.0.0.1:{port}"
-        poll(lambda: exporter.get("/readyz")[0] == 200, 30, "exporter ready")
+        wait(lambda: exporter.get("/readyz")[0] == 200, 30, "exporter ready")
         return exporter
 
     yield run
     for process in started:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def job_families(text: str) -> set[str]:

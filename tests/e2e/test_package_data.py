@@ -13,8 +13,8 @@ from exporter.cli.demo import DEMO_CONFIG
 from exporter.config import load_config
 from simulator import ScenarioError, load_scenario, start_simulator
 from simulator.scenario import bundled_scenario, bundled_scenarios
-from tests.conftest import ROOT, SCENARIOS
 from tests.simulator_client import iot_client
+from tests.support import ROOT, SCENARIOS
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,8 +19,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.mixin import RULE_FILES
-from tests.conftest import ROOT, SCENARIOS, free_port
-from tests.e2e.test_demo_launcher import FOUR, assert_every_printed_url_answers, get_json, poll
+from tests.e2e.test_demo_launcher import FOUR, assert_every_printed_url_answers
+from tests.support import ROOT, SCENARIOS, free_port, get_json, stop, wait
 
 # Building pulls setuptools into an isolated build environment and installing resolves the
 # runtime dependencies, both through pip's index and cache: minutes on a loaded machine.
@@ -106,14 +105,7 @@ class Running:
         raise AssertionError(f"no {pattern!r} within {deadline} s:\n{self.err.read_text()[-3000:]}")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+        return stop(self.proc, within=30)
 
 
 @pytest.fixture
@@ -207,26 +199,29 @@ def test_installed_demo_serves_jobs_and_fires_alerts_from_another_folder(
     ]
     assert sorted(g["name"] for g in groups) == sorted(g["name"] for g in shipped)
 
-    end = time.monotonic() + DISCOVERY
-    jobs: set[str] = set()
     wanted = {"firmware-v2-failing", "firmware-v2-healthy"}
-    # Jobs appear as they are described, a few a second at the default budget.
-    while time.monotonic() < end and not wanted <= jobs:
+
+    def discovered() -> bool:
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
-        for family in text_string_to_metric_families(text):
-            if family.name == "aws_iot_job_info":
-                jobs = {s.labels["job_id"] for s in family.samples}
-        time.sleep(0.5)
-    # The demo scenario's jobs, discovered through the simulator the command started.
-    assert wanted <= jobs, jobs
+        jobs = {
+            s.labels["job_id"]
+            for family in text_string_to_metric_families(text)
+            if family.name == "aws_iot_job_info"
+            for s in family.samples
+        }
+        return wanted <= jobs
+
+    # The demo scenario's jobs, discovered through the simulator the command started: they
+    # appear as they are described, a few a second at the default budget.
+    wait(discovered, DISCOVERY, f"{sorted(wanted)} in /metrics")
 
     def received() -> set[str]:
         names = {a["labels"]["alertname"] for a in get_json(f"http://{am}/api/v2/alerts")}
         return names if names >= FOUR else set()
 
     # The story's job alerts, through Prometheus into the Alertmanager the demo started.
-    poll("the job alerts in Alertmanager", received, ALERTING)
+    wait(received, ALERTING, "the job alerts in Alertmanager")
     assert demo.stop() == 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from exporter.table import FAMILIES
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 BASE_TARGET = """
   - name: a

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.config import RESERVED_LABELS
 from exporter.selfmetrics import SelfMetrics
 from exporter.table import FAMILIES, IDENTITY_LABELS
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 DOC = (ROOT / "docs" / "metrics.md").read_text()
 

@@ -34,8 +34,8 @@ from simulator import Simulator, SimulatorThread, load_scenario, start_simulator
 from simulator.reader import Reader as ScenarioReader
 from simulator.scenario import Faults, parse_scenario
 from simulator.sqs import EventFaults
-from tests.conftest import ROOT, free_port
 from tests.e2e.test_rules import RULES
+from tests.support import ROOT, free_port
 
 README = ROOT / "README.md"
 EXAMPLE = ROOT / "config" / "example.yaml"

@@ -26,7 +26,7 @@ from exporter.model import JobSnapshot, parse_describe_job
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import MetricsStore
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 FULL = json.loads((ROOT / "tests" / "data" / "describe_job_full.json").read_text())
 TARGET = parse_config(

@@ -23,7 +23,6 @@ from exporter.collector import TargetCollector
 from exporter.config import Config, parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
-from tests.conftest import free_port
 from tests.hostile_aws import (
     SECRET_KEY,
     SESSION_TOKEN,
@@ -32,6 +31,7 @@ from tests.hostile_aws import (
     job_body,
     listing,
 )
+from tests.support import free_port, until
 
 ROLE = "arn:aws:iam::123456789012:role/reader"
 
@@ -54,13 +54,6 @@ def cfg(aws: HostileAws, jobs: str, collector: str = "", extra: str = "") -> Con
 
 def count(telemetry: SelfMetrics, operation: str, outcome: str) -> float:
     return float(telemetry.api_requests.labels("ep", operation, outcome)._value.get())
-
-
-async def until(check: Callable[[], bool], within: float = 15, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 class InProcess:
@@ -313,17 +306,17 @@ async def run_exporter(
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + 30
-            while True:
+
+            async def up() -> bool:
+                assert process.returncode is None, "the exporter exited"
                 try:
-                    # Up, not ready: a target whose every call fails is never ready.
                     async with http.get(base + "/healthz") as r:
-                        if r.status == 200:
-                            break
+                        return r.status == 200
                 except aiohttp.ClientError:
-                    pass
-                assert time.monotonic() < deadline and process.returncode is None
-                await asyncio.sleep(0.1)
+                    return False
+
+            # Up, not ready: a target whose every call fails is never ready.
+            await until(up, within=30, what="/healthz", interval=0.1)
         seen = await act(base)
         config_file.write_text(config.replace("region: eu-west-1", "region: [eu"))
         async with aiohttp.ClientSession() as http:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,8 +25,7 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import MetricsStore
 from exporter.webconfig import BCRYPT_MAX_COST, parse_web_config
-from tests.conftest import free_port
-from tests.integration.test_process import wait_for
+from tests.support import free_port, http_get, started, wait
 
 TARGET = "targets: [{name: t, region: us-east-1, jobs: {ids: [x]}}]\n"
 GAUGE = "aws_iot_jobs_exporter_config_last_reload_successful"
@@ -212,20 +210,16 @@ def exporter_process(moto_url: str, tmp_path: Path) -> Iterator[tuple[subprocess
     config = tmp_path / "config.yaml"
     config.write_text(good_config(moto_url))
     port = free_port()
-    log = (tmp_path / "stderr.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "--config.file", str(config),
-         "--web.listen-address", f"127.0.0.1:{port}", "--web.enable-lifecycle"],
-        stdout=subprocess.DEVNULL, stderr=log, text=True, env=dict(os.environ),
-    )  # fmt: skip
-    try:
-        wait_for(f"http://127.0.0.1:{port}/healthz")
+    with (
+        (tmp_path / "stderr.log").open("w") as log,
+        started(
+            [sys.executable, "-m", "exporter", "--config.file", str(config),
+             "--web.listen-address", f"127.0.0.1:{port}", "--web.enable-lifecycle"],
+            stdout=subprocess.DEVNULL, stderr=log, text=True,
+        ) as process,
+    ):  # fmt: skip
+        http_get(f"http://127.0.0.1:{port}/healthz")
         yield process, f"http://127.0.0.1:{port}"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def good_config(moto_url: str) -> str:
@@ -237,17 +231,8 @@ def good_config(moto_url: str) -> str:
 
 
 def gauge(base: str) -> str:
-    body = wait_for(f"{base}/metrics").decode()
+    body = http_get(f"{base}/metrics").decode()
     return next(line for line in body.splitlines() if line.startswith(f"{GAUGE} "))
-
-
-def poll(predicate: object, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_alias_bomb_reloads_fail_cleanly_by_sighup_and_http(
@@ -259,7 +244,7 @@ def test_alias_bomb_reloads_fail_cleanly_by_sighup_and_http(
 
     config.write_text(alias_bomb())
     process.send_signal(signal.SIGHUP)
-    poll(lambda: gauge(base) == f"{GAUGE} 0.0")
+    wait(lambda: gauge(base) == f"{GAUGE} 0.0", what="the failed reload")
 
     request = urllib.request.Request(f"{base}/-/reload", method="POST")
     with pytest.raises(urllib.error.HTTPError) as info:
@@ -297,7 +282,7 @@ def test_sigterm_during_the_reload_of_60000_ids_exits_cleanly(
     assert config.stat().st_size > 1_000_000
     log = tmp_path / "stderr.log"
     process.send_signal(signal.SIGHUP)
-    poll(lambda: "reloading configuration" in log.read_text(), within=10)
+    wait(lambda: "reloading configuration" in log.read_text(), within=10, what="the reload")
     process.send_signal(signal.SIGTERM)
     # The reload would take seconds more; the process does not wait for it.
     assert process.wait(timeout=15) == 0

@@ -25,7 +25,7 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import MetricsStore
 from exporter.webconfig import MAX_UNVERIFIED_LOGINS, load_web_config
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 FULL = json.loads((ROOT / "tests" / "data" / "describe_job_full.json").read_text())
 PASSWORD = "scraper-password"

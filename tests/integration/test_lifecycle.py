@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,6 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import boto3
@@ -32,9 +30,8 @@ from exporter.model import parse_describe_job
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app, limit_in_flight, wants_gzip, wants_openmetrics
 from exporter.store import MetricsStore
-from tests.conftest import ROOT, free_port
-from tests.integration.test_process import wait_for
 from tests.iot_endpoint import IotEndpoint
+from tests.support import ROOT, free_port, http_get, started, stop, until, wait
 
 FULL = json.loads((ROOT / "tests" / "data" / "describe_job_full.json").read_text())
 
@@ -47,16 +44,7 @@ def target_yaml(name: str, url: str, job_id: str, labels: str = "{}") -> str:
 
 
 def metric_lines(url: str) -> str:
-    return wait_for(url).decode()
-
-
-def poll_until(predicate: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
+    return http_get(url).decode()
 
 
 @pytest.fixture
@@ -79,14 +67,13 @@ def test_reload_by_sighup_and_http_keeps_running_config_on_errors(
     header = "collector: {interval: 500ms}\ntargets:\n"
     config.write_text(header + target_yaml("a", moto_url, job_a))
     port = free_port()
-    process = subprocess.Popen(
+    base = f"http://127.0.0.1:{port}"
+    with started(
         [sys.executable, "-m", "exporter", "--config.file", str(config),
          "--web.listen-address", f"127.0.0.1:{port}", "--web.enable-lifecycle"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(f"{base}/readyz")
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as process:  # fmt: skip
+        http_get(f"{base}/readyz")
         assert f'job_id="{job_a}"' in metric_lines(f"{base}/metrics")
 
         # A valid new config: target b appears, target a keeps being exported.
@@ -94,7 +81,7 @@ def test_reload_by_sighup_and_http_keeps_running_config_on_errors(
             header + target_yaml("a", moto_url, job_a) + target_yaml("b", moto_url, job_b)
         )
         process.send_signal(signal.SIGHUP)
-        poll_until(lambda: f'job_id="{job_b}"' in metric_lines(f"{base}/metrics"))
+        wait(lambda: f'job_id="{job_b}"' in metric_lines(f"{base}/metrics"), what="job b")
         body = metric_lines(f"{base}/metrics")
         assert f'job_id="{job_a}"' in body
         assert "aws_iot_jobs_exporter_config_last_reload_successful 1.0" in body
@@ -102,11 +89,12 @@ def test_reload_by_sighup_and_http_keeps_running_config_on_errors(
         # An invalid one is refused; the old config keeps running and the gauge says so.
         config.write_text(header + "  - name: a\n    region: nowhere\n    jobs: {ids: [x]}\n")
         process.send_signal(signal.SIGHUP)
-        poll_until(
+        wait(
             lambda: (
                 "aws_iot_jobs_exporter_config_last_reload_successful 0.0"
                 in metric_lines(f"{base}/metrics")
-            )
+            ),
+            what="the failed reload",
         )
         body = metric_lines(f"{base}/metrics")
         assert f'job_id="{job_a}"' in body and f'job_id="{job_b}"' in body
@@ -127,10 +115,6 @@ def test_reload_by_sighup_and_http_keeps_running_config_on_errors(
         assert f'job_id="{job_b}"' not in body and 'target="b"' not in body
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert "reload failed, keeping the running config" in err
     assert "Traceback" not in err
 
@@ -139,20 +123,17 @@ def test_reload_endpoint_is_off_without_lifecycle_flag(moto_url: str, tmp_path: 
     config = tmp_path / "config.yaml"
     config.write_text("targets:\n" + target_yaml("a", moto_url, "nothing-here"))
     port = free_port()
-    process = subprocess.Popen(
+    with started(
         [sys.executable, "-m", "exporter", "--config.file", str(config),
          "--web.listen-address", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
-    )  # fmt: skip
-    try:
-        wait_for(f"http://127.0.0.1:{port}/healthz")
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    ) as process:  # fmt: skip
+        http_get(f"http://127.0.0.1:{port}/healthz")
         request = urllib.request.Request(f"http://127.0.0.1:{port}/-/reload", method="POST")
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(request, timeout=10)
         assert info.value.code in (404, 405)
-    finally:
-        process.terminate()
-        process.communicate(timeout=10)
+        stop(process)
 
 
 async def test_apply_keeps_unchanged_targets_and_their_snapshots(
@@ -167,7 +148,7 @@ async def test_apply_keeps_unchanged_targets_and_their_snapshots(
     collector = Collector(first, store, telemetry)
     await collector.start()
     try:
-        await wait_ready(collector)
+        await until(lambda: collector.ready, what="ready")
         a_before = collector.targets["a"]
         # b's labels change, a does not: a keeps its poller, b is re-rendered.
         second = parse_config(
@@ -177,7 +158,7 @@ async def test_apply_keeps_unchanged_targets_and_their_snapshots(
         await collector.apply(second)
         assert collector.targets["a"] is a_before
         assert store.get(("a", job_a)) is not None
-        await wait_for_async(lambda: b'team="fleet"' in store.body())
+        await until(lambda: b'team="fleet"' in store.body(), what="b re-rendered")
         # Collector settings change: every poller restarts, but snapshots stay exported.
         third = parse_config(
             "collector: {interval: 400ms}\ntargets:\n" + target_yaml("a", moto_url, job_a)
@@ -197,17 +178,6 @@ async def test_apply_keeps_unchanged_targets_and_their_snapshots(
         assert collector.targets["a"].jobs[job_a] is kept
     finally:
         await collector.stop()
-
-
-async def wait_ready(collector: Collector) -> None:
-    await wait_for_async(lambda: collector.ready)
-
-
-async def wait_for_async(predicate: Any, within: float = 20) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,8 @@ import importlib
 import json
 import logging
 import sys
-import time
 import types
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,7 +41,7 @@ from exporter.otel import (
 )
 from exporter.store import MetricsStore
 from exporter.table import FAMILIES
-from tests.conftest import ROOT
+from tests.support import ROOT, until
 
 SECRET = "s3cret-api-key-0451"
 DATA = ROOT / "tests" / "data"
@@ -125,14 +124,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     await runner.cleanup()
 
 
-async def until(condition: Callable[[], object], what: str, deadline: float = 10.0) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def load_config(receiver: Receiver, **otel: Any) -> Config:
     config = parse_config(CONFIG)
     return replace(config, otel=replace(config.otel, **{"endpoint": receiver.url, **otel}))
@@ -193,7 +184,7 @@ async def test_push_carries_every_series_of_metrics_with_the_same_value(
     exporter = OtelExporter(config.otel, store, targets_of(config))
     exporter.start()
     try:
-        await until(lambda: receiver.of("/v1/metrics"), "a metrics push")
+        await until(lambda: receiver.of("/v1/metrics"), what="a metrics push")
     finally:
         await exporter.shutdown()
     first = receiver.of("/v1/metrics")[0]
@@ -342,7 +333,7 @@ async def test_tracing_spans_carry_operation_job_and_outcome(receiver: Receiver)
         ]
 
     try:
-        await until(lambda: len(spans()) >= 6, "six spans")
+        await until(lambda: len(spans()) >= 6, what="six spans")
     finally:
         await exporter.shutdown()
     by_job = {attrs(s.attributes).get("job_id", s.name): s for s in spans()}
@@ -400,7 +391,7 @@ async def test_disabled_sends_nothing(receiver: Receiver) -> None:
     enabled = OtelExporter(config.otel, store, targets_of(config))
     enabled.start()
     try:
-        await until(lambda: len(receiver.requests) >= 3, "three pushes")
+        await until(lambda: len(receiver.requests) >= 3, what="three pushes")
     finally:
         await enabled.shutdown()
         await disabled.shutdown()
@@ -425,10 +416,10 @@ async def test_failed_pushes_never_log_the_headers(
     exporter = OtelExporter(config.otel, filled_store(config), targets_of(config))
     exporter.start()
     try:
-        await until(lambda: exporter.failures >= 2, "two failed pushes")
+        await until(lambda: exporter.failures >= 2, what="two failed pushes")
         assert exporter.last_success is None
         receiver.status = 200
-        await until(lambda: exporter.last_success is not None, "a successful push")
+        await until(lambda: exporter.last_success is not None, what="a successful push")
     finally:
         await exporter.shutdown()
     assert "otel push failing" in caplog.text
@@ -451,7 +442,7 @@ async def test_shutdown_is_bounded_when_the_endpoint_hangs(receiver: Receiver) -
     exporter.start()
     with exporter.tracing.cycle_span("prod"):
         pass
-    await until(lambda: receiver.requests, "a push that hangs")
+    await until(lambda: receiver.requests, what="a push that hangs")
     # The contract the process's 5 s SIGTERM budget relies on; generous for a slow machine.
     async with asyncio.timeout(4.0):
         await exporter.shutdown(grace=1.0)

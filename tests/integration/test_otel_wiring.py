@@ -13,8 +13,8 @@ import aiohttp
 import boto3
 import pytest
 
-from tests.conftest import free_port
-from tests.integration.test_otel import Receiver, attrs, receiver, until  # noqa: F401 (fixture)
+from tests.integration.test_otel import Receiver, attrs, receiver  # noqa: F401 (fixture)
+from tests.support import free_port, until
 
 pytestmark = pytest.mark.slow
 
@@ -66,8 +66,8 @@ async def test_process_pushes_metrics_and_spans(
                                 return True
             return False
 
-        await until(pushed_job, "an OTLP push with the job", deadline=30)
-        await until(traced_describe, "a DescribeJob span of the job", deadline=30)
+        await until(pushed_job, within=30, what="an OTLP push with the job")
+        await until(traced_describe, within=30, what="a DescribeJob span of the job")
         # The push's own health is on /metrics.
         async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
             body = await response.text()

@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 import boto3
 import pytest
 
-from tests.conftest import free_port
+from tests.support import free_port, http_get, started
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(url: str, status: int = 200, timeout: float = 30) -> bytes:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == status:
-                    return bytes(response.read())
-        except (urllib.error.URLError, ConnectionError) as exc:
-            last = exc
-        time.sleep(0.1)
-    raise AssertionError(f"{url} not {status} within {timeout}s: {last}")
 
 
 def test_process_serves_jobs_and_stops_on_sigterm(moto_url: str, tmp_path: Path) -> None:
@@ -49,30 +32,25 @@ def test_process_serves_jobs_and_stops_on_sigterm(moto_url: str, tmp_path: Path)
         f"    jobs: {{ids: [{job_id}]}}\n"
     )
     port = free_port()
-    process = subprocess.Popen(
+    with started(
         [sys.executable, "-m", "exporter", "--config.file", str(config),
          "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "debug"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
-    )  # fmt: skip
-    try:
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as process:  # fmt: skip
         base = f"http://127.0.0.1:{port}"
-        wait_for(f"{base}/healthz")
-        wait_for(f"{base}/readyz")
-        body = wait_for(f"{base}/metrics").decode()
+        http_get(f"{base}/healthz")
+        http_get(f"{base}/readyz")
+        body = http_get(f"{base}/metrics").decode()
         assert (
             f'aws_iot_job_info{{target="moto",region="us-east-1",account_id="123456789012",job_id="{job_id}"'
             in body
         )
         assert "aws_iot_jobs_exporter_build_info" in body
-        started = time.monotonic()
+        begun = time.monotonic()
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=10)
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - begun < 5
         assert process.returncode == 0, err
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert "listening" in err and "shutting down" in err
     assert "Traceback" not in err
     # Secrets never reach logs or metrics.

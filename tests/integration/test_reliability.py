@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,9 @@ from exporter.config import Config, parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
 from simulator import SimulatorThread
-from tests.conftest import ROOT, free_port
 from tests.iot_endpoint import IotEndpoint
 from tests.simulator_client import Admin
+from tests.support import ROOT, free_port, until
 
 pytestmark = pytest.mark.slow
 
@@ -172,15 +172,6 @@ class Running:
         }
 
 
-async def until(predicate: Callable[[], Any], within: float = 20.0, what: str = "") -> None:
-    """Poll with a deadline; never a fixed sleep standing in for a state."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within:g}s: {what or predicate}")
-        await asyncio.sleep(0.05)
-
-
 async def all_fresh(running: Running, since: float, jobs: tuple[str, ...] = JOBS) -> None:
     await until(
         lambda: all((running.last_success(j) or 0) > since for j in jobs),
@@ -217,16 +208,14 @@ async def test_throttling_storm_is_paced_keeps_values_and_recovers(
         # No tight retry loop: the call rate stays near the budget (10/s per operation,
         # plus the bucket's one-call burst), far below what an unpaced client would send.
         assert max(rates) < 30, rates
+
         # botocore's adaptive mode slows the client after each 429: on a loaded machine the
         # third can take longer than the sampling above, so it is polled for.
-        deadline = time.monotonic() + 20
-        while True:
+        async def three_throttled() -> bool:
             stats = await admin.stats()
-            throttled = sum(op["throttled"] for op in stats["requests"].values())
-            if throttled >= 3 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
-        assert throttled >= 3
+            return sum(op["throttled"] for op in stats["requests"].values()) >= 3
+
+        await until(three_throttled, within=20, what="three 429s", interval=0.2)
         assert running.api("throttled") > 0
         # A cycle under the storm ends once botocore's retries give up: poll for it.
         await until(lambda: running.success() == 0, what="a failed cycle during the storm")
@@ -600,16 +589,13 @@ async def test_secrets_stay_out_of_every_output(
                     return r.status, text
 
             async def ready() -> bool:
+                assert process.returncode is None, "exporter exited"
                 try:
                     return (await get("/readyz"))[0] == 200
                 except aiohttp.ClientError:
                     return False
 
-            deadline = time.monotonic() + 30
-            while not await ready():
-                assert time.monotonic() < deadline, "exporter not ready"
-                assert process.returncode is None, "exporter exited"
-                await asyncio.sleep(0.1)
+            await until(ready, within=30, what="exporter ready", interval=0.1)
             # Credentials expire and are refreshed at least once while it runs.
             await until(lambda: sts.issued >= 2, within=30, what="a credential refresh")
             status, metrics = await get("/metrics", headers=auth)

@@ -17,7 +17,7 @@ from exporter.model import parse_describe_job
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import MetricsStore
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 FULL = json.loads((ROOT / "tests" / "data" / "describe_job_full.json").read_text())
 

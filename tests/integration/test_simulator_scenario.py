@@ -5,11 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,9 +23,9 @@ from simulator.cron import Cron, CronError
 from simulator.fleet import EXECUTION_STATES
 from simulator.scenario import parse_scenario
 from simulator.service import execution_statuses, job_statuses
+from tests.support import ROOT, SCENARIOS, free_port, http_ok, started, wait
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "simulator" / "scenarios"
+CONFIG = SCENARIOS
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG.glob("*.yaml")), ids=lambda p: p.name)
@@ -244,42 +241,27 @@ def test_main_bad_scenario_exits_2_with_one_line(tmp_path: Path, capsys: Any) ->
     assert str(bad) in err and "jobs[0].rollout.burst" in err and "expected one of" in err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def test_module_runs_until_sigterm() -> None:
-    port = _free_port()
-    proc = subprocess.Popen(
+    port = free_port()
+    with started(
         [sys.executable, "-m", "simulator", "--listen", f"127.0.0.1:{port}",
          "--scenario", str(CONFIG / "abort.yaml"), "--seed", "4", "--speed", "2"],
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sim/stats", timeout=2) as r:
-                    assert r.status == 200
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.1)
+    ) as proc:  # fmt: skip
+
+        def up() -> bool:
+            assert proc.poll() is None, "the simulator exited"
+            return http_ok(f"http://127.0.0.1:{port}/_sim/stats")
+
+        wait(up, within=20, what="the simulator", ignoring=(OSError,))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.stderr is not None
-    assert "simulator listening" in proc.stderr.read().decode()
+        assert proc.stderr is not None
+        assert "simulator listening" in proc.stderr.read().decode()
 
 
 def test_module_bad_scenario_no_traceback(tmp_path: Path) -> None:

@@ -14,9 +14,8 @@ from exporter.collector import TargetCollector
 from exporter.config import Config, parse_config
 from exporter.selfmetrics import OUTCOMES, SelfMetrics
 from exporter.store import MetricsStore
-from tests.conftest import ROOT, free_port
 from tests.iot_endpoint import IotEndpoint
-from tests.support import WallClock
+from tests.support import ROOT, WallClock, free_port
 
 FULL = json.loads((ROOT / "tests" / "data" / "describe_job_full.json").read_text())
 

@@ -34,6 +34,7 @@ from tests.hostile_aws import HostileAws, job_body, listing
 from tests.integration.test_source_faults import job
 from tests.iot_endpoint import IotEndpoint, Reply
 from tests.simulator_client import Admin
+from tests.support import until
 
 HOSTILE = "<script>alert(1)</script>"
 
@@ -98,13 +99,6 @@ def gauge(metrics: str, name: str, target: str = "sim") -> float | None:
     return None
 
 
-async def until(what: str, check: Callable[[], object], within: float = 20) -> None:
-    deadline = time.monotonic() + within
-    while not await check() if asyncio.iscoroutinefunction(check) else not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_denied_discovery_stays_failed_and_unready_until_listing_works(
     sim: Simulator, admin: Admin, serve: Callable[..., asyncio.Future[Served]]
 ) -> None:
@@ -143,11 +137,11 @@ async def test_denied_discovery_stays_failed_and_unready_until_listing_works(
 
     # Listing works again: the very next cycle discovers, and the target recovers.
     await admin.faults({"clear": True})
-    await until("ready", lambda: served.collector.ready)
+    await until(lambda: served.collector.ready, what="ready")
     assert (await get(f"{served.url}/readyz"))[0] == 200
     await until(
-        "collection success",
         lambda: served.telemetry.collection_success.labels("sim")._value.get() == 1,
+        what="collection success",
     )
     page = json.loads((await get(f"{served.url}/status", Accept="application/json"))[1])
     (sim_status,) = page["targets"]
@@ -160,10 +154,10 @@ async def test_healthy_target_is_ready_and_its_status_counts_its_jobs(
 ) -> None:
     # Long enough an interval that no job of a healthy target looks stale on a busy machine.
     served = await serve(discovering(sim.url, interval="2s", discovery="2s"))
-    await until("ready", lambda: served.collector.ready)
+    await until(lambda: served.collector.ready, what="ready")
     status, text, _ = await get(f"{served.url}/readyz")
     assert (status, text) == (200, "ready\n")
-    await until("a successful cycle", lambda: served.collector.targets["sim"].cycles >= 2)
+    await until(lambda: served.collector.targets["sim"].cycles >= 2, what="a successful cycle")
     page = json.loads((await get(f"{served.url}/status", Accept="application/json"))[1])
     assert page["ready"] is True
     (t,) = page["targets"]
@@ -193,13 +187,13 @@ async def test_explicit_ids_only_are_ready_once_aws_answers_a_describe(
         "    jobs: {ids: [firmware-v2-failing, no-such-job]}\n"
     )
     served = await serve(config)
-    await until("cycles", lambda: served.collector.targets["sim"].cycles >= 3)
+    await until(lambda: served.collector.targets["sim"].cycles >= 3, what="cycles")
     assert (await get(f"{served.url}/readyz"))[0] == 503
     metrics = (await get(f"{served.url}/metrics"))[1]
     # No discovery, so no discovery timestamp to alert on.
     assert "aws_iot_jobs_exporter_discovery_last_success_timestamp_seconds{" not in metrics
     await admin.faults({"clear": True})
-    await until("ready", lambda: served.collector.ready)
+    await until(lambda: served.collector.ready, what="ready")
     # A job AWS does not know does not keep the target unready: AWS answered.
     assert gauge(metrics, "aws_iot_jobs_exporter_jobs_missing") is not None
 
@@ -237,19 +231,21 @@ async def test_hostile_job_ids_and_error_texts_are_escaped(
         "    jobs: {discover: {}}\n"
     )
     served = await serve(config)
-    await until("ready", lambda: served.collector.ready)
+    await until(lambda: served.collector.ready, what="ready")
     message = json.dumps({"message": f"{HOSTILE} \x1b[31m\r\nforged=line"}).encode()
     hostile.queued["fine"] = [Reply(403, message, "AccessDeniedException")] * 1000
     hostile.queued[HOSTILE] = [Reply(500, b"{}", "InternalFailure")] * 1000
-    await until("the error", lambda: served.collector.targets["ep"].last_error is not None)
+    await until(lambda: served.collector.targets["ep"].last_error is not None, what="the error")
     # Both jobs fail: they are listed as failing, each with its own error, not as stale.
-    await until("failing jobs", lambda: served.collector.targets["ep"].status().failing_total == 2)
+    await until(
+        lambda: served.collector.targets["ep"].status().failing_total == 2, what="failing jobs"
+    )
     hostile.queued[HOSTILE] = []
     # The hostile job answers again; "fine" keeps failing, so its error becomes the last.
     target = served.collector.targets["ep"]
     await until(
-        "fine's error last",
         lambda: target.last_error is not None and target.last_error.job_id == "fine",
+        what="fine's error last",
     )
     status, page, headers = await get(f"{served.url}/status", Accept="text/html")
     assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
@@ -338,7 +334,7 @@ async def test_status_html_shows_bidi_separators_and_controls_escaped(
     ).encode()
     try:
         served = await serve(discovering(aws.url))
-        await until("ready", lambda: served.collector.ready)
+        await until(lambda: served.collector.ready, what="ready")
         # Every describe fails from now on: each job is failing, one is the last error,
         # and the error message carries the same characters.
         failure = json.dumps(
@@ -348,12 +344,12 @@ async def test_status_html_shows_bidi_separators_and_controls_escaped(
             aws.describe[job_id] = (500, failure.encode())
         target = served.collector.targets["sim"]
         await until(
-            "failing jobs and an error",
             lambda: (
                 target.status().failing_total == len(STATUS_IDS)
                 and target.last_error is not None
                 and target.last_error.job_id in STATUS_IDS
             ),
+            what="failing jobs and an error",
         )
         status, html_page, headers = await get(f"{served.url}/status", Accept="text/html")
         _, json_page, _ = await get(f"{served.url}/status", Accept="application/json")

@@ -13,7 +13,8 @@ import pytest
 from exporter.config import parse_config
 from tests.hostile_aws import HostileAws, listing
 from tests.hostile_sqs import HostileSqs, event_body, messages
-from tests.integration.test_status import Served, get, serve, until
+from tests.integration.test_status import Served, get, serve
+from tests.support import until
 
 __all__ = ["serve"]  # the fixture, used by name
 
@@ -49,7 +50,7 @@ async def test_a_queue_that_does_not_exist_shows_polling_and_its_error(
     sqs.receive = lambda data: (400, "QueueDoesNotExist")
     served = await serve(config(aws, sqs))
     target = served.collector.targets["ep"]
-    await until("a queue error", lambda: target.consumer and target.consumer.last_error)
+    await until(lambda: target.consumer and target.consumer.last_error, what="a queue error")
     page = json.loads((await get(f"{served.url}/status", Accept="application/json"))[1])
     (t,) = page["targets"]
     assert t["mode"] == "polling"
@@ -79,16 +80,16 @@ async def test_a_healthy_event_driven_target_and_a_failing_job_stand_apart(
     sqs.empty_wait = 0.5
     served = await serve(config(aws, sqs))
     target = served.collector.targets["ep"]
-    await until("ready", lambda: served.collector.ready)
+    await until(lambda: served.collector.ready, what="ready")
     aws.describe["denied"] = (
         403,
         b'{"__type": "AccessDeniedException", "message": "not for you"}',
     )
-    await until("event-driven", lambda: target.events.event_driven())
+    await until(lambda: target.events.event_driven(), what="event-driven")
     # The denied job is described again at its next event or reconcile: force one.
     target.job_changed("denied")
-    await until("the failing job", lambda: target.status().failing_total == 1)
-    await until("events counted", lambda: target.status().events.describes >= 1)  # type: ignore[union-attr]
+    await until(lambda: target.status().failing_total == 1, what="the failing job")
+    await until(lambda: target.status().events.describes >= 1, what="events counted")  # type: ignore[union-attr]
     page = json.loads((await get(f"{served.url}/status", Accept="application/json"))[1])
     (t,) = page["targets"]
     assert t["mode"] == "event-driven"

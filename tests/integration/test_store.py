@@ -17,8 +17,8 @@ from exporter.model import JobSnapshot, parse_describe_job
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import ACTIVE, FROZEN, MetricsStore
-from tests.conftest import ROOT
 from tests.integration.test_server import without_process_metrics
+from tests.support import ROOT
 
 FULL = json.loads((ROOT / "tests" / "data" / "describe_job_full.json").read_text())
 TARGET = parse_config("targets: [{name: t, region: eu-west-1, jobs: {ids: [x]}}]").targets[0]

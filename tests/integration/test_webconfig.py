@@ -31,7 +31,7 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import MetricsStore
 from exporter.webconfig import WebConfig, load_web_config, parse_web_config
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 HEALTH = frozenset({"/healthz", "/readyz"})
 PASSWORD = "correct horse battery staple"

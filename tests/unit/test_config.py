@@ -9,7 +9,7 @@ import pytest
 
 from exporter.config import ConfigError, Metrics, load_config, parse_config
 from exporter.reader import parse_duration
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 BASE_TARGET = """
   - name: a

@@ -17,7 +17,7 @@ from exporter.model import (
     parse_schedule_time,
     target_type,
 )
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def full() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from exporter.config import parse_config
 from exporter.model import JobSnapshot, parse_describe_job
 from exporter.store import ACTIVE_BUCKETS, MetricsStore
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 FULL = json.loads((ROOT / "tests" / "data" / "describe_job_full.json").read_text())
 TARGET = parse_config("targets: [{name: t, region: eu-west-1, jobs: {ids: [x]}}]").targets[0]
