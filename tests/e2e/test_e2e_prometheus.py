@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -295,3 +296,27 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
         if where.split(": ", 1)[1].startswith("$"):
             assert query(stack.prometheus, selector), f"{where}: {selector} returns nothing"
     assert not unlinked, f"panels with per-job series but no job links: {sorted(unlinked)}"
+
+
+def test_every_legend_names_labels_its_query_returns(stack: Stack) -> None:
+    """A legend such as `{{max_age}}` names a label of the query's series: a heatmap whose
+    bucket label the query summed away draws one cell, a legend of an absent label blanks."""
+    checked = 0
+    for name, board in dashboards().items():
+        for p in data_panels(board):
+            for t in p["targets"]:
+                labels = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", t.get("legendFormat", "")))
+                if not labels:
+                    continue
+                # Whether each query has data is the test above's; this one reads those
+                # that do.
+                series = query(stack.prometheus, substitute(t["expr"]))
+                if not series:
+                    continue
+                for label in labels:
+                    assert any(label in s["metric"] for s in series), (name, p["title"], label)
+                if p["type"] == "heatmap":
+                    # One series per bucket, not one summed over them.
+                    assert len(series) > 1, (name, p["title"])
+                checked += 1
+    assert checked
