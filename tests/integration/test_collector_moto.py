@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
@@ -19,7 +18,7 @@ from exporter.config import Config, parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.shard import Shard
 from exporter.store import MetricsStore
-from tests.support import WallClock
+from tests.support import WallClock, until
 
 
 @pytest.fixture
@@ -257,10 +256,7 @@ async def ready_collector(cfg: Config) -> AsyncIterator[tuple[MetricsStore, Self
     collector = Collector(cfg, store, telemetry)
     await collector.start()
     try:
-        deadline = time.monotonic() + 20
-        while not collector.ready and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert collector.ready
+        await until(lambda: collector.ready, what="every target's first cycle")
         yield store, telemetry
     finally:
         await collector.stop()
@@ -294,13 +290,13 @@ async def test_a_target_whose_client_cannot_be_created_does_not_stop_the_others(
     collector = Collector(cfg, store, telemetry)
     await collector.start()
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (
-            store.get(("fine", f"{prefix}-rollout")) is not None
-            and collector.targets["broken"].cycles >= 2
-        ):
-            await asyncio.sleep(0.05)
-        assert store.get(("fine", f"{prefix}-rollout")) is not None
+        await until(
+            lambda: (
+                store.get(("fine", f"{prefix}-rollout")) is not None
+                and collector.targets["broken"].cycles >= 2
+            ),
+            what="fine described and broken tried twice",
+        )
         assert telemetry.collection_success.labels("broken")._value.get() == 0
         assert telemetry.collection_success.labels("fine")._value.get() == 1
         # A target AWS never answered keeps the replica out of its Service.

@@ -33,7 +33,8 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import MetricsStore
 from simulator import Simulator, start_simulator
-from tests.simulator_client import Admin, wait_for
+from tests.simulator_client import Admin
+from tests.support import until
 
 EXECUTION = {
     "eventType": "JOB_EXECUTION",
@@ -300,7 +301,7 @@ async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
         admin = Admin(session, sim.url)
         run = Running(sim, admin, f"http://127.0.0.1:{port}/metrics", telemetry, collector)
         try:
-            await wait_for(lambda: _ready(collector), deadline=20)
+            await until(lambda: _ready(collector), within=20)
             yield run
         finally:
             await collector.stop()
@@ -329,7 +330,7 @@ async def test_events_refresh_a_job_long_before_the_interval(running: Running) -
         events = await run.total("aws_iot_job_execution_events_total", job_id="fw-failing")
         return got == failed and events == failed
 
-    await wait_for(shown, deadline=10)
+    await until(shown, within=10)
     series = await run.series()
     reasons = {
         dict(pairs)["reason"]
@@ -357,7 +358,7 @@ async def test_duplicated_and_reordered_deliveries_change_no_value(running: Runn
         got = await run.value("aws_iot_job_executions", job_id="fw-failing", state="failed")
         return q["waiting"] == 0 and q["in_flight"] == 0 and got == failed
 
-    await wait_for(drained, deadline=15)
+    await until(drained, within=15)
     assert await run.total("aws_iot_job_execution_events_total", job_id="fw-failing") == failed
     duplicates = await run.value("aws_iot_jobs_exporter_events_duplicates_total", target="sim")
     assert duplicates == published  # every event came twice, and counted once
@@ -372,7 +373,7 @@ async def test_a_stopped_queue_falls_back_to_polling_and_recovers(running: Runni
     async def driven() -> bool:
         return await run.value("aws_iot_jobs_exporter_events_driven", target="sim") == 1
 
-    await wait_for(driven, deadline=10)
+    await until(driven, within=10)
     # Executions go from queued to in progress: AWS publishes no event for that, and with
     # events flowing the job waits for its reconcile (an hour here).
     await run.admin.advance(0.5)
@@ -380,7 +381,7 @@ async def test_a_stopped_queue_falls_back_to_polling_and_recovers(running: Runni
     in_progress = truth["executions"]["in_progress"]
     assert in_progress > 0
     cycles = run.collector.targets["sim"].cycles
-    await wait_for(lambda: _cycles_past(run, cycles + 2), deadline=10)
+    await until(lambda: _cycles_past(run, cycles + 2), within=10)
     got = await run.value("aws_iot_job_executions", job_id="fw-failing", state="in_progress")
     assert got == 0
 
@@ -391,13 +392,13 @@ async def test_a_stopped_queue_falls_back_to_polling_and_recovers(running: Runni
         got = await run.value("aws_iot_job_executions", job_id="fw-failing", state="in_progress")
         return driven == 0 and got == in_progress
 
-    await wait_for(polled, deadline=30)
+    await until(polled, within=30)
     errors = await run.value("aws_iot_jobs_exporter_events_consumer_errors_total", target="sim")
     assert errors is not None and errors >= 1
 
     await run.admin._call("POST", "/_sim/events", {"stopped": False})
 
-    await wait_for(driven, deadline=40)
+    await until(driven, within=40)
 
 
 async def _cycles_past(run: Running, cycles: int) -> bool:
@@ -415,14 +416,14 @@ async def test_an_unknown_job_is_described_at_once_and_a_deleted_one_dropped(
     async def appeared() -> bool:
         return await run.value("aws_iot_job_info", job_id="fw-new") == 1
 
-    await wait_for(appeared, deadline=10)
+    await until(appeared, within=10)
     await run.admin.delete("fw-new")
     await run.admin.advance(30)  # past the deletion's duration: the `deleted` event
 
     async def gone() -> bool:
         return await run.value("aws_iot_job_info", job_id="fw-new") is None
 
-    await wait_for(gone, deadline=10)
+    await until(gone, within=10)
 
 
 # --- the same consumer against moto's SQS (contract) ---------------------------------------
@@ -487,7 +488,7 @@ async def test_consumer_against_motos_sqs(moto_url: str) -> None:
                 counts = {reason: float(value) for _, reason, value in events}
                 return counts if left == 0 and sum(counts.values()) == 2 else None
 
-            counts = await wait_for(consumed, deadline=30)
+            counts = await until(consumed, within=30)
             assert counts == {"checksum_mismatch": 1.0, "x" * 64: 1.0}
             registry = telemetry.registry
             assert (

@@ -23,7 +23,8 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import MetricsStore
 from simulator import start_simulator
-from tests.simulator_client import Admin, wait_for
+from tests.simulator_client import Admin
+from tests.support import until
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +109,7 @@ async def test_failure_spike_reaches_metrics_within_seconds_under_quota(tmp_path
                 series = await scrape()
                 return value(series, "aws_iot_job_info") == 1000 and bool(collector.ready)
 
-            await wait_for(warm, deadline=120)
+            await until(warm, within=120)
             # ... then AWS's quota and the exporter's default budget, as a reload sets it.
             await admin._call("POST", "/_sim/faults", {"quotas": {"DescribeJob": 10}})
             default = dataclasses.replace(
@@ -135,7 +136,7 @@ async def test_failure_spike_reaches_metrics_within_seconds_under_quota(tmp_path
                 return failed == truth["failed"] and counted == sum(failures.values())
 
             # Within 5 s of the fleet publishing the events.
-            await wait_for(shown, deadline=5)
+            await until(shown, within=5)
             series = await scrape()
             reasons = {
                 dict(pairs)["reason"]

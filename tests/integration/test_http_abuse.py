@@ -25,7 +25,7 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
 from exporter.store import MetricsStore
 from exporter.webconfig import MAX_UNVERIFIED_LOGINS, load_web_config
-from tests.support import ROOT
+from tests.support import ROOT, until
 
 FULL = json.loads((ROOT / "tests" / "data" / "describe_job_full.json").read_text())
 PASSWORD = "scraper-password"
@@ -96,8 +96,7 @@ async def test_bad_login_flood_never_shuts_out_a_remembered_login(tmp_path: Path
             attackers = [asyncio.create_task(attacker(bad, n)) for n in range(32)]
             try:
                 # Let the flood fill the bcrypt queue before the scrapes begin.
-                while sum(seen.values()) < 32:
-                    await asyncio.sleep(0.01)
+                await until(lambda: sum(seen.values()) >= 32, what="the flood", interval=0.01)
                 statuses = []
                 for _ in range(30):
                     async with good.get(f"{url}/metrics", headers=good_auth) as r:
@@ -143,11 +142,12 @@ async def test_clients_that_never_read_do_not_block_scrapes() -> None:
         stuck = [stuck_client(url) for _ in range(8)]
         try:
             # Until the stuck responses give their slots back, a scrape may get 503.
-            deadline = time.monotonic() + 20
-            while (status := (await scrape(http, url))[0]) != 200:
-                assert status == 503
-                assert time.monotonic() < deadline, "scrapes stayed blocked"
-                await asyncio.sleep(0.2)
+            async def served() -> bool:
+                status = (await scrape(http, url))[0]
+                assert status in (200, 503), status
+                return status == 200
+
+            await until(served, what="a scrape beside the stuck clients", interval=0.2)
             # From then on, with every stuck socket still open, every scrape is whole.
             for _ in range(5):
                 status, length = await scrape(http, url)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,9 +12,10 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from simulator import Simulator, SimulatorThread, start_simulator
 from simulator.fleet import minute_string
-from tests.simulator_client import Admin, iot_client, wait_for
+from tests.simulator_client import Admin, iot_client
+from tests.support import SCENARIOS, until
 
-CONFIG = Path(__file__).resolve().parents[2] / "simulator" / "scenarios"
+CONFIG = SCENARIOS
 DEMO = CONFIG / "demo.yaml"
 ABORT = CONFIG / "abort.yaml"
 STATES = (
@@ -134,7 +134,7 @@ async def test_abort_scenario_cancels_the_job_in_real_time() -> None:
                 done = aborted["status"] == "CANCELED" and not aborted["isConcurrent"]
                 return jobs if done and healthy["status"] == "COMPLETED" else None
 
-            jobs = await wait_for(settled, deadline=20)
+            jobs = await until(settled, within=20)
             history = await admin.rollout("canary-aborted")
         async with iot_client(thread.url) as client:
             job = (await client.describe_job(jobId="canary-aborted"))["job"]
