@@ -85,13 +85,13 @@ class MaintenanceWindow:
 
     def open_at(self, now: float) -> bool | None:
         """Whether a window is open at `now`; None without a duration or a readable start."""
-        opened = self._open_since(now)
+        opened = _open_since(self, now)
         return None if opened is None else opened[0]
 
     def closes_at(self, now: float) -> float | None:
         """When the occurrence open at `now` closes, Unix seconds; None when none is open
         or that cannot be read."""
-        opened = self._open_since(now)
+        opened = _open_since(self, now)
         if opened is None or not opened[0] or self.duration_minutes is None:
             return None
         return opened[1] + self.duration_minutes * 60.0
@@ -127,6 +127,13 @@ class MaintenanceWindow:
             # An instant outside the calendar: nothing to say about the window.
             return False, None
         return True, None if found is None else found.timestamp()
+
+
+# Two rows of the metric table (open, closes) ask the same question of each window at the
+# snapshot's fetched_at: one search answers both.
+@functools.lru_cache(maxsize=4096)
+def _open_since(window: MaintenanceWindow, now: float) -> tuple[bool, float] | None:
+    return window._open_since(now)
 
 
 @dataclass(frozen=True, slots=True)
