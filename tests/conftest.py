@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, settings
 
 from simulator import Simulator, start_simulator
 from tests.simulator_client import Admin
@@ -28,6 +29,11 @@ os.environ.update(
 )
 for _key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
     os.environ.pop(_key, None)
+
+# Property tests check properties, not wall time: on more workers than cores an example
+# can outlast hypothesis' 200 ms deadline, or its data take long to draw, with nothing wrong.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 
 # Parallel runs (`make test`: pytest-xdist, `--dist loadgroup`) hand a worker one test at a
