@@ -41,6 +41,7 @@ from simulator import SimulatorThread
 from simulator.render import describe_job
 from tests.conftest import ROOT, free_port
 from tests.simulator_client import Admin, wait_for
+from tests.support import wait
 
 SIMULATOR = ROOT / "simulator" / "scenarios"
 REGION = "us-east-1"
@@ -274,22 +275,6 @@ def http_post(url: str, body: dict[str, Any]) -> Any:
         return json.loads(response.read())
 
 
-def poll(probe: Any, deadline: float, what: str) -> Any:
-    """Call `probe` until it returns something truthy; fail naming `what` at the deadline."""
-    end = time.monotonic() + deadline
-    last: Any = None
-    while time.monotonic() < end:
-        try:
-            last = probe()
-        except (urllib.error.URLError, ConnectionError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {deadline} s (last: {last!r})")
-
-
 @dataclass
 class FrozenRun:
     """One scrape of the exporter process taken after simulated time stopped, and the truth."""
@@ -347,7 +332,7 @@ def frozen_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrozenRun]
                 stdout=log_file, stderr=log_file, env=dict(os.environ), cwd=ROOT,
             )  # fmt: skip
             try:
-                poll(lambda: http_get(f"{base}/readyz")[0] == 200, 30, "exporter ready")
+                wait(lambda: http_get(f"{base}/readyz")[0] == 200, 30, "exporter ready")
 
                 def scrape() -> dict[Key, float]:
                     status, body = http_get(f"{base}/metrics")
@@ -356,7 +341,7 @@ def frozen_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrozenRun]
 
                 # While the fleet moves, the exporter follows it: a second describe of the
                 # healthy rollout gives it an observed rate.
-                poll(
+                wait(
                     lambda: value(
                         scrape(),
                         "aws_iot_job_rollout_observed_rate_per_minute",
@@ -398,7 +383,7 @@ def frozen_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrozenRun]
                             return None
                     return series
 
-                series = poll(settled, 30, "every job described and swept after the freeze")
+                series = wait(settled, 30, "every job described and swept after the freeze")
 
                 def truth(
                     s: Any,
