@@ -160,7 +160,8 @@ class TargetCollector:
         return {job_id: t.snapshot for job_id, t in self.state.jobs.items()}
 
     def snapshots(self) -> dict[str, JobSnapshot | None]:
-        return {job_id: t.snapshot for job_id, t in self.state.jobs.items()}
+        """`jobs`, as a function to hand on (the sweeper reads it per sweep)."""
+        return self.jobs
 
     def amend(self, job_id: str, change: Callable[[JobSnapshot], JobSnapshot]) -> None:
         """Applies `change` to the job's latest snapshot (a sweep's counts, an event's) and

@@ -184,8 +184,10 @@ class Sweeper:
         if self.settings.requests_per_second <= 0:
             return
         while True:
-            self._empty_idle()
-            job_id, wait = next_job(self.jobs(), self.state, self.clock.monotonic(), self.interval)
+            # One copy of the jobs per turn: both passes below read every job.
+            jobs = self.jobs()
+            self._empty_idle(jobs)
+            job_id, wait = next_job(jobs, self.state, self.clock.monotonic(), self.interval)
             if job_id is None:
                 self.wakeup.clear()
                 timeout = 60.0 if wait is None else min(wait, 60.0)
@@ -202,9 +204,9 @@ class Sweeper:
             except Exception:
                 log.exception("sweep crashed target=%s job_id=%s", self.target, job_id)
 
-    def _empty_idle(self) -> None:
+    def _empty_idle(self, jobs: Mapping[str, JobSnapshot | None]) -> None:
         """Jobs whose counts say nothing waits lose their stuck executions at no cost."""
-        for job_id, snapshot in self.jobs().items():
+        for job_id, snapshot in jobs.items():
             if snapshot is None or snapshot.sweep is None or _non_terminal(snapshot):
                 continue
             if any(counts.by_age[-1] for _, counts in snapshot.sweep.states):

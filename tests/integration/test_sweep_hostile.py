@@ -20,6 +20,7 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.status import Status, render_html, render_json
 from exporter.store import MetricsStore
 from tests.hostile_aws import Answer, HostileAws, execution, executions_page, job_body
+from tests.integration.test_hostile_aws import no_tracebacks
 from tests.support import until
 
 JOB = "fw-rollout"
@@ -92,11 +93,6 @@ class Running:
 
 def serve(aws: HostileAws, answer: Callable[[str, str | None], Answer]) -> None:
     aws.executions = lambda job_id, status, token: answer(status, token)
-
-
-def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
-    crashed = [r.getMessage() for r in caplog.records if r.exc_info or "crashed" in r.msg]
-    assert not crashed, crashed
 
 
 async def swept_good(run: Running) -> None:

@@ -306,7 +306,7 @@ async def test_jobs_that_stop_waiting_lose_their_stuck_counts_at_no_cost() -> No
     h.jobs["j"] = dataclasses.replace(
         h.jobs["j"], executions=(("queued", 0), ("in_progress", 0), ("succeeded", 6))
     )
-    h.sweeper._empty_idle()
+    h.sweeper._empty_idle(h.jobs)
     counts = h.jobs["j"].sweep.counts("in_progress")  # type: ignore[union-attr]
     assert counts is not None and counts.stuck == 0 and counts.by_age[-1] == 0
     assert len(h.source.calls) == calls
