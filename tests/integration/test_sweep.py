@@ -15,19 +15,18 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import Collector
 from exporter.config import Config, parse_config
-from exporter.selfmetrics import SelfMetrics
-from exporter.server import OPENMETRICS_TYPE, build_app
-from exporter.store import MetricsStore
+from exporter.server import OPENMETRICS_TYPE
 from simulator import Simulator, start_simulator
+from tests.integration.test_status import Served, serve
 from tests.support import until
+
+__all__ = ["serve"]  # the fixture, used by name
 
 SCENARIO = """\
 seed: 7
@@ -77,24 +76,6 @@ def config(url: str) -> Config:
     )
 
 
-async def serve(cfg: Config) -> tuple[str, Collector, Callable[[], asyncio.Future[None]]]:
-    store, telemetry = MetricsStore(), SelfMetrics()
-    collector = Collector(cfg, store, telemetry)
-    app = build_app(store, telemetry, lambda: collector.ready, status=collector.status)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    await collector.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop() -> None:
-        await collector.stop()
-        await runner.cleanup()
-
-    return f"http://127.0.0.1:{port}", collector, stop  # type: ignore[return-value]
-
-
 async def get(url: str, **headers: str) -> tuple[int, str, str]:
     async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as r:
         return r.status, await r.text(), r.headers.get("Content-Type", "")
@@ -125,86 +106,82 @@ def truth(sim: Simulator, job_id: str) -> tuple[dict[str, float], float]:
 
 
 async def test_a_silent_device_shows_in_the_age_buckets_the_stuck_count_and_by_name(
-    sim: Simulator,
+    sim: Simulator, serve: Callable[..., asyncio.Future[Served]]
 ) -> None:
-    url, collector, stop = await serve(config(sim.url))
-    try:
+    served = await serve(config(sim.url))
+    url, collector = served.url, served.collector
 
-        def swept() -> bool:
-            jobs = collector.targets["sim"].snapshots()
-            return all(
-                (s := jobs.get(j)) is not None and s.sweep is not None
-                for j in ("rollout-stuck", "rollout-timeout")
-            )
-
-        await until(swept, 30, "both jobs swept once")
-        body = (await get(f"{url}/metrics"))[1]
-        running, now = truth(sim, "rollout-stuck")
-        stuck = {thing for thing, started in running.items() if now - started > HOUR}
-        assert stuck, "the scenario has no silent device"
-        got = samples(body, "aws_iot_job_executions_stuck", job_id="rollout-stuck")
-        assert got[(("state", "in_progress"),)] == len(stuck)
-        assert got[(("state", "queued"),)] == 0
-        ages = samples(
-            body, "aws_iot_job_executions_by_age", job_id="rollout-stuck", state="in_progress"
+    def swept() -> bool:
+        jobs = collector.targets["sim"].snapshots()
+        return all(
+            (s := jobs.get(j)) is not None and s.sweep is not None
+            for j in ("rollout-stuck", "rollout-timeout")
         )
-        assert ages[(("max_age", "+Inf"),)] == len(running)
-        assert ages[(("max_age", "+Inf"),)] - ages[(("max_age", "3600"),)] == len(stuck)
-        oldest = samples(
-            body,
-            "aws_iot_job_executions_oldest_timestamp_seconds",
-            job_id="rollout-stuck",
-            state="in_progress",
-        )
-        assert oldest[()] == pytest.approx(min(running.values()), abs=0.001)
 
-        # The job with an in-progress timeout of 500 minutes: its devices have been silent
-        # for about four hours, under its own threshold, so none is stuck.
-        timeout_running, _ = truth(sim, "rollout-timeout")
-        assert timeout_running
-        threshold = samples(
-            body,
-            "aws_iot_job_executions_stuck_threshold_seconds",
-            job_id="rollout-timeout",
-            state="in_progress",
-        )
-        assert threshold[()] == 500 * 60
-        got = samples(body, "aws_iot_job_executions_stuck", job_id="rollout-timeout")
-        assert got[(("state", "in_progress"),)] == 0
+    await until(swept, 30, "both jobs swept once")
+    body = (await get(f"{url}/metrics"))[1]
+    running, now = truth(sim, "rollout-stuck")
+    stuck = {thing for thing, started in running.items() if now - started > HOUR}
+    assert stuck, "the scenario has no silent device"
+    got = samples(body, "aws_iot_job_executions_stuck", job_id="rollout-stuck")
+    assert got[(("state", "in_progress"),)] == len(stuck)
+    assert got[(("state", "queued"),)] == 0
+    ages = samples(
+        body, "aws_iot_job_executions_by_age", job_id="rollout-stuck", state="in_progress"
+    )
+    assert ages[(("max_age", "+Inf"),)] == len(running)
+    assert ages[(("max_age", "+Inf"),)] - ages[(("max_age", "3600"),)] == len(stuck)
+    oldest = samples(
+        body,
+        "aws_iot_job_executions_oldest_timestamp_seconds",
+        job_id="rollout-stuck",
+        state="in_progress",
+    )
+    assert oldest[()] == pytest.approx(min(running.values()), abs=0.001)
 
-        # No series carries a thing name, whatever its label.
-        for family in text_string_to_metric_families(body):
-            for s in family.samples:
-                assert not set(s.labels.values()) & set(running), s
+    # The job with an in-progress timeout of 500 minutes: its devices have been silent
+    # for about four hours, under its own threshold, so none is stuck.
+    timeout_running, _ = truth(sim, "rollout-timeout")
+    assert timeout_running
+    threshold = samples(
+        body,
+        "aws_iot_job_executions_stuck_threshold_seconds",
+        job_id="rollout-timeout",
+        state="in_progress",
+    )
+    assert threshold[()] == 500 * 60
+    got = samples(body, "aws_iot_job_executions_stuck", job_id="rollout-timeout")
+    assert got[(("state", "in_progress"),)] == 0
 
-        # The status page names the oldest stuck devices, in JSON and in HTML.
-        status, text, kind = await get(f"{url}/status", Accept="application/json")
-        assert status == 200 and kind.startswith("application/json")
-        (target,) = json.loads(text)["targets"]
-        (job,) = [j for j in target["stuck"] if j["job_id"] == "rollout-stuck"]
-        assert job["stuck"]["in_progress"] == len(stuck)
-        names = [r["thing_name"] for r in job["oldest"]]
-        assert len(names) == 3 and set(names) <= stuck
-        expected = sorted(stuck, key=lambda t: (running[t], t))[:3]
-        assert names == expected
-        assert all(
-            r["console_url"].startswith("https://us-east-1.console.aws") for r in job["oldest"]
-        )
-        html = (await get(f"{url}/status", Accept="text/html"))[1]
-        assert all(name in html for name in names)
+    # No series carries a thing name, whatever its label.
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            assert not set(s.labels.values()) & set(running), s
 
-        # OpenMetrics carries the thing behind a time-in-state bucket as an exemplar only.
-        status, om, kind = await get(f"{url}/metrics", Accept=OPENMETRICS_TYPE)
-        assert kind.startswith("application/openmetrics-text")
-        families = {f.name: f for f in openmetrics_families(om)}
-        queued = families["aws_iot_job_execution_queued_duration_seconds"]
-        exemplars = [s.exemplar for s in queued.samples if s.exemplar is not None]
-        assert exemplars and {e.labels["thing_name"] for e in exemplars} <= set(running) | {
-            thing for thing in _all_things(sim)
-        }
-        assert families["aws_iot_jobs_exporter_sweep_pages"].samples[0].value > 0
-    finally:
-        await stop()
+    # The status page names the oldest stuck devices, in JSON and in HTML.
+    status, text, kind = await get(f"{url}/status", Accept="application/json")
+    assert status == 200 and kind.startswith("application/json")
+    (target,) = json.loads(text)["targets"]
+    (job,) = [j for j in target["stuck"] if j["job_id"] == "rollout-stuck"]
+    assert job["stuck"]["in_progress"] == len(stuck)
+    names = [r["thing_name"] for r in job["oldest"]]
+    assert len(names) == 3 and set(names) <= stuck
+    expected = sorted(stuck, key=lambda t: (running[t], t))[:3]
+    assert names == expected
+    assert all(r["console_url"].startswith("https://us-east-1.console.aws") for r in job["oldest"])
+    html = (await get(f"{url}/status", Accept="text/html"))[1]
+    assert all(name in html for name in names)
+
+    # OpenMetrics carries the thing behind a time-in-state bucket as an exemplar only.
+    status, om, kind = await get(f"{url}/metrics", Accept=OPENMETRICS_TYPE)
+    assert kind.startswith("application/openmetrics-text")
+    families = {f.name: f for f in openmetrics_families(om)}
+    queued = families["aws_iot_job_execution_queued_duration_seconds"]
+    exemplars = [s.exemplar for s in queued.samples if s.exemplar is not None]
+    assert exemplars and {e.labels["thing_name"] for e in exemplars} <= set(running) | {
+        thing for thing in _all_things(sim)
+    }
+    assert families["aws_iot_jobs_exporter_sweep_pages"].samples[0].value > 0
 
 
 def _all_things(sim: Simulator) -> set[str]:
