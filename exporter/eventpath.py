@@ -21,7 +21,7 @@ from exporter.config import CollectorSettings, Target
 from exporter.events import EventConsumer, JobEvent, LogThrottle, Queue, ReasonCounts
 from exporter.logs import sanitise
 from exporter.model import JobSnapshot
-from exporter.schedule import Clock, EventMarks
+from exporter.schedule import EXECUTION_MARK, JOB_MARK, Clock, EventMarks, Mark
 from exporter.shard import Shard
 from exporter.status import EventsStatus, LastError
 from exporter.sweep import Sweeper
@@ -64,7 +64,8 @@ class EventPath:
         self.host = host
         events = host.target.events
         gap = events.min_describe_interval if events else 0.0
-        # Jobs an event marked changed, described oldest mark first (schedule.EventMarks).
+        # Jobs an event marked changed: job-level marks ahead, then the job whose data is
+        # oldest (schedule.EventMarks).
         self.marks = EventMarks(gap)
         self.dirty_wakeup = asyncio.Event()
         self.unknown_marks = EventMarks(gap)
@@ -95,7 +96,7 @@ class EventPath:
     def owns(self, job_id: str) -> bool:
         return self.host.shard.owns(self.host.target, job_id)
 
-    def job_changed(self, job_id: str) -> bool:
+    def job_changed(self, job_id: str, kind: str = EXECUTION_MARK) -> bool:
         """An event says the job changed: describe it soon. False when it is not followed."""
         if job_id not in self.host.state.jobs and job_id not in self.unknown:
             discover = self.host.target.jobs.discover
@@ -122,12 +123,35 @@ class EventPath:
                 return False
             self.unknown[job_id] = None
             self.host.telemetry.unknown_jobs(self.host.target.name, len(self.unknown))
+        now = self.host.clock.monotonic()
         if job_id in self.unknown:
-            if self.unknown_marks.mark(job_id, self.host.clock.monotonic()):
+            if self.unknown_marks.mark(job_id, now):
                 self.unknown_wakeup.set()
-        elif self.marks.mark(job_id, self.host.clock.monotonic()):
+        elif self.marks.mark(job_id, now, self._data_at(job_id), kind):
             self.dirty_wakeup.set()
         return True
+
+    def _data_at(self, job_id: str) -> float:
+        """When the job's data was read: the order execution marks are served in (a job
+        never described goes first)."""
+        tracked = self.host.state.jobs.get(job_id)
+        snapshot = tracked.snapshot if tracked is not None else None
+        return snapshot.fetched_at if snapshot is not None else 0.0
+
+    def job_event(self, event: JobEvent) -> bool:
+        """A job-level event: what it says is applied to the job's snapshot at once (its
+        status, times and a `completed` event's counts), then a describe confirms it,
+        ahead of execution marks. An event older than the job's last describe changes
+        nothing (JobSnapshot.with_job_event)."""
+        status = event.job_status
+        if status is not None:
+            updated, completed, counts = event.last_updated_at, event.completed_at, event.counts
+
+            def change(snapshot: JobSnapshot) -> JobSnapshot:
+                return snapshot.with_job_event(status, updated, completed, counts)
+
+            self.host.amend(event.job_id, change)
+        return self.job_changed(event.job_id, JOB_MARK)
 
     def job_deleted(self, job_id: str) -> None:
         tracked = self.host.state.jobs.get(job_id)
@@ -179,44 +203,65 @@ class EventPath:
         return driven
 
     async def describe_dirty(self, unknown: bool = False) -> None:
-        """Describes the jobs events marked, oldest mark first, inside the same budget.
+        """Describes the jobs events marked, inside the same budget: job-level marks
+        first, then the job whose data is oldest (schedule.EventMarks).
 
-        Ids only events named have a queue, a wake-up and one call of their own
-        (`unknown`): a flood of made-up ids never stands between a known job's event and
-        its describe.
+        The slot is taken before the mark is picked, so the pick is made when a call can
+        start: a job event that comes while every slot is busy goes ahead of the marks
+        that came before it. Ids only events named have a queue, a wake-up and one call
+        of their own (`unknown`): a flood of made-up ids never stands between a known
+        job's event and its describe.
         """
         marks = self.unknown_marks if unknown else self.marks
         wakeup = self.unknown_wakeup if unknown else self.dirty_wakeup
         slots = self.unknown_slots if unknown else self.event_slots
         while True:
-            job_id, delay = marks.next(
-                self.host.clock.monotonic(), self.host.in_flight.__contains__
-            )
-            if job_id is None:
-                # Nothing due: wait for the first due mark, or for a newer one.
-                await self._wait_for_mark(wakeup, delay)
-                continue
-            tracked = self.host.state.jobs.get(job_id)
-            if tracked is None and job_id not in self.unknown:
-                continue
-            self.describes += 1
-            self.host.telemetry.event_describe(self.host.target.name)
-            if tracked is None:
-                kind = UNKNOWN
-            elif tracked.snapshot is None:
-                kind = FIRST
-            else:
-                kind = EVENT
-            # Tracked in _in_flight like the cycle's calls, and closed with them.
             await slots.acquire()
-            tasks: list[asyncio.Task[None]] = []
             try:
-                await self.host.spawn(job_id, tasks, kind, from_cycle=False)
-            finally:
-                if tasks:
-                    tasks[0].add_done_callback(lambda _: slots.release())
-                else:
-                    slots.release()
+                mark = await self._next_mark(marks, wakeup)
+                started = await self._describe_mark(mark, unknown)
+            except BaseException:
+                slots.release()
+                raise
+            if started is None:
+                slots.release()
+                continue
+            kind = "unknown" if unknown else mark.kind
+
+            def done(_: object, kind: str = kind, marked_at: float = mark.marked_at) -> None:
+                slots.release()
+                waited = self.host.clock.monotonic() - marked_at
+                self.host.telemetry.event_describe_waited(self.host.target.name, kind, waited)
+
+            started.add_done_callback(done)
+
+    async def _next_mark(self, marks: EventMarks, wakeup: asyncio.Event) -> Mark:
+        """The next mark due, waiting for it as long as it takes."""
+        while True:
+            mark, delay = marks.next(self.host.clock.monotonic(), self.host.in_flight.__contains__)
+            if mark is not None:
+                return mark
+            # Nothing due: wait for the first due mark, or for a newer one.
+            await self._wait_for_mark(wakeup, delay)
+
+    async def _describe_mark(self, mark: Mark, unknown: bool) -> asyncio.Task[None] | None:
+        """Starts the describe a mark asks for; its task, or None when none was needed."""
+        job_id = mark.job_id
+        tracked = self.host.state.jobs.get(job_id)
+        if tracked is None and job_id not in self.unknown:
+            return None
+        self.describes += 1
+        self.host.telemetry.event_describe(self.host.target.name)
+        if tracked is None:
+            kind = UNKNOWN
+        elif tracked.snapshot is None:
+            kind = FIRST
+        else:
+            kind = EVENT
+        # Tracked in in_flight like the cycle's calls, and closed with them.
+        tasks: list[asyncio.Task[None]] = []
+        await self.host.spawn(job_id, tasks, kind, from_cycle=False)
+        return tasks[0] if tasks else None
 
     async def _wait_for_mark(self, wakeup: asyncio.Event, delay: float | None) -> None:
         """Until `delay` has passed on the clock (None: forever), or a job is marked."""

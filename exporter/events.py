@@ -2,8 +2,9 @@
 
 AWS publishes an event when a job completes, is canceled or deleted, and when an
 execution reaches a terminal state. An IoT topic rule sends them to an SQS queue, which
-this module reads. An event never replaces a DescribeJob (the `completed` event carries
-five of the eight counts, execution events none): it says which job to describe now.
+this module reads. A job event says the job's new status and times (`completed` also five
+of the eight counts), which the event path applies at once; an execution event says
+nothing of the counts. Neither replaces a DescribeJob: each says which job to describe now.
 """
 
 from __future__ import annotations
@@ -42,6 +43,29 @@ EXECUTION_EVENTS = (
     "removed",
     "deleted",
 )
+# A job event's `status` in DescribeJob's words (model.JOB_STATUSES), by the event's
+# operation: the only place the two vocabularies meet. AWS's job events say
+# `CANCELLATION_IN_PROGRESS` while DescribeJob says `CANCELED` (with isConcurrent true
+# until the cancellation ends); `deleted` has no DescribeJob status: the job is gone.
+JOB_EVENT_STATUS = {
+    "completed": "COMPLETED",
+    "canceled": "CANCELED",
+    "cancellation_in_progress": "CANCELED",
+    "deletion_in_progress": "DELETION_IN_PROGRESS",
+}
+# The counts a `completed` event carries (jobProcessDetails), as model.EXECUTION_STATES
+# names them.
+COMPLETED_COUNTS = (
+    ("succeeded", "numberOfSucceededThings"),
+    ("failed", "numberOfFailedThings"),
+    ("rejected", "numberOfRejectedThings"),
+    ("canceled", "numberOfCanceledThings"),
+    ("removed", "numberOfRemovedThings"),
+)
+# botocore's `long`, the largest count AWS's model allows.
+_MAX_COUNT = 2**63 - 1
+# Milliseconds since the epoch up to the year 5138: larger is not a time.
+_MAX_MILLIS = 10**14
 # Execution statuses whose reasons are counted: the ones an operator asks "why" about.
 FAILURE_STATUSES = ("FAILED", "REJECTED", "TIMED_OUT")
 # The `event` label of the received-events counter: every known event, plus what is not one.
@@ -92,6 +116,11 @@ class JobEvent:
     reason: str | None = None
     # The thing of an execution event (thingArn's name), when it is a valid thing name.
     thing: str | None = None
+    # Of a job event, in epoch seconds: AWS's lastUpdatedAt and completedAt.
+    last_updated_at: float | None = None
+    completed_at: float | None = None
+    # Of a `completed` event: the counts it carries, (state, count) as in JobSnapshot.
+    counts: tuple[tuple[str, int], ...] | None = None
 
     @property
     def label(self) -> str:
@@ -107,6 +136,12 @@ class JobEvent:
     @property
     def deletes_job(self) -> bool:
         return self.kind == "job" and self.name == "deleted"
+
+    @property
+    def job_status(self) -> str | None:
+        """What a job event says the job's DescribeJob status is now (None: not a job event
+        that says one)."""
+        return JOB_EVENT_STATUS.get(self.name) if self.kind == "job" else None
 
 
 def sanitise_reason(value: str) -> str:
@@ -179,7 +214,44 @@ def _parse_event(body: str | bytes, reason_key: str | None) -> JobEvent:
         _, marker, name_part = arn.rpartition(":thing/")
         if marker and THING_NAME.fullmatch(name_part):
             thing = name_part
-    return JobEvent(event_id, kind, name, job_id, timestamp, status, reason, thing)
+    if kind == "execution":
+        return JobEvent(event_id, kind, name, job_id, timestamp, status, reason, thing)
+    counts: tuple[tuple[str, int], ...] | None = None
+    details = data.get("jobProcessDetails")
+    if name == "completed" and isinstance(details, dict):
+        read = [(state, _count(details.get(key))) for state, key in COMPLETED_COUNTS]
+        # All five or none: a partial set would mix the event's counts with older ones.
+        if all(count is not None for _, count in read):
+            counts = tuple((state, count) for state, count in read if count is not None)
+    return JobEvent(
+        event_id,
+        kind,
+        name,
+        job_id,
+        timestamp,
+        status,
+        last_updated_at=_millis(data.get("lastUpdatedAt")),
+        completed_at=_millis(data.get("completedAt")),
+        counts=counts,
+    )
+
+
+def _count(value: object) -> int | None:
+    """A count as AWS's model allows it (0 to a `long`), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_COUNT:
+        return value
+    return None
+
+
+def _millis(value: object) -> float | None:
+    """Epoch milliseconds (a job event's times) → seconds; None unless a plausible time."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and 0 < value < _MAX_MILLIS:
+        return value / 1000.0
+    if isinstance(value, float) and math.isfinite(value) and 0 < value < _MAX_MILLIS:
+        return value / 1000.0
+    return None
 
 
 class RecentIds:
@@ -304,6 +376,7 @@ class EventSink(Protocol):
 
     def owns(self, job_id: str) -> bool: ...
     def job_changed(self, job_id: str) -> bool: ...
+    def job_event(self, event: JobEvent) -> bool: ...
     def job_deleted(self, job_id: str) -> None: ...
     def execution_ended(self, event: JobEvent) -> None: ...
 
@@ -557,6 +630,9 @@ class EventConsumer:
         if event.deletes_job:
             self.reasons.forget(event.job_id)
             self.sink.job_deleted(event.job_id)
+            return True
+        if event.kind == "job":
+            self.sink.job_event(event)
             return True
         tracked = self.sink.job_changed(event.job_id)
         if tracked and event.kind == "execution" and event.status in ENDED_STATUSES:

@@ -18,6 +18,9 @@ from exporter.executions import ExecutionSweep, TimeInState
 # string forgets; a value not listed here is still read and exported as it comes.
 JOB_STATUSES = ("IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS", "SCHEDULED")
 TERMINAL_STATUSES = frozenset({"COMPLETED", "CANCELED"})
+# The order a job's status moves in: in progress (or scheduled), then terminal, then being
+# deleted. An event never moves a job back down (JobSnapshot.with_job_event).
+_STATUS_RANK = {"COMPLETED": 1, "CANCELED": 1, "DELETION_IN_PROGRESS": 2}
 # A job id as CreateJob allows it: 1-64 letters, digits, '-' or '_'. Match with fullmatch.
 JOB_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 EXECUTION_STATES = (
@@ -201,6 +204,59 @@ class JobSnapshot:
             time_in_state=previous.time_in_state,
             execution_events=previous.execution_events,
         )
+
+    def with_job_event(
+        self,
+        status: str,
+        last_updated_at: float | None,
+        completed_at: float | None = None,
+        counts: tuple[tuple[str, int], ...] | None = None,
+    ) -> JobSnapshot:
+        """This snapshot with what a job event says (in DescribeJob's words), or itself
+        when the event is older than what the snapshot knows.
+
+        Older means an earlier lastUpdatedAt than the describe's (both AWS's clock), or a
+        status behind the snapshot's: a job never goes back from terminal to in progress,
+        nor from deletion to anything else. What only DescribeJob knows stays as it was,
+        fetched_at included: the data's age is the describe's, the status the event's.
+        """
+        if (
+            self.last_updated_at is not None
+            and last_updated_at is not None
+            and last_updated_at < self.last_updated_at
+        ):
+            return self
+        rank, own = _STATUS_RANK.get(status, 0), _STATUS_RANK.get(self.status or "", 0)
+        if rank < own:
+            return self
+        newer = (
+            last_updated_at is not None
+            and self.last_updated_at is not None
+            and last_updated_at > self.last_updated_at
+        )
+        if rank == own and rank > 0 and status != self.status and not newer:
+            # The other terminal status, and not known to be the later word.
+            return self
+        changes: dict[str, Any] = {"status": status}
+        if last_updated_at is not None:
+            changes["last_updated_at"] = max(last_updated_at, self.last_updated_at or 0.0)
+        if completed_at is not None:
+            changes["completed_at"] = completed_at
+        if counts is not None:
+            given = dict(counts)
+            executions = [
+                (state, given.pop(state, value)) for state, value in self.executions or ()
+            ]
+            # AWS completes a job once none of its executions is queued or in progress.
+            executions = [
+                (state, 0 if state in ("queued", "in_progress") else value)
+                for state, value in executions
+            ]
+            executions.extend(given.items())
+            order = {state: i for i, (state, _) in enumerate(EXECUTION_STATES)}
+            changes["executions"] = tuple(sorted(executions, key=lambda e: order.get(e[0], 99)))
+        updated = replace(self, **changes)
+        return self if updated == self else updated
 
     @property
     def terminal(self) -> bool:

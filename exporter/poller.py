@@ -170,6 +170,10 @@ class TargetCollector:
         if tracked is None or tracked.snapshot is None:
             return
         snapshot = change(tracked.snapshot)
+        if snapshot == tracked.snapshot:
+            # Most execution events change nothing the exposition shows (a success with
+            # no run time to add): nothing to render.
+            return
         tracked.snapshot = snapshot
         self.store.put_job(self.target, job_id, snapshot)
 

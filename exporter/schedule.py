@@ -44,20 +44,65 @@ class SystemClock:
 SYSTEM_CLOCK = SystemClock()
 
 
-class EventMarks:
-    """Jobs events marked changed: the oldest mark first, each job at most once per
-    `min_interval`, however many events it gets.
+# The classes of event marks: a job-level event (completed, canceled, ...) and an
+# execution's end. Job-level marks are few (one per job and status change) and say the
+# most; execution marks are the steady state of every rollout.
+JOB_MARK, EXECUTION_MARK = "job", "execution"
+# Of every JOB_TURNS + 1 marks served while both classes wait, JOB_TURNS are job-level: a
+# larger share, never the power to starve execution marks (a queue writer can send any
+# number of job events; each known job still counts once per min_interval).
+JOB_TURNS = 4
 
-    One entry per marked job (a dict and a heap of (due, marked, job id)); stale heap
-    entries are dropped as they surface, and the times of past describes are pruned to
-    those within `min_interval`, so the size follows the jobs, not the events.
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A marked job as EventMarks hands it out: its class and when it was first marked."""
+
+    job_id: str
+    kind: str
+    marked_at: float
+
+
+@dataclass(slots=True)
+class _Entry:
+    kind: str
+    marked_at: float
+    data_at: float
+    # Which heap entries are this mark's: a re-mark (a job mark over an execution mark)
+    # makes the old ones stale.
+    serial: int
+
+
+class EventMarks:
+    """Jobs events marked changed: each job at most once per `min_interval`, job-level
+    marks ahead of execution marks (JOB_TURNS to one), and within a class the job whose
+    data is oldest first.
+
+    Oldest data first rather than oldest mark first: a job whose devices change every
+    second is marked again right after each describe, so by mark time a job that changed
+    once would wait behind every busy job marked before it; by data age it goes next, and
+    a busy job waits one round of the others at most.
+
+    One entry per marked job (a dict, a heap of marks not yet due and a heap per class of
+    due ones); stale heap entries are dropped as they surface, and the times of past
+    describes are pruned to those within `min_interval`, so the size follows the jobs, not
+    the events.
     """
 
     def __init__(self, min_interval: float) -> None:
         self.min_interval = min_interval
-        self._marked: dict[str, float] = {}
-        self._heap: list[tuple[float, float, str]] = []
+        self._marked: dict[str, _Entry] = {}
+        self._serial = 0
+        # (due, serial, job id) of marks waiting for their min_interval.
+        self._waiting: list[tuple[float, int, str]] = []
+        # Per class, (data time, marked at, serial, job id) of due marks.
+        self._ready: dict[str, list[tuple[float, float, int, str]]] = {
+            JOB_MARK: [],
+            EXECUTION_MARK: [],
+        }
         self._described: dict[str, float] = {}
+        # Job-level marks served in a row while execution marks waited.
+        self._job_run = 0
 
     def __len__(self) -> int:
         return len(self._marked)
@@ -65,43 +110,105 @@ class EventMarks:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._marked
 
-    def mark(self, job_id: str, now: float) -> bool:
-        """Marks the job changed at `now`; False when it is marked already."""
-        if job_id in self._marked:
+    def mark(
+        self,
+        job_id: str,
+        now: float,
+        data_at: float | None = None,
+        kind: str = EXECUTION_MARK,
+    ) -> bool:
+        """Marks the job changed at `now`; False when it is marked already (in this class
+        or a higher one). `data_at` is when its data was read (None: `now`, first come
+        first served)."""
+        entry = self._marked.get(job_id)
+        if entry is not None and (entry.kind == kind or kind == EXECUTION_MARK):
             return False
-        self._marked[job_id] = now
+        self._serial += 1
+        if entry is not None:
+            # An execution mark becomes a job mark: it keeps its time, moves class.
+            entry.kind, entry.serial = kind, self._serial
+        else:
+            entry = _Entry(kind, now, now if data_at is None else data_at, self._serial)
+            self._marked[job_id] = entry
         last = self._described.get(job_id)
         due = now if last is None else max(now, last + self.min_interval)
-        heapq.heappush(self._heap, (due, now, job_id))
+        heapq.heappush(self._waiting, (due, entry.serial, job_id))
+        self._compact()
         return True
 
     def forget(self, job_id: str) -> None:
         self._marked.pop(job_id, None)
 
-    def next(self, now: float, busy: Callable[[str], bool]) -> tuple[str | None, float | None]:
-        """The job to describe now, or how long until one is due (None: nothing marked).
+    def _current(self, job_id: str, serial: int) -> _Entry | None:
+        entry = self._marked.get(job_id)
+        return entry if entry is not None and entry.serial == serial else None
 
-        A job `busy` says is being described keeps its place by mark time and is tried
-        again BUSY_RETRY later.
-        """
-        while self._heap:
-            due, marked, job_id = self._heap[0]
-            if self._marked.get(job_id) != marked:
-                heapq.heappop(self._heap)  # described or forgotten meanwhile
+    def _release(self, now: float) -> float | None:
+        """Moves the marks due by `now` to their class's heap; the next due time else."""
+        waiting = self._waiting
+        while waiting:
+            due, serial, job_id = waiting[0]
+            entry = self._current(job_id, serial)
+            if entry is None:
+                heapq.heappop(waiting)
                 continue
             if due > now:
-                return None, due - now
+                return due
+            heapq.heappop(waiting)
+            ready = self._ready[entry.kind]
+            heapq.heappush(ready, (entry.data_at, entry.marked_at, serial, job_id))
+        return None
+
+    def _pick(self) -> str | None:
+        """The class to serve next: job marks first, but not JOB_TURNS times running
+        while execution marks wait."""
+        jobs, executions = self._ready[JOB_MARK], self._ready[EXECUTION_MARK]
+        while jobs and self._current(jobs[0][3], jobs[0][2]) is None:
+            heapq.heappop(jobs)
+        while executions and self._current(executions[0][3], executions[0][2]) is None:
+            heapq.heappop(executions)
+        if jobs and (not executions or self._job_run < JOB_TURNS):
+            self._job_run = self._job_run + 1 if executions else 0
+            return JOB_MARK
+        if executions:
+            self._job_run = 0
+            return EXECUTION_MARK
+        return None
+
+    def next(self, now: float, busy: Callable[[str], bool]) -> tuple[Mark | None, float | None]:
+        """The mark to describe now, or how long until one is due (None: nothing marked).
+
+        A job `busy` says is being described keeps its mark and is tried again BUSY_RETRY
+        later: that call may have read the job before the change.
+        """
+        while True:
+            due = self._release(now)
+            kind = self._pick()
+            if kind is None:
+                return None, (None if due is None else due - now)
+            _, marked_at, serial, job_id = heapq.heappop(self._ready[kind])
             if busy(job_id):
-                heapq.heapreplace(self._heap, (now + BUSY_RETRY, marked, job_id))
+                heapq.heappush(self._waiting, (now + BUSY_RETRY, serial, job_id))
                 continue
-            heapq.heappop(self._heap)
             del self._marked[job_id]
             self._described[job_id] = now
             if len(self._described) > 2 * len(self._marked) + 1000:
                 horizon = now - self.min_interval
                 self._described = {j: t for j, t in self._described.items() if t > horizon}
-            return job_id, None
-        return None, None
+            return Mark(job_id, kind, marked_at), None
+
+    def _compact(self) -> None:
+        """Rebuilds the heaps when stale entries outnumber the marks (re-marks that moved
+        class, forgotten jobs): their size stays a small multiple of the marked jobs."""
+        size = len(self._waiting) + sum(len(h) for h in self._ready.values())
+        if size <= 4 * len(self._marked) + 1000:
+            return
+        self._waiting = [e for e in self._waiting if self._current(e[2], e[1]) is not None]
+        heapq.heapify(self._waiting)
+        for kind, ready in self._ready.items():
+            kept = [e for e in ready if self._current(e[3], e[2]) is not None]
+            heapq.heapify(kept)
+            self._ready[kind] = kept
 
 
 def refresh_due(

@@ -26,7 +26,7 @@ from exporter.table import (
     EVENT_OPERATIONS,
     OPERATIONS,
 )
-from exporter.telemetry import DROP_REASONS, OUTCOMES, TRACKED_STATES
+from exporter.telemetry import DROP_REASONS, MARK_CLASSES, OUTCOMES, TRACKED_STATES
 
 # `_created` series double the self-metrics for no use: Prometheus ignores them in the
 # text format. The setting is process-wide, which is what the exporter wants.
@@ -167,6 +167,15 @@ class SelfMetrics:
             registry=r,
             buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
         )
+        self.events_describe_wait = Histogram(
+            f"{ns}_events_describe_wait_seconds",
+            "Time from an event marking a job to the answer of the describe it asked for, "
+            "by the mark's class: job (a job-level event), execution (an execution's end), "
+            "unknown (a job id only events named).",
+            ("target", "class"),
+            registry=r,
+            buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+        )
         self.events_consumer_errors = Counter(
             f"{ns}_events_consumer_errors",
             "Failed calls of a target's event queue consumer.",
@@ -261,6 +270,9 @@ class SelfMetrics:
     def event_lag(self, target: str, seconds: float) -> None:
         self.events_lag.labels(target).observe(seconds)
 
+    def event_describe_waited(self, target: str, kind: str, seconds: float) -> None:
+        self.events_describe_wait.labels(target, kind).observe(seconds)
+
     def event_consumer_error(self, target: str) -> None:
         self.events_consumer_errors.labels(target).inc()
 
@@ -326,6 +338,8 @@ class SelfMetrics:
             self.api_duration.labels(target, operation)
         for event in EVENT_NAMES:
             self.events_received.labels(target, event)
+        for kind in MARK_CLASSES:
+            self.events_describe_wait.labels(target, kind)
         for metric in self._event_metrics():
             metric.labels(target)
 
@@ -349,6 +363,8 @@ class SelfMetrics:
             self.api_duration.remove(target, operation)
         for event in EVENT_NAMES:
             self.events_received.remove(target, event)
+        for kind in MARK_CLASSES:
+            self.events_describe_wait.remove(target, kind)
         for metric in self._event_metrics():
             metric.remove(target)
 

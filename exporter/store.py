@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 import zlib
@@ -13,10 +14,12 @@ from dataclasses import dataclass
 from exporter.config import Target
 from exporter.executions import Exemplar, Histogram
 from exporter.model import JobSnapshot
-from exporter.table import FAMILIES, IDENTITY_LABELS, Family
+from exporter.table import EXTRA_FIELDS, FAMILIES, IDENTITY_LABELS, Family
 from exporter.telemetry import ACTIVE, FROZEN
 
 JobKey = tuple[str, str]  # (target name, job id)
+_SNAPSHOT_FIELDS = tuple(f.name for f in dataclasses.fields(JobSnapshot))
+_EXTRA_FIELDS = frozenset(EXTRA_FIELDS)
 # Active jobs are joined in this many buckets, so that one job's change re-joins (and
 # re-compresses for gzip) a sixteenth of the active text. More buckets make more
 # segments per family, which cost every scrape a little; 16 keeps a change at 10,000
@@ -144,6 +147,49 @@ def render_job(
     return Rendered(data, offsets, om=om)
 
 
+def _fields_changed(old: JobSnapshot, new: JobSnapshot) -> set[str]:
+    """The snapshot fields whose values differ (identity first: most are the same object)."""
+    changed = set()
+    for name in _SNAPSHOT_FIELDS:
+        a, b = getattr(old, name), getattr(new, name)
+        if a is not b and a != b:
+            changed.add(name)
+    return changed
+
+
+def rerender_job(
+    old: Rendered,
+    snapshot: JobSnapshot,
+    identity: str,
+    families: tuple[Family, ...],
+    indices: set[int],
+) -> Rendered:
+    """`old` (unpacked) with the families at `indices` rendered again from `snapshot`: an
+    execution event changes three families of a job, whose other lines (a line per thing
+    target, say) stay as they are."""
+
+    def splice(data: bytes, offsets: array[int], openmetrics: bool) -> tuple[bytes, array[int]]:
+        parts: list[bytes] = []
+        out = array("I", [0])
+        size = 0
+        for i, family in enumerate(families):
+            if i in indices:
+                text = "".join(_family_lines(family, snapshot, identity, openmetrics)).encode()
+            else:
+                text = data[offsets[i] : offsets[i + 1]]
+            parts.append(text)
+            size += len(text)
+            out.append(size)
+        return b"".join(parts), out
+
+    data, offsets = splice(old.data, old.offsets, False)
+    om_base = (old.om, old.om_offsets) if old.om is not None and old.om_offsets else None
+    om_data, om_offsets = splice(*(om_base or (old.data, old.offsets)), True)
+    if om_data != data:
+        return Rendered(data, offsets, om=om_data, om_offsets=om_offsets)
+    return Rendered(data, offsets)
+
+
 def _changed_families(old: Rendered, new: Rendered) -> set[int]:
     """The families whose lines differ between two unpacked renderings of one job."""
     a, ao, b, bo = old.data, old.offsets, new.data, new.offsets
@@ -215,6 +261,9 @@ class MetricsStore:
         self._headers = self._make_headers(families)
         self._rendered: dict[JobKey, Rendered] = {}
         self._snapshots: dict[JobKey, JobSnapshot] = {}
+        # The identity labels each job was rendered with: a reload that changes them
+        # renders the job whole.
+        self._identities: dict[JobKey, str] = {}
         self._frozen: set[JobKey] = set()
         self._active: list[set[JobKey]] = [set() for _ in range(ACTIVE_BUCKETS)]
         self._versions = {FROZEN: 0, ACTIVE: 0}
@@ -297,17 +346,19 @@ class MetricsStore:
                 await asyncio.sleep(0)
                 deadline = time.monotonic() + slice_seconds
         rendered: dict[JobKey, Rendered] = {}
+        identities: dict[JobKey, str] = {}
         for key, snapshot in self._snapshots.items():
             target = targets.get(key[0])
             if target is None:
                 continue
+            identities[key] = identity = _identity(target, key[1], snapshot)
             previous = done.get(key)
             if previous is not None and previous[0] is snapshot:
                 rendered[key] = previous[1]
             else:
-                identity = _identity(target, key[1], snapshot)
                 rendered[key] = self._render(snapshot, identity, families)
         self._snapshots = {key: self._snapshots[key] for key in rendered}
+        self._identities = identities
         self._frozen &= rendered.keys()
         for bucket in self._active:
             bucket.intersection_update(rendered.keys())
@@ -341,10 +392,25 @@ class MetricsStore:
             self._frozen.discard(key)
             self._active[_bucket(key)].add(key)
 
+    def _rerender(self, key: JobKey, snapshot: JobSnapshot, identity: str) -> Rendered | None:
+        """The job's rendering when only fields beyond DescribeJob changed (a sweep, an
+        execution event): those families alone, the rest kept. None: render it whole."""
+        old, before = self._rendered.get(key), self._snapshots.get(key)
+        if old is None or before is None or old.packed or self._identities.get(key) != identity:
+            return None
+        changed = _fields_changed(before, snapshot)
+        if not changed <= _EXTRA_FIELDS:
+            return None
+        indices = {i for i, f in enumerate(self._families) if changed & set(f.reads)}
+        return rerender_job(old, snapshot, identity, self._families, indices)
+
     def put(self, key: JobKey, snapshot: JobSnapshot, identity: str) -> None:
         # Rendered before anything is stored, so a snapshot that cannot be rendered
         # leaves the store as it was.
-        rendered = self._render(snapshot, identity, self._families)
+        rendered = None if snapshot.frozen else self._rerender(key, snapshot, identity)
+        if rendered is None:
+            rendered = self._render(snapshot, identity, self._families)
+        self._identities[key] = identity
         self._snapshots[key] = snapshot
         tier = FROZEN if snapshot.frozen else ACTIVE
         old = self._rendered.get(key)
@@ -368,6 +434,7 @@ class MetricsStore:
 
     def remove(self, key: JobKey) -> None:
         self._snapshots.pop(key, None)
+        self._identities.pop(key, None)
         if self._rendered.pop(key, None) is not None:
             self._changed(key, self._tier(key))
             self._frozen.discard(key)

@@ -36,6 +36,14 @@ class Family:
     doc: str = ""
     # A histogram row: its histogram of a job (None: no series); `samples` yields none.
     histogram: Callable[[JobSnapshot], Histogram | None] | None = None
+    # The snapshot fields beyond DescribeJob (EXTRA_FIELDS) the row reads: when only those
+    # change (a sweep, an execution event), the store renders only the rows that read
+    # them. tests/unit/test_table_reads.py checks every row against it.
+    reads: tuple[str, ...] = ()
+
+
+# What the exporter learns of a job beyond DescribeJob (model.JobSnapshot.carry).
+EXTRA_FIELDS = ("sweep", "time_in_state", "execution_events")
 
 
 def _value(
@@ -609,6 +617,7 @@ FAMILIES: tuple[Family, ...] = (
         "max_age seconds (since queuedAt when queued, startedAt when in progress); cumulative.",
         ("state", "max_age"),
         _by_age,
+        reads=("sweep",),
         series="up to 14: per state and age bucket",
         source="ListJobExecutionsForJob `queuedAt`, `startedAt`",
         doc=(
@@ -624,6 +633,7 @@ FAMILIES: tuple[Family, ...] = (
         "Executions in progress or queued longer than the job's stuck threshold at the last sweep.",
         ("state",),
         _stuck,
+        reads=("sweep",),
         series="up to 2: per state",
         source="ListJobExecutionsForJob `queuedAt`, `startedAt`",
         doc=(
@@ -637,6 +647,7 @@ FAMILIES: tuple[Family, ...] = (
         "How long an execution may stay in the state before it counts as stuck.",
         ("state",),
         _stuck_threshold,
+        reads=("sweep",),
         series="up to 2: per state",
         source="`timeoutConfig.inProgressTimeoutInMinutes`, exporter",
         doc=(
@@ -651,6 +662,7 @@ FAMILIES: tuple[Family, ...] = (
         "seconds, at the last sweep.",
         ("state",),
         _oldest,
+        reads=("sweep",),
         series="up to 2: per state",
         source="ListJobExecutionsForJob `queuedAt`, `startedAt`",
         doc=(
@@ -663,6 +675,7 @@ FAMILIES: tuple[Family, ...] = (
         "Queued and in-progress executions by retry attempt at the last sweep.",
         ("state", "retry_attempt"),
         _by_retry,
+        reads=("sweep",),
         series="up to 22: per state and retry attempt up to the job's limit",
         source="ListJobExecutionsForJob `retryAttempt`",
         doc=(
@@ -676,6 +689,7 @@ FAMILIES: tuple[Family, ...] = (
         "Unix time the last complete sweep of the job's queued and in-progress executions ended.",
         (),
         _value(lambda j: j.sweep.ended_at if j.sweep is not None else None),
+        reads=("sweep",),
         series="0 or 1",
         source="exporter",
         doc=(
@@ -690,6 +704,7 @@ FAMILIES: tuple[Family, ...] = (
         (),
         _no_samples,
         histogram=lambda j: j.time_in_state.queued if j.time_in_state else None,
+        reads=("time_in_state",),
         type="histogram",
         series="up to 12: buckets, sum and count",
         source="ListJobExecutionsForJob `queuedAt`, `startedAt`",
@@ -706,6 +721,7 @@ FAMILIES: tuple[Family, ...] = (
         (),
         _no_samples,
         histogram=lambda j: j.time_in_state.run if j.time_in_state else None,
+        reads=("time_in_state",),
         type="histogram",
         series="up to 12: buckets, sum and count",
         source="ListJobExecutionsForJob `startedAt`; execution events",
@@ -721,6 +737,7 @@ FAMILIES: tuple[Family, ...] = (
         "(the statusDetails value of events.reason_key), since the exporter started.",
         ("status", "reason"),
         _execution_events,
+        reads=("execution_events",),
         type="counter",
         series="per status and reason, at most events.max_reasons_per_job",
         source="execution events' `status`, `statusDetails[events.reason_key]`",

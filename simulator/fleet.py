@@ -44,6 +44,14 @@ JOB_IN_PROGRESS = "IN_PROGRESS"
 JOB_COMPLETED = "COMPLETED"
 JOB_CANCELED = "CANCELED"
 JOB_DELETING = "DELETION_IN_PROGRESS"
+# The `status` of each job event, as AWS publishes it.
+JOB_EVENT_STATUS = {
+    "completed": "COMPLETED",
+    "canceled": "CANCELED",
+    "deleted": "DELETED",
+    "cancellation_in_progress": "CANCELLATION_IN_PROGRESS",
+    "deletion_in_progress": "DELETION_IN_PROGRESS",
+}
 
 # AWS's documented ceiling when a job has no maximumPerMinute.
 DEFAULT_MAXIMUM_PER_MINUTE = 1000
@@ -571,7 +579,9 @@ class Fleet:
             "timestamp": int(self.wall_clock()),
             "operation": operation,
             "jobId": job.job_id,
-            "status": job.status,
+            # The event's own word, not DescribeJob's: AWS's developer guide ("Jobs
+            # events") shows CANCELLATION_IN_PROGRESS where DescribeJob says CANCELED.
+            "status": JOB_EVENT_STATUS[operation],
             "targetSelection": job.spec.target_selection,
             "createdAt": int(job.created_at * 1000),
             "lastUpdatedAt": int(job.last_updated_at * 1000),

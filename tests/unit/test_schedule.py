@@ -16,6 +16,9 @@ from exporter.config import parse_config
 from exporter.model import JobSnapshot, parse_describe_job
 from exporter.schedule import (
     BUSY_RETRY,
+    EXECUTION_MARK,
+    JOB_MARK,
+    JOB_TURNS,
     EventMarks,
     cycle_seconds,
     hold,
@@ -44,6 +47,7 @@ class FakeSource:
                 "jobId": job_id,
                 "jobArn": f"arn:aws:iot:eu-west-1:123456789012:job/{job_id}",
                 "status": self.jobs[job_id],
+                "lastUpdatedAt": self.clock.time(),
                 "jobProcessDetails": {
                     "numberOfQueuedThings": int(self.jobs[job_id] == "IN_PROGRESS"),
                     "numberOfSucceededThings": 1,
@@ -96,34 +100,107 @@ def test_stale_follows_what_the_target_means_to_achieve() -> None:
     assert (driven.after_seconds, driven.basis) == (620, "reconcile_interval")
 
 
-def test_marks_go_oldest_first_each_job_at_most_once_per_interval() -> None:
+def _next(marks: EventMarks, now: float, busy: bool = False) -> tuple[str | None, float | None]:
+    mark, delay = marks.next(now, lambda j: busy)
+    return (mark.job_id if mark is not None else None), delay
+
+
+def test_marks_go_first_come_first_served_each_job_at_most_once_per_interval() -> None:
     marks = EventMarks(min_interval=5)
     assert marks.mark("a", 0.0) and marks.mark("b", 0.1)
     assert not marks.mark("a", 0.2)  # marked already: one describe for many events
-    idle = lambda j: False  # noqa: E731
-    assert marks.next(1.0, idle) == ("a", None)
-    assert marks.next(1.0, idle) == ("b", None)
-    assert marks.next(1.0, idle) == (None, None)
+    assert _next(marks, 1.0) == ("a", None)
+    assert _next(marks, 1.0) == ("b", None)
+    assert _next(marks, 1.0) == (None, None)
     marks.mark("a", 2.0)  # described at 1.0: due at 6.0
-    assert marks.next(2.0, idle) == (None, 4.0)
-    assert marks.next(6.0, idle) == ("a", None)
+    assert _next(marks, 2.0) == (None, 4.0)
+    assert _next(marks, 6.0) == ("a", None)
 
 
 def test_a_job_being_described_keeps_its_mark_and_is_tried_again() -> None:
     marks = EventMarks(min_interval=0)
     marks.mark("a", 0.0)
-    assert marks.next(0.0, lambda j: True) == (None, BUSY_RETRY)
-    assert marks.next(BUSY_RETRY, lambda j: False) == ("a", None)
+    assert _next(marks, 0.0, busy=True) == (None, BUSY_RETRY)
+    assert _next(marks, BUSY_RETRY) == ("a", None)
 
 
 def test_marks_stay_bounded_by_the_jobs_however_many_events() -> None:
     marks = EventMarks(min_interval=1)
     for i in range(100_000):
-        marks.mark(f"job-{i % 50}", i * 0.01)
+        kind = JOB_MARK if i % 7 == 0 else EXECUTION_MARK
+        marks.mark(f"job-{i % 50}", i * 0.01, data_at=float(i % 13), kind=kind)
         marks.next(i * 0.01, lambda j: False)
     assert len(marks) <= 50
     assert len(marks._described) <= 2 * 50 + 1000
-    assert len(marks._heap) <= 50
+    heaps = len(marks._waiting) + sum(len(h) for h in marks._ready.values())
+    assert heaps <= 4 * 50 + 1000
+
+
+def test_the_job_whose_data_is_oldest_goes_first() -> None:
+    marks = EventMarks(min_interval=0)
+    marks.mark("busy", 0.0, data_at=90.0)
+    marks.mark("quiet", 1.0, data_at=10.0)  # marked later, but its data is older
+    assert _next(marks, 2.0) == ("quiet", None)
+    assert _next(marks, 2.0) == ("busy", None)
+
+
+def test_a_job_level_event_is_described_ahead_of_500_execution_marks() -> None:
+    marks = EventMarks(min_interval=5)
+    for i in range(500):
+        marks.mark(f"exec-{i}", i * 0.001, data_at=0.0)
+    marks.mark("canceled", 1.0, data_at=100.0, kind=JOB_MARK)
+    mark, _ = marks.next(1.0, lambda j: False)
+    assert mark is not None and (mark.job_id, mark.kind) == ("canceled", JOB_MARK)
+    assert mark.marked_at == 1.0
+
+
+def test_an_execution_mark_moves_to_the_job_class_and_keeps_its_time() -> None:
+    marks = EventMarks(min_interval=0)
+    marks.mark("other", 0.0, data_at=0.0)
+    marks.mark("x", 0.5, data_at=50.0)
+    assert marks.mark("x", 1.0, kind=JOB_MARK)  # a job event for a marked job
+    assert not marks.mark("x", 1.5)  # an execution event adds nothing to a job mark
+    mark, _ = marks.next(2.0, lambda j: False)
+    assert mark is not None and (mark.job_id, mark.kind, mark.marked_at) == ("x", JOB_MARK, 0.5)
+    assert _next(marks, 2.0) == ("other", None)
+    assert _next(marks, 2.0) == (None, None)
+
+
+def test_job_level_marks_cannot_starve_execution_marks() -> None:
+    """A queue writer can send any number of job events: execution marks still get one
+    turn in JOB_TURNS + 1."""
+    marks = EventMarks(min_interval=0)
+    marks.mark("exec", 0.0)
+    served = []
+    for i in range(2 * (JOB_TURNS + 1)):
+        marks.mark(f"job-{i}", 0.0, kind=JOB_MARK)
+        marks.mark(f"job-{i}-b", 0.0, kind=JOB_MARK)
+        served.append(_next(marks, 1.0)[0])
+    assert "exec" in served[: JOB_TURNS + 1]
+
+
+def test_a_job_with_one_change_is_not_starved_by_100_jobs_that_change_continuously() -> None:
+    """On a fake clock, 4 describes a second: 100 jobs with an execution ending every
+    second each, marked again after every describe; one job changes once. It is
+    described within one turn, not after a round of the busy ones."""
+    marks = EventMarks(min_interval=5)
+    fetched: dict[str, float] = {f"busy-{i}": 0.0 for i in range(100)}
+    fetched["quiet"] = -600.0  # last described by a reconcile ten minutes ago
+    now, waited = 0.0, None
+    for step in range(4 * 120):
+        now = step * 0.25
+        for job_id in fetched:
+            if job_id.startswith("busy"):
+                marks.mark(job_id, now, data_at=fetched[job_id])
+        if step == 4 * 60:
+            marks.mark("quiet", now, data_at=fetched["quiet"])
+            marked_at = now
+        mark, _ = marks.next(now, lambda j: False)
+        if mark is not None:
+            fetched[mark.job_id] = now
+            if mark.job_id == "quiet":
+                waited = now - marked_at
+    assert waited is not None and waited <= 0.25
 
 
 def test_a_forgotten_job_is_not_described() -> None:
