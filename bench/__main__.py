@@ -1,5 +1,5 @@
 """`python -m bench`: scrape path, collection, memory, sharding, events, fair shares, readiness,
-execution sweeps."""
+execution sweeps, and the triangle (freshness, fairness, readiness and scrape in one run)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import collection, events, fairness, memory, readiness, scrape, sharding, sweeps
+from bench import (
+    collection,
+    events,
+    fairness,
+    memory,
+    readiness,
+    scrape,
+    sharding,
+    sweeps,
+    triangle,
+)
 from bench.common import SCALE_SCENARIO, fetch_describe_bodies, write_fixture
 from bench.report import Table
 
@@ -24,6 +34,7 @@ SECTIONS = (
     "fairness",
     "readiness",
     "sweeps",
+    "triangle",
 )
 
 
@@ -80,6 +91,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "fleet before its figures are sampled instead of simulated in full",
     )
     p.add_argument(
+        "--triangle-jobs", default="1000,10000", help="fleet sizes of the triangle section"
+    )
+    p.add_argument(
+        "--triangle-window",
+        type=float,
+        default=120.0,
+        help="seconds of the triangle's freshness phase per run",
+    )
+    p.add_argument(
+        "--triangle-storm",
+        type=float,
+        default=60.0,
+        help="seconds of the triangle's fairness phase per run",
+    )
+    p.add_argument(
         "--quick", action="store_true", help="1,000 jobs, fewer scrapes and cycles (< 2 min)"
     )
     args = p.parse_args(argv)
@@ -88,6 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.events_jobs, args.events_window = "100,1000", 60.0
         args.fairness_window, args.readiness_jobs = 30.0, "1000"
         args.sweeps_budget = 1_000_000
+        args.triangle_jobs, args.triangle_window, args.triangle_storm = "1000", 60.0, 30.0
     args.job_counts = sorted(int(n) for n in args.jobs.split(","))
     args.sections = [s for s in args.only.split(",") if s]
     unknown = set(args.sections) - set(SECTIONS)
@@ -125,14 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     all_tables: list[Table] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         fixtures: dict[int, Path] = {}
-        if {"scrape", "memory"} & set(args.sections):
+        if {"scrape", "memory", "triangle"} & set(args.sections):
             from simulator import SimulatorThread
 
-            top = max(args.job_counts)
+            sizes = set(args.job_counts)
+            if "triangle" in args.sections:
+                sizes |= {int(n) for n in args.triangle_jobs.split(",")}
+            top = max(sizes)
             # DescribeJob bodies of the scale fleet, fetched once and shared by every server.
             with SimulatorThread(SCALE_SCENARIO, jobs=top, no_quotas=True) as sim:
                 bodies = fetch_describe_bodies(sim.url, top)
-            fixtures = {n: write_fixture(Path(tmp), n, bodies) for n in args.job_counts}
+            fixtures = {n: write_fixture(Path(tmp), n, bodies) for n in sorted(sizes)}
             del bodies
 
         if "scrape" in args.sections:
@@ -178,6 +208,14 @@ def main(argv: list[str] | None = None) -> int:
 
         if "sweeps" in args.sections:
             tables = sweeps.run(args.sweeps_budget)
+            show(tables)
+            all_tables += tables
+
+        if "triangle" in args.sections:
+            sizes = sorted(int(n) for n in args.triangle_jobs.split(","))
+            tables = triangle.run(
+                sizes, args.triangle_window, args.triangle_storm, fixtures, args.scrapes
+            )
             show(tables)
             all_tables += tables
 
