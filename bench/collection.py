@@ -1,4 +1,4 @@
-"""Collection: the real Collector against the simulator's scale fleet, quotas enforced.
+"""Collection: the real Supervisor against the simulator's scale fleet, quotas enforced.
 
 The simulator runs in the parent process (SimulatorThread); each collector runs in a child
 process, so its CPU time and resident memory are the exporter's alone.
@@ -24,11 +24,11 @@ from bench.common import bench_target, cpu_seconds, reply, rss_bytes
 from bench.report import Table, median, ratio, verdict
 from exporter import gzipjoin
 from exporter.aws import LIST_JOBS_PAGE_SIZE
-from exporter.collector import Collector
+from exporter.collect.shard import Shard
+from exporter.collect.supervisor import Supervisor
 from exporter.config import CollectorSettings, Config
 from exporter.model import TERMINAL_STATUSES
 from exporter.selfmetrics import SelfMetrics
-from exporter.shard import Shard
 from exporter.store import MetricsStore
 
 # Long enough that every generated job (created up to 30 days before the simulator's
@@ -94,7 +94,7 @@ async def _collect(
     def gauge(name: str, **extra: str) -> float:
         return registry.get_sample_value(f"{NS}_{name}", {**labels, **extra}) or 0.0
 
-    collector = Collector(config, store, telemetry, Shard(shard_index, shard_total))
+    collector = Supervisor(config, store, telemetry, Shard(shard_index, shard_total))
     samples: list[CycleSample] = []
     async with aiohttp.ClientSession() as session:
         started = time.monotonic()

@@ -27,7 +27,7 @@ from typing import Any
 
 from bench.common import REGION, bench_target
 from bench.report import Table
-from exporter.collector import Collector
+from exporter.collect.supervisor import Supervisor
 from exporter.config import CollectorSettings, Config, Events
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
@@ -151,7 +151,7 @@ async def _measure_fleet(
             terminal_job_retention=60 * 86400.0,
         )
         store, telemetry = MetricsStore(), SelfMetrics()
-        collector = Collector(Config(targets=(target,), collector=settings), store, telemetry)
+        collector = Supervisor(Config(targets=(target,), collector=settings), store, telemetry)
         await collector.start()
         try:
             target_collector = collector.targets["production"]

@@ -1,6 +1,6 @@
 """Execution sweeps at scale: calls against the ideal, sweep age, a changed job's wait, CPU.
 
-The real `Sweeper` (exporter/sweep.py) sweeps a synthetic fleet: every job has the same
+The real `Sweeper` (exporter/collect/sweep.py) sweeps a synthetic fleet: every job has the same
 number of non-terminal executions, half QUEUED and half IN_PROGRESS, and a synthetic
 `ExecutionSource` serves their pages of up to 250 summaries as slices of a pool built
 once (10^9 summaries are never built). Every call spends a token from a real `FairBucket`
@@ -38,10 +38,10 @@ from typing import Any, cast
 
 from bench.report import Table, percentile
 from exporter.budget import SWEEP, FairBucket
+from exporter.collect.sweep import MIN_GAP_SECONDS, ExecutionSource, Sweeper, SweepState, next_job
 from exporter.config import CollectorSettings, Executions
 from exporter.executions import PAGE_SIZE, ExecutionSummary, parse_page, summarise
 from exporter.model import JobSnapshot
-from exporter.sweep import MIN_GAP_SECONDS, ExecutionSource, Sweeper, SweepState, next_job
 from exporter.telemetry import Telemetry
 
 SETTINGS = Executions()
@@ -91,7 +91,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
 
 
 class VirtualClock:
-    """exporter.schedule.Clock on a loop's time."""
+    """exporter.collect.schedule.Clock on a loop's time."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop

@@ -43,7 +43,7 @@ from bench import scrape
 from bench.common import REGION, bench_target
 from bench.events import scenario_text
 from bench.report import Table
-from exporter.collector import Collector
+from exporter.collect.supervisor import Supervisor
 from exporter.config import CollectorSettings, Config, Events, Jobs
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
@@ -193,7 +193,7 @@ async def _run(
     settings = CollectorSettings()
     config = Config(targets=(target,), collector=settings)
     store, telemetry = MetricsStore(), SelfMetrics()
-    collector = Collector(config, store, telemetry)
+    collector = Supervisor(config, store, telemetry)
     started = time.monotonic()
     await collector.start()
     try:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 # - refresh: polling every interval, or the reconcile of event-driven targets.
 # - unknown: a job id only an event named, not yet seen by discovery: anyone who can write
 #   to the queue can name a million of them, so they get the smallest share (and one
-#   concurrent call per target, eventpath.py).
+#   concurrent call per target, collect/eventpath.py).
 # - discovery: ListJobs (a bucket of its own, so its weight only matters between targets).
 # - sweep: ListJobExecutionsForJob (a bucket of its own too).
 FIRST, EVENT, REFRESH, UNKNOWN = "first", "event", "refresh", "unknown"

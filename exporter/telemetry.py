@@ -49,7 +49,7 @@ class SourceTelemetry(Protocol):
 
 
 class SchedulerTelemetry(Protocol):
-    """What the scheduler (collector.Collector and TargetCollector) reports."""
+    """What the scheduler (collector.Supervisor and TargetPoller) reports."""
 
     def init_target(self, target: str, discovery: bool) -> None:
         """A target starts: its series exist from now (discovery: it runs ListJobs)."""

@@ -24,8 +24,9 @@ SCENARIOS = ROOT / "simulator" / "scenarios"
 
 
 class FakeClock:
-    """Wall and monotonic time that move only when advanced, or when sleep() is awaited:
-    a scheduler on it runs hours of its schedule in milliseconds (exporter.schedule.Clock)."""
+    """Wall and monotonic time that move only when advanced, or when sleep() is awaited: a
+    scheduler on it runs hours of its schedule in milliseconds (exporter.collect.schedule.Clock).
+    """
 
     def __init__(self, wall: float = 1_700_000_000.0) -> None:
         self.wall = wall

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from exporter.collector import Collector
+from exporter.collect.supervisor import Supervisor
 from exporter.config import parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
@@ -50,7 +50,7 @@ async def main() -> None:
         "    jobs: {discover: {}}\n"
     )
     store, telemetry = MetricsStore(), SelfMetrics()
-    collector = Collector(config, store, telemetry)
+    collector = Supervisor(config, store, telemetry)
     app = build_app(store, telemetry, lambda: collector.ready, status=collector.status)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -25,6 +25,7 @@ from exporter.cli.flags import (
     with_metrics,
 )
 from exporter.cli.lifecycle import serve_until_signalled
+from exporter.collect.shard import Shard
 from exporter.config import Config, Metrics
 from exporter.demo_stack import (
     ALERTMANAGER_ADDRESS,
@@ -35,7 +36,6 @@ from exporter.demo_stack import (
     time_scaled_config,
 )
 from exporter.logs import setup_logging
-from exporter.shard import Shard
 from exporter.webconfig import WebConfig
 
 # The demo's exporter side ships in the package: pip unpacks a wheel into a directory, so

@@ -13,14 +13,14 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from exporter.cli.flags import fail, families_of, parse_listen_address
-from exporter.collector import Collector
+from exporter.collect.shard import Shard
+from exporter.collect.supervisor import Supervisor
 from exporter.config import Config, ConfigError, load_config
 from exporter.detached import run_detached
 from exporter.otel import OtelExporter, OtelUnavailable
 from exporter.reader import cut, parse_duration
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import DEFAULT_WRITE_TIMEOUT, build_app
-from exporter.shard import Shard
 from exporter.store import MetricsStore
 from exporter.webconfig import WebConfig
 
@@ -38,7 +38,7 @@ class Reloader:
     def __init__(
         self,
         path: str,
-        collector: Collector,
+        collector: Supervisor,
         store: MetricsStore,
         telemetry: SelfMetrics,
         adjust: Callable[[Config], Config] = lambda config: config,
@@ -116,7 +116,7 @@ async def serve_until_signalled(
         return fail(f"{args.config_file}: {exc}")
     if config.otel.enabled:
         telemetry.watch_otel_push(lambda: (otel.failures, otel.last_success))
-    collector = Collector(config, store, telemetry, shard, tracing=otel.tracing)
+    collector = Supervisor(config, store, telemetry, shard, tracing=otel.tracing)
     reloader = Reloader(args.config_file, collector, store, telemetry, adjust)
     reloader.loaded()
     reloads: set[asyncio.Task[str | None]] = set()

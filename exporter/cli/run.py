@@ -16,8 +16,8 @@ from exporter.cli.flags import (
     with_metrics,
 )
 from exporter.cli.lifecycle import serve_until_signalled
+from exporter.collect.shard import Shard
 from exporter.logs import setup_logging
-from exporter.shard import Shard
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ simulated time:
 
 - the demo scenario runs in the real simulator, its clock frozen and moved forward by
   hand, one 15-second step at a time (the demo Prometheus' scrape interval);
-- at every step the exporter's own collector (TargetCollector, with the simulated clock)
+- at every step the exporter's own collector (TargetPoller, with the simulated clock)
   describes the jobs over HTTP through botocore, exactly as `make demo` does, and the
   store's exposition is parsed as Prometheus would scrape it, with the `job` and
   `instance` labels a scrape adds. Two changes: a snapshot's fetch time is the
@@ -49,7 +49,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.aws import JobSource, JobSummary
-from exporter.collector import TargetCollector
+from exporter.collect.poller import TargetPoller
 from exporter.config import Executions, load_config
 from exporter.model import JobSnapshot
 from exporter.selfmetrics import SelfMetrics
@@ -150,7 +150,7 @@ async def record(sim: Simulator) -> Series:
     start = sim.clock.now()
     series: Series = defaultdict(dict)
     async with JobSource(target, settings, telemetry) as source:
-        collector = TargetCollector(
+        collector = TargetPoller(
             target,
             settings,
             SimulatedTimeSource(source, sim),

@@ -31,7 +31,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import Collector
+from exporter.collect.supervisor import Supervisor
 from exporter.config import parse_config
 from exporter.model import JOB_STATUSES
 from exporter.selfmetrics import SelfMetrics
@@ -593,14 +593,14 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def exporter_for(sim: SimulatorThread, interval: str = "200ms") -> AsyncIterator[Running]:
-    """Collector + aiohttp app on a free port, discovering every job of the simulator."""
+    """Supervisor + aiohttp app on a free port, discovering every job of the simulator."""
     cfg = parse_config(
         f"collector: {{interval: {interval}, discovery_interval: {interval}}}\n"
         f"targets:\n  - name: sim\n    region: {REGION}\n    endpoint_url: {sim.url}\n"
         "    jobs: {discover: {}}\n"
     )
     store, telemetry = MetricsStore(), SelfMetrics()
-    collector = Collector(cfg, store, telemetry)
+    collector = Supervisor(cfg, store, telemetry)
     runner = web.AppRunner(build_app(store, telemetry, lambda: collector.ready))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

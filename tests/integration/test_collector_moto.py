@@ -13,10 +13,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.aws import JobSource
-from exporter.collector import Collector, TargetCollector
+from exporter.collect.poller import TargetPoller
+from exporter.collect.shard import Shard
+from exporter.collect.supervisor import Supervisor
 from exporter.config import Config, parse_config
 from exporter.selfmetrics import SelfMetrics
-from exporter.shard import Shard
 from exporter.store import MetricsStore
 from tests.support import WallClock, until
 
@@ -91,11 +92,11 @@ def value(store: MetricsStore, name: str, job_id: str, **labels: str) -> float |
     return None
 
 
-async def run_cycles(cfg: Config, n: int = 1, **kwargs: Any) -> tuple[TargetCollector, Any]:
+async def run_cycles(cfg: Config, n: int = 1, **kwargs: Any) -> tuple[TargetPoller, Any]:
     store, telemetry = MetricsStore(), SelfMetrics()
     target = cfg.targets[0]
     async with JobSource(target, cfg.collector, telemetry) as source:
-        collector = TargetCollector(target, cfg.collector, source, store, telemetry, **kwargs)
+        collector = TargetPoller(target, cfg.collector, source, store, telemetry, **kwargs)
         for _ in range(n):
             await collector.collect_once()
     return collector, (store, telemetry)
@@ -175,7 +176,7 @@ async def test_canceled_job_with_queued_executions_is_polled_then_dropped_after_
     now = [time.time()]
     target = cfg.targets[0]
     async with JobSource(target, cfg.collector, telemetry) as source:
-        collector = TargetCollector(
+        collector = TargetPoller(
             target, cfg.collector, source, store, telemetry, clock=WallClock(lambda: now[0])
         )
         for _ in range(3):
@@ -200,7 +201,7 @@ async def test_deleted_job_disappears(
     store, telemetry = MetricsStore(), SelfMetrics()
     target = cfg.targets[0]
     async with JobSource(target, cfg.collector, telemetry) as source:
-        collector = TargetCollector(target, cfg.collector, source, store, telemetry)
+        collector = TargetPoller(target, cfg.collector, source, store, telemetry)
         await collector.collect_once()
         assert value(store, "aws_iot_job_info", job_id) == 1
         iot.delete_job(jobId=job_id, force=True)
@@ -251,9 +252,9 @@ async def test_assumed_role_credentials_sign_calls(
 
 @contextlib.asynccontextmanager
 async def ready_collector(cfg: Config) -> AsyncIterator[tuple[MetricsStore, SelfMetrics]]:
-    """A started Collector, once every target finished its first cycle; stopped after."""
+    """A started Supervisor, once every target finished its first cycle; stopped after."""
     store, telemetry = MetricsStore(), SelfMetrics()
-    collector = Collector(cfg, store, telemetry)
+    collector = Supervisor(cfg, store, telemetry)
     await collector.start()
     try:
         await until(lambda: collector.ready, what="every target's first cycle")
@@ -287,7 +288,7 @@ async def test_a_target_whose_client_cannot_be_created_does_not_stop_the_others(
         f"    jobs: {{ids: [{prefix}-rollout]}}\n"
     )
     store, telemetry = MetricsStore(), SelfMetrics()
-    collector = Collector(cfg, store, telemetry)
+    collector = Supervisor(cfg, store, telemetry)
     await collector.start()
     try:
         await until(

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.aws import JobSource
-from exporter.collector import TargetCollector
+from exporter.collect.poller import TargetPoller
 from exporter.config import parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
@@ -293,7 +293,7 @@ async def _series(url: str, ids: dict[str, str]) -> dict[Series, float]:
     store, telemetry = MetricsStore(), SelfMetrics()
     target = cfg.targets[0]
     async with JobSource(target, cfg.collector, telemetry) as source:
-        collector = TargetCollector(target, cfg.collector, source, store, telemetry)
+        collector = TargetPoller(target, cfg.collector, source, store, telemetry)
         await collector.collect_once()
     assert telemetry.collection_success.labels("contract")._value.get() == 1
     out: dict[Series, float] = {}

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import Collector
+from exporter.collect.supervisor import Supervisor
 from exporter.config import ConfigError, parse_config
 from exporter.events import (
     OTHER_REASON,
@@ -233,7 +233,7 @@ class Running:
     admin: Admin
     url: str
     telemetry: SelfMetrics
-    collector: Collector
+    collector: Supervisor
 
     async def series(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         async with aiohttp.ClientSession() as session, session.get(self.url) as response:
@@ -289,7 +289,7 @@ async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
         )
     )
     store, telemetry = MetricsStore(), SelfMetrics()
-    collector = Collector(config, store, telemetry)
+    collector = Supervisor(config, store, telemetry)
     app = build_app(store, telemetry, lambda: collector.ready)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -309,7 +309,7 @@ async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
             await sim.close()
 
 
-async def _ready(collector: Collector) -> bool:
+async def _ready(collector: Supervisor) -> bool:
     return collector.ready
 
 
@@ -470,7 +470,7 @@ async def test_consumer_against_motos_sqs(moto_url: str) -> None:
             )
         )
         store, telemetry = MetricsStore(), SelfMetrics()
-        collector = Collector(config, store, telemetry)
+        collector = Supervisor(config, store, telemetry)
         await collector.start()
         try:
 

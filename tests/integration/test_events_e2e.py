@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import Collector
+from exporter.collect.supervisor import Supervisor
 from exporter.config import parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
@@ -77,7 +77,7 @@ async def test_failure_spike_reaches_metrics_within_seconds_under_quota(tmp_path
     )
     config = parse_config(text)
     store, telemetry = MetricsStore(), SelfMetrics()
-    collector = Collector(config, store, telemetry)
+    collector = Supervisor(config, store, telemetry)
     app = build_app(store, telemetry, lambda: collector.ready)
     runner = web.AppRunner(app)
     await runner.setup()

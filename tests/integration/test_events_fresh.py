@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from exporter.collector import Collector
+from exporter.collect.supervisor import Supervisor
 from exporter.config import parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
@@ -73,7 +73,7 @@ async def test_a_force_cancel_shows_within_2_s_while_200_jobs_publish_events(
         )
     )
     store, telemetry = MetricsStore(), SelfMetrics()
-    collector = Collector(config, store, telemetry)
+    collector = Supervisor(config, store, telemetry)
     runner = web.AppRunner(build_app(store, telemetry, lambda: collector.ready))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.collector import Collector, TargetCollector
+from exporter.collect.poller import TargetPoller
+from exporter.collect.supervisor import Supervisor
 from exporter.config import parse_config
 from exporter.events import JobEvent, MalformedEvent, parse_event
 from exporter.selfmetrics import SelfMetrics
@@ -39,7 +40,7 @@ async def sqs() -> AsyncIterator[HostileSqs]:
 
 
 class Running:
-    """The real Collector of one target `ep` with events, started until the block ends."""
+    """The real Supervisor of one target `ep` with events, started until the block ends."""
 
     def __init__(
         self,
@@ -57,7 +58,7 @@ class Running:
             f"    events: {{sqs_queue_url: '{sqs.queue_url}', {events}}}\n"
         )
         self.telemetry, self.store = SelfMetrics(), MetricsStore()
-        self.collector = Collector(self.config, self.store, self.telemetry)
+        self.collector = Supervisor(self.config, self.store, self.telemetry)
 
     async def __aenter__(self) -> Running:
         await self.collector.start()
@@ -67,7 +68,7 @@ class Running:
         await self.collector.stop()
 
     @property
-    def target(self) -> TargetCollector:
+    def target(self) -> TargetPoller:
         return self.collector.targets["ep"]
 
     def value(self, metric: str, **labels: str) -> float:
@@ -111,10 +112,10 @@ async def test_an_exception_in_applying_an_event_never_stops_the_consumer(
         [] if "b-handle-0" in sqs.deleted else messages(event_body("job-1", "e1"), prefix="b")
     )
 
-    def broken(self: TargetCollector, job_id: str) -> bool:
+    def broken(self: TargetPoller, job_id: str) -> bool:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(TargetCollector, "job_changed", broken)
+    monkeypatch.setattr(TargetPoller, "job_changed", broken)
     async with Running(aws, sqs) as run:
         await until(lambda: "b-handle-0" in sqs.deleted, what="the message deleted")
         cycles = run.target.cycles
@@ -401,7 +402,7 @@ async def test_an_event_storm_on_one_target_leaves_the_other_half_the_budget(
         f"    jobs: {{ids: [{', '.join(jobs2)}]}}\n"
     )
     telemetry = SelfMetrics()
-    collector = Collector(config, MetricsStore(), telemetry)
+    collector = Supervisor(config, MetricsStore(), telemetry)
     await collector.start()
     try:
         await until(lambda: collector.ready, what="both targets described once")

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from exporter.aws import ApiError, JobSource
-from exporter.collector import TargetCollector
+from exporter.collect.poller import TargetPoller
 from exporter.config import Config, parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
@@ -64,13 +64,13 @@ class InProcess:
         self.telemetry, self.store = SelfMetrics(), MetricsStore()
         self.telemetry.init_target("ep")
         self._source = JobSource(config.targets[0], config.collector, self.telemetry)
-        self.collector: TargetCollector | None = None
+        self.collector: TargetPoller | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> TargetCollector:
+    async def __aenter__(self) -> TargetPoller:
         source = await self._source.__aenter__()
         target = self.config.targets[0]
-        self.collector = TargetCollector(
+        self.collector = TargetPoller(
             target, self.config.collector, source, self.store, self.telemetry
         )
         return self.collector

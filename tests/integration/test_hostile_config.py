@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from exporter.cli.lifecycle import Reloader
-from exporter.collector import Collector
+from exporter.collect.supervisor import Supervisor
 from exporter.config import Config, ConfigError, _read_jobs, parse_config
 from exporter.reader import ALIAS_BUDGET, SHOWN_MAX, Reader
 from exporter.selfmetrics import SelfMetrics
@@ -303,7 +303,7 @@ async def test_any_reload_failure_sets_the_gauge_and_answers_briefly(
     path.write_text(TARGET)
     config = parse_config(TARGET, str(path))
     telemetry, store = SelfMetrics(), MetricsStore()
-    collector = Collector(config, store, telemetry)
+    collector = Supervisor(config, store, telemetry)
 
     def breaks(new: Config) -> Config:
         # The reloader's own hook for adjusting a parsed config (the demo rewrites the

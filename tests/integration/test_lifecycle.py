@@ -24,7 +24,8 @@ from prometheus_client.openmetrics.parser import (
 )
 
 from exporter.aws import JobSource
-from exporter.collector import Collector, TargetCollector
+from exporter.collect.poller import TargetPoller
+from exporter.collect.supervisor import Supervisor
 from exporter.config import parse_config
 from exporter.model import parse_describe_job
 from exporter.selfmetrics import SelfMetrics
@@ -145,7 +146,7 @@ async def test_apply_keeps_unchanged_targets_and_their_snapshots(
         text + target_yaml("a", moto_url, job_a) + target_yaml("b", moto_url, job_b)
     )
     store, telemetry = MetricsStore(), SelfMetrics()
-    collector = Collector(first, store, telemetry)
+    collector = Supervisor(first, store, telemetry)
     await collector.start()
     try:
         await until(lambda: collector.ready, what="ready")
@@ -285,7 +286,7 @@ async def test_known_jobs_are_spread_over_the_interval(endpoint: IotEndpoint) ->
     store, telemetry = MetricsStore(), SelfMetrics()
     target = config.targets[0]
     async with JobSource(target, config.collector, telemetry) as source:
-        collector = TargetCollector(target, config.collector, source, store, telemetry)
+        collector = TargetPoller(target, config.collector, source, store, telemetry)
         await collector.collect_once()  # first cycle: every new job at once
         endpoint.times.clear()
         await collector.collect_once(spread=1.0)
@@ -307,7 +308,7 @@ async def test_cycle_stretches_when_the_budget_is_short(
     store, telemetry = MetricsStore(), SelfMetrics()
     target = config.targets[0]
     async with JobSource(target, config.collector, telemetry) as source:
-        collector = TargetCollector(target, config.collector, source, store, telemetry)
+        collector = TargetPoller(target, config.collector, source, store, telemetry)
         started = time.monotonic()
         await collector.collect_once()
         elapsed = time.monotonic() - started
@@ -325,7 +326,7 @@ async def test_reload_refuses_otel_changes_it_cannot_apply(tmp_path: Path) -> No
     path = tmp_path / "config.yaml"
     path.write_text(text)
     telemetry, store = SelfMetrics(), MetricsStore()
-    collector = Collector(parse_config(text), store, telemetry)
+    collector = Supervisor(parse_config(text), store, telemetry)
     reloader = Reloader(str(path), collector, store, telemetry)
     reloader.loaded()
     path.write_text(text + "otel: {enabled: true}\n")

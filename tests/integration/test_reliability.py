@@ -1,6 +1,6 @@
 """Faults injected for real (simulator switches, a stopped endpoint, a real STS) and what they cost.
 
-Each test runs the exporter's own Collector against a real HTTP endpoint through botocore's
+Each test runs the exporter's own Supervisor against a real HTTP endpoint through botocore's
 real signing and parsing, then reads the outcome the way an operator does: from the parsed
 exposition (job series plus self-metrics).
 """
@@ -28,7 +28,7 @@ from aiohttp import web
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import Collector
+from exporter.collect.supervisor import Supervisor
 from exporter.config import Config, parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
@@ -126,7 +126,7 @@ class Running:
     def __init__(self, cfg: Config) -> None:
         self.store = MetricsStore()
         self.telemetry = SelfMetrics()
-        self.collector = Collector(cfg, self.store, self.telemetry)
+        self.collector = Supervisor(cfg, self.store, self.telemetry)
 
     async def __aenter__(self) -> Running:
         await self.collector.start()
@@ -504,7 +504,7 @@ async def test_denied_target_is_reported_without_stopping_another(
 async def test_missing_job_is_reported_and_deleted_jobs_disappear(
     sim: SimulatorThread, admin: Admin, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="exporter.collector")
+    caplog.set_level(logging.WARNING, logger="exporter.collect.supervisor")
     cfg = config(target("sim", sim.url, ids=("ghost-job",), discover=True))
     async with Running(cfg) as running:
         await all_fresh(running, 0)

@@ -22,7 +22,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import Collector
+from exporter.collect.supervisor import Supervisor
 from exporter.config import parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
@@ -129,7 +129,7 @@ async def test_concurrent_scrapes_against_a_faulty_fleet(sim: SimulatorThread) -
     async with aiohttp.ClientSession() as session:
         await Admin(session, sim.url).faults(FAULTS)
     store, telemetry = MetricsStore(), SelfMetrics()
-    collector = Collector(cfg, store, telemetry)
+    collector = Supervisor(cfg, store, telemetry)
     runner = web.AppRunner(build_app(store, telemetry, lambda: collector.ready), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from exporter.aws import ApiError, JobSource
-from exporter.collector import TargetCollector
+from exporter.collect.poller import TargetPoller
 from exporter.config import Config, parse_config
 from exporter.selfmetrics import OUTCOMES, SelfMetrics
 from exporter.store import MetricsStore
@@ -101,7 +101,7 @@ async def test_unreadable_bodies_are_malformed_and_keep_last_good_values(
     config, telemetry, store = cfg(endpoint), SelfMetrics(), MetricsStore()
     target = config.targets[0]
     async with JobSource(target, config.collector, telemetry) as source:
-        collector = TargetCollector(target, config.collector, source, store, telemetry)
+        collector = TargetPoller(target, config.collector, source, store, telemetry)
         await collector.collect_once()
         before = store.body()
         good = store.get(("ep", "a"))
@@ -118,7 +118,7 @@ async def test_failed_describe_keeps_last_good_values_then_recovers(endpoint: Io
     config, telemetry, store = cfg(endpoint), SelfMetrics(), MetricsStore()
     target = config.targets[0]
     async with JobSource(target, config.collector, telemetry) as source:
-        collector = TargetCollector(target, config.collector, source, store, telemetry)
+        collector = TargetPoller(target, config.collector, source, store, telemetry)
         await collector.collect_once()
         first = store.get(("ep", "b"))
         assert first is not None
@@ -151,7 +151,7 @@ async def test_discovery_skips_terminal_jobs_past_retention(endpoint: IotEndpoin
     store, telemetry = MetricsStore(), SelfMetrics()
     target = config.targets[0]
     async with JobSource(target, config.collector, telemetry) as source:
-        collector = TargetCollector(target, config.collector, source, store, telemetry)
+        collector = TargetPoller(target, config.collector, source, store, telemetry)
         await collector.collect_once()
     assert set(collector.jobs) == {"new"}
     assert endpoint.calls["DescribeJob:old"] == 0
@@ -162,7 +162,7 @@ async def test_failed_discovery_keeps_known_jobs(endpoint: IotEndpoint) -> None:
     store, telemetry = MetricsStore(), SelfMetrics()
     target = config.targets[0]
     async with JobSource(target, config.collector, telemetry) as source:
-        collector = TargetCollector(target, config.collector, source, store, telemetry)
+        collector = TargetPoller(target, config.collector, source, store, telemetry)
         await collector.collect_once()
         assert set(collector.jobs) == {"a", "b"}
         await endpoint.close()  # the endpoint goes away: connection refused
@@ -195,7 +195,7 @@ async def test_finished_jobs_are_frozen_then_dropped_after_retention(
     now = [time.time()]
     target = config.targets[0]
     async with JobSource(target, config.collector, telemetry) as source:
-        collector = TargetCollector(
+        collector = TargetPoller(
             target, config.collector, source, store, telemetry, clock=WallClock(lambda: now[0])
         )
         for _ in range(3):
@@ -228,7 +228,7 @@ async def test_a_deleted_frozen_job_disappears_at_the_next_discovery(
     now = [time.time()]
     target = config.targets[0]
     async with JobSource(target, config.collector, telemetry) as source:
-        collector = TargetCollector(
+        collector = TargetPoller(
             target, config.collector, source, store, telemetry, clock=WallClock(lambda: now[0])
         )
         await collector.collect_once()

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import Collector
+from exporter.collect.supervisor import Supervisor
 from exporter.config import Config, parse_config
 from exporter.logs import escape_controls, sanitise
 from exporter.selfmetrics import SelfMetrics
@@ -42,19 +42,19 @@ HOSTILE = "<script>alert(1)</script>"
 @dataclass
 class Served:
     url: str
-    collector: Collector
+    collector: Supervisor
     telemetry: SelfMetrics
 
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[..., asyncio.Future[Served]]]:
-    """Starts a Collector for a config and the exporter's app in front of it, on port 0."""
+    """Starts a Supervisor for a config and the exporter's app in front of it, on port 0."""
     runners: list[web.AppRunner] = []
-    collectors: list[Collector] = []
+    collectors: list[Supervisor] = []
 
     async def start(config: Config, web_config_text: str | None = None) -> Served:
         store, telemetry = MetricsStore(), SelfMetrics()
-        collector = Collector(config, store, telemetry)
+        collector = Supervisor(config, store, telemetry)
         app = build_app(store, telemetry, lambda: collector.ready, status=collector.status)
         if web_config_text is not None:
             parse_web_config(web_config_text, "web.yml", Path(".")).install(

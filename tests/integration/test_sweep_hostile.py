@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.aws import JobSource
-from exporter.collector import TargetCollector
+from exporter.collect.poller import TargetPoller
 from exporter.config import Config, parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.status import Status, render_html, render_json
@@ -65,7 +65,7 @@ class Running:
 
     async def __aenter__(self) -> Running:
         source = await self.source.__aenter__()
-        self.collector = TargetCollector(
+        self.collector = TargetPoller(
             self.config.targets[0], self.config.collector, source, self.store, self.telemetry
         )
         self.tasks = [

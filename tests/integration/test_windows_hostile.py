@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import cron, model
 from exporter.aws import JobSource
-from exporter.collector import TargetCollector
+from exporter.collect.poller import TargetPoller
 from exporter.config import Config, parse_config
 from exporter.cron import CronExpression
 from exporter.model import JobSnapshot, parse_describe_job
@@ -269,7 +269,7 @@ async def _describe_once(
     telemetry, store = SelfMetrics(), MetricsStore()
     telemetry.init_target("ep")
     async with JobSource(config.targets[0], config.collector, telemetry) as source:
-        collector = TargetCollector(config.targets[0], config.collector, source, store, telemetry)
+        collector = TargetPoller(config.targets[0], config.collector, source, store, telemetry)
         try:
             await collector.collect_once()
         finally:

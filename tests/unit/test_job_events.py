@@ -8,9 +8,9 @@ import asyncio
 import json
 from typing import Any
 
+from exporter.collect.poller import TargetPoller
 from exporter.events import JOB_EVENT_STATUS, parse_event
 from exporter.model import JOB_STATUSES
-from exporter.poller import TargetCollector
 from tests.support import FakeClock
 from tests.unit.test_schedule import FakeSource, collector
 
@@ -37,7 +37,7 @@ def job_event(job_id: str, operation: str, status: str, updated: float, **extra:
     return parse_event(json.dumps(body))
 
 
-async def described(jobs: dict[str, str]) -> tuple[FakeClock, FakeSource, TargetCollector]:
+async def described(jobs: dict[str, str]) -> tuple[FakeClock, FakeSource, TargetPoller]:
     clock = FakeClock()
     source = FakeSource(clock, jobs)
     poller = collector(clock, source, events=EVENTS)

@@ -9,7 +9,9 @@ from exporter.logs import JsonFormatter, LogfmtFormatter, event_fields
 
 
 def record(msg: str, *args: object) -> logging.LogRecord:
-    return logging.LogRecord("exporter.collector", logging.WARNING, __file__, 1, msg, args, None)
+    return logging.LogRecord(
+        "exporter.collect.supervisor", logging.WARNING, __file__, 1, msg, args, None
+    )
 
 
 def test_trailing_key_values_become_fields() -> None:

@@ -11,10 +11,8 @@ import pytest
 
 from exporter.aws import JobSummary
 from exporter.budget import FIRST
-from exporter.collector import TargetCollector
-from exporter.config import parse_config
-from exporter.model import JobSnapshot, parse_describe_job
-from exporter.schedule import (
+from exporter.collect.poller import TargetPoller
+from exporter.collect.schedule import (
     BUSY_RETRY,
     EXECUTION_MARK,
     JOB_MARK,
@@ -26,6 +24,8 @@ from exporter.schedule import (
     spacing,
     staleness,
 )
+from exporter.config import parse_config
+from exporter.model import JobSnapshot, parse_describe_job
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
 from tests.support import FakeClock
@@ -64,13 +64,13 @@ class FakeSource:
 
 def collector(
     clock: FakeClock, source: FakeSource, interval: str = "60s", events: str = ""
-) -> TargetCollector:
+) -> TargetPoller:
     config = parse_config(
         f"collector: {{interval: {interval}, requests_per_second: 1000, concurrency: 50}}\n"
         "targets:\n  - name: t\n    region: eu-west-1\n"
         f"    jobs: {{ids: [{', '.join(source.jobs)}]}}\n{events}"
     )
-    return TargetCollector(
+    return TargetPoller(
         config.targets[0], config.collector, source, MetricsStore(), SelfMetrics(), clock=clock
     )
 
@@ -357,7 +357,7 @@ async def test_an_id_events_named_first_leaves_the_unknown_ids_once_discovered()
         "targets:\n  - name: t\n    region: eu-west-1\n    jobs: {discover: {}}\n"
         "    events: {sqs_queue_url: 'https://sqs.eu-west-1.amazonaws.com/123456789012/q'}\n"
     )
-    poller = TargetCollector(
+    poller = TargetPoller(
         config.targets[0], config.collector, source, MetricsStore(), SelfMetrics(), clock=clock
     )
     await poller.collect_once()

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from exporter.collect.sweep import MIN_GAP_SECONDS, Sweeper, SweepState, next_job
 from exporter.config import Executions
 from exporter.events import JobEvent, parse_event
 from exporter.executions import (
@@ -18,7 +19,6 @@ from exporter.executions import (
 )
 from exporter.model import JobSnapshot
 from exporter.selfmetrics import SelfMetrics
-from exporter.sweep import MIN_GAP_SECONDS, Sweeper, SweepState, next_job
 from tests.support import FakeClock
 
 NOW = 1_700_000_000.0

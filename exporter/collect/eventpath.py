@@ -1,8 +1,9 @@
 """A target's event path: jobs events say changed are described soon, ids only events
 named wait apart, and whether events drive the target or it polls.
 
-The poller (poller.TargetCollector) is its host: the event path marks jobs, asks the
-host to describe them inside the same budget, and reads the host's state; it never
+It is given the target's context and state, the calls it makes on the target's jobs
+(context.JobCalls: describe, amend, drop, built by poller.TargetPoller) and the sweeps'
+marks; it marks jobs and asks for their describes inside the same budget, and never
 describes, stores or schedules a cycle itself.
 """
 
@@ -17,40 +18,22 @@ from typing import Protocol
 
 from exporter.aws import describe_exception
 from exporter.budget import EVENT, FIRST, UNKNOWN
-from exporter.config import CollectorSettings, Target
-from exporter.events import EventConsumer, JobEvent, LogThrottle, Queue, ReasonCounts
+from exporter.collect.context import JobCalls, TargetContext
+from exporter.collect.schedule import EXECUTION_MARK, JOB_MARK, EventMarks, Mark
+from exporter.collect.state import TargetState
+from exporter.events import EventConsumer, JobEvent, LogThrottle, Queue
 from exporter.logs import sanitise
 from exporter.model import JobSnapshot
-from exporter.schedule import EXECUTION_MARK, JOB_MARK, Clock, EventMarks, Mark
-from exporter.shard import Shard
 from exporter.status import EventsStatus, LastError
-from exporter.sweep import Sweeper
-from exporter.targetstate import TargetState
-from exporter.telemetry import Telemetry
 
-log = logging.getLogger("exporter.collector")
+log = logging.getLogger(__name__)
 
 
-class EventHost(Protocol):
-    """What the event path uses of its target's poller."""
+class SweepMarks(Protocol):
+    """What the event path asks of the target's sweeps (sweep.Sweeper)."""
 
-    target: Target
-    settings: CollectorSettings
-    telemetry: Telemetry
-    clock: Clock
-    shard: Shard
-    state: TargetState
-    sweeper: Sweeper
-    # Describes in flight, by job id.
-    in_flight: dict[str, asyncio.Task[None]]
-
-    @property
-    def reasons(self) -> ReasonCounts: ...
-    def amend(self, job_id: str, change: Callable[[JobSnapshot], JobSnapshot]) -> None: ...
-    def drop(self, job_id: str) -> None: ...
-    async def spawn(
-        self, job_id: str, tasks: list[asyncio.Task[None]], kind: str, from_cycle: bool = True
-    ) -> None: ...
+    def mark(self, job_id: str) -> None: ...
+    def ended(self, event: JobEvent) -> Callable[[JobSnapshot], JobSnapshot] | None: ...
 
 
 async def _wait(event: asyncio.Event) -> object:
@@ -60,9 +43,14 @@ async def _wait(event: asyncio.Event) -> object:
 class EventPath:
     """The events of one target (events.EventSink): marks, unknown ids, the consumer."""
 
-    def __init__(self, host: EventHost) -> None:
-        self.host = host
-        events = host.target.events
+    def __init__(
+        self, context: TargetContext, state: TargetState, calls: JobCalls, sweeps: SweepMarks
+    ) -> None:
+        self.context = context
+        self.state = state
+        self.calls = calls
+        self.sweeps = sweeps
+        events = context.target.events
         gap = events.min_describe_interval if events else 0.0
         # Jobs an event marked changed: job-level marks ahead, then the job whose data is
         # oldest (schedule.EventMarks).
@@ -78,7 +66,7 @@ class EventPath:
         self.unknown_log = LogThrottle(EventConsumer.LOG_EVERY)
         # Event describes hold at most half of the target's concurrent calls: the rest
         # stay free for the cycle's, however many events come.
-        self.event_slots = asyncio.Semaphore(max(1, host.settings.concurrency // 2))
+        self.event_slots = asyncio.Semaphore(max(1, context.settings.concurrency // 2))
         self.consumer: EventConsumer | None = None
         self.driven_before = False
         self.describes = 0
@@ -94,36 +82,36 @@ class EventPath:
         return (consumer.received if consumer is not None else 0), self.describes
 
     def owns(self, job_id: str) -> bool:
-        return self.host.shard.owns(self.host.target, job_id)
+        return self.context.shard.owns(self.context.target, job_id)
 
     def job_changed(self, job_id: str, kind: str = EXECUTION_MARK) -> bool:
         """An event says the job changed: describe it soon. False when it is not followed."""
-        if job_id not in self.host.state.jobs and job_id not in self.unknown:
-            discover = self.host.target.jobs.discover
-            if job_id in self.host.state.expired or job_id in self.host.state.invalid:
+        if job_id not in self.state.jobs and job_id not in self.unknown:
+            discover = self.context.target.jobs.discover
+            if job_id in self.state.expired or job_id in self.state.invalid:
                 return False
             if discover is None or not discover.matches(job_id):
                 return False
             # A job created since the last discovery is described at once, not minutes
             # later: if it exists. Anyone who can write to the queue can name any number
             # of ids, so they wait apart, bounded, and spend the smallest share.
-            settings = self.host.target.events
+            settings = self.context.target.events
             limit = settings.max_unknown_jobs if settings else 0
             if len(self.unknown) >= limit:
-                self.host.telemetry.jobs_dropped(self.host.target.name, "unknown_limit")
+                self.context.telemetry.jobs_dropped(self.context.target.name, "unknown_limit")
                 if self.unknown_log.allow():
                     log.warning(
                         "event for an unknown job dropped target=%s job_id=%s "
                         "max_unknown_jobs=%d suppressed=%d",
-                        self.host.target.name,
+                        self.context.target.name,
                         job_id,
                         limit,
                         self.unknown_log.take(),
                     )
                 return False
             self.unknown[job_id] = None
-            self.host.telemetry.unknown_jobs(self.host.target.name, len(self.unknown))
-        now = self.host.clock.monotonic()
+            self.context.telemetry.unknown_jobs(self.context.target.name, len(self.unknown))
+        now = self.context.clock.monotonic()
         if job_id in self.unknown:
             if self.unknown_marks.mark(job_id, now):
                 self.unknown_wakeup.set()
@@ -134,7 +122,7 @@ class EventPath:
     def _data_at(self, job_id: str) -> float:
         """When the job's data was read: the order execution marks are served in (a job
         never described goes first)."""
-        tracked = self.host.state.jobs.get(job_id)
+        tracked = self.state.jobs.get(job_id)
         snapshot = tracked.snapshot if tracked is not None else None
         return snapshot.fetched_at if snapshot is not None else 0.0
 
@@ -150,23 +138,23 @@ class EventPath:
             def change(snapshot: JobSnapshot) -> JobSnapshot:
                 return snapshot.with_job_event(status, updated, completed, counts)
 
-            self.host.amend(event.job_id, change)
+            self.calls.amend(event.job_id, change)
         return self.job_changed(event.job_id, JOB_MARK)
 
     def job_deleted(self, job_id: str) -> None:
-        tracked = self.host.state.jobs.get(job_id)
+        tracked = self.state.jobs.get(job_id)
         if tracked is None:
             return
-        log.info("job deleted target=%s job_id=%s", self.host.target.name, job_id)
+        log.info("job deleted target=%s job_id=%s", self.context.target.name, job_id)
         if tracked.explicit:
-            self.host.state.missing.add(job_id)
-        self.host.drop(job_id)
+            self.state.missing.add(job_id)
+        self.calls.drop(job_id)
 
     def execution_ended(self, event: JobEvent) -> None:
         """An execution of a followed job ended: its counts, its run time, a sweep soon."""
         job_id = event.job_id
-        timed = self.host.sweeper.ended(event)
-        counts = tuple(self.host.reasons.samples(job_id))
+        timed = self.sweeps.ended(event)
+        counts = tuple(self.state.reasons.samples(job_id))
 
         def change(snapshot: JobSnapshot) -> JobSnapshot:
             if timed is not None:
@@ -175,8 +163,8 @@ class EventPath:
                 snapshot = dataclasses.replace(snapshot, execution_events=counts)
             return snapshot
 
-        self.host.amend(job_id, change)
-        self.host.sweeper.mark(job_id)
+        self.calls.amend(job_id, change)
+        self.sweeps.mark(job_id)
 
     def event_driven(self) -> bool:
         """Events refresh the active jobs now; else they are polled every interval."""
@@ -184,7 +172,7 @@ class EventPath:
         if consumer is None or not consumer.healthy():
             return False
         active = any(
-            t.snapshot is not None and not t.snapshot.frozen for t in self.host.state.jobs.values()
+            t.snapshot is not None and not t.snapshot.frozen for t in self.state.jobs.values()
         )
         return not (active and consumer.silent())
 
@@ -192,12 +180,12 @@ class EventPath:
         driven = self.event_driven()
         if self.consumer is not None and driven != self.driven_before:
             if driven:
-                log.info("events drive collection target=%s", self.host.target.name)
+                log.info("events drive collection target=%s", self.context.target.name)
             else:
                 log.warning(
                     "events lost or failing, polling every interval target=%s interval_seconds=%g",
-                    self.host.target.name,
-                    self.host.settings.interval,
+                    self.context.target.name,
+                    self.context.settings.interval,
                 )
         self.driven_before = driven
         return driven
@@ -230,15 +218,15 @@ class EventPath:
 
             def done(_: object, kind: str = kind, marked_at: float = mark.marked_at) -> None:
                 slots.release()
-                waited = self.host.clock.monotonic() - marked_at
-                self.host.telemetry.event_describe_waited(self.host.target.name, kind, waited)
+                waited = self.context.clock.monotonic() - marked_at
+                self.context.telemetry.event_describe_waited(self.context.target.name, kind, waited)
 
             started.add_done_callback(done)
 
     async def _next_mark(self, marks: EventMarks, wakeup: asyncio.Event) -> Mark:
         """The next mark due, waiting for it as long as it takes."""
         while True:
-            mark, delay = marks.next(self.host.clock.monotonic(), self.host.in_flight.__contains__)
+            mark, delay = marks.next(self.context.clock.monotonic(), self.calls.busy)
             if mark is not None:
                 return mark
             # Nothing due: wait for the first due mark, or for a newer one.
@@ -247,11 +235,11 @@ class EventPath:
     async def _describe_mark(self, mark: Mark, unknown: bool) -> asyncio.Task[None] | None:
         """Starts the describe a mark asks for; its task, or None when none was needed."""
         job_id = mark.job_id
-        tracked = self.host.state.jobs.get(job_id)
+        tracked = self.state.jobs.get(job_id)
         if tracked is None and job_id not in self.unknown:
             return None
         self.describes += 1
-        self.host.telemetry.event_describe(self.host.target.name)
+        self.context.telemetry.event_describe(self.context.target.name)
         if tracked is None:
             kind = UNKNOWN
         elif tracked.snapshot is None:
@@ -260,7 +248,7 @@ class EventPath:
             kind = EVENT
         # Tracked in in_flight like the cycle's calls, and closed with them.
         tasks: list[asyncio.Task[None]] = []
-        await self.host.spawn(job_id, tasks, kind, from_cycle=False)
+        await self.calls.spawn(job_id, tasks, kind, from_cycle=False)
         return tasks[0] if tasks else None
 
     async def _wait_for_mark(self, wakeup: asyncio.Event, delay: float | None) -> None:
@@ -268,7 +256,7 @@ class EventPath:
         wakeup.clear()
         waits: set[asyncio.Future[object]] = {asyncio.ensure_future(_wait(wakeup))}
         if delay is not None:
-            waits.add(asyncio.ensure_future(self.host.clock.sleep(delay)))
+            waits.add(asyncio.ensure_future(self.context.clock.sleep(delay)))
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -281,16 +269,16 @@ class EventPath:
         Made before the cycles start, so that the first cycle knows to wait for the
         queue's first answer instead of polling every active job.
         """
-        events = self.host.target.events
+        events = self.context.target.events
         assert events is not None
         self.consumer = EventConsumer(
-            self.host.target.name,
+            self.context.target.name,
             events,
             queue,
             self,
-            self.host.telemetry,
-            self.host.reasons,
-            clock=self.host.clock.time,
+            self.context.telemetry,
+            self.state.reasons,
+            clock=self.context.clock.time,
         )
         return self.consumer
 
@@ -302,7 +290,7 @@ class EventPath:
         runs beside this, goes on meanwhile.
         """
         # Read at scrape time: the consumer's health changes between cycles.
-        self.host.telemetry.watch_events_driven(self.host.target.name, self.event_driven)
+        self.context.telemetry.watch_events_driven(self.context.target.name, self.event_driven)
         try:
             while True:
                 try:
@@ -313,21 +301,21 @@ class EventPath:
                 except Exception as exc:
                     log.error(
                         "event path stopped, restarting target=%s error=%s",
-                        self.host.target.name,
+                        self.context.target.name,
                         describe_exception(exc),
                     )
-                    self.host.telemetry.event_consumer_error(self.host.target.name)
+                    self.context.telemetry.event_consumer_error(self.context.target.name)
                     await asyncio.sleep(EventConsumer.BACKOFF[-1])
         finally:
             self.consumer = None
-            self.host.telemetry.watch_events_driven(self.host.target.name, lambda: False)
+            self.context.telemetry.watch_events_driven(self.context.target.name, lambda: False)
 
     def forget_unknown(self, job_id: str) -> bool:
         """Whether the job was one only events named; it no longer waits either way."""
         if job_id not in self.unknown:
             return False
         del self.unknown[job_id]
-        self.host.telemetry.unknown_jobs(self.host.target.name, len(self.unknown))
+        self.context.telemetry.unknown_jobs(self.context.target.name, len(self.unknown))
         return True
 
     async def await_consumer(self) -> None:
@@ -337,11 +325,11 @@ class EventPath:
         if consumer is None or consumer.answered.is_set():
             return
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.host.settings.request_timeout):
+            async with asyncio.timeout(self.context.settings.request_timeout):
                 await consumer.answered.wait()
 
     def status(self, driven: bool, now: float, base: tuple[int, ...]) -> EventsStatus | None:
-        events = self.host.target.events
+        events = self.context.target.events
         if events is None:
             return None
         consumer = self.consumer

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from exporter.aws import LIST_EXECUTIONS, ApiError
+from exporter.collect.schedule import Clock
 from exporter.config import Executions
 from exporter.events import JobEvent, LogThrottle
 from exporter.executions import (
@@ -27,7 +28,6 @@ from exporter.executions import (
     summarise,
 )
 from exporter.model import JobSnapshot
-from exporter.schedule import Clock
 from exporter.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class ExecutionSource(Protocol):
         ...
 
 
-# Applies a change to a job's latest snapshot and stores it (TargetCollector.amend).
+# Applies a change to a job's latest snapshot and stores it (TargetPoller.amend).
 Amend = Callable[[str, Callable[[JobSnapshot], JobSnapshot]], None]
 
 
@@ -123,7 +123,7 @@ def next_job(
 
 
 class Sweeper:
-    """The sweeps of one target's jobs (the TargetCollector's `jobs`)."""
+    """The sweeps of one target's jobs (the TargetPoller's `jobs`)."""
 
     def __init__(
         self,

@@ -11,23 +11,23 @@ from dataclasses import dataclass
 
 from exporter.aws import ApiError, JobSource, JobSummary, classify, describe_exception
 from exporter.budget import Budgets
+from exporter.collect.poller import SnapshotSink, TargetPoller
+from exporter.collect.shard import ONE_SHARD, Shard
 from exporter.config import Config, Target
 from exporter.executions import ExecutionSummary
 from exporter.model import JobSnapshot
-from exporter.poller import SnapshotSink, TargetCollector
-from exporter.shard import ONE_SHARD, Shard
 from exporter.status import Status
 from exporter.telemetry import Telemetry
 from exporter.tracing import NOOP_TRACING, Tracing
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Collector", "TargetCollector"]
+__all__ = ["Supervisor", "TargetPoller"]
 
 
 @dataclass(slots=True)
 class _Running:
-    collector: TargetCollector
+    collector: TargetPoller
     task: asyncio.Task[None]
 
 
@@ -46,7 +46,7 @@ class _NotConnected:
         raise ApiError("error", "ListJobExecutionsForJob", "no AWS client")
 
 
-class Collector:
+class Supervisor:
     """All targets of a config, each with its own client and poller, in one event loop."""
 
     def __init__(
@@ -69,7 +69,7 @@ class Collector:
         self.budgets = Budgets(divisor=shard.total)
 
     @property
-    def targets(self) -> dict[str, TargetCollector]:
+    def targets(self) -> dict[str, TargetPoller]:
         """The running pollers by target name, in name order: what readiness and the
         status page read."""
         return {name: r.collector for name, r in sorted(self._running.items())}
@@ -135,7 +135,7 @@ class Collector:
     async def _start_target(
         self, target: Target, config: Config, previous: _Running | None
     ) -> None:
-        collector = TargetCollector(
+        collector = TargetPoller(
             target,
             config.collector,
             _NotConnected(),
@@ -149,7 +149,7 @@ class Collector:
         task = asyncio.create_task(self._serve_target(collector), name=f"collector-{target.name}")
         self._running[target.name] = _Running(collector, task)
 
-    async def _serve_target(self, collector: TargetCollector) -> None:
+    async def _serve_target(self, collector: TargetPoller) -> None:
         """Runs a target's poller; a client that cannot be created is retried, not fatal."""
         target = collector.target
         while True:

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from exporter.collect.shard import Shard
+from exporter.collect.sweep import SweepState
 from exporter.config import Target
 from exporter.events import ReasonCounts
+from exporter.logs import sanitise
 from exporter.model import JobSnapshot
-from exporter.shard import Shard
 from exporter.status import LastError
-from exporter.sweep import SweepState
 from exporter.telemetry import ACTIVE, FROZEN, PENDING
 
 
@@ -37,7 +38,7 @@ class Cycle:
 
 @dataclass(slots=True)
 class TargetState:
-    """What a target's poller knows, kept across reloads: the Collector owns it and hands
+    """What a target's poller knows, kept across reloads: the supervisor owns it and hands
     it to the poller that replaces a target's old one, instead of a field-by-field copy.
 
     Every collection is bounded by the jobs AWS lists and the config names: terminal jobs
@@ -70,6 +71,13 @@ class TargetState:
     # (time, attempts, throttled, failed, events received, event describes) of the target,
     # one sample per cycle: the status page's window.
     calls: deque[tuple[float, int, int, int, int, int]] = field(default_factory=deque)
+
+    def record_error(
+        self, at: float, outcome: str, operation: str, message: str, job_id: str | None = None
+    ) -> LastError:
+        """The target's last error, its message made safe for the logs and the status page."""
+        self.last_error = LastError(at, outcome, operation, sanitise(message), job_id)
+        return self.last_error
 
     def adopt(self, target: Target, shard: Shard) -> TargetState:
         """This state for `target` as a reload changed it: jobs of another shard leave,

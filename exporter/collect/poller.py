@@ -1,5 +1,6 @@
 """One target's poller: which job is described when, in a cycle every interval; freezes
-terminal jobs; hands events to its event path and executions to its sweeper."""
+terminal jobs. It builds the target's parts (discovery, event path, sweeps), each given
+the frozen context, the state and the narrow calls it makes (context.py)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,13 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import Protocol
 
-from exporter.aws import (
-    ApiError,
-    JobSummary,
-)
+from exporter.aws import ApiError
 from exporter.budget import FIRST, REFRESH, WORK
-from exporter.config import CollectorSettings, Target
-from exporter.discovery import discover, discover_in_background
-from exporter.eventpath import EventPath
-from exporter.events import EventConsumer, ReasonCounts
-from exporter.executions import ExecutionSummary
-from exporter.logs import sanitise
-from exporter.model import TERMINAL_STATUSES, JobSnapshot
-from exporter.schedule import (
+from exporter.collect.context import SnapshotSink, Source, TargetContext
+from exporter.collect.discovery import Discovery
+from exporter.collect.eventpath import EventPath
+from exporter.collect.schedule import (
     SYSTEM_CLOCK,
     Clock,
     cycle_seconds,
@@ -30,7 +23,12 @@ from exporter.schedule import (
     spacing,
     staleness,
 )
-from exporter.shard import ONE_SHARD, Shard
+from exporter.collect.shard import ONE_SHARD, Shard
+from exporter.collect.state import Cycle, TargetState, Tracked
+from exporter.collect.sweep import Sweeper
+from exporter.config import CollectorSettings, Target
+from exporter.events import EventConsumer, ReasonCounts
+from exporter.model import JobSnapshot
 from exporter.status import (
     STATUS_WINDOW,
     JobView,
@@ -41,31 +39,15 @@ from exporter.status import (
     job_lists,
     window_base,
 )
-from exporter.sweep import Sweeper
-from exporter.targetstate import Cycle, TargetState, Tracked
 from exporter.telemetry import TRACKED_STATES, Telemetry
 from exporter.tracing import NOOP_TRACING, Tracing
 
-log = logging.getLogger("exporter.collector")
+log = logging.getLogger(__name__)
+
+__all__ = ["SnapshotSink", "Source", "TargetPoller"]
 
 # Jobs with stuck executions the status page lists per target, oldest stuck first.
 STUCK_JOBS_LISTED = 50
-
-
-class SnapshotSink(Protocol):
-    """Where described jobs go (store.MetricsStore renders them; the scheduler never does)."""
-
-    def put_job(self, target: Target, job_id: str, snapshot: JobSnapshot) -> None: ...
-    def remove(self, key: tuple[str, str]) -> None: ...
-    def remove_target(self, target: str) -> None: ...
-
-
-class Source(Protocol):
-    async def describe_job(self, job_id: str) -> JobSnapshot: ...
-    async def list_jobs(self, params: dict[str, str]) -> list[JobSummary]: ...
-    async def list_executions(
-        self, job_id: str, status: str, token: str | None = None
-    ) -> tuple[list[ExecutionSummary], str | None, float | None]: ...
 
 
 def _waiting(snapshot: JobSnapshot) -> tuple[int | None, int | None]:
@@ -73,7 +55,7 @@ def _waiting(snapshot: JobSnapshot) -> tuple[int | None, int | None]:
     return snapshot.execution_count("queued"), snapshot.execution_count("in_progress")
 
 
-class TargetCollector:
+class TargetPoller:
     """Polls one target: discovery every discovery_interval, active jobs every interval."""
 
     def __init__(
@@ -88,14 +70,9 @@ class TargetCollector:
         tracing: Tracing = NOOP_TRACING,
         state: TargetState | None = None,
     ) -> None:
-        self.target = target
-        self.settings = settings
+        self.context = TargetContext(target, settings, telemetry, clock, shard, tracing)
         self.source = source
         self.store = store
-        self.telemetry = telemetry
-        self.shard = shard
-        self.clock = clock
-        self.tracing = tracing
         # The replica's share of the budget: every shard spends from the same quota.
         self.rate = settings.requests_per_second / max(shard.total, 1)
         events = target.events
@@ -115,9 +92,7 @@ class TargetCollector:
         self._tracked_at = 0.0
         self._cycle_started = 0.0
         telemetry.init_target(target.name, discovery=target.jobs.discover is not None)
-        # Events say which jobs changed (eventpath.EventPath); sweeps read executions.
-        self.events = EventPath(self)
-        self._sample_calls()
+        # Sweeps read executions; events say which jobs changed; discovery lists them.
         self.sweeper = Sweeper(
             target.name,
             settings.executions,
@@ -129,6 +104,40 @@ class TargetCollector:
             clock,
             self.state.sweeps,
         )
+        self.events = EventPath(self.context, self.state, self, self.sweeper)
+        self.discovery = Discovery(
+            self.context,
+            self.state,
+            lambda: self.source,
+            self.events.forget_unknown,
+            self.update_tracked,
+        )
+        self._sample_calls()
+
+    # The context's parts, by the names the rest of the exporter reads.
+    @property
+    def target(self) -> Target:
+        return self.context.target
+
+    @property
+    def settings(self) -> CollectorSettings:
+        return self.context.settings
+
+    @property
+    def telemetry(self) -> Telemetry:
+        return self.context.telemetry
+
+    @property
+    def clock(self) -> Clock:
+        return self.context.clock
+
+    @property
+    def shard(self) -> Shard:
+        return self.context.shard
+
+    @property
+    def tracing(self) -> Tracing:
+        return self.context.tracing
 
     # What other modules read of the state, by name.
     @property
@@ -188,24 +197,16 @@ class TargetCollector:
     def consumer(self) -> EventConsumer | None:
         return self.events.consumer
 
-    def expired_at(self, status: str | None, ended_at: float | None, now: float) -> bool:
-        """Whether a job that ended at `ended_at` is past terminal_job_retention at `now`."""
-        if status not in TERMINAL_STATUSES or ended_at is None:
-            return False
-        return now - ended_at > self.settings.terminal_job_retention
+    def busy(self, job_id: str) -> bool:
+        return job_id in self.in_flight
 
     def record_error(
         self, outcome: str, operation: str, message: str, job_id: str | None = None
     ) -> None:
-        self.state.last_error = LastError(
-            self.clock.time(), outcome, operation, sanitise(message), job_id
-        )
+        self.state.record_error(self.clock.time(), outcome, operation, message, job_id)
 
     async def discover(self, cycle: Cycle) -> bool:
-        return await discover(self, cycle)
-
-    async def _discover(self) -> None:
-        await discover_in_background(self)
+        return await self.discovery.run(cycle)
 
     async def spawn(
         self, job_id: str, tasks: list[asyncio.Task[None]], kind: str, from_cycle: bool = True
@@ -278,7 +279,7 @@ class TargetCollector:
             snapshot = dataclasses.replace(snapshot, execution_events=counts)
         if previous is None or _waiting(previous) != _waiting(snapshot):
             self.sweeper.mark(job_id)
-        if self.expired_at(snapshot.status, snapshot.ended_at, self.clock.time()):
+        if self.context.expired_at(snapshot.status, snapshot.ended_at, self.clock.time()):
             self.drop(job_id)
             self.state.expired.add(job_id)
             return
@@ -348,7 +349,7 @@ class TargetCollector:
         now = self.clock.time()
         for job_id, tracked in list(self.state.jobs.items()):
             snap = tracked.snapshot
-            if snap is not None and self.expired_at(snap.status, snap.ended_at, now):
+            if snap is not None and self.context.expired_at(snap.status, snap.ended_at, now):
                 self.drop(job_id)
                 self.state.expired.add(job_id)
 
@@ -373,34 +374,62 @@ class TargetCollector:
         cycle = self.cycle
         first_cycle = spread <= 0
         tasks: list[asyncio.Task[None]] = []
-        # Discovery runs beside the describes: a long or slow listing never stops the
-        # known jobs from being described. One at a time; a slow one carries over.
+        discovery = await self._start_discovery()
+        pending, known = self._pending(), await self._known_due()
+        self._check_budget(len(pending) + len(known))
+        await self._describe_due(pending, known, spread, tasks)
+        if discovery is not None:
+            await self._await_discovery(
+                discovery, None if first_cycle else self._hold(started), tasks
+            )
+        if tasks:
+            await asyncio.wait(tasks, timeout=None if first_cycle else self._hold(started))
+        self._finish(cycle, started)
+        return cycle
+
+    async def _start_discovery(self) -> asyncio.Task[None] | None:
+        """Discovery when due, beside the describes: a long or slow listing never stops the
+        known jobs from being described. One at a time; a slow one carries over."""
         if self._discovery is None and self.clock.time() >= self.state.next_discovery:
             self._discovery = asyncio.create_task(self._discover())
             self.state.next_discovery = self.clock.time() + self.settings.discovery_interval
             await asyncio.sleep(0)  # let it queue the explicit ids it re-adds first
-        discovery = self._discovery
-        pending = self._pending()
+        return self._discovery
+
+    async def _discover(self) -> None:
+        # A discovery may end in a later cycle than it began: it counts in that one.
+        outcome = await self.discovery.in_background()
+        self.cycle.failures += outcome.failures
+
+    async def _known_due(self) -> list[str]:
+        """The known active jobs this cycle describes: all of them when polling; while
+        events flow, those events did not mark whose data is a reconcile interval old."""
         known = [
             job_id
             for job_id, t in self.state.jobs.items()
             if t.snapshot is not None and not t.snapshot.frozen
         ]
         events = self.target.events
-        if events is not None:
-            await self.events.await_consumer()
-        if events is not None and self.events.check_driven():
-            # Events say which jobs changed; the rest are reconciled less often, for lost
-            # events and for what no event reports (an execution going in progress). Half an
-            # interval early, so a job is not left a whole extra cycle behind.
-            known = refresh_due(
-                [(job_id, self._fetched_at(job_id)) for job_id in known],
-                self.clock.time(),
-                self.settings.interval,
-                events.reconcile_interval,
-                self.events.marks.__contains__,
-            )
-        self._check_budget(len(pending) + len(known))
+        if events is None:
+            return known
+        await self.events.await_consumer()
+        if not self.events.check_driven():
+            return known
+        # Events say which jobs changed; the rest are reconciled less often, for lost
+        # events and for what no event reports (an execution going in progress). Half an
+        # interval early, so a job is not left a whole extra cycle behind.
+        return refresh_due(
+            [(job_id, self._fetched_at(job_id)) for job_id in known],
+            self.clock.time(),
+            self.settings.interval,
+            events.reconcile_interval,
+            self.events.marks.__contains__,
+        )
+
+    async def _describe_due(
+        self, pending: list[str], known: list[str], spread: float, tasks: list[asyncio.Task[None]]
+    ) -> None:
+        """Jobs never described at once, then the known ones spaced evenly over `spread`."""
         step = spacing(spread, len(known))
         for job_id in pending:
             await self.spawn(job_id, tasks, FIRST)
@@ -410,16 +439,20 @@ class TargetCollector:
             if delay > 0:
                 await self.clock.sleep(delay)
             await self.spawn(job_id, tasks, REFRESH)
-        if discovery is not None:
-            # The first cycle waits for discovery: readiness means every job was seen once.
-            hold = None if first_cycle else self._hold(started)
-            await asyncio.wait([discovery], timeout=hold)
-            if discovery.done():
-                self._discovery = None
-                for job_id in self._pending():
-                    await self.spawn(job_id, tasks, FIRST)
-        if tasks:
-            await asyncio.wait(tasks, timeout=None if first_cycle else self._hold(started))
+
+    async def _await_discovery(
+        self, discovery: asyncio.Task[None], hold: float | None, tasks: list[asyncio.Task[None]]
+    ) -> None:
+        """Waits up to `hold` (None: the first cycle, which waits for discovery: readiness
+        means every job was seen once), then describes the jobs it found."""
+        await asyncio.wait([discovery], timeout=hold)
+        if discovery.done():
+            self._discovery = None
+            for job_id in self._pending():
+                await self.spawn(job_id, tasks, FIRST)
+
+    def _finish(self, cycle: Cycle, started: float) -> None:
+        """The cycle's tally: calls carried over, frozen jobs expired, success and telemetry."""
         # A call still running, started by this cycle or an earlier one, is a job this
         # cycle could not refresh: not a success, or the gauge would flap while it is slow.
         carried = len(self._in_flight_cycle)
@@ -451,11 +484,12 @@ class TargetCollector:
             cycle.failures,
             len(cycle.dropped),
         )
-        return cycle
 
     def set_budget(self, settings: CollectorSettings) -> None:
-        """A reload that changed requests_per_second only (the buckets are Budgets')."""
-        self.settings = settings
+        """A reload that changed requests_per_second only (the buckets are Budgets'): the
+        parts get the new context."""
+        self.context = dataclasses.replace(self.context, settings=settings)
+        self.events.context = self.discovery.context = self.context
         self.rate = settings.requests_per_second / max(self.shard.total, 1)
 
     def _fetched_at(self, job_id: str) -> float:
