@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import html
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from exporter import __version__
-from exporter.logs import escape_controls
 from exporter.negotiation import qualities
+from exporter.safe import html_text, json_safe, url_component
 
 HTML_TYPE = "text/html"
 JSON_TYPE = "application/json"
@@ -312,7 +310,8 @@ def to_dict(status: Status) -> dict[str, Any]:
 
 def render_json(status: Status) -> bytes:
     # ensure_ascii: the body is plain ASCII whatever a job id or an AWS message holds.
-    return json.dumps(to_dict(status), indent=2, ensure_ascii=True).encode() + b"\n"
+    # json_safe: no lone surrogate, which a strict parser would refuse the document for.
+    return json.dumps(json_safe(to_dict(status)), indent=2, ensure_ascii=True).encode() + b"\n"
 
 
 def _when(at: float | None, now: float) -> str:
@@ -331,10 +330,7 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _e(value: object) -> str:
-    # Controls, bidi overrides and line separators as visible `\uXXXX`, as the JSON shows
-    # them: a numeric reference (&#x202e;) would still reverse the text it precedes.
-    return escape_controls(html.escape(str(value), quote=True))
+_e = html_text
 
 
 def _counts(pairs: tuple[tuple[str, int], ...]) -> str:
@@ -388,8 +384,8 @@ _FAILING = '<span class="bad">failing</span>'
 def console_url(region: str, thing: str) -> str:
     """The thing's page in the AWS IoT console (its job executions are listed there)."""
     return (
-        f"https://{quote(region, safe='')}.console.aws.amazon.com/iot/home"
-        f"?region={quote(region, safe='')}#/thing/{quote(thing, safe='')}"
+        f"https://{url_component(region)}.console.aws.amazon.com/iot/home"
+        f"?region={url_component(region)}#/thing/{url_component(thing)}"
     )
 
 

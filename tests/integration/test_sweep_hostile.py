@@ -241,3 +241,86 @@ async def test_hostile_thing_names_reach_no_label_and_are_escaped(aws: HostileAw
             r["thing_name"] for j in json.loads(data)["targets"][0]["stuck"] for r in j["oldest"]
         }
         assert names == set(HOSTILE_THINGS)
+
+
+def _arn(name: str) -> str:
+    return f"arn:aws:iot:eu-west-1:123456789012:thing/{name}"
+
+
+def _running(name: str, since: float, queued: float | None = None) -> dict[str, Any]:
+    return {
+        "thingArn": _arn(name),
+        "jobExecutionSummary": {
+            "status": "IN_PROGRESS",
+            "queuedAt": since - 30 if queued is None else queued,
+            "startedAt": since,
+            "executionNumber": 1,
+        },
+    }
+
+
+def _describe(aws: HostileAws, in_progress: int, queued: int = 0) -> None:
+    aws.describe[JOB] = json.dumps(
+        job_body(
+            JOB,
+            jobProcessDetails={
+                "numberOfInProgressThings": in_progress,
+                "numberOfQueuedThings": queued,
+            },
+        )
+    ).encode()
+
+
+def _series(text: str, name: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+@pytest.mark.parametrize("name", ["bad\ud800", "nul\x00name", "\udfff", "c1\x85\x9b[2J"])
+async def test_a_thing_name_no_output_can_carry_costs_nothing(
+    aws: HostileAws, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lone surrogate (valid JSON) or a NUL in a thing name: the job's counts are still
+    published, both expositions render and parse, and the status page renders."""
+    from prometheus_client.openmetrics.parser import (
+        text_string_to_metric_families as openmetrics_families,
+    )
+
+    _describe(aws, 7)
+    rows = [_running(f"ok-{i}", NOW - 7200) for i in range(6)] + [_running(name, NOW - 7200)]
+    page = executions_page(*rows)
+    serve(aws, lambda status, token: page if status == "IN_PROGRESS" else GOOD[status])
+    async with Running(cfg(aws)) as run:
+        await until(lambda: run.stuck() == {"queued": 0, "in_progress": 7}, 15, "a sweep")
+        await until(
+            lambda: (
+                _series(
+                    run.store.body().decode(), "aws_iot_job_executions_stuck", state="in_progress"
+                )
+                == 7
+            ),
+            15,
+            "7 stuck exported",
+        )
+        om = run.store.body(openmetrics=True).decode()
+        exemplars = [
+            s.exemplar
+            for f in openmetrics_families(om + "# EOF\n")
+            for s in f.samples
+            if s.exemplar is not None
+        ]
+        assert exemplars and all(len(e.labels["thing_name"]) <= 118 for e in exemplars)
+        # Later describes of the job go on: none crashes on the name.
+        described = aws.calls[f"DescribeJob:{JOB}"]
+        await until(lambda: aws.calls[f"DescribeJob:{JOB}"] > described + 1, 15, "describes")
+        status = Status(time.time(), True, (run.collector.status(),))
+        html = render_html(status).decode()
+        assert "\x00" not in html
+        data = json.loads(render_json(status))
+        things = [r["thing_name"] for j in data["targets"][0]["stuck"] for r in j["oldest"]]
+        assert len(things) == 7
+    assert "crashed" not in caplog.text
+    no_tracebacks(caplog)
