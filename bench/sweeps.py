@@ -188,6 +188,9 @@ class _Telemetry:
     def sweep_truncated(self, target: str) -> None:
         pass
 
+    def sweep_date_ignored(self, target: str) -> None:
+        pass
+
     def api_call(self, target: str, operation: str, outcome: str) -> None:
         pass
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import re
 import time
@@ -55,6 +56,7 @@ _ATTEMPT_COUNTED: ContextVar[list[bool] | None] = ContextVar("attempt_counted", 
 
 LIST_JOBS_PAGE_SIZE = 250  # the largest page AWS accepts: fewest calls per discovery
 LIST_EXECUTIONS = "ListJobExecutionsForJob"
+IOT_OPERATIONS = ("DescribeJob", "ListJobs", LIST_EXECUTIONS)
 # The largest IoT or STS answer read: a DescribeJob is a few KiB, a ListJobs page of 250
 # jobs about 100 KiB. A larger one is refused unread (counted malformed): aiobotocore reads
 # bodies whole, and botocore parses them on the event loop.
@@ -185,6 +187,32 @@ def _lenient_timestamp(value: Any) -> Any:
         return value
 
 
+def _raw_execution_summaries(
+    response_dict: Any = None, customized_response_dict: Any = None, **kwargs: Any
+) -> None:
+    """A ListJobExecutionsForJob answer's summaries as the JSON has them, past botocore.
+
+    botocore converts every field of every entry, and one it cannot read (a 401-digit
+    queuedAt, a retryAttempt of "x" or []) fails the whole page: executions.parse_page
+    reads the entries instead, where a bad one costs itself only. At most PAGE_SIZE of
+    them, what the call asks for: a page of 30,000 is not walked entry by entry. A body
+    that is not such an object is left to botocore, which fails it as before.
+    """
+    if not isinstance(response_dict, dict) or not isinstance(customized_response_dict, dict):
+        return
+    if response_dict.get("status_code", 200) >= 300:
+        return
+    body = response_dict.get("body")
+    try:
+        page = json.loads(body) if isinstance(body, bytes | str) else None
+    except (ValueError, RecursionError):
+        return
+    if not isinstance(page, dict) or not isinstance(page.get("executionSummaries"), list):
+        return
+    customized_response_dict["executionSummaries"] = page.pop("executionSummaries")[:PAGE_SIZE]
+    response_dict["body"] = json.dumps(page).encode()
+
+
 class _DeadlineSession(AIOHTTPSession):  # type: ignore[misc]
     """aiobotocore's HTTP session with a total deadline per attempt: connect and whole body.
 
@@ -234,6 +262,7 @@ class JobSource:
         self._buckets: dict[str, FairBucket] = {}
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        self._clients: dict[str, Any] = {}
         self._session: AioSession | None = None
 
     async def __aenter__(self) -> JobSource:
@@ -269,25 +298,42 @@ class JobSource:
             max_pool_connections=self.settings.concurrency,
             user_agent_extra="aws-iot-jobs-exporter",
         )
-        self._client = await self._stack.enter_async_context(
-            session.create_client(
-                "iot",
-                region_name=self.target.region,
-                endpoint_url=self.target.endpoint_url,
-                config=boto_config,
+        # A client per operation: AWS gives each its own quota, and adaptive mode's rate
+        # limiter covers every operation of its client, so throttled sweeps sharing a
+        # client with DescribeJob would slow every describe down with them.
+        self._clients = {}
+        for operation in IOT_OPERATIONS:
+            client = await self._stack.enter_async_context(
+                session.create_client(
+                    "iot",
+                    region_name=self.target.region,
+                    endpoint_url=self.target.endpoint_url,
+                    config=boto_config,
+                )
             )
+            self._clients[operation] = client
+            events = client.meta.events
+            if operation in self._buckets:
+                events.register(
+                    f"before-send.iot.{operation}",
+                    functools.partial(self._before_send, operation),
+                )
+            events.register("needs-retry.iot", self._count_failed_attempt)
+        self._clients[LIST_EXECUTIONS].meta.events.register(
+            f"before-parse.iot.{LIST_EXECUTIONS}", _raw_execution_summaries
         )
-        events = self._client.meta.events
-        for operation in self._buckets:
-            events.register(
-                f"before-send.iot.{operation}", functools.partial(self._before_send, operation)
-            )
-        events.register("needs-retry.iot", self._count_failed_attempt)
+        # DescribeJob's, for what reads one client (its credentials, its signer).
+        self._client = self._clients["DescribeJob"]
         return self
+
+    def client(self, operation: str) -> Any:
+        """The botocore client that sends `operation` (each has its own retry limiter)."""
+        return self._clients[operation]
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stack.aclose()
         self._client = None
+        self._clients = {}
         self._session = None
 
     async def _account_key(self, session: AioSession) -> str:
@@ -465,7 +511,7 @@ class JobSource:
     async def describe_job(self, job_id: str) -> JobSnapshot:
         """The job as DescribeJob reports it now; ApiError when that fails or is unreadable."""
         async with self._call("DescribeJob", job_id):
-            response = await self._client.describe_job(jobId=job_id)
+            response = await self._clients["DescribeJob"].describe_job(jobId=job_id)
             try:
                 snapshot = parse_describe_job(response, time.time())
             except MalformedJob as exc:
@@ -485,7 +531,7 @@ class JobSource:
         async with self._call(LIST_EXECUTIONS, job_id):
             if LIST_EXECUTIONS not in self._buckets:
                 raise ApiError("error", LIST_EXECUTIONS, "execution sweeps are turned off")
-            page = await self._client.list_job_executions_for_job(**kwargs)
+            page = await self._clients[LIST_EXECUTIONS].list_job_executions_for_job(**kwargs)
             try:
                 summaries, next_token = parse_page(page)
                 date = server_time(page)
@@ -511,7 +557,7 @@ class JobSource:
             if token:
                 kwargs["nextToken"] = token
             async with self._call("ListJobs"):
-                page = await self._client.list_jobs(**kwargs)
+                page = await self._clients["ListJobs"].list_jobs(**kwargs)
                 problem, jobs, token = _read_page(page)
                 if problem is None and len(summaries) + len(jobs) > max_jobs:
                     problem = f"response.jobs: more than discovery_max_jobs ({max_jobs}) jobs"

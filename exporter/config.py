@@ -110,6 +110,10 @@ class Target:
     events: Events | None = None
 
 
+# The largest stuck_list_size: 50 jobs of 100 rows is a status page of about 2 MB of JSON.
+MAX_STUCK_LIST_SIZE = 100
+
+
 @dataclass(frozen=True, slots=True)
 class Executions:
     """Sweeps of ListJobExecutionsForJob over the QUEUED and IN_PROGRESS executions of the
@@ -125,11 +129,16 @@ class Executions:
     stuck_queued_after: float = 86400.0
     # A sweep reads at most this many summaries of one job per state (400 pages of 250).
     max_executions_per_job: int = 100_000
-    # The oldest stuck executions per job the status page lists by name.
+    # The oldest stuck executions per job the status page lists by name (at most
+    # MAX_STUCK_LIST_SIZE: the page lists up to 50 jobs, and is rendered whole).
     stuck_list_size: int = 10
     # Started executions remembered per target, to time their run when their terminal
     # event comes: (thing, startedAt) pairs, about 200 bytes each.
     max_tracked_executions: int = 100_000
+    # An answer whose Date header is farther than this from the host's clock is not
+    # believed: ages are then measured on the host's clock (AWS refuses requests signed
+    # more than 15 minutes from its own clock, so a real answer is never that far).
+    max_clock_skew: float = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +225,9 @@ def _read_executions(r: Reader, value: Any, path: str) -> Executions:
         "stuck_in_progress_after": r.duration,
         "stuck_queued_after": r.duration,
         "max_executions_per_job": lambda v, p: r.integer(v, p, 1, 10_000_000),
-        "stuck_list_size": lambda v, p: r.integer(v, p, 0, 1000),
+        "stuck_list_size": lambda v, p: r.integer(v, p, 0, MAX_STUCK_LIST_SIZE),
         "max_tracked_executions": lambda v, p: r.integer(v, p, 0, 10_000_000),
+        "max_clock_skew": r.duration,
     }
     return Executions(**_read_section(r, value, path, readers))
 

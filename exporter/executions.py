@@ -55,9 +55,13 @@ class ExecutionSummary:
 
 
 def _timestamp(value: Any) -> float | None:
+    """Epoch seconds as the JSON has them (or a datetime); None for anything else, a
+    401-digit number included."""
     if isinstance(value, datetime):
         return value.timestamp()
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int) and not 0 <= value < 10**11:
+            return None
         number = float(value)
         return number if math.isfinite(number) and 0 <= number < 1e11 else None
     return None
@@ -97,7 +101,10 @@ def server_time(page: Any) -> float | None:
 def parse_page(page: Any) -> tuple[list[ExecutionSummary], str | None]:
     """The summaries and the next token of one page; MalformedPage when it has no such shape.
 
-    An entry without a status or thing is skipped: one bad entry costs itself only.
+    The entries are read as the JSON has them (aws.py hands them past botocore's own
+    conversion). An entry without a status or thing is skipped, a field that cannot be
+    read is absent: one bad entry costs itself only. A page longer than the PAGE_SIZE
+    entries asked for is read up to that.
     """
     if not isinstance(page, Mapping):
         raise MalformedPage("response: expected an object")
@@ -110,7 +117,7 @@ def parse_page(page: Any) -> tuple[list[ExecutionSummary], str | None]:
     if token is not None and (not isinstance(token, str) or len(token) > 4096):
         raise MalformedPage("response.nextToken: expected a string of at most 4096 characters")
     out = []
-    for item in items:
+    for item in items[:PAGE_SIZE]:
         if not isinstance(item, Mapping):
             continue
         arn, summary = item.get("thingArn"), item.get("jobExecutionSummary")
@@ -180,13 +187,15 @@ def summarise(
     pages: int = 0,
     truncated: bool = False,
     ended_at: float | None = None,
+    caps: Mapping[str, int] | None = None,
 ) -> ExecutionSweep:
     """One sweep's summaries, by API state (QUEUED, IN_PROGRESS), as counts at `now`.
 
     An execution is stuck when it has been in its state longer than `thresholds[label]`.
     An execution without a timestamp for its state counts in +Inf only, and is not stuck.
     `now` is on the server's clock when known; `ended_at` (default `now`) is when the
-    sweep ended on the exporter's.
+    sweep ended on the exporter's. `caps[label]` (the job's own count of the state, when
+    known) bounds the stuck executions counted and listed in the state: the oldest ones.
     """
     states = []
     stuck_list: list[StuckExecution] = []
@@ -196,6 +205,7 @@ def summarise(
         retries = [0] * (MAX_RETRY_ATTEMPT + 1)
         stuck = 0
         oldest: float | None = None
+        state_stuck: list[StuckExecution] = []
         for summary in summaries.get(api_state, ()):
             since = summary.since
             retries[summary.retry_attempt] += 1
@@ -210,7 +220,7 @@ def summarise(
                 oldest = since
             if age > threshold:
                 stuck += 1
-                stuck_list.append(
+                state_stuck.append(
                     StuckExecution(
                         summary.thing_name,
                         label,
@@ -219,6 +229,11 @@ def summarise(
                         summary.execution_number,
                     )
                 )
+        cap = caps.get(label) if caps is not None else None
+        if cap is not None and stuck > cap:
+            stuck = max(0, cap)
+            state_stuck = heapq.nsmallest(stuck, state_stuck, key=lambda s: (s.since, s.thing_name))
+        stuck_list.extend(state_stuck)
         states.append(
             (label, StateCounts(tuple(buckets), stuck, threshold, oldest, tuple(retries)))
         )

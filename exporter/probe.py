@@ -44,6 +44,8 @@ class ProbeResult:
     # unless it assumes a role).
     listed: int | None = None
     described: str | None = None
+    # Whether ListJobExecutionsForJob answered for the described job (sweeps are on).
+    swept: bool = False
     # The event queue's URL when the target has `events:` and GetQueueAttributes answered.
     queue: str | None = None
     note: str = ""
@@ -66,6 +68,8 @@ class ProbeResult:
         if self.listed is not None:
             found.append(f"ListJobs {'1 job' if self.listed else 'no job'}")
         found.append(f"DescribeJob {self.described}" if self.described else "no job to describe")
+        if self.swept:
+            found.append("ListJobExecutionsForJob")
         if self.queue is not None:
             found.append(f"queue {self.queue}")
         note = f"; {self.note}" if self.note else ""
@@ -113,7 +117,8 @@ async def _failure(exc: BaseException, step: str, target: Target, session: AioSe
 
 
 async def probe_target(target: Target, settings: CollectorSettings) -> ProbeResult:
-    """One target: its credentials and role, who they are, and one ListJobs and DescribeJob."""
+    """One target: its credentials and role, who they are, and one ListJobs, DescribeJob
+    and (when sweeps are on) ListJobExecutionsForJob."""
     session = AioSession(profile=target.profile)
     boto_config = BotoConfig(
         region_name=target.region,
@@ -127,6 +132,7 @@ async def probe_target(target: Target, settings: CollectorSettings) -> ProbeResu
     note = ""
     listed: int | None = None
     described: str | None = None
+    swept = False
     queue: str | None = None
     step = "credentials"
     try:
@@ -196,6 +202,14 @@ async def probe_target(target: Target, settings: CollectorSettings) -> ProbeResu
                 step = "DescribeJob"
                 await iot.describe_job(jobId=job_id)
                 described = job_id
+                if settings.executions.requests_per_second > 0:
+                    # What every execution sweep calls: a role allowed DescribeJob
+                    # alone would see every sweep denied.
+                    step = "ListJobExecutionsForJob"
+                    await iot.list_job_executions_for_job(
+                        jobId=job_id, status="IN_PROGRESS", maxResults=1
+                    )
+                    swept = True
             events = target.events
             if events is not None:
                 # A call that consumes nothing: receiving would hide a message from the
@@ -232,6 +246,7 @@ async def probe_target(target: Target, settings: CollectorSettings) -> ProbeResu
         identity,
         listed=listed,
         described=described,
+        swept=swept,
         queue=queue,
         note=note,
     )

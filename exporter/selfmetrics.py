@@ -226,6 +226,14 @@ class SelfMetrics:
             ["target"],
             registry=r,
         )
+        self.sweep_date_ignored_total = Counter(
+            f"{ns}_sweep_date_ignored",
+            "ListJobExecutionsForJob answers whose Date was farther than "
+            "executions.max_clock_skew from the host's clock: ages were measured on the "
+            "host's clock instead.",
+            ["target"],
+            registry=r,
+        )
         self.sweep_oldest_age = Gauge(
             f"{ns}_sweep_oldest_age_seconds",
             "Age of the oldest last sweep among the jobs with queued or in-progress "
@@ -256,6 +264,9 @@ class SelfMetrics:
 
     def sweep_truncated(self, target: str) -> None:
         self.sweep_truncated_total.labels(target).inc()
+
+    def sweep_date_ignored(self, target: str) -> None:
+        self.sweep_date_ignored_total.labels(target).inc()
 
     def watch_sweep_age(self, target: str, read: Callable[[], float]) -> None:
         self.sweep_oldest_age.labels(target).set_function(read)
@@ -395,6 +406,7 @@ class SelfMetrics:
             self.sweep_pages,
             self.sweep_executions,
             self.sweep_truncated_total,
+            self.sweep_date_ignored_total,
             self.sweep_oldest_age,
             self.collection_success,
             self.collection_stretched,

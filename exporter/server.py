@@ -16,10 +16,19 @@ from exporter import __version__, gzipjoin
 from exporter.negotiation import qualities
 from exporter.reader import cut
 from exporter.selfmetrics import SelfMetrics
-from exporter.status import JSON_TYPE, Status, render_html, render_json, wants_json
+from exporter.status import (
+    JSON_TYPE,
+    STATUS_REFRESH_SECONDS,
+    Status,
+    StatusPages,
+    wants_json,
+)
 from exporter.store import MetricsStore, Segment
 
 log = logging.getLogger("exporter.server")
+
+# The app's status pages, for what inspects them (how many renders polls have cost).
+STATUS_PAGES = web.AppKey("status_pages", StatusPages)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -306,9 +315,11 @@ def build_app(
     max_requests: int = 64,
     write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     status: Callable[[], Status] | None = None,
+    status_refresh: float = STATUS_REFRESH_SECONDS,
 ) -> web.Application:
     """The exporter's routes. `reload` enables POST /-/reload (--web.enable-lifecycle);
-    `status` serves /status (HTML, or JSON with `Accept: application/json`)."""
+    `status` serves /status (HTML, or JSON with `Accept: application/json`), rendered at
+    most once per `status_refresh` seconds and format."""
     app = web.Application(
         client_max_size=MAX_REQUEST_BODY,
         middlewares=[limit_in_flight(max_requests, PROBE_PATHS, write_timeout)],
@@ -332,14 +343,19 @@ def build_app(
     if telemetry_path != "/":
         app.router.add_get("/", index)
     if status is not None and telemetry_path != "/status":
-        snapshot = status
+        pages = StatusPages(status, telemetry_path, status_refresh)
+        app[STATUS_PAGES] = pages
 
         async def status_page(request: web.Request) -> web.Response:
             headers = {"Vary": "Accept", "Cache-Control": "no-store"}
-            if wants_json(request.headers.get("Accept", "")):
-                body, content_type = render_json(snapshot()), JSON_TYPE
+            as_json = wants_json(request.headers.get("Accept", ""))
+            body = pages.page(as_json)
+            if body is None:
+                return web.Response(status=503, text="status page unavailable\n")
+            if as_json:
+                content_type = JSON_TYPE
             else:
-                body, content_type = render_html(snapshot(), telemetry_path), "text/html"
+                content_type = "text/html"
                 # The page has no script; should escaping ever miss, none may run.
                 headers["Content-Security-Policy"] = (
                     "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import html
 import json
+import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from exporter import __version__
-from exporter.logs import escape_controls
+from exporter.logs import summarise
 from exporter.negotiation import qualities
+from exporter.safe import html_text, json_safe, url_component
+
+log = logging.getLogger(__name__)
 
 HTML_TYPE = "text/html"
 JSON_TYPE = "application/json"
@@ -312,7 +314,8 @@ def to_dict(status: Status) -> dict[str, Any]:
 
 def render_json(status: Status) -> bytes:
     # ensure_ascii: the body is plain ASCII whatever a job id or an AWS message holds.
-    return json.dumps(to_dict(status), indent=2, ensure_ascii=True).encode() + b"\n"
+    # json_safe: no lone surrogate, which a strict parser would refuse the document for.
+    return json.dumps(json_safe(to_dict(status)), indent=2, ensure_ascii=True).encode() + b"\n"
 
 
 def _when(at: float | None, now: float) -> str:
@@ -331,10 +334,7 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _e(value: object) -> str:
-    # Controls, bidi overrides and line separators as visible `\uXXXX`, as the JSON shows
-    # them: a numeric reference (&#x202e;) would still reverse the text it precedes.
-    return escape_controls(html.escape(str(value), quote=True))
+_e = html_text
 
 
 def _counts(pairs: tuple[tuple[str, int], ...]) -> str:
@@ -388,8 +388,8 @@ _FAILING = '<span class="bad">failing</span>'
 def console_url(region: str, thing: str) -> str:
     """The thing's page in the AWS IoT console (its job executions are listed there)."""
     return (
-        f"https://{quote(region, safe='')}.console.aws.amazon.com/iot/home"
-        f"?region={quote(region, safe='')}#/thing/{quote(thing, safe='')}"
+        f"https://{url_component(region)}.console.aws.amazon.com/iot/home"
+        f"?region={url_component(region)}#/thing/{url_component(thing)}"
     )
 
 
@@ -471,6 +471,53 @@ code { background: #f4f4f4; padding: 0 .2em; overflow-wrap: anywhere; }
 small { color: #666; font-weight: normal; }
 ul { margin: .3em 0; padding-left: 1.2em; }
 """
+
+
+# /status is rendered at most once per this many seconds and format, however many clients
+# poll it: each request between renders is served the same bytes.
+STATUS_REFRESH_SECONDS = 1.0
+
+
+class StatusPages:
+    """The status page in both formats, rendered from `snapshot` at most once per `every`
+    seconds each: a poll is a dictionary read, not a render of every target's lists on
+    the event loop that also serves /metrics.
+
+    Should a render ever fail, the last good page is served (None before the first).
+    """
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Status],
+        telemetry_path: str = "/metrics",
+        every: float = STATUS_REFRESH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._snapshot = snapshot
+        self._telemetry_path = telemetry_path
+        self._every = every
+        self._clock = clock
+        # Per format (True: JSON): when it was rendered, and the bytes.
+        self._pages: dict[bool, tuple[float, bytes]] = {}
+        self.renders = 0
+
+    def page(self, as_json: bool) -> bytes | None:
+        now = self._clock()
+        cached = self._pages.get(as_json)
+        if cached is not None and now - cached[0] < self._every:
+            return cached[1]
+        try:
+            status = self._snapshot()
+            body = render_json(status) if as_json else render_html(status, self._telemetry_path)
+        except Exception as exc:
+            log.error("status page not rendered error=%r", summarise(exc))
+            # Tried again at the next interval, not at every request meanwhile.
+            if cached is not None:
+                self._pages[as_json] = (now, cached[1])
+            return cached[1] if cached is not None else None
+        self.renders += 1
+        self._pages[as_json] = (now, body)
+        return body
 
 
 def render_html(status: Status, telemetry_path: str = "/metrics") -> bytes:

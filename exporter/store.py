@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from exporter.config import Target
 from exporter.executions import Exemplar, Histogram
 from exporter.model import JobSnapshot
+from exporter.safe import EXEMPLAR_CHARACTERS, exemplar_label_value
 from exporter.table import EXTRA_FIELDS, FAMILIES, IDENTITY_LABELS, Family
 from exporter.telemetry import ACTIVE, FROZEN
 
@@ -62,19 +63,18 @@ def _identity(target: Target, job_id: str, snapshot: JobSnapshot) -> str:
     return identity_labels(target.name, target.region, snapshot.account_id, job_id, target.labels)
 
 
-EXEMPLAR_CHARACTERS = 128
-
-
 def _exemplar(exemplar: Exemplar | None) -> str:
     """An OpenMetrics exemplar: the thing and execution behind a bucket, never a label."""
     if exemplar is None:
         return ""
     # OpenMetrics allows 128 characters of label names and values in all; a scraper
-    # drops a longer exemplar. The execution number goes first, then the exemplar.
-    room = EXEMPLAR_CHARACTERS - len("thing_name") - len(exemplar.thing_name)
-    if room < 0:
-        return ""
-    labels = f'thing_name="{escape_label_value(exemplar.thing_name)}"'
+    # drops a longer exemplar. The thing name is cut to fit, then the execution number
+    # goes in if there is room left.
+    name, length = exemplar_label_value(
+        exemplar.thing_name, EXEMPLAR_CHARACTERS - len("thing_name")
+    )
+    room = EXEMPLAR_CHARACTERS - len("thing_name") - length
+    labels = f'thing_name="{name}"'
     number = exemplar.execution_number
     if number is not None and len("execution_number") + len(str(number)) <= room:
         labels += f',execution_number="{number}"'

@@ -80,6 +80,9 @@ class SchedulerTelemetry(Protocol):
     def sweep_truncated(self, target: str) -> None:
         """A sweep stopped at max_executions_per_job: its job's counts are a lower bound."""
 
+    def sweep_date_ignored(self, target: str) -> None:
+        """An answer's Date was farther than max_clock_skew from the host's clock."""
+
     def api_totals(self, target: str) -> tuple[int, int, int]:
         """The target's call attempts so far: all, throttled, and failed (not ok)."""
 

@@ -1,5 +1,6 @@
-"""A hostile AWS endpoint over real HTTP: IoT ListJobs/DescribeJob and STS AssumeRole that
-answer whatever bytes a test sets, at whatever pace (tests/integration/test_hostile_aws.py)."""
+"""A hostile AWS endpoint over real HTTP: IoT ListJobs, DescribeJob, ListJobExecutionsForJob
+and STS AssumeRole that answer whatever bytes a test sets, at whatever pace and date
+(tests/integration/test_hostile_aws.py, tests/integration/test_sweep_hostile.py)."""
 
 from __future__ import annotations
 
@@ -63,17 +64,26 @@ class HostileAws:
         b'{"executionSummaries": []}'
     )
     sts: Answer = field(default_factory=unclosed_sts_body)
+    # The Date header of ListJobExecutionsForJob answers (None: aiohttp's, the host's clock).
+    executions_date: str | None = None
+    # While set and not open, ListJobExecutionsForJob answers wait for it.
+    executions_gate: asyncio.Event | None = None
     calls: Counter[str] = field(default_factory=Counter)
     url: str = ""
     _runner: web.AppRunner | None = None
 
-    async def _send(self, request: web.Request, answer: Answer) -> web.StreamResponse:
+    async def _send(
+        self, request: web.Request, answer: Answer, headers: dict[str, str] | None = None
+    ) -> web.StreamResponse:
+        headers = headers or {}
         if isinstance(answer, tuple):
             status, body = answer
-            return web.Response(status=status, body=body, content_type="application/json")
+            return web.Response(
+                status=status, body=body, content_type="application/json", headers=headers
+            )
         if isinstance(answer, bytes):
-            return web.Response(body=answer, content_type="application/json")
-        response = web.StreamResponse(headers={"Content-Length": str(len(answer.body))})
+            return web.Response(body=answer, content_type="application/json", headers=headers)
+        response = web.StreamResponse(headers={**headers, "Content-Length": str(len(answer.body))})
         response.content_type = "application/json"
         await response.prepare(request)
         for i in range(len(answer.body)):
@@ -97,8 +107,11 @@ class HostileAws:
         job_id = request.match_info["job_id"]
         self.calls[f"ListJobExecutionsForJob:{job_id}"] += 1
         status = request.query.get("status", "")
+        if self.executions_gate is not None:
+            await self.executions_gate.wait()
         answer = self.executions(job_id, status, request.query.get("nextToken"))
-        return await self._send(request, answer)
+        headers = {"Date": self.executions_date} if self.executions_date else None
+        return await self._send(request, answer, headers)
 
     async def _sts(self, request: web.Request) -> web.StreamResponse:
         self.calls["AssumeRole"] += 1

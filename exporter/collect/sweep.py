@@ -21,6 +21,7 @@ from exporter.collect.schedule import Clock
 from exporter.config import Executions
 from exporter.events import JobEvent, LogThrottle
 from exporter.executions import (
+    PAGE_SIZE,
     SWEPT_STATES,
     ExecutionSummary,
     ExecutionSweep,
@@ -226,36 +227,47 @@ class Sweeper:
     async def sweep(self, job_id: str) -> ExecutionSweep | None:
         """Reads the job's queued and in-progress executions and publishes the counts."""
         # A marked job's turn leads to the earliest due of all, and back.
-        self.state.marked_turn = job_id not in self.state.marked
+        was_marked = job_id in self.state.marked
+        previous_try = self.state.tried.get(job_id)
+        self.state.marked_turn = not was_marked
         self.state.marked.pop(job_id, None)
         self.state.tried[job_id] = self.clock.monotonic()
         snapshot = self.jobs().get(job_id)
         if snapshot is None:
             return None
-        summaries: dict[str, list[ExecutionSummary]] = {}
+        # By state, then by thing: an answer that lists one execution on many pages
+        # counts it once.
+        summaries: dict[str, dict[str, ExecutionSummary]] = {}
         pages, truncated = 0, False
-        # Ages are measured on the server's clock when its answers say the time.
+        # Ages are measured on the server's clock when its answers say the time, and the
+        # time they say is within max_clock_skew of the host's.
         server_now: float | None = None
         limit = self.settings.max_executions_per_job
+        # A state stops after the page that brings it to `limit` entries, or after the
+        # pages that many entries fill: empty pages with fresh tokens end too.
+        max_pages = limit // PAGE_SIZE + 1
         try:
             for api_state, label in SWEPT_STATES:
-                found = summaries[api_state] = []
+                found = summaries[api_state] = {}
                 if not snapshot.execution_count(label):
                     continue
                 token: str | None = None
+                # At most max_pages tokens of at most 4096 characters each.
                 seen: set[str] = set()
-                while True:
+                read = 0
+                for _ in range(max_pages):
                     page, token, date = await self.source().list_executions(
                         job_id, api_state, token
                     )
                     if date is not None:
-                        server_now = date
+                        server_now = self._server_time(date, server_now)
                     pages += 1
+                    read += len(page)
                     self.telemetry.sweep_page(self.target, len(page))
-                    found.extend(s for s in page if s.status == api_state)
+                    found.update((s.thing_name, s) for s in page if s.status == api_state)
                     if not token:
                         break
-                    if len(found) >= limit:
+                    if read >= limit:
                         # Per state: the in-progress ones are read however many wait.
                         truncated = True
                         break
@@ -264,6 +276,18 @@ class Sweeper:
                         self.telemetry.api_call(self.target, LIST_EXECUTIONS, "malformed")
                         raise ApiError("malformed", LIST_EXECUTIONS, "nextToken repeats a page")
                     seen.add(token)
+                else:
+                    truncated = True
+        except asyncio.CancelledError:
+            # Cut short by a reload or a shutdown: the job stays as due as it was, so the
+            # sweeper that takes over sweeps it now, not an interval later.
+            if previous_try is None:
+                self.state.tried.pop(job_id, None)
+            else:
+                self.state.tried[job_id] = previous_try
+            if was_marked:
+                self.state.marked[job_id] = None
+            raise
         except ApiError as exc:
             if self._log.allow():
                 log.warning(
@@ -280,17 +304,25 @@ class Sweeper:
             return None
         now = self.clock.time()
         latest = self.jobs().get(job_id) or snapshot
+        # Never more stuck than AWS counts in the state (the latest describe's counts).
+        caps = {
+            label: count
+            for _, label in SWEPT_STATES
+            if (count := latest.execution_count(label)) is not None
+        }
+        listed = {state: list(found.values()) for state, found in summaries.items()}
         sweep = summarise(
-            summaries,
+            listed,
             server_now if server_now is not None else now,
             self._thresholds(latest),
             self.settings.stuck_list_size,
             pages,
             truncated,
             ended_at=now,
+            caps=caps,
         )
         reference = server_now if server_now is not None else now
-        started = self._seen_started(job_id, summaries["IN_PROGRESS"], now)
+        started = self._seen_started(job_id, listed["IN_PROGRESS"], now)
         # Queue times of executions started since the last complete sweep only: one the
         # remembered starts forgot (past max_tracked_executions) is not counted again.
         since = self.state.measured.get(job_id)
@@ -309,6 +341,16 @@ class Sweeper:
 
         self.amend(job_id, change)
         return sweep
+
+    def _server_time(self, date: float, current: float | None) -> float | None:
+        """The answer's Date when within max_clock_skew of the host's clock; else the
+        host's clock is trusted instead (None), and the answer counted. One answer dated
+        2100 would make every execution stuck and stop queue times being recorded; one
+        dated 1970 would hide every stuck one."""
+        if abs(date - self.clock.time()) <= self.settings.max_clock_skew:
+            return date
+        self.telemetry.sweep_date_ignored(self.target)
+        return current
 
     def _seen_started(
         self, job_id: str, running: list[ExecutionSummary], now: float

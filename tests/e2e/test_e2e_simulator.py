@@ -316,7 +316,8 @@ def frozen_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrozenRun]
         config = tmp / "config.yaml"
         config.write_text(
             "collector: {interval: 1s, discovery_interval: 1s, request_timeout: 5s,"
-            " executions: {requests_per_second: 20}}\n"
+            # The simulator's clock is half an hour ahead of the host's, then frozen.
+            " executions: {requests_per_second: 20, max_clock_skew: 1d}}\n"
             f"targets:\n  - name: demo\n    region: {REGION}\n    endpoint_url: {sim.url}\n"
             "    labels: {env: e2e}\n    jobs: {discover: {}}\n"
             f"    events: {{sqs_queue_url: '{sim.queue_url}', reason_key: reason,"

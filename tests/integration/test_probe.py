@@ -76,7 +76,9 @@ async def test_probe_reports_ok_with_account_and_identity(
     sim_line = line_of(out, "sim")
     assert "region=us-east-1 account=123456789012 identity=arn:aws:sts::123456789012:" in sim_line
     assert sim_line.endswith(")") and " OK (ListJobs 1 job, DescribeJob " in sim_line
-    assert "OK (DescribeJob firmware-v2-failing)" in line_of(out, "explicit")
+    assert "OK (DescribeJob firmware-v2-failing, ListJobExecutionsForJob)" in line_of(
+        out, "explicit"
+    )
     assert "probe: 2 of 2 target(s) OK" in out
     assert SECRET not in out and "Traceback" not in out
 
@@ -183,7 +185,7 @@ async def test_probe_against_moto_with_a_role_and_every_failure_kind(
     assert code == 1, out
     role = line_of(out, "role")
     assert "identity=arn:aws:sts::123456789012:assumed-role/reader/" in role, role
-    assert f"OK (DescribeJob {job_id})" in role
+    assert f"OK (DescribeJob {job_id}, ListJobExecutionsForJob)" in role
     assert " FAILED not_found at DescribeJob: ResourceNotFoundException" in line_of(
         out, "missing-job"
     )
@@ -344,7 +346,9 @@ async def test_probe_escapes_what_a_hostile_endpoint_lists(tmp_path: Path) -> No
     assert "\\u202e\\u2028t2: OK" in t1 and "t2: OK\\ud800" in t1, t1
     # Each id shown whole and escaped; botocore cannot send the lone surrogate at all.
     for line, job_id in zip(lines[2:-2], HOSTILE_IDS[:-1], strict=True):
-        assert line.endswith(f" OK (ListJobs 1 job, DescribeJob {escape_controls(job_id)})")
+        assert line.endswith(
+            f" OK (ListJobs 1 job, DescribeJob {escape_controls(job_id)}, ListJobExecutionsForJob)"
+        )
         assert "identity=arn:aws:sts::123456789012:assumed-role/r/\\u202eKO :1t\\u2028" in line
     assert " FAILED " in lines[-2] and "\\ud800" in lines[-2], lines[-2]
 
@@ -380,3 +384,39 @@ async def test_probe_checks_each_event_queue_without_consuming(
     assert "probe: 1 of 2 target(s) OK" in out
     # Nothing was received: the running exporter's messages stay where they are.
     assert sim.events.stats.delivered == waiting
+
+
+async def test_probe_calls_list_job_executions_and_reports_it_denied(tmp_path: Path) -> None:
+    """Every sweep calls ListJobExecutionsForJob: a role allowed DescribeJob only must not
+    pass the probe. With sweeps turned off the call is not made."""
+    denied = json.dumps(
+        {
+            "__type": "AccessDeniedException",
+            "message": "not authorized: iot:ListJobExecutionsForJob",
+        }
+    ).encode()
+    server = await HostileAws(
+        executions=lambda job_id, status, token: (403, denied), sts=FORGED_IDENTITY
+    ).start()
+    target = (
+        f"targets:\n  - name: t\n    region: us-east-1\n    endpoint_url: {server.url}\n"
+        f"    sts_endpoint_url: {server.url}\n    jobs: {{ids: [fw-1]}}\n"
+    )
+    try:
+        code, out = await check(write(tmp_path, target), "--probe")
+        off = tmp_path / "off"
+        off.mkdir()
+        path = off / "config.yaml"
+        path.write_text(
+            "collector: {request_timeout: 2s, max_attempts: 1, "
+            "executions: {requests_per_second: 0}}\n" + target
+        )
+        off_code, off_out = await check(path, "--probe")
+    finally:
+        await server.close()
+    assert code == 1, out
+    line = line_of(out, "t")
+    assert " FAILED denied at ListJobExecutionsForJob: AccessDeniedException" in line, line
+    assert server.calls["ListJobExecutionsForJob:fw-1"] == 1
+    assert off_code == 0, off_out
+    assert line_of(off_out, "t").endswith(" OK (DescribeJob fw-1)")

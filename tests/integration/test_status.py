@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import bcrypt
@@ -25,8 +26,8 @@ from exporter.collect.supervisor import Supervisor
 from exporter.config import Config, parse_config
 from exporter.logs import escape_controls, sanitise
 from exporter.selfmetrics import SelfMetrics
-from exporter.server import build_app
-from exporter.status import wants_json
+from exporter.server import STATUS_PAGES, build_app
+from exporter.status import STATUS_REFRESH_SECONDS, wants_json
 from exporter.store import MetricsStore
 from exporter.webconfig import parse_web_config
 from simulator import Simulator
@@ -44,6 +45,7 @@ class Served:
     url: str
     collector: Supervisor
     telemetry: SelfMetrics
+    app: web.Application | None = None
 
 
 @pytest.fixture
@@ -52,10 +54,20 @@ async def serve() -> AsyncIterator[Callable[..., asyncio.Future[Served]]]:
     runners: list[web.AppRunner] = []
     collectors: list[Supervisor] = []
 
-    async def start(config: Config, web_config_text: str | None = None) -> Served:
+    async def start(
+        config: Config,
+        web_config_text: str | None = None,
+        status_refresh: float = STATUS_REFRESH_SECONDS,
+    ) -> Served:
         store, telemetry = MetricsStore(), SelfMetrics()
         collector = Supervisor(config, store, telemetry)
-        app = build_app(store, telemetry, lambda: collector.ready, status=collector.status)
+        app = build_app(
+            store,
+            telemetry,
+            lambda: collector.ready,
+            status=collector.status,
+            status_refresh=status_refresh,
+        )
         if web_config_text is not None:
             parse_web_config(web_config_text, "web.yml", Path(".")).install(
                 app, frozenset({"/healthz", "/readyz"})
@@ -68,7 +80,7 @@ async def serve() -> AsyncIterator[Callable[..., asyncio.Future[Served]]]:
         await collector.start()
         collectors.append(collector)
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return Served(f"http://127.0.0.1:{port}", collector, telemetry)
+        return Served(f"http://127.0.0.1:{port}", collector, telemetry, app)
 
     yield start  # type: ignore[misc]
     for collector in collectors:
@@ -366,3 +378,69 @@ async def test_status_html_shows_bidi_separators_and_controls_escaped(
     # The JSON, already escaped, still gives the ids back whole.
     (t,) = json.loads(json_page)["targets"]
     assert {j["job_id"] for j in t["failing"]["jobs"]} == set(STATUS_IDS)
+
+
+async def test_status_is_rendered_once_per_interval_however_many_poll(
+    serve: Callable[..., Any], sim: Simulator
+) -> None:
+    """Forty clients polling /status cost one render per format: they get the same bytes,
+    and the event loop that serves /metrics is not spent rendering the page for each."""
+    served = await serve(discovering(sim.url), status_refresh=3600.0)
+    await until(lambda: served.collector.ready, 20, "ready")
+
+    async def poll(as_json: bool) -> str:
+        headers = {"Accept": "application/json"} if as_json else {}
+        status, body, _ = await get(f"{served.url}/status", **headers)
+        assert status == 200
+        return body
+
+    bodies = await asyncio.gather(*(poll(i % 2 == 0) for i in range(40)))
+    assert len(set(bodies[0::2])) == 1 and len(set(bodies[1::2])) == 1
+    assert json.loads(bodies[0])["generated_at"] > 0
+    assert served.app is not None and served.app[STATUS_PAGES].renders == 2
+    _, metrics, _ = await get(f"{served.url}/metrics")
+    assert "aws_iot_job_info" in metrics
+
+
+async def test_status_answers_whatever_a_thing_name_holds(serve: Callable[..., Any]) -> None:
+    """A lone surrogate in a thing name (valid JSON from the endpoint) renders on both
+    pages, as a visible escape, and the link to the thing stays a link."""
+    aws = await HostileAws().start()
+    aws.describe["fw"] = json.dumps(
+        job_body("fw", jobProcessDetails={"numberOfInProgressThings": 1})
+    ).encode()
+    page = json.dumps(
+        {
+            "executionSummaries": [
+                {
+                    "thingArn": "arn:aws:iot:eu-west-1:123456789012:thing/bad\ud800\u0000",
+                    "jobExecutionSummary": {"status": "IN_PROGRESS", "startedAt": 1.7e9},
+                }
+            ]
+        }
+    ).encode()
+    aws.executions = lambda job_id, status, token: (
+        page if status == "IN_PROGRESS" else b'{"executionSummaries": []}'
+    )
+    try:
+        config = parse_config(
+            "collector: {interval: 1s, request_timeout: 2s, max_attempts: 1, "
+            "executions: {requests_per_second: 50}}\n"
+            f"targets:\n  - name: ep\n    region: eu-west-1\n    endpoint_url: {aws.url}\n"
+            "    jobs: {ids: [fw]}\n"
+        )
+        served = await serve(config, status_refresh=0.0)
+
+        async def listed() -> Any:
+            status, body, _ = await get(f"{served.url}/status", Accept="application/json")
+            assert status == 200, body
+            stuck = json.loads(body)["targets"][0]["stuck"]
+            return stuck and stuck[0]["oldest"]
+
+        (row,) = await until(listed, 20, "the stuck execution on /status")
+        assert row["thing_name"] == "bad\\ud800\x00"
+        assert row["console_url"].isascii() and row["console_url"].endswith("bad%EF%BF%BD%00")
+        status, html, _ = await get(f"{served.url}/status")
+        assert status == 200 and "bad\\ud800\\u0000" in html
+    finally:
+        await aws.close()

@@ -241,3 +241,283 @@ async def test_hostile_thing_names_reach_no_label_and_are_escaped(aws: HostileAw
             r["thing_name"] for j in json.loads(data)["targets"][0]["stuck"] for r in j["oldest"]
         }
         assert names == set(HOSTILE_THINGS)
+
+
+def _arn(name: str) -> str:
+    return f"arn:aws:iot:eu-west-1:123456789012:thing/{name}"
+
+
+def _running(name: str, since: float, queued: float | None = None) -> dict[str, Any]:
+    return {
+        "thingArn": _arn(name),
+        "jobExecutionSummary": {
+            "status": "IN_PROGRESS",
+            "queuedAt": since - 30 if queued is None else queued,
+            "startedAt": since,
+            "executionNumber": 1,
+        },
+    }
+
+
+def _describe(aws: HostileAws, in_progress: int, queued: int = 0) -> None:
+    aws.describe[JOB] = json.dumps(
+        job_body(
+            JOB,
+            jobProcessDetails={
+                "numberOfInProgressThings": in_progress,
+                "numberOfQueuedThings": queued,
+            },
+        )
+    ).encode()
+
+
+def _series(text: str, name: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+@pytest.mark.parametrize("name", ["bad\ud800", "nul\x00name", "\udfff", "c1\x85\x9b[2J"])
+async def test_a_thing_name_no_output_can_carry_costs_nothing(
+    aws: HostileAws, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lone surrogate (valid JSON) or a NUL in a thing name: the job's counts are still
+    published, both expositions render and parse, and the status page renders."""
+    from prometheus_client.openmetrics.parser import (
+        text_string_to_metric_families as openmetrics_families,
+    )
+
+    _describe(aws, 7)
+    rows = [_running(f"ok-{i}", NOW - 7200) for i in range(6)] + [_running(name, NOW - 7200)]
+    page = executions_page(*rows)
+    serve(aws, lambda status, token: page if status == "IN_PROGRESS" else GOOD[status])
+    async with Running(cfg(aws)) as run:
+        await until(lambda: run.stuck() == {"queued": 0, "in_progress": 7}, 15, "a sweep")
+        await until(
+            lambda: (
+                _series(
+                    run.store.body().decode(), "aws_iot_job_executions_stuck", state="in_progress"
+                )
+                == 7
+            ),
+            15,
+            "7 stuck exported",
+        )
+        om = run.store.body(openmetrics=True).decode()
+        exemplars = [
+            s.exemplar
+            for f in openmetrics_families(om + "# EOF\n")
+            for s in f.samples
+            if s.exemplar is not None
+        ]
+        assert exemplars and all(len(e.labels["thing_name"]) <= 118 for e in exemplars)
+        # Later describes of the job go on: none crashes on the name.
+        described = aws.calls[f"DescribeJob:{JOB}"]
+        await until(lambda: aws.calls[f"DescribeJob:{JOB}"] > described + 1, 15, "describes")
+        status = Status(time.time(), True, (run.collector.status(),))
+        html = render_html(status).decode()
+        assert "\x00" not in html
+        data = json.loads(render_json(status))
+        things = [r["thing_name"] for j in data["targets"][0]["stuck"] for r in j["oldest"]]
+        assert len(things) == 7
+    assert "crashed" not in caplog.text
+    no_tracebacks(caplog)
+
+
+async def test_an_endless_listing_of_empty_pages_stops_at_the_page_bound(aws: HostileAws) -> None:
+    """Empty pages, or pages of another status, each with a fresh token: a state reads at
+    most max_executions_per_job / 250 + 1 pages, and every entry read counts."""
+    served = {"IN_PROGRESS": 0, "QUEUED": 0}
+
+    def answer(status: str, token: str | None) -> bytes:
+        served[status] += 1
+        n = served[status]
+        if status == "QUEUED":
+            # Entries of another status count towards the limit too.
+            rows = [execution(f"q-{n}-{i}", "SUCCEEDED", NOW) for i in range(250)]
+            return executions_page(*rows, token=f"q-{n}")
+        return executions_page(token=f"empty-{n}")
+
+    serve(aws, answer)
+    async with Running(cfg(aws, "max_executions_per_job: 500")) as run:
+        await until(lambda: run.stuck() is not None, 15, "a sweep that ends")
+        sweep = run.collector.snapshots()[JOB].sweep
+        assert sweep is not None and sweep.truncated
+        assert served["IN_PROGRESS"] == 3  # 500 / 250 + 1
+        assert served["QUEUED"] == 2  # 500 entries read
+        assert sweep.counts("queued").by_age[-1] == 0  # type: ignore[union-attr]
+
+
+BAD_ENTRIES = [
+    b'"queuedAt": ' + b"9" * 401,
+    b'"retryAttempt": "x"',
+    b'"retryAttempt": NaN',
+    b'"retryAttempt": []',
+    b'"executionNumber": 1e400',
+    b'"startedAt": -1e400',
+    b'"lastUpdatedAt": {"a": 1}',
+]
+
+
+@pytest.mark.parametrize("bad", BAD_ENTRIES, ids=range(len(BAD_ENTRIES)))
+async def test_one_bad_entry_costs_that_entry_only(aws: HostileAws, bad: bytes) -> None:
+    good = [json.dumps(_running(f"ok-{i}", NOW - 7200)).encode() for i in range(3)]
+    odd = (
+        b'{"thingArn": "' + _arn("odd").encode() + b'", "jobExecutionSummary": '
+        b'{"status": "IN_PROGRESS", "startedAt": ' + str(NOW - 7200).encode() + b", " + bad + b"}}"
+    )
+    page = b'{"executionSummaries": [' + b", ".join([*good, odd]) + b"]}"
+    serve(aws, lambda status, token: page if status == "IN_PROGRESS" else GOOD[status])
+    async with Running(cfg(aws)) as run:
+        await until(lambda: run.stuck() is not None, 15, "a sweep")
+        assert run.calls("malformed") == 0
+        counts = run.collector.snapshots()[JOB].sweep.counts("in_progress")  # type: ignore[union-attr]
+        assert counts is not None and counts.by_age[-1] in (3, 4)
+        assert counts.stuck >= 3
+
+
+async def test_duplicates_across_pages_count_once_and_never_past_the_jobs_count(
+    aws: HostileAws,
+) -> None:
+    _describe(aws, 1)
+
+    def answer(status: str, token: str | None) -> bytes:
+        if status == "QUEUED":
+            return GOOD[status]
+        n = int(token or "0")
+        rows = [_running("same", NOW - 7200) for _ in range(250)]
+        rows.append(_running(f"other-{n}", NOW - 7200))
+        return executions_page(*rows, token=str(n + 1) if n < 2 else None)
+
+    serve(aws, answer)
+    async with Running(cfg(aws)) as run:
+        await until(lambda: run.stuck() is not None, 15, "a sweep")
+        sweep = run.collector.snapshots()[JOB].sweep
+        assert sweep is not None
+        counts = sweep.counts("in_progress")
+        assert counts is not None
+        # 753 entries, four things; AWS says one execution is in progress.
+        assert counts.stuck == 1 and counts.by_age[-1] <= 4
+        assert len(sweep.oldest_stuck) == 1
+
+
+async def test_a_page_larger_than_asked_for_is_cut_to_max_results(aws: HostileAws) -> None:
+    _describe(aws, 30_000)
+    rows = [_running(f"t-{i}", NOW - 7200) for i in range(30_000)]
+    big = executions_page(*rows)
+    serve(aws, lambda status, token: big if status == "IN_PROGRESS" else GOOD[status])
+    async with Running(cfg(aws, "max_executions_per_job: 500")) as run:
+        await until(lambda: run.stuck() is not None, 30, "a sweep")
+        counts = run.collector.snapshots()[JOB].sweep.counts("in_progress")  # type: ignore[union-attr]
+        assert counts is not None and counts.by_age[-1] == 250
+
+
+def _queued_observations(run: Running) -> int:
+    snapshot = run.collector.snapshots().get(JOB)
+    if snapshot is None or snapshot.time_in_state is None:
+        return 0
+    return snapshot.time_in_state.queued.count
+
+
+def _dates_ignored(run: Running) -> float:
+    return float(run.telemetry.sweep_date_ignored_total.labels("ep")._value.get())
+
+
+async def test_an_answer_dated_2100_is_not_believed(aws: HostileAws) -> None:
+    _describe(aws, 2)
+    rows = [_running("recent", NOW - 600)]
+    serve(
+        aws,
+        lambda status, token: executions_page(*rows) if status == "IN_PROGRESS" else GOOD[status],
+    )
+    aws.executions_date = "Fri, 01 Jan 2100 00:00:00 GMT"
+    async with Running(cfg(aws)) as run:
+        await until(lambda: run.stuck() is not None, 15, "a sweep")
+        # Ten minutes in progress, against an hour: not stuck, whatever the answer says.
+        assert run.stuck() == {"queued": 0, "in_progress": 0}
+        assert _dates_ignored(run) >= 1
+        assert _queued_observations(run) == 1
+        # The next execution that starts has its queue time recorded too.
+        aws.executions_date = None
+        rows.append(_running("next", time.time() + 2))
+        run.collector.sweeper.mark(JOB)
+        await until(lambda: _queued_observations(run) == 2, 15, "the next queue time")
+
+
+async def test_an_answer_dated_1970_hides_no_stuck_execution(aws: HostileAws) -> None:
+    _describe(aws, 1)
+    page = executions_page(_running("three-days", NOW - 3 * 86400))
+    serve(aws, lambda status, token: page if status == "IN_PROGRESS" else GOOD[status])
+    aws.executions_date = "Thu, 01 Jan 1970 00:00:00 GMT"
+    async with Running(cfg(aws, "max_clock_skew: 5m")) as run:
+        await until(lambda: run.stuck() is not None, 15, "a sweep")
+        assert run.stuck() == {"queued": 0, "in_progress": 1}
+        assert _dates_ignored(run) >= 1
+
+
+async def test_a_reload_mid_sweep_does_not_make_the_job_wait_an_interval(
+    aws: HostileAws,
+) -> None:
+    from exporter.collect.supervisor import Supervisor
+
+    serve(aws, lambda status, token: GOOD[status])
+    gate = aws.executions_gate = asyncio.Event()
+
+    def config(timeout: str) -> Config:
+        return parse_config(
+            f"collector: {{interval: 45s, request_timeout: {timeout}, max_attempts: 1, "
+            "executions: {requests_per_second: 100}}\n"
+            f"targets:\n  - name: ep\n    region: eu-west-1\n    endpoint_url: {aws.url}\n"
+            f"    jobs: {{ids: [{JOB}]}}\n"
+        )
+
+    store = MetricsStore()
+    collector = Supervisor(config("5s"), store, SelfMetrics())
+    await collector.start()
+    try:
+        calls = f"ListJobExecutionsForJob:{JOB}"
+        await until(lambda: aws.calls[calls] >= 1, 15, "a sweep under way")
+        # A setting every target uses: each target restarts, its state kept.
+        await collector.apply(config("6s"))
+        gate.set()
+
+        def swept() -> bool:
+            poller = collector.targets.get("ep")
+            snapshot = poller.snapshots().get(JOB) if poller is not None else None
+            return snapshot is not None and snapshot.sweep is not None
+
+        # Well within the 45 s interval.
+        await until(swept, 15, "the sweep, right after the reload")
+    finally:
+        await collector.stop()
+
+
+def _rate_limiter(client: Any, operation: str) -> Any:
+    """The adaptive-mode rate limiter botocore registered on the client for `operation`."""
+    from aiobotocore.retries.adaptive import AsyncClientRateLimiter
+
+    handlers = client.meta.events._emitter._handlers.prefix_search(f"before-send.iot.{operation}")
+    (limiter,) = {
+        h.__self__
+        for h in handlers
+        if isinstance(getattr(h, "__self__", None), AsyncClientRateLimiter)
+    }
+    return limiter
+
+
+async def test_throttled_sweeps_do_not_meter_describe_job_down(aws: HostileAws) -> None:
+    """AWS gives each operation its own quota: a throttled ListJobExecutionsForJob engages
+    its own retry limiter (adaptive mode's AIMD), never the one DescribeJob sends through."""
+    throttled = (400, b'{"__type": "ThrottlingException", "message": "Rate exceeded"}')
+    serve(aws, lambda status, token: throttled)
+    async with Running(cfg(aws)) as run:
+        await until(lambda: run.calls("throttled") >= 1, 15, "a throttled sweep")
+        await until(lambda: aws.calls[f"DescribeJob:{JOB}"] >= 2, 15, "describes")
+        source = run.source
+        sweeps = _rate_limiter(source.client("ListJobExecutionsForJob"), "ListJobExecutionsForJob")
+        describes = _rate_limiter(source.client("DescribeJob"), "DescribeJob")
+        assert sweeps is not describes
+        assert sweeps._enabled  # throttling seen: this client is metered down
+        assert not describes._enabled  # DescribeJob's client saw none

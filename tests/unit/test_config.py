@@ -39,7 +39,7 @@ def test_example_config_documents_every_key_and_loads() -> None:
         "sts_endpoint_url", "labels", "ids", "discover", "status", "target_selection",
         "thing_group_name", "thing_group_id", "namespace_id", "include", "exclude",
         "executions", "stuck_in_progress_after", "stuck_queued_after", "max_executions_per_job",
-        "stuck_list_size", "max_tracked_executions",
+        "stuck_list_size", "max_tracked_executions", "max_clock_skew",
     ):  # fmt: skip
         assert f"{key}:" in text, key
 
@@ -87,6 +87,15 @@ def test_defaults() -> None:
         (
             "collector: {executions: {stuck_list_size: 1e9}}\ntargets:" + BASE_TARGET,
             "config.yaml: collector.executions.stuck_list_size: expected an integer",
+        ),
+        (
+            # 50 jobs of 1,000 rows made a status page of tens of MB, rendered per request.
+            "collector: {executions: {stuck_list_size: 1000}}\ntargets:" + BASE_TARGET,
+            "config.yaml: collector.executions.stuck_list_size: expected an integer",
+        ),
+        (
+            "collector: {executions: {max_clock_skew: often}}\ntargets:" + BASE_TARGET,
+            "config.yaml: collector.executions.max_clock_skew: expected a duration",
         ),
         (
             "collector: {executions: {stuck_after: 1h}}\ntargets:" + BASE_TARGET,

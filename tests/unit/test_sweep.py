@@ -342,7 +342,9 @@ def test_long_thing_names_keep_exemplars_within_the_openmetrics_limit() -> None:
         assert text and label_chars(text) <= EXEMPLAR_CHARACTERS, length
     assert "execution_number" in _exemplar(Exemplar("short", 7, 1.0, 2.0))
     assert "execution_number" not in _exemplar(Exemplar("x" * 100, 123456789, 1.0, 2.0))
-    assert _exemplar(Exemplar("x" * 119, 1, 1.0, 2.0)) == ""
+    # A longer name is cut to fit, not dropped: the exemplar still leads to a device.
+    cut = _exemplar(Exemplar("x" * 200, 1, 1.0, 2.0))
+    assert f'thing_name="{"x" * 118}"' in cut and label_chars(cut) == EXEMPLAR_CHARACTERS
 
 
 async def test_queue_times_are_observed_once_past_the_remembered_starts() -> None:
