@@ -61,6 +61,9 @@ class SweepState:
     tried: dict[str, float] = field(default_factory=dict)
     # When a job never swept first waited for a sweep, monotonic.
     seen: dict[str, float] = field(default_factory=dict)
+    # Jobs whose last sweep failed: not tried again before this (monotonic), however often
+    # events mark them. Bounded by the jobs; a success or forget() clears it.
+    retry_at: dict[str, float] = field(default_factory=dict)
     # Whether the next sweep goes to the marked job due earliest (turns alternate).
     marked_turn: bool = True
     # Per job, the server's time of its last complete sweep: an execution that started
@@ -108,6 +111,11 @@ def next_job(
             due_at = tried + MIN_GAP_SECONDS
         else:
             due_at = tried + interval
+        retry = state.retry_at.get(job_id)
+        if retry is not None:
+            # A failed sweep waits out its retry delay, marks or not: a job that keeps
+            # failing while events keep marking it costs one try per RETRY_SECONDS.
+            due_at = max(due_at, retry)
         key = (due_at, -_non_terminal(snapshot))
         if best is None or key < best[0]:
             best = (key, job_id)
@@ -160,6 +168,7 @@ class Sweeper:
     def forget(self, job_id: str) -> None:
         self.state.marked.pop(job_id, None)
         self.state.tried.pop(job_id, None)
+        self.state.retry_at.pop(job_id, None)
         self.state.seen.pop(job_id, None)
         self.state.measured.pop(job_id, None)
         # Its remembered starts are left to age out of the bounded map: scanning 100,000
@@ -299,9 +308,13 @@ class Sweeper:
                     self._log.take(),
                 )
             # Tried again after RETRY_SECONDS rather than the interval: a throttled page
-            # must not leave the job's counts an interval behind.
-            self.state.tried[job_id] = self.clock.monotonic() - self.interval + RETRY_SECONDS
+            # must not leave the job's counts an interval behind; nor sooner, whatever
+            # marks it meanwhile.
+            mono = self.clock.monotonic()
+            self.state.tried[job_id] = mono - self.interval + RETRY_SECONDS
+            self.state.retry_at[job_id] = mono + RETRY_SECONDS
             return None
+        self.state.retry_at.pop(job_id, None)
         now = self.clock.time()
         latest = self.jobs().get(job_id) or snapshot
         # Never more stuck than AWS counts in the state (the latest describe's counts).

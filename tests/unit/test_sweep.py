@@ -3,12 +3,20 @@ publishes, and what it remembers; no server, no socket, milliseconds."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable
 
 import pytest
 
-from exporter.collect.sweep import MIN_GAP_SECONDS, Sweeper, SweepState, next_job
+from exporter.aws import ApiError
+from exporter.collect.sweep import (
+    MIN_GAP_SECONDS,
+    RETRY_SECONDS,
+    Sweeper,
+    SweepState,
+    next_job,
+)
 from exporter.config import Executions
 from exporter.events import JobEvent, parse_event
 from exporter.executions import (
@@ -359,3 +367,27 @@ async def test_queue_times_are_observed_once_past_the_remembered_starts() -> Non
     h.source.executions["j"].append(summary("late", "IN_PROGRESS", h.clock.time()))
     await h.sweeper.sweep("j")
     assert h.jobs["j"].time_in_state.queued.count == 11  # type: ignore[union-attr]
+
+
+async def test_a_job_that_keeps_failing_is_retried_once_per_retry_delay_however_marked() -> None:
+    """Events mark the job every second while every sweep of it is throttled: 24 s cost
+    one try per RETRY_SECONDS (the first, then none until 30 s), not a try per mark."""
+    h = Harness({"bad": job("bad", in_progress=3)}, {})
+
+    async def throttled(
+        job_id: str, status: str, token: str | None = None
+    ) -> tuple[list[ExecutionSummary], str | None, float | None]:
+        h.source.calls.append((job_id, status, token))
+        await h.clock.sleep(0.5)
+        raise ApiError("throttled", "ListJobExecutionsForJob", "Rate exceeded")
+
+    h.source.list_executions = throttled  # type: ignore[method-assign]
+    task = asyncio.create_task(h.sweeper.run())
+    try:
+        while h.clock.mono < 24.0:
+            h.sweeper.mark("bad")
+            await h.clock.sleep(1.0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert 1 <= len(h.source.calls) <= 24.0 // RETRY_SECONDS + 1, h.source.calls
