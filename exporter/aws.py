@@ -45,7 +45,7 @@ from exporter.executions import (
     server_time,
 )
 from exporter.logs import redact, summarise
-from exporter.model import JobSnapshot, MalformedJob, parse_describe_job, to_timestamp
+from exporter.model import JOB_ID, JobSnapshot, MalformedJob, parse_describe_job, to_timestamp
 from exporter.telemetry import SourceTelemetry
 from exporter.tracing import NOOP_TRACING, Tracing
 
@@ -567,7 +567,9 @@ class JobSource:
                 self._count("ListJobs", "ok")
             for item in jobs:
                 job_id = item.get("jobId") if isinstance(item, dict) else None
-                if not isinstance(job_id, str) or not job_id:
+                if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+                    # Not an id CreateJob allows (a NUL, a lone surrogate, 10,000 bytes):
+                    # no job to describe, and no label value of ours may carry it.
                     continue
                 status = item.get("status")
                 ended = to_timestamp(item.get("completedAt") or item.get("lastUpdatedAt"))
