@@ -1,17 +1,16 @@
-"""What the source and the scheduler report about themselves, as protocols selfmetrics implements.
+"""What the source, the scheduler and the event consumers report: protocols selfmetrics implements.
 
-The AWS source and the collector count calls, cycles and tracked jobs through these
-narrow interfaces instead of writing Prometheus families, so they never load the metric
-table; `selfmetrics.SelfMetrics` is the implementation, and the vocabularies its label values
-come from (call outcomes, tracked states) are defined here, once.
+The AWS source, the collector and the event consumers count calls, cycles, tracked jobs
+and events through these narrow interfaces instead of writing Prometheus families, so
+they never load the metric table; `selfmetrics.SelfMetrics` is the implementation, and
+the vocabularies its label values come from (call outcomes, tracked states) are defined
+here, once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Protocol
-
-from exporter.events import EventTelemetry
 
 # The outcome class of an AWS call, as aws.classify returns it.
 OUTCOMES = (
@@ -33,6 +32,15 @@ TRACKED_STATES = (ACTIVE, FROZEN, PENDING)
 # Why a job id is not followed (jobs_dropped_total's reason): an event named it while
 # events.max_unknown_jobs ids waited already, or AWS refused it as invalid.
 DROP_REASONS = ("unknown_limit", "invalid")
+
+
+class EventTelemetry(Protocol):
+    """What a target's event consumer (events.EventConsumer) reports."""
+
+    def event_received(self, target: str, event: str) -> None: ...
+    def event_duplicate(self, target: str) -> None: ...
+    def event_lag(self, target: str, seconds: float) -> None: ...
+    def event_consumer_error(self, target: str) -> None: ...
 
 
 class SourceTelemetry(Protocol):
