@@ -5,14 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from exporter.cli.flags import (
-    add_metrics_flags,
-    fail,
-    families_of,
-    load,
-    metrics_flags,
-    with_metrics,
-)
+from exporter.cli.flags import add_metrics_flags, fail, families_of, load_with_flags
 from exporter.otel import OtelUnavailable, check_packages
 from exporter.table import FAMILIES
 
@@ -28,19 +21,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--probe",
         action="store_true",
-        help="per target: resolve credentials (and the role), GetCallerIdentity, ListJobs "
-        "(one job) and DescribeJob (one job); exit 1 if any target fails",
+        help="per target: resolve credentials (and assume role_arn), GetCallerIdentity, "
+        "ListJobs (one job, with discovery), DescribeJob (one job) and, with events:, SQS "
+        "GetQueueAttributes (consumes no message); exit 1 if any target fails",
     )
     # The run command's flags that change what the file means, checked the same way.
     add_metrics_flags(parser)
     args = parser.parse_args(argv)
-    config = load(args.config_file)
-    if isinstance(config, int):
-        return config
-    metrics = metrics_flags(args)
-    if isinstance(metrics, int):
-        return metrics
-    config = with_metrics(config, metrics)
+    loaded = load_with_flags(args.config_file, args)
+    if isinstance(loaded, int):
+        return loaded
+    config = loaded.config
     try:
         check_packages(config.otel)
     except OtelUnavailable as exc:
