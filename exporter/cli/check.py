@@ -1,13 +1,33 @@
-"""The check-config command: validate a configuration file; with --probe, call AWS once."""
+"""The config commands: check-config validates a file (with --probe, calls AWS once);
+example-config prints the example configuration."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+from importlib import resources
 
 from exporter.cli.flags import add_metrics_flags, fail, families_of, load_with_flags
 from exporter.otel import OtelUnavailable, check_packages
 from exporter.table import FAMILIES
+
+# Every key with its default and meaning, shipped in the package: a pip user has no
+# checkout to copy it from.
+EXAMPLE_CONFIG = resources.files("exporter") / "example.yaml"
+
+
+def example_main(argv: list[str]) -> int:
+    """The example-config command: print the example configuration."""
+    parser = argparse.ArgumentParser(
+        prog="aws-iot-jobs-exporter example-config",
+        description="Print the example configuration (every key, with its default and "
+        "meaning) to start a config.yaml from: "
+        "aws-iot-jobs-exporter example-config > config.yaml",
+    )
+    parser.parse_args(argv)
+    sys.stdout.write(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+    return 0
 
 
 def main(argv: list[str]) -> int:

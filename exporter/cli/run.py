@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aws-iot-jobs-exporter",
         description="Prometheus exporter for AWS IoT Jobs. Subcommands: check-config, "
-        "simulator, demo (see `aws-iot-jobs-exporter SUBCOMMAND --help`).",
+        "example-config, simulator, demo (see `aws-iot-jobs-exporter SUBCOMMAND --help`).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_run_flags(parser)
