@@ -15,6 +15,7 @@ import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -402,6 +403,24 @@ class _OtelPush:
             yield last
 
 
+class _Collects(Protocol):
+    def collect(self) -> Iterable[Metric]: ...
+
+
+_RUNTIME, _OTEL = "_runtime", "_otel"
+
+
+class _Runtime:
+    """The process, platform and GC collectors, rendered as one part."""
+
+    def __init__(self, collectors: tuple[_Collects, ...]) -> None:
+        self._collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self._collectors:
+            yield from collector.collect()
+
+
 def _metric(family: SelfFamily, registry: CollectorRegistry) -> MetricWrapperBase:
     if family.type == "histogram":
         return Histogram(
@@ -444,12 +463,20 @@ class SelfMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         # The process and runtime metrics every Prometheus client exposes by default:
         # memory, CPU, open files, GC, which operators alert on for any exporter.
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
+        self._runtime = _Runtime(
+            (
+                ProcessCollector(registry=self.registry),
+                PlatformCollector(registry=self.registry),
+                GCCollector(registry=self.registry),
+            )
+        )
+        # What render() writes, in the registry's order: the runtime, then each row.
+        self._parts: list[tuple[str, _Collects]] = [(_RUNTIME, self._runtime)]
         for family in SELF_FAMILIES:
             if family.attr:
-                setattr(self, family.attr, _metric(family, self.registry))
+                metric = _metric(family, self.registry)
+                setattr(self, family.attr, metric)
+                self._parts.append((family.attr, metric))
         self.build_info.labels(__version__, platform.python_version()).set(1)
         self._event_targets: set[str] = set()
         # Per target: attempts, throttled ones and failed ones (anything but ok).
@@ -458,32 +485,61 @@ class SelfMetrics:
         # called at most every REFRESH_SECONDS, when the registry is rendered.
         self._sweep_reads: dict[str, tuple[Callable[[], float], list[float]]] = {}
         self._driven_reads: dict[str, tuple[Callable[[], bool], list[float]]] = {}
-        # Bumped by every change of a value; the rendered bytes of a version are reused.
+        # Bumped by every change of a value, and per part: a render reuses the bytes of
+        # the parts that did not change, and a scrape the whole render of a version.
         self.version = 0
+        self._versions: dict[str, int] = {key: 0 for key, _ in self._parts}
+        self._texts: dict[tuple[bool, str], tuple[int, bytes]] = {}
         self._rendered: dict[bool, tuple[int, float, bytes]] = {}
+        self._refreshed = -math.inf
+        self._otel: _OtelPush | None = None
 
-    def _changed(self) -> None:
+    def _changed(self, *keys: str) -> None:
+        """Values of the parts `keys` changed (no keys: of any part)."""
         self.version += 1
+        for key in keys or self._versions:
+            self._versions[key] = self._versions.get(key, 0) + 1
 
     def render(self, openmetrics: bool = False) -> bytes:
         """The registry in the text format (or OpenMetrics, `# EOF` included).
 
-        Rendered again when a value changed since the last render, and at most every
-        REFRESH_SECONDS when none did: process metrics and the values read from the
-        collector are that old at most. Per scrape, this is a dictionary lookup.
+        Per scrape a dictionary lookup: rendered again when a value changed since the
+        last render (only the families that changed), and every REFRESH_SECONDS for the
+        process metrics and the values read from the collector, which are that old at
+        most. prometheus_client renders the self-metrics in about 1 ms.
         """
         now = time.monotonic()
+        if now - self._refreshed >= REFRESH_SECONDS:
+            self._refreshed = now
+            self._read_watched(now)
+            self._changed(_RUNTIME, "sweep_oldest_age", _OTEL)
         cached = self._rendered.get(openmetrics)
-        if cached is not None and cached[0] == self.version and now - cached[1] < REFRESH_SECONDS:
+        if cached is not None and cached[0] == self.version:
             return cached[2]
-        self._read_watched(now)
         version = self.version
+        texts = []
+        for key, collects in self._parts:
+            texts.append(self._text(openmetrics, key, collects))
+        if self._otel is not None:
+            texts.append(self._text(openmetrics, _OTEL, self._otel))
         if openmetrics:
-            body: bytes = generate_openmetrics(self.registry)  # type: ignore[no-untyped-call]
-        else:
-            body = generate_latest(self.registry)
+            texts.append(b"# EOF\n")
+        body = b"".join(texts)
         self._rendered[openmetrics] = (version, now, body)
         return body
+
+    def _text(self, openmetrics: bool, key: str, collects: _Collects) -> bytes:
+        version = self._versions.get(key, 0)
+        cached = self._texts.get((openmetrics, key))
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        if openmetrics:
+            text: bytes = generate_openmetrics(collects)  # type: ignore[no-untyped-call]
+            text = text.removesuffix(b"# EOF\n")
+        else:
+            text = generate_latest(collects)
+        self._texts[(openmetrics, key)] = (version, text)
+        return text
 
     def _read_watched(self, now: float) -> None:
         for target, (read_age, at) in list(self._sweep_reads.items()):
@@ -494,28 +550,30 @@ class SelfMetrics:
             if now - at[0] >= REFRESH_SECONDS:
                 at[0] = now
                 self.events_driven_gauge.labels(target).set(1 if read_driven() else 0)
+                self._changed("events_driven_gauge")
 
     def config_loaded(self, ok: bool, at: float) -> None:
         """A configuration load (start-up or reload) ended at `at`; ok: it is in use."""
         self.config_reload_ok.set(1 if ok else 0)
         if ok:
             self.config_reload_time.set(at)
-        self._changed()
+        self._changed("config_reload_ok", "config_reload_time")
 
     def watch_otel_push(self, read: PushHealth) -> None:
         """Export the OTLP push's failures and last success from `read`."""
-        self.registry.register(_OtelPush(read))
-        self._changed()
+        self._otel = _OtelPush(read)
+        self.registry.register(self._otel)
+        self._changed("_otel")
 
     # SweepTelemetry (telemetry.py): what the execution sweeps report.
     def sweep_page(self, target: str, executions: int) -> None:
         self.sweep_pages.labels(target).inc()
         self.sweep_executions.labels(target).inc(executions)
-        self._changed()
+        self._changed("sweep_pages", "sweep_executions")
 
     def sweep_truncated(self, target: str) -> None:
         self.sweep_truncated_total.labels(target).inc()
-        self._changed()
+        self._changed("sweep_truncated_total")
 
     def sweep_age(self, target: str, age: float, at: float) -> None:
         """The oldest sweep of the target's waiting jobs was `age` seconds old at Unix time
@@ -530,7 +588,7 @@ class SelfMetrics:
         since = at - age
         child = self.sweep_oldest_age.labels(target)
         child.set_function((lambda: 0.0) if age <= 0 else (lambda: time.time() - since))
-        self._changed()
+        self._changed("sweep_oldest_age")
 
     def watch_sweep_age(self, target: str, read: Callable[[], float]) -> None:
         """Read the target's oldest sweep age from `read` (a pass over its jobs) at most
@@ -541,19 +599,19 @@ class SelfMetrics:
     # EventTelemetry (telemetry.py): what the event consumer reports.
     def event_received(self, target: str, event: str) -> None:
         self.events_received.labels(target, event).inc()
-        self._changed()
+        self._changed("events_received")
 
     def event_duplicate(self, target: str) -> None:
         self.events_duplicates.labels(target).inc()
-        self._changed()
+        self._changed("events_duplicates")
 
     def event_lag(self, target: str, seconds: float) -> None:
         self.events_lag.labels(target).observe(seconds)
-        self._changed()
+        self._changed("events_lag")
 
     def event_consumer_error(self, target: str) -> None:
         self.events_consumer_errors.labels(target).inc()
-        self._changed()
+        self._changed("events_consumer_errors")
 
     # SourceTelemetry (telemetry.py): what the AWS source reports.
     def api_call(self, target: str, operation: str, outcome: str) -> None:
@@ -564,56 +622,56 @@ class SelfMetrics:
             throttled + (outcome == "throttled"),
             failed + (outcome != "ok"),
         )
-        self._changed()
+        self._changed("api_requests")
 
     def api_latency(self, target: str, operation: str, seconds: float) -> None:
         self.api_duration.labels(target, operation).observe(seconds)
-        self._changed()
+        self._changed("api_duration")
 
     # SchedulerTelemetry (telemetry.py): what the collector reports.
     def discovery_succeeded(self, target: str, at: float) -> None:
         self.discovery_last_success.labels(target).set(at)
-        self._changed()
+        self._changed("discovery_last_success")
 
     def cycle_done(self, target: str, seconds: float, success: bool, at: float) -> None:
         self.collection_duration.labels(target).set(seconds)
         self.collection_success.labels(target).set(1 if success else 0)
         if success:
             self.last_collection_success.labels(target).set(at)
-        self._changed()
+        self._changed("collection_duration", "collection_success", "last_collection_success")
 
     def cycle_failed(self, target: str) -> None:
         self.collection_success.labels(target).set(0)
-        self._changed()
+        self._changed("collection_success")
 
     def cycle_stretched(self, target: str, stretched: bool) -> None:
         self.collection_stretched.labels(target).set(1 if stretched else 0)
-        self._changed()
+        self._changed("collection_stretched")
 
     def tracked_jobs(self, target: str, states: Mapping[str, int], missing: int) -> None:
         for state, count in states.items():
             self.jobs_tracked.labels(target, state).set(count)
         self.jobs_missing.labels(target).set(missing)
-        self._changed()
+        self._changed("jobs_tracked", "jobs_missing")
 
     def event_describe(self, target: str) -> None:
         self.events_describes.labels(target).inc()
-        self._changed()
+        self._changed("events_describes")
 
     def unknown_jobs(self, target: str, count: int) -> None:
         self.events_unknown_jobs.labels(target).set(count)
-        self._changed()
+        self._changed("events_unknown_jobs")
 
     def jobs_dropped(self, target: str, reason: str) -> None:
         self.jobs_dropped_total.labels(target, reason).inc()
-        self._changed()
+        self._changed("jobs_dropped_total")
 
     def events_driven(self, target: str, driven: bool) -> None:
         """Events refresh the target's jobs now (else they are polled); a target that calls
         this is no longer read through watch_events_driven."""
         self._driven_reads.pop(target, None)
         self.events_driven_gauge.labels(target).set(1 if driven else 0)
-        self._changed()
+        self._changed("events_driven_gauge")
 
     def watch_events_driven(self, target: str, read: Callable[[], bool]) -> None:
         """Read whether events drive the target from `read` at most every REFRESH_SECONDS,

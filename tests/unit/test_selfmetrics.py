@@ -173,3 +173,21 @@ def test_pushed_values_replace_the_readers() -> None:
         if line.startswith("aws_iot_jobs_exporter_sweep_oldest_age_seconds{")
     ]
     assert float(line.split()[-1]) > 1_000_000.0  # 30 s old at Unix time 1: decades now
+
+
+def test_a_render_of_the_changed_families_is_the_whole_registry_rendered() -> None:
+    from prometheus_client.exposition import generate_latest
+
+    def ours(body: bytes) -> list[str]:
+        return [line for line in body.decode().splitlines() if selfmetrics.NS in line]
+
+    telemetry = every_part()
+    telemetry.render()
+    telemetry.api_call("t", "DescribeJob", "denied")
+    telemetry.cycle_done("t", 2.5, True, 100.0)
+    telemetry.init_target("u", discovery=False)
+    telemetry.event_lag("t", 3.0)
+    assert ours(telemetry.render()) == ours(generate_latest(telemetry.registry))
+    telemetry.drop_target("u")
+    telemetry.tracked_jobs("t", {"active": 3}, 1)
+    assert ours(telemetry.render()) == ours(generate_latest(telemetry.registry))
