@@ -74,12 +74,24 @@ class SchedulerTelemetry(Protocol):
     def event_describe(self, target: str) -> None: ...
     def unknown_jobs(self, target: str, count: int) -> None: ...
     def jobs_dropped(self, target: str, reason: str) -> None: ...
-    def watch_events_driven(self, target: str, read: Callable[[], bool]) -> None: ...
+    def watch_events_driven(self, target: str, read: Callable[[], bool]) -> None:
+        """`read` says whether events drive the target; it is called at most once a
+        second, never per scrape. `events_driven` pushes the value instead."""
+
+    def events_driven(self, target: str, driven: bool) -> None:
+        """Events refresh the target's jobs now (else they are polled every interval)."""
 
     def sweep_page(self, target: str, executions: int) -> None:
         """An execution sweep read a page of `executions` summaries."""
 
-    def watch_sweep_age(self, target: str, read: Callable[[], float]) -> None: ...
+    def watch_sweep_age(self, target: str, read: Callable[[], float]) -> None:
+        """`read` is the age of the target's oldest sweep (0: none waits), a pass over its
+        jobs; it is called at most once a second, never per scrape. `sweep_age` pushes
+        the value instead."""
+
+    def sweep_age(self, target: str, age: float, at: float) -> None:
+        """The oldest sweep of a job waiting for one was `age` seconds old at Unix time
+        `at` (0: none waits); the gauge grows from there until the next push."""
 
     def sweep_truncated(self, target: str) -> None:
         """A sweep stopped at max_executions_per_job: its job's counts are a lower bound."""
