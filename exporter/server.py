@@ -67,6 +67,8 @@ class MetricsHandler:
         self._jobs: dict[bool, tuple[int, bytes, gzipjoin.Run]] = {}
         # and the whole body: (the jobs' bytes, the self-metrics' bytes, the body).
         self._bodies: dict[bool, tuple[bytes, bytes, bytes]] = {}
+        # Per format, the plain body's parts: (store version, self-metrics, parts, length).
+        self._plain: dict[bool, tuple[int, bytes, list[bytes | bytearray], int]] = {}
         self._gzip_lock = asyncio.Lock()
 
     async def _gzip_jobs(self, openmetrics: bool) -> tuple[bytes, gzipjoin.Run]:
@@ -134,6 +136,21 @@ class MetricsHandler:
         self._bodies[openmetrics] = (jobs, own, body)
         return body
 
+    def _plain_parts(self, openmetrics: bool, own: bytes) -> tuple[list[bytes | bytearray], int]:
+        """The parts of a plain body and their length, listed once per version of the
+        store and of the rendered self-metrics."""
+        version = self.store.version
+        cached = self._plain.get(openmetrics)
+        if cached is not None and cached[0] == version and cached[1] is own:
+            return cached[2], cached[3]
+        parts: list[bytes | bytearray] = [
+            segment.data for segment in self.store.segments(openmetrics)
+        ]
+        parts.append(own)
+        length = sum(len(part) for part in parts)
+        self._plain[openmetrics] = (version, own, parts, length)
+        return parts, length
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # The job families are pre-rendered in both formats (they differ in counter
         # headers and exemplars), the self-metrics rendered when they change
@@ -149,13 +166,10 @@ class MetricsHandler:
             # by aiohttp as a constant body is, which also sees to a client that leaves.
             headers["Content-Encoding"] = "gzip"
             return web.Response(body=await self._gzip_body(openmetrics, own), headers=headers)
-        parts: list[bytes | bytearray] = [
-            segment.data for segment in self.store.segments(openmetrics)
-        ]
-        parts.append(own)
+        parts, length = self._plain_parts(openmetrics, own)
         # Written part by part: joining would copy tens of MB per scrape at 10,000 jobs.
         response = web.StreamResponse(headers=headers)
-        response.content_length = sum(len(part) for part in parts)
+        response.content_length = length
         try:
             await response.prepare(request)
             if request.method != "HEAD":
