@@ -490,7 +490,8 @@ class SelfMetrics:
         self.version = 0
         self._versions: dict[str, int] = {key: 0 for key, _ in self._parts}
         self._texts: dict[tuple[bool, str], tuple[int, bytes]] = {}
-        self._rendered: dict[bool, tuple[int, float, bytes]] = {}
+        self._rendered: dict[bool, tuple[int, bytes]] = {}
+        # When the values that change on their own were last read (monotonic).
         self._refreshed = -math.inf
         self._otel: _OtelPush | None = None
 
@@ -515,7 +516,7 @@ class SelfMetrics:
             self._changed(_RUNTIME, "sweep_oldest_age", _OTEL)
         cached = self._rendered.get(openmetrics)
         if cached is not None and cached[0] == self.version:
-            return cached[2]
+            return cached[1]
         version = self.version
         texts = []
         for key, collects in self._parts:
@@ -525,7 +526,7 @@ class SelfMetrics:
         if openmetrics:
             texts.append(b"# EOF\n")
         body = b"".join(texts)
-        self._rendered[openmetrics] = (version, now, body)
+        self._rendered[openmetrics] = (version, body)
         return body
 
     def _text(self, openmetrics: bool, key: str, collects: _Collects) -> bytes:
@@ -594,6 +595,7 @@ class SelfMetrics:
         """Read the target's oldest sweep age from `read` (a pass over its jobs) at most
         every REFRESH_SECONDS, never per scrape; the gauge grows from each reading."""
         self._sweep_reads[target] = (read, [-math.inf])
+        self._refreshed = -math.inf  # read at the next render, not a second later
         self._changed()
 
     # EventTelemetry (telemetry.py): what the event consumer reports.
@@ -677,6 +679,7 @@ class SelfMetrics:
         """Read whether events drive the target from `read` at most every REFRESH_SECONDS,
         never per scrape: the consumer's health changes between cycles."""
         self._driven_reads[target] = (read, [-math.inf])
+        self._refreshed = -math.inf  # read at the next render, not a second later
         self._changed()
 
     def api_totals(self, target: str) -> tuple[int, int, int]:
