@@ -191,3 +191,19 @@ def test_a_render_of_the_changed_families_is_the_whole_registry_rendered() -> No
     telemetry.drop_target("u")
     telemetry.tracked_jobs("t", {"active": 3}, 1)
     assert ours(telemetry.render()) == ours(generate_latest(telemetry.registry))
+
+
+def test_the_openmetrics_render_is_the_registry_with_one_eof() -> None:
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+
+    def ours(body: bytes) -> list[str]:
+        return [
+            line for line in body.decode().splitlines() if selfmetrics.NS in line or line == "# EOF"
+        ]
+
+    telemetry = every_part()
+    telemetry.api_call("t", "ListJobs", "ok")
+    telemetry.event_lag("t", 2.0)
+    body = telemetry.render(openmetrics=True)
+    assert ours(body) == ours(openmetrics(telemetry.registry))
+    assert body.count(b"# EOF") == 1 and body.endswith(b"# EOF\n")
