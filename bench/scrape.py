@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import http.client
+import socket
 import time
 import zlib
 from dataclasses import dataclass
@@ -19,6 +19,8 @@ SELF_PREFIX = "aws_iot_jobs_exporter_"
 # body has them, prometheus_client's baseline registry does not.
 RUNTIME_PREFIXES = ("process_", "python_")
 SPEEDUP_TARGET = 30.0
+# Median against the same bytes served as a constant: plain, and gzip with nothing changed.
+PLAIN_FLOOR_TARGET = 1.0
 FLOOR_TARGET = 1.5
 # gzip right after one active job changed: absolute and against the constant body.
 GZIP_CHANGED_MS = 10.0
@@ -47,43 +49,112 @@ class Run:
 
 
 class Scraper:
-    """A keep-alive HTTP/1.1 client, as Prometheus scrapes; times request to last byte."""
+    """A keep-alive HTTP/1.1 client, as Prometheus scrapes; times request to last byte.
+
+    Reads into one buffer allocated up front (`socket.recv_into`), so that the client's
+    own copying does not hide the server's cost: with `http.client`, reading 37.5 MiB
+    took longer than the exporter took to send it, and every server looked alike.
+    """
 
     def __init__(self, port: int) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        self.port = port
+        self.sock = self._connect()
+        self.buffer = bytearray(1 << 20)
+        self.body_at = 0
 
-    def get(self, gzip: bool) -> bytes:
-        headers = {"Accept-Encoding": "gzip"} if gzip else {"Accept-Encoding": "identity"}
-        self.conn.request("GET", "/metrics", headers=headers)
-        response = self.conn.getresponse()
-        body = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"/metrics answered {response.status}")
-        if gzip and response.getheader("Content-Encoding") != "gzip":
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=300)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _grow(self, size: int) -> memoryview:
+        """A view of the buffer, made at least `size` long (a copy once, when it grows)."""
+        if len(self.buffer) < size:
+            grown = bytearray(size)
+            grown[: len(self.buffer)] = self.buffer
+            self.buffer = grown
+        return memoryview(self.buffer)
+
+    def _request(self, method: str, path: str, headers: dict[str, str]) -> tuple[str, int]:
+        """Sends a request and reads the whole answer; its head and the body's length."""
+        lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Length: 0"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        view, got = memoryview(self.buffer), 0
+        while (end := self.buffer.find(b"\r\n\r\n", 0, got)) < 0:
+            n = self.sock.recv_into(view[got:])
+            if not n:
+                raise RuntimeError(f"{path}: connection closed in the response head")
+            got += n
+        head = bytes(self.buffer[:end]).decode("latin-1")
+        fields = dict(
+            (name.strip().lower(), value.strip())
+            for name, _, value in (line.partition(":") for line in head.split("\r\n")[1:])
+        )
+        self.body_at = end + 4
+        if "content-length" not in fields:
+            # prometheus_client's server (HTTP/1.0): the body ends with the connection.
+            while n := self.sock.recv_into(view[got:]):
+                got += n
+                if got == len(self.buffer):
+                    view = self._grow(2 * got)
+            self.sock.close()
+            self.sock = self._connect()
+            return head, got - self.body_at
+        length = int(fields["content-length"])
+        total = self.body_at + length
+        view = self._grow(total)
+        while got < total:
+            n = self.sock.recv_into(view[got:total])
+            if not n:
+                raise RuntimeError(f"{path}: connection closed in the body")
+            got += n
+        if head.startswith("HTTP/1.0") or fields.get("connection", "").lower() == "close":
+            # prometheus_client's server: one request per connection.
+            self.sock.close()
+            self.sock = self._connect()
+        return head, length
+
+    def get(self, gzip: bool, keep: bool = True) -> bytes | int:
+        """The body of one scrape (or only its length, without copying it out)."""
+        headers = {"Accept-Encoding": "gzip" if gzip else "identity"}
+        head, length = self._request("GET", "/metrics", headers)
+        status = head.split(" ", 2)[1]
+        if status != "200":
+            raise RuntimeError(f"/metrics answered {status}")
+        if gzip and "\r\ncontent-encoding: gzip" not in head.lower():
             raise RuntimeError("asked for gzip, got an identity body")
+        if not keep:
+            return length
+        return bytes(self.buffer[self.body_at : self.body_at + length])
+
+    def body(self, gzip: bool) -> bytes:
+        body = self.get(gzip)
+        assert isinstance(body, bytes)
         return body
 
     def touch(self) -> None:
-        self.conn.request("POST", "/bench/touch", body=b"")
-        self.conn.getresponse().read()
+        self._request("POST", "/bench/touch", {})
 
     def series(
         self, count: int, gzip: bool, change: bool, warmup: int = 2
     ) -> tuple[list[float], int]:
         latencies: list[float] = []
-        body = b""
+        length = 0
         for i in range(warmup + count):
             if change:
                 self.touch()
             started = time.perf_counter()
-            body = self.get(gzip)
+            got = self.get(gzip, keep=False)
             elapsed = time.perf_counter() - started
+            assert isinstance(got, int)
+            length = got
             if i >= warmup:
                 latencies.append(elapsed)
-        return latencies, len(body)
+        return latencies, length
 
     def close(self) -> None:
-        self.conn.close()
+        self.sock.close()
 
 
 def single_member(body: bytes) -> bytes:
@@ -112,8 +183,8 @@ def measure(jobs: int, fixture: Path, scrapes: int, baseline_scrapes: int) -> tu
     with child("serve-store", fixture=str(fixture)) as proc:
         started = proc.read()
         scraper = Scraper(started["port"])
-        bodies["store"] = scraper.get(gzip=False)
-        bodies["store gzip"] = single_member(scraper.get(gzip=True))
+        bodies["store"] = scraper.body(gzip=False)
+        bodies["store gzip"] = single_member(scraper.body(gzip=True))
         for gzip in (False, True):
             enc = "gzip" if gzip else "identity"
             lat, n = scraper.series(scrapes, gzip, change=False)
@@ -129,7 +200,7 @@ def measure(jobs: int, fixture: Path, scrapes: int, baseline_scrapes: int) -> tu
         scraper.close()
     with child("serve-prom", fixture=str(fixture)) as proc:
         scraper = Scraper(proc.read()["port"])
-        bodies["prom"] = scraper.get(gzip=False)
+        bodies["prom"] = scraper.body(gzip=False)
         for gzip in (False, True):
             lat, n = scraper.series(baseline_scrapes, gzip, change=False, warmup=1)
             runs.append(Run(jobs, "prometheus_client", "gzip" if gzip else "identity", lat, n))
@@ -179,7 +250,8 @@ def tables(runs: list[Run], checks: list[str]) -> list[Table]:
     latency.note("prometheus_client / this: how many times faster than the baseline (median).")
     latency.note("this / static: median over the floor, the same bytes served as a constant.")
     latency.note(
-        "'1 job changed': one active job is re-rendered before every scrape, as in a cycle."
+        "'1 job changed': one active job is re-rendered, and a self-metric counts its "
+        "describe, before every scrape, as in a cycle."
     )
     for check in checks:
         latency.note(f"sample sets: {check}")
@@ -204,11 +276,12 @@ def tables(runs: list[Run], checks: list[str]) -> list[Table]:
             floor = index[(top, "static body", enc)]
             speedup = base.median / r.median
             over = r.median / floor.median
-            bound = (
-                GZIP_CHANGED_FLOOR
-                if (enc, server) == ("gzip", "store, 1 job changed")
-                else FLOOR_TARGET
-            )
+            if enc == "identity":
+                bound = PLAIN_FLOOR_TARGET
+            elif server == "store, 1 job changed":
+                bound = GZIP_CHANGED_FLOOR
+            else:
+                bound = FLOOR_TARGET
             targets.add(
                 server,
                 enc,
@@ -235,14 +308,6 @@ def tables(runs: list[Run], checks: list[str]) -> list[Table]:
         ratio(still.median, floor.median),
         f"<={FLOOR_TARGET}x",
         verdict(still.median <= FLOOR_TARGET * floor.median),
-    )
-    gzip.add(
-        "  less the self-metrics (render + compress)",
-        ms(still.median - still.own),
-        ms(floor.median),
-        ratio(still.median - still.own, floor.median),
-        "",
-        "",
     )
     gzip.add(
         "median, 1 active job changed",
@@ -273,7 +338,7 @@ def tables(runs: list[Run], checks: list[str]) -> list[Table]:
     )
     gzip.note("constant: gzip.compress(body, 1) of the same text, made before the timer started.")
     gzip.note(
-        f"self-metrics: every scrape renders and compresses them, {ms(still.own)} median "
-        "measured in the server process; the constant has them pre-rendered."
+        f"self-metrics: rendered and compressed again after a change, {ms(still.own)} "
+        "median measured in the server process; a scrape with nothing changed reuses them."
     )
     return [latency, targets, gzip]

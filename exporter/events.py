@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from exporter.config import Events
 from exporter.model import JOB_ID
+from exporter.telemetry import EventTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -379,15 +380,6 @@ class EventSink(Protocol):
     def job_event(self, event: JobEvent) -> bool: ...
     def job_deleted(self, job_id: str) -> None: ...
     def execution_ended(self, event: JobEvent) -> None: ...
-
-
-class EventTelemetry(Protocol):
-    """What the consumer reports (selfmetrics.SelfMetrics)."""
-
-    def event_received(self, target: str, event: str) -> None: ...
-    def event_duplicate(self, target: str) -> None: ...
-    def event_lag(self, target: str, seconds: float) -> None: ...
-    def event_consumer_error(self, target: str) -> None: ...
 
 
 class EventConsumer:

@@ -9,8 +9,6 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from prometheus_client.exposition import generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter import __version__, gzipjoin
 from exporter.negotiation import qualities
@@ -76,6 +74,10 @@ class MetricsHandler:
         self._families: dict[bool, dict[int, tuple[tuple[tuple[str, int], ...], gzipjoin.Run]]] = {}
         # and the joined body of a store version.
         self._jobs: dict[bool, tuple[int, bytes, gzipjoin.Run]] = {}
+        # and the whole body: (the jobs' bytes, the self-metrics' bytes, the body).
+        self._bodies: dict[bool, tuple[bytes, bytes, bytes]] = {}
+        # Per format, the plain body's parts: (store version, self-metrics, parts, length).
+        self._plain: dict[bool, tuple[int, bytes, list[bytes | bytearray], int]] = {}
         self._gzip_lock = asyncio.Lock()
 
     async def _gzip_jobs(self, openmetrics: bool) -> tuple[bytes, gzipjoin.Run]:
@@ -127,37 +129,71 @@ class MetricsHandler:
         # The header leads the cached bytes: one write fewer per scrape.
         return gzipjoin.header(_GZIP_LEVEL) + b"".join(deflates), gzipjoin.fold(runs)
 
+    async def _gzip_body(self, openmetrics: bool, own: bytes) -> bytes:
+        """The whole gzip body: the cached jobs' part, then the self-metrics and trailer.
+
+        Joined again only when the store or the rendered self-metrics changed (`own` is
+        the object SelfMetrics.render keeps): with nothing changed a scrape sends bytes
+        made before it, as a constant body would be.
+        """
+        jobs, run = await self._gzip_jobs(openmetrics)
+        cached = self._bodies.get(openmetrics)
+        if cached is not None and cached[0] is jobs and cached[1] is own:
+            return cached[2]
+        tail = gzipjoin.compress(own, _GZIP_LEVEL)
+        body = b"".join((jobs, tail.deflate, gzipjoin.trailer(run.then(tail.run), _GZIP_LEVEL)))
+        self._bodies[openmetrics] = (jobs, own, body)
+        return body
+
+    def _plain_parts(self, openmetrics: bool, own: bytes) -> tuple[list[bytes | bytearray], int]:
+        """The parts of a plain body and their length, listed once per version of the
+        store and of the rendered self-metrics."""
+        version = self.store.version
+        cached = self._plain.get(openmetrics)
+        if cached is not None and cached[0] == version and cached[1] is own:
+            return cached[2], cached[3]
+        parts: list[bytes | bytearray] = [
+            segment.data for segment in self.store.segments(openmetrics)
+        ]
+        parts.append(own)
+        length = sum(len(part) for part in parts)
+        self._plain[openmetrics] = (version, own, parts, length)
+        return parts, length
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # The job families are pre-rendered in both formats (they differ in counter
-        # headers and exemplars); the self-metrics are rendered per scrape, and
-        # OpenMetrics' `# EOF` ends them.
+        # headers and exemplars), the self-metrics rendered when they change
+        # (SelfMetrics.render), and OpenMetrics' `# EOF` ends them.
         openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
-        if openmetrics:
-            own = generate_openmetrics(self.telemetry.registry)  # type: ignore[no-untyped-call]
-            content_type = OPENMETRICS_TYPE
-        else:
-            own = generate_latest(self.telemetry.registry)
-            content_type = CONTENT_TYPE
-        response = web.StreamResponse(
-            headers={"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
-        )
-        parts: list[bytes | bytearray]
+        own = self.telemetry.render(openmetrics)
+        headers = {
+            "Content-Type": OPENMETRICS_TYPE if openmetrics else CONTENT_TYPE,
+            "Vary": "Accept, Accept-Encoding",
+        }
         if wants_gzip(request.headers.get("Accept-Encoding", "")):
-            # One gzip member: curl and browsers decode only the first of several.
-            jobs, run = await self._gzip_jobs(openmetrics)
-            tail = gzipjoin.compress(own, _GZIP_LEVEL)
-            parts = [jobs, tail.deflate + gzipjoin.trailer(run.then(tail.run), _GZIP_LEVEL)]
-            response.headers["Content-Encoding"] = "gzip"
-        else:
-            parts = [segment.data for segment in self.store.segments(openmetrics)]
-            parts.append(own)
+            # One gzip member: curl and browsers decode only the first of several. Sent
+            # by aiohttp as a constant body is, which also sees to a client that leaves.
+            headers["Content-Encoding"] = "gzip"
+            return web.Response(body=await self._gzip_body(openmetrics, own), headers=headers)
+        parts, length = self._plain_parts(openmetrics, own)
         # Written part by part: joining would copy tens of MB per scrape at 10,000 jobs.
-        response.content_length = sum(len(part) for part in parts)
-        await response.prepare(request)
-        if request.method != "HEAD":
-            for part in parts:
-                await response.write(part)
-        await response.write_eof()
+        response = web.StreamResponse(headers=headers)
+        response.content_length = length
+        try:
+            await response.prepare(request)
+            if request.method != "HEAD":
+                for part in parts:
+                    await response.write(part)
+            await response.write_eof()
+        except ConnectionError:
+            # The scraper went away mid-body (`curl ... | head -c 100`, a scrape timeout):
+            # not a server error. Returned, not raised, so that aiohttp closes the
+            # connection quietly instead of logging an error with a traceback.
+            log.debug(
+                "client closed the connection mid-response path=%s remote=%s",
+                request.path,
+                request.remote,
+            )
         return response
 
 

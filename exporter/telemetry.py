@@ -1,17 +1,16 @@
-"""What the source and the scheduler report about themselves, as protocols selfmetrics implements.
+"""What the source, the scheduler and the event consumers report: protocols selfmetrics implements.
 
-The AWS source and the collector count calls, cycles and tracked jobs through these
-narrow interfaces instead of writing Prometheus families, so they never load the metric
-table; `selfmetrics.SelfMetrics` is the implementation, and the vocabularies its label values
-come from (call outcomes, tracked states) are defined here, once.
+The AWS source, the collector and the event consumers count calls, cycles, tracked jobs
+and events through these narrow interfaces instead of writing Prometheus families, so
+they never load the metric table; `selfmetrics.SelfMetrics` is the implementation, and
+the vocabularies its label values come from (call outcomes, tracked states) are defined
+here, once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Protocol
-
-from exporter.events import EventTelemetry
 
 # The outcome class of an AWS call, as aws.classify returns it.
 OUTCOMES = (
@@ -36,6 +35,15 @@ DROP_REASONS = ("unknown_limit", "invalid")
 # The classes of event marks (events_describe_wait_seconds' class): schedule.JOB_MARK and
 # EXECUTION_MARK, and the marks of ids only events named.
 MARK_CLASSES = ("job", "execution", "unknown")
+
+
+class EventTelemetry(Protocol):
+    """What a target's event consumer (events.EventConsumer) reports."""
+
+    def event_received(self, target: str, event: str) -> None: ...
+    def event_duplicate(self, target: str) -> None: ...
+    def event_lag(self, target: str, seconds: float) -> None: ...
+    def event_consumer_error(self, target: str) -> None: ...
 
 
 class SourceTelemetry(Protocol):
@@ -70,12 +78,24 @@ class SchedulerTelemetry(Protocol):
     def event_describe_waited(self, target: str, kind: str, seconds: float) -> None: ...
     def unknown_jobs(self, target: str, count: int) -> None: ...
     def jobs_dropped(self, target: str, reason: str) -> None: ...
-    def watch_events_driven(self, target: str, read: Callable[[], bool]) -> None: ...
+    def watch_events_driven(self, target: str, read: Callable[[], bool]) -> None:
+        """`read` says whether events drive the target; it is called at most once a
+        second, never per scrape. `events_driven` pushes the value instead."""
+
+    def events_driven(self, target: str, driven: bool) -> None:
+        """Events refresh the target's jobs now (else they are polled every interval)."""
 
     def sweep_page(self, target: str, executions: int) -> None:
         """An execution sweep read a page of `executions` summaries."""
 
-    def watch_sweep_age(self, target: str, read: Callable[[], float]) -> None: ...
+    def watch_sweep_age(self, target: str, read: Callable[[], float]) -> None:
+        """`read` is the age of the target's oldest sweep (0: none waits), a pass over its
+        jobs; it is called at most once a second, never per scrape. `sweep_age` pushes
+        the value instead."""
+
+    def sweep_age(self, target: str, age: float, at: float) -> None:
+        """The oldest sweep of a job waiting for one was `age` seconds old at Unix time
+        `at` (0: none waits); the gauge grows from there until the next push."""
 
     def sweep_truncated(self, target: str) -> None:
         """A sweep stopped at max_executions_per_job: its job's counts are a lower bound."""

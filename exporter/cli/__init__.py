@@ -1,4 +1,4 @@
-"""Command line: picks the subcommand (run, check-config, simulator, demo) and runs it.
+"""Command line: picks the subcommand (run, check-config, example-config, simulator, demo).
 
 One module per concern: `flags` (what the commands share), `lifecycle` (serving, reload
 on SIGHUP, shutdown), and one module per command: `run`, `check`, `demo`.
@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "check-config":
             return check.main(argv[1:])
+        if command == "example-config":
+            return check.example_main(argv[1:])
         if command == "simulator":
             from simulator import main as simulator_main
 
@@ -25,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         if command == "demo":
             return demo.main(argv[1:])
         if command is not None:
-            return fail(f"unknown command {command!r}; expected check-config, simulator or demo")
+            return fail(
+                f"unknown command {command!r}; expected check-config, example-config, "
+                "simulator or demo"
+            )
         return run.main(argv)
     except KeyboardInterrupt:
         return 130

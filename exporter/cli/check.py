@@ -1,20 +1,33 @@
-"""The check-config command: validate a configuration file; with --probe, call AWS once."""
+"""The config commands: check-config validates a file (with --probe, calls AWS once);
+example-config prints the example configuration."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+from importlib import resources
 
-from exporter.cli.flags import (
-    add_metrics_flags,
-    fail,
-    families_of,
-    load,
-    metrics_flags,
-    with_metrics,
-)
+from exporter.cli.flags import add_metrics_flags, fail, families_of, load_with_flags
 from exporter.otel import OtelUnavailable, check_packages
 from exporter.table import FAMILIES
+
+# Every key with its default and meaning, shipped in the package: a pip user has no
+# checkout to copy it from.
+EXAMPLE_CONFIG = resources.files("exporter") / "example.yaml"
+
+
+def example_main(argv: list[str]) -> int:
+    """The example-config command: print the example configuration."""
+    parser = argparse.ArgumentParser(
+        prog="aws-iot-jobs-exporter example-config",
+        description="Print the example configuration (every key, with its default and "
+        "meaning) to start a config.yaml from: "
+        "aws-iot-jobs-exporter example-config > config.yaml",
+    )
+    parser.parse_args(argv)
+    sys.stdout.write(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -28,19 +41,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--probe",
         action="store_true",
-        help="per target: resolve credentials (and the role), GetCallerIdentity, ListJobs "
-        "(one job) and DescribeJob (one job); exit 1 if any target fails",
+        help="per target: resolve credentials (and assume role_arn), GetCallerIdentity, "
+        "ListJobs (one job, with discovery), DescribeJob (one job), unless sweeps are off "
+        "ListJobExecutionsForJob (one page of that job) and, with events:, SQS "
+        "GetQueueAttributes (consumes no message); exit 1 if any target fails",
     )
     # The run command's flags that change what the file means, checked the same way.
     add_metrics_flags(parser)
     args = parser.parse_args(argv)
-    config = load(args.config_file)
-    if isinstance(config, int):
-        return config
-    metrics = metrics_flags(args)
-    if isinstance(metrics, int):
-        return metrics
-    config = with_metrics(config, metrics)
+    loaded = load_with_flags(args.config_file, args)
+    if isinstance(loaded, int):
+        return loaded
+    config = loaded.config
     try:
         check_packages(config.otel)
     except OtelUnavailable as exc:

@@ -15,18 +15,16 @@ from pathlib import Path
 import aiohttp
 
 from exporter.cli.flags import (
+    Loaded,
     add_run_flags,
-    check_web_flags,
     fail,
-    load,
-    metrics_flags,
+    load_with_flags,
     parse_listen_address,
-    read_web_config,
-    with_metrics,
+    web_flags,
 )
 from exporter.cli.lifecycle import serve_until_signalled
 from exporter.collect.shard import Shard
-from exporter.config import Config, Metrics
+from exporter.config import Config
 from exporter.demo_stack import (
     ALERTMANAGER_ADDRESS,
     PROMETHEUS_ADDRESS,
@@ -102,20 +100,14 @@ def main(argv: list[str]) -> int:
         except ValueError:
             return fail(f"{flag} {address!r}: expected [host]:port")
     setup_logging(args.log_level, args.log_format)
-    config = load(args.config_file)
-    if isinstance(config, int):
-        return config
-    metrics = metrics_flags(args)
-    if isinstance(metrics, int):
-        return metrics
+    loaded = load_with_flags(args.config_file, args)
+    if isinstance(loaded, int):
+        return loaded
     from simulator.scenario import bundled_scenario
 
     if not Path(args.scenario).is_file() and bundled_scenario(args.scenario) is None:
         return fail(f"{args.scenario}: no such scenario file, nor a bundled scenario")
-    problem = check_web_flags(args)
-    if problem:
-        return fail(problem)
-    web_config = read_web_config(args)
+    web_config = web_flags(args)
     if isinstance(web_config, int):
         return web_config
     # The simulator accepts any signature; these keep botocore from searching for real
@@ -124,15 +116,10 @@ def main(argv: list[str]) -> int:
         os.environ[key] = "demo"
     os.environ.pop("AWS_SESSION_TOKEN", None)
     os.environ.pop("AWS_PROFILE", None)
-    return asyncio.run(_demo(config, args, web_config, metrics))
+    return asyncio.run(_demo(loaded, args, web_config))
 
 
-async def _demo(
-    config: Config,
-    args: argparse.Namespace,
-    web_config: WebConfig | None,
-    metrics: Metrics | None = None,
-) -> int:
+async def _demo(loaded: Loaded, args: argparse.Namespace, web_config: WebConfig | None) -> int:
     from simulator import ScenarioError, start_simulator
 
     sim_host, sim_port = parse_listen_address(args.sim_address)
@@ -165,7 +152,7 @@ async def _demo(
             )
             for t in config.targets
         )
-        config = dataclasses.replace(with_metrics(config, metrics), targets=targets)
+        config = dataclasses.replace(loaded.adjust(config), targets=targets)
         return time_scaled_config(config, factor)
 
     async def announce(url: str) -> None:
@@ -203,7 +190,7 @@ async def _demo(
 
     try:
         return await serve_until_signalled(
-            to_simulator(config), args, Shard(), announce, web_config, to_simulator
+            to_simulator(loaded.config), args, Shard(), announce, web_config, to_simulator
         )
     finally:
         if stack is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from dataclasses import dataclass
 
 from exporter.config import Config, ConfigError, Metrics, load_config
 from exporter.logs import LEVELS
@@ -132,6 +133,31 @@ def with_metrics(config: Config, metrics: Metrics | None) -> Config:
     return config if metrics is None else dataclasses.replace(config, metrics=metrics)
 
 
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A command's configuration: the file as read, with the flags that change it."""
+
+    config: Config
+    # The --metrics.* selection, None without those flags; it outlasts reloads.
+    metrics: Metrics | None
+
+    def adjust(self, config: Config) -> Config:
+        """A configuration read again (a reload), with the same flags applied."""
+        return with_metrics(config, self.metrics)
+
+
+def load_with_flags(path: str, args: argparse.Namespace) -> Loaded | int:
+    """What every command starts with: the file loaded, then the --metrics.* flags checked
+    and put in place of its metrics section; exit code 2 with the error printed."""
+    config = load(path)
+    if isinstance(config, int):
+        return config
+    metrics = metrics_flags(args)
+    if isinstance(metrics, int):
+        return metrics
+    return Loaded(with_metrics(config, metrics), metrics)
+
+
 def families_of(config: Config) -> tuple[Family, ...]:
     return select_families(config.metrics.allow, config.metrics.deny)
 
@@ -149,6 +175,15 @@ def check_web_flags(args: argparse.Namespace) -> str | None:
     if parse_duration(args.write_timeout) is None:
         return f"--web.write-timeout {cut(repr(args.write_timeout))}: expected a duration like 30s"
     return None
+
+
+def web_flags(args: argparse.Namespace) -> WebConfig | int | None:
+    """The serving commands' web flags checked, and their --web.config.file read (None
+    without one); exit code 2 with the error printed."""
+    problem = check_web_flags(args)
+    if problem:
+        return fail(problem)
+    return read_web_config(args)
 
 
 def read_web_config(args: argparse.Namespace) -> WebConfig | int | None:

@@ -51,8 +51,7 @@ class Reloader:
         self._lock = asyncio.Lock()
 
     def loaded(self) -> None:
-        self.telemetry.config_reload_ok.set(1)
-        self.telemetry.config_reload_time.set(time.time())
+        self.telemetry.config_loaded(True, time.time())
 
     async def reload(self) -> str | None:
         """None when the new config is running; else the error, with the old one kept.
@@ -87,7 +86,7 @@ class Reloader:
             return None
 
     def _failed(self, error: str) -> str:
-        self.telemetry.config_reload_ok.set(0)
+        self.telemetry.config_loaded(False, time.time())
         error = cut(error, _RELOAD_ERROR_MAX)
         log.error("reload failed, keeping the running config error=%s", error)
         return error

@@ -6,15 +6,7 @@ import argparse
 import asyncio
 
 from exporter import __version__
-from exporter.cli.flags import (
-    add_run_flags,
-    check_web_flags,
-    fail,
-    load,
-    metrics_flags,
-    read_web_config,
-    with_metrics,
-)
+from exporter.cli.flags import add_run_flags, fail, load_with_flags, web_flags
 from exporter.cli.lifecycle import serve_until_signalled
 from exporter.collect.shard import Shard
 from exporter.logs import setup_logging
@@ -24,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aws-iot-jobs-exporter",
         description="Prometheus exporter for AWS IoT Jobs. Subcommands: check-config, "
-        "simulator, demo (see `aws-iot-jobs-exporter SUBCOMMAND --help`).",
+        "example-config, simulator, demo (see `aws-iot-jobs-exporter SUBCOMMAND --help`).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_run_flags(parser)
@@ -64,29 +56,22 @@ def _shard(args: argparse.Namespace) -> Shard | int:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
-    config = load(args.config_file)
-    if isinstance(config, int):
-        return config
-    metrics = metrics_flags(args)
-    if isinstance(metrics, int):
-        return metrics
-    config = with_metrics(config, metrics)
+    loaded = load_with_flags(args.config_file, args)
+    if isinstance(loaded, int):
+        return loaded
     shard = _shard(args)
     if isinstance(shard, int):
         return shard
-    problem = check_web_flags(args)
-    if problem:
-        return fail(problem)
-    web_config = read_web_config(args)
+    web_config = web_flags(args)
     if isinstance(web_config, int):
         return web_config
     return asyncio.run(
         serve_until_signalled(
-            config,
+            loaded.config,
             args,
             shard,
             web_config=web_config,
             # Flags outlast reloads: they replace the metrics section of every file read.
-            adjust=lambda new: with_metrics(new, metrics),
+            adjust=loaded.adjust,
         )
     )

@@ -289,7 +289,8 @@ class EventPath:
         describes is logged and restarted after a pause, and the target's polling, which
         runs beside this, goes on meanwhile.
         """
-        # Read at scrape time: the consumer's health changes between cycles.
+        # Read when the self-metrics are rendered (at most once a second): the consumer's
+        # health changes between cycles.
         self.context.telemetry.watch_events_driven(self.context.target.name, self.event_driven)
         try:
             while True:

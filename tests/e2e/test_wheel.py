@@ -141,6 +141,19 @@ def test_the_wheel_carries_every_scenario_and_imports_from_the_venv(
     assert all(site in Path(line.split()[1]).resolve().parents for line in scenarios)
 
 
+def test_a_pip_user_gets_the_example_config_from_the_installed_command(
+    venv: Path, elsewhere: Path
+) -> None:
+    # No checkout around: the command prints the example, which is the checkout's, and the
+    # file it makes is a valid configuration as it stands.
+    command = venv / "bin" / "aws-iot-jobs-exporter"
+    printed = _run(command, "example-config", cwd=elsewhere)
+    assert printed == (ROOT / "config" / "example.yaml").read_text()
+    (elsewhere / "config.yaml").write_text(printed)
+    checked = _run(command, "check-config", "--config.file", "config.yaml", cwd=elsewhere)
+    assert checked.startswith("config.yaml: valid: ")
+
+
 def test_the_wheel_carries_the_mixin_the_demo_loads(venv: Path, elsewhere: Path) -> None:
     # What the demo reads through importlib.resources, read the same way from the wheel,
     # is the checkout's: every rule file, the Alertmanager config and the thresholds.

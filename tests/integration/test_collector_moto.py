@@ -291,15 +291,17 @@ async def test_a_target_whose_client_cannot_be_created_does_not_stop_the_others(
     collector = Supervisor(cfg, store, telemetry)
     await collector.start()
     try:
+        # The job is stored as soon as it is described, before its cycle ends and sets
+        # collection_success: wait for the state asserted, not for the job.
         await until(
             lambda: (
-                store.get(("fine", f"{prefix}-rollout")) is not None
+                telemetry.collection_success.labels("fine")._value.get() == 1
                 and collector.targets["broken"].cycles >= 2
             ),
-            what="fine described and broken tried twice",
+            what="a successful cycle of fine and broken tried twice",
         )
+        assert store.get(("fine", f"{prefix}-rollout")) is not None
         assert telemetry.collection_success.labels("broken")._value.get() == 0
-        assert telemetry.collection_success.labels("fine")._value.get() == 1
         # A target AWS never answered keeps the replica out of its Service.
         assert not collector.ready
     finally:

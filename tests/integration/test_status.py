@@ -213,7 +213,8 @@ async def test_explicit_ids_only_are_ready_once_aws_answers_a_describe(
 @pytest.fixture
 async def hostile() -> AsyncIterator[IotEndpoint]:
     ep = IotEndpoint()
-    ep.jobs = {HOSTILE: job(HOSTILE), "fine": job("fine")}
+    # A listed id CreateJob would refuse is never followed: it is in no status list.
+    ep.jobs = {HOSTILE: job(HOSTILE), "second": job("second"), "fine": job("fine")}
     await ep.start()
     yield ep
     await ep.close()
@@ -246,14 +247,14 @@ async def test_hostile_job_ids_and_error_texts_are_escaped(
     await until(lambda: served.collector.ready, what="ready")
     message = json.dumps({"message": f"{HOSTILE} \x1b[31m\r\nforged=line"}).encode()
     hostile.queued["fine"] = [Reply(403, message, "AccessDeniedException")] * 1000
-    hostile.queued[HOSTILE] = [Reply(500, b"{}", "InternalFailure")] * 1000
+    hostile.queued["second"] = [Reply(500, b"{}", "InternalFailure")] * 1000
     await until(lambda: served.collector.targets["ep"].last_error is not None, what="the error")
     # Both jobs fail: they are listed as failing, each with its own error, not as stale.
     await until(
         lambda: served.collector.targets["ep"].status().failing_total == 2, what="failing jobs"
     )
-    hostile.queued[HOSTILE] = []
-    # The hostile job answers again; "fine" keeps failing, so its error becomes the last.
+    hostile.queued["second"] = []
+    # The second job answers again; "fine" keeps failing, so its error becomes the last.
     target = served.collector.targets["ep"]
     await until(
         lambda: target.last_error is not None and target.last_error.job_id == "fine",
@@ -281,12 +282,13 @@ async def test_hostile_job_ids_and_error_texts_are_escaped(
     (t,) = data["targets"]
     assert t["last_error"]["job_id"] == "fine"
     assert t["last_error"]["message"].startswith(f"AccessDeniedException: {HOSTILE}")
-    # Each failing job with its own last error (the hostile one may still be listed with
-    # its 500 until its next describe).
+    # Each failing job with its own last error (the second may still be listed with its
+    # 500 until its next describe).
     failing = {j["job_id"]: j for j in t["failing"]["jobs"]}["fine"]
     assert failing["error"]["class"] == "denied" and failing["error"]["job_id"] == "fine"
     assert t["stale"]["after_seconds"] == pytest.approx(0.2)
-    assert HOSTILE in {j for j in served.collector.targets["ep"].jobs}
+    assert set(served.collector.targets["ep"].jobs) == {"second", "fine"}
+    assert all(j["job_id"] != HOSTILE for j in t["failing"]["jobs"])
 
 
 def test_sanitise_removes_request_echoes_keys_and_tokens() -> None:
@@ -330,6 +332,7 @@ STATUS_IDS = [
     "iso\u2066\u2067\u2068\u2069lrm\u200e\u200f\u202a\u202b\u202c\u202d\u061c",
     "x\ny\rz\tw",
 ]
+VALID_IDS = ["job-a", "job-b"]
 SHOWN_RAW = frozenset(
     [*map(chr, range(0x20)), *map(chr, range(0x7F, 0xA0)), "\u061c", "\u200e", "\u200f",
      *map(chr, range(0x202A, 0x202F)), "\u2028", "\u2029", *map(chr, range(0x2066, 0x206A))]
@@ -339,10 +342,12 @@ SHOWN_RAW = frozenset(
 async def test_status_html_shows_bidi_separators_and_controls_escaped(
     serve: Callable[..., asyncio.Future[Served]],
 ) -> None:
-    page = listing(*STATUS_IDS)
+    # Ids with these characters are not job ids: listed, never followed. The jobs beside
+    # them carry the characters in what AWS says of them: a status, an error message.
+    page = listing(*STATUS_IDS, *VALID_IDS)
     aws = await HostileAws(list_page=lambda token: page).start()
-    aws.describe[STATUS_IDS[0]] = json.dumps(
-        job_body(STATUS_IDS[0], status="IN_PROGRESS\u202e\u2028")
+    aws.describe[VALID_IDS[0]] = json.dumps(
+        job_body(VALID_IDS[0], status="IN_PROGRESS\u202e\u2028")
     ).encode()
     try:
         served = await serve(discovering(aws.url))
@@ -352,14 +357,14 @@ async def test_status_html_shows_bidi_separators_and_controls_escaped(
         failure = json.dumps(
             {"__type": "InternalFailure", "message": "down\u202e\u2028\x85now\ud800"}
         )
-        for job_id in STATUS_IDS:
+        for job_id in VALID_IDS:
             aws.describe[job_id] = (500, failure.encode())
         target = served.collector.targets["sim"]
         await until(
             lambda: (
-                target.status().failing_total == len(STATUS_IDS)
+                target.status().failing_total == len(VALID_IDS)
                 and target.last_error is not None
-                and target.last_error.job_id in STATUS_IDS
+                and target.last_error.job_id in VALID_IDS
             ),
             what="failing jobs and an error",
         )
@@ -372,12 +377,14 @@ async def test_status_html_shows_bidi_separators_and_controls_escaped(
     raw = {f"U+{ord(c):04X}" for c in SHOWN_RAW.intersection(html_page) if c != "\n"}
     assert not raw, raw
     for job_id in STATUS_IDS:
-        assert f"<code>{escape_controls(job_id)}</code>" in html_page, job_id
+        assert escape_controls(job_id) not in html_page, job_id
+    for job_id in VALID_IDS:
+        assert f"<code>{job_id}</code>" in html_page, job_id
     assert "IN_PROGRESS\\u202e\\u2028" in html_page
     assert "down\\u202e\\u2028 now\\ud800" in html_page
     # The JSON, already escaped, still gives the ids back whole.
     (t,) = json.loads(json_page)["targets"]
-    assert {j["job_id"] for j in t["failing"]["jobs"]} == set(STATUS_IDS)
+    assert {j["job_id"] for j in t["failing"]["jobs"]} == set(VALID_IDS)
 
 
 async def test_status_is_rendered_once_per_interval_however_many_poll(
