@@ -13,6 +13,8 @@ size, event-driven and (the baseline) polling only:
    cancellations) is timed to the moment the store (what /metrics serves, byte for byte)
    shows the job's new status: job-level data age. Every terminal execution the fleet makes
    is timed to the moment the job's count of that state shows it: execution-level data age.
+   A change made in the window is followed for up to a minute after it; one not shown by
+   then is counted as not shown (and fails its target).
 3. **Fairness**, for `--triangle-storm` seconds: a reload adds a co-tenant target on the
    same account (so the same DescribeJob bucket) that polls 600 jobs, more than half the
    budget, while an event storm (a failure event per job every 2 s on 100 of the first
@@ -71,6 +73,8 @@ EXECUTION_STATE = {
     s: s.lower() for s in ("SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED")
 }
 TARGET = "production"
+# Seconds a change made in the freshness window is followed after the window ends.
+GRACE = 60.0
 
 
 @dataclass(slots=True)
@@ -221,7 +225,13 @@ async def _run(
             sim.call(functools.partial(lambda s, j: s.fleet.cancel_job(j, force=True), j=job_id))
         pending: list[Change] = []
         began = time.monotonic()
-        while time.monotonic() - began < window:
+        # Changes made in the window are followed for GRACE seconds more: one made in its
+        # last second is not "not shown" for want of time.
+        while time.monotonic() - began < window + GRACE and (
+            pending or changes or time.monotonic() - began < window
+        ):
+            if measuring and time.monotonic() - began >= window:
+                measuring = False
             while changes:
                 pending.append(changes.popleft())
             now = time.monotonic()
