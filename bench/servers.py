@@ -20,14 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from exporter.schedule import SystemClock
-from exporter.sweep import Sweeper
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.exposition import generate_latest
 
 from bench.common import bench_target, load_snapshots, reply, touched, wait_for_parent
 from bench.report import median
 from exporter import gzipjoin
+from exporter.collect.schedule import SystemClock
+from exporter.collect.sweep import Sweeper
 from exporter.config import Executions
 from exporter.model import JobSnapshot
 from exporter.selfmetrics import SelfMetrics as Telemetry
