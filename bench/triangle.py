@@ -99,6 +99,8 @@ class Result:
     execution_unseen: int = 0
     cotenant: float = 0.0
     first_target: float = 0.0
+    # Per class, the bucket bound under which 99 % of event describes waited.
+    waits: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def ideal(self) -> float:
@@ -252,6 +254,7 @@ async def _run(
             pending = kept
             await asyncio.sleep(0.05)
         measuring = False
+        result.waits = _wait_p99(telemetry)
         result.job_unseen = sum(1 for c in pending if c.status is not None)
         result.execution_unseen = sum(1 for c in pending if c.status is None)
         # Fairness: a co-tenant on the same account, an event storm on the first target.
@@ -285,6 +288,24 @@ async def _run(
         result.first_target = (_describes(telemetry, TARGET) - before[1]) / elapsed
     finally:
         await collector.stop()
+
+
+def _wait_p99(telemetry: SelfMetrics) -> dict[str, str]:
+    """The events_describe_wait_seconds bucket that holds the 99th percentile, per class."""
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for metric in telemetry.events_describe_wait.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_bucket") and sample.labels.get("target") == TARGET:
+                le = float(sample.labels["le"])
+                buckets.setdefault(sample.labels["class"], []).append((le, sample.value))
+    out = {}
+    for kind, rows in buckets.items():
+        rows.sort()
+        total = rows[-1][1] if rows else 0.0
+        if total:
+            bound = next(le for le, count in rows if count >= 0.99 * total)
+            out[kind] = f"<= {bound:g} s of {int(total)}"
+    return out
 
 
 def _met(ok: bool) -> str:
@@ -362,4 +383,11 @@ def run(
             "-" if ratios is None else f"{ratios[0]:.2f}x / {ratios[1]:.2f}x",
             targets,
         )
-    return [table]
+    waits = Table(
+        "Event describes: mark to answer, 99th percentile (events_describe_wait_seconds)",
+        ["jobs", "class", "p99 within"],
+    )
+    for r in results:
+        for kind, text in sorted(r.waits.items()):
+            waits.add(f"{r.jobs:,}", kind, text)
+    return [table, waits]

@@ -81,6 +81,12 @@ class TargetPoller:
         self.state = state.adopt(target, shard)
         self._stretched = False
         self._semaphore = asyncio.Semaphore(settings.concurrency)
+        # The cycle's calls hold at most the other half of the slots: a stretched cycle (a
+        # thousand due reconciles waiting for tokens) would otherwise hold every slot, and
+        # event describes would wait for a slot before the budget's weights could apply.
+        self._cycle_slots = asyncio.Semaphore(
+            max(1, settings.concurrency - settings.concurrency // 2)
+        )
         # Calls outlive the cycle that started them when they are slow: a slow call must
         # not hold the target's other jobs. Their results count in the cycle they end in.
         self.in_flight: dict[str, asyncio.Task[None]] = {}
@@ -216,17 +222,24 @@ class TargetPoller:
         # however many jobs are due: 10,000 sleeping tasks would cost more than the jobs.
         if job_id in self.in_flight:
             return
-        await self._semaphore.acquire()
+        if from_cycle:
+            await self._cycle_slots.acquire()
+        try:
+            await self._semaphore.acquire()
+        except BaseException:
+            if from_cycle:
+                self._cycle_slots.release()
+            raise
         if job_id in self.in_flight or (kind == FIRST and from_cycle and self._fresh(job_id)):
             # Spawned by the event path or the cycle while this one waited for the slot, or
             # a first describe the event path has done meanwhile: a first cycle works
             # through its list for minutes, and a second call would only cost budget.
-            self._semaphore.release()
+            self._release(from_cycle)
             return
         # The task takes the context with it: its calls spend as `kind` (budget.WORK).
         token = WORK.set(kind)
         try:
-            task = asyncio.create_task(self._describe(job_id))
+            task = asyncio.create_task(self._describe(job_id, from_cycle))
         finally:
             WORK.reset(token)
         self.in_flight[job_id] = task
@@ -246,7 +259,12 @@ class TargetPoller:
         self.in_flight.pop(job_id, None)
         self._in_flight_cycle.discard(job_id)
 
-    async def _describe(self, job_id: str) -> None:
+    def _release(self, from_cycle: bool) -> None:
+        self._semaphore.release()
+        if from_cycle:
+            self._cycle_slots.release()
+
+    async def _describe(self, job_id: str, from_cycle: bool = True) -> None:
         try:
             snapshot = await self.source.describe_job(job_id)
             self._update(job_id, snapshot, self.cycle)
@@ -258,7 +276,7 @@ class TargetPoller:
             self.record_error("error", "DescribeJob", type(exc).__name__, job_id)
             self.cycle.failures += 1
         finally:
-            self._semaphore.release()
+            self._release(from_cycle)
 
     def _update(self, job_id: str, snapshot: JobSnapshot, cycle: Cycle) -> None:
         tracked = self.state.jobs.get(job_id)
