@@ -25,6 +25,9 @@ OUTCOMES = (
     "not_found",
     "invalid",
     "bad_fields",
+    "not_ready",
+    "invalid_query",
+    "invalid_aggregation",
 )
 
 
