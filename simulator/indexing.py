@@ -27,7 +27,8 @@ INDEX_NAME = "AWS_Things"
 MAX_TERMS = 5
 MAX_QUERY_BYTES = 1000
 _FIELD = re.compile(r"^shadow\.name\.\$package\.reported\.(?P<package>[^.]+)\.version$")
-_TERM = re.compile(r"^(?P<field>(?:[^:\\]|\\.)+):(?P<value>(?:[^\\]|\\.)+)$")
+# A term has no unescaped white space: `a OR b`, `NOT a` and the like are not terms.
+_TERM = re.compile(r"^(?P<field>(?:[^:\s\\]|\\.)+):(?P<value>(?:[^\s\\]|\\.)+)$")
 
 
 class QueryError(Exception):
