@@ -21,6 +21,7 @@ from prometheus_client.metrics_core import Metric
 
 from exporter import __version__
 from exporter.events import EVENT_NAMES
+from exporter.packages import PACKAGE_OPERATIONS
 from exporter.table import (
     API_CALL_LABELS,
     EVENT_OPERATIONS,
@@ -80,6 +81,7 @@ class SelfMetrics:
         GCCollector(registry=self.registry)
         ns = "aws_iot_jobs_exporter"
         r = self.registry
+        self._packages_available: Gauge | None = None
         self.build_info = Gauge(
             f"{ns}_build_info",
             "Build information; always 1.",
@@ -236,6 +238,23 @@ class SelfMetrics:
             registry=r,
         )
 
+    # Package counts (versions.py): whether a target's index and catalog answer, and its
+    # package calls at 0 from the start. Created on a target's first count, so a target
+    # without `packages:` has no such series.
+    def package_availability(self, target: str, available: bool) -> None:
+        if self._packages_available is None:
+            self._packages_available = Gauge(
+                "aws_iot_jobs_exporter_packages_available",
+                "1 while fleet indexing and the package catalog answer the target's package "
+                "counts, 0 once they said they cannot (not enabled, not ready, denied).",
+                ("target",),
+                registry=self.registry,
+            )
+            for operation in PACKAGE_OPERATIONS:
+                for outcome in OUTCOMES:
+                    self.api_requests.labels(target, operation, outcome)
+        self._packages_available.labels(target).set(1 if available else 0)
+
     def watch_otel_push(self, read: PushHealth) -> None:
         """Export the OTLP push's failures and last success from `read`."""
         self.registry.register(_OtelPush(read))
@@ -390,6 +409,13 @@ class SelfMetrics:
 
     def drop_target(self, target: str) -> None:
         self._api_totals.pop(target, None)
+        if self._packages_available is not None:
+            with contextlib.suppress(KeyError):
+                self._packages_available.remove(target)
+            for operation in PACKAGE_OPERATIONS:
+                for outcome in OUTCOMES:
+                    with contextlib.suppress(KeyError):
+                        self.api_requests.remove(target, operation, outcome)
         for operation in OPERATIONS:
             for outcome in OUTCOMES:
                 self.api_requests.remove(target, operation, outcome)

@@ -58,9 +58,17 @@ class MetricsHandler:
     combined again.
     """
 
-    def __init__(self, store: MetricsStore, telemetry: SelfMetrics) -> None:
+    def __init__(
+        self,
+        store: MetricsStore,
+        telemetry: SelfMetrics,
+        packages: Callable[[], bytes] | None = None,
+    ) -> None:
         self.store = store
         self.telemetry = telemetry
+        # The package families (versions.VersionStore.body): rendered when their counts
+        # change, joined here ahead of the self-metrics.
+        self.packages = packages
         # Per format (OpenMetrics or not), as the segments are: the compressed segments,
         self._parts: dict[bool, dict[tuple[str, int], tuple[int, gzipjoin.Part]]] = {}
         # per family the segment versions it was folded from and the folded run,
@@ -129,6 +137,8 @@ class MetricsHandler:
         else:
             own = generate_latest(self.telemetry.registry)
             content_type = CONTENT_TYPE
+        if self.packages is not None:
+            own = self.packages() + own
         response = web.StreamResponse(
             headers={"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
         )
@@ -306,9 +316,11 @@ def build_app(
     max_requests: int = 64,
     write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     status: Callable[[], Status] | None = None,
+    packages: Callable[[], bytes] | None = None,
 ) -> web.Application:
     """The exporter's routes. `reload` enables POST /-/reload (--web.enable-lifecycle);
-    `status` serves /status (HTML, or JSON with `Accept: application/json`)."""
+    `status` serves /status (HTML, or JSON with `Accept: application/json`); `packages`
+    gives the package families' bytes for /metrics."""
     app = web.Application(
         client_max_size=MAX_REQUEST_BODY,
         middlewares=[limit_in_flight(max_requests, PROBE_PATHS, write_timeout)],
@@ -326,7 +338,7 @@ def build_app(
             return web.Response(text="ready\n")
         return web.Response(status=503, text="waiting for the first collection\n")
 
-    app.router.add_get(telemetry_path, MetricsHandler(store, telemetry).handle)
+    app.router.add_get(telemetry_path, MetricsHandler(store, telemetry, packages).handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if telemetry_path != "/":
