@@ -277,6 +277,9 @@ class Faults:
     not_found: FaultRule = FaultRule()
     # Fleet indexing calls only: IndexNotReadyException, as while the index rebuilds.
     not_ready: FaultRule = FaultRule()
+    # Fleet indexing calls only: hostile answers (huge bucket lists, versions with every
+    # bad byte, counts that are negative, NaN, huge or not numbers).
+    hostile_index: FaultRule = FaultRule()
 
 
 # AWS's published rates where docs/simulator.md cites one (GetStatistics, GetCardinality:

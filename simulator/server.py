@@ -24,7 +24,14 @@ from typing import Any
 from aiohttp import web
 
 from simulator import sqs
-from simulator.faults import FaultPicker, Stats, TokenBucket, faults_json, quotas_json
+from simulator.faults import (
+    FaultPicker,
+    Stats,
+    TokenBucket,
+    faults_json,
+    hostile_index,
+    quotas_json,
+)
 from simulator.fleet import JOB_SCHEDULED, Fleet, FleetError, Job, package_truth
 from simulator.indexing import FleetIndex, QueryError
 from simulator.render import (
@@ -621,6 +628,9 @@ class Simulator:
                 if picker.hits(getattr(faults, name), operation, job_id):
                     corrupt(body)
                     outcome = "bad_fields"
+        if operation in INDEX_OPERATIONS and picker.hits(faults.hostile_index, operation, job_id):
+            hostile_index(picker.rng, operation, body)
+            outcome = "bad_fields"
         data = json.dumps(body, separators=(",", ":")).encode()
         if picker.hits(faults.malformed, operation, job_id):
             self.stats.count(operation, "malformed")

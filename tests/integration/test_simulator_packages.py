@@ -7,6 +7,7 @@ the configured lag.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -363,3 +364,27 @@ async def test_reports_without_a_job_move_the_truth(sim: Simulator, admin: Admin
         ) as r,
     ):
         assert r.status == 404
+
+
+async def test_hostile_index_answers_parse_in_botocore(sim: Simulator, admin: Admin) -> None:
+    ops = ["GetBucketsAggregation", "GetStatistics", "GetCardinality"]
+    await admin.faults({"faults": {"hostile_index": {"ratio": 1, "operations": ops}}})
+    async with iot_client(sim.url) as client:
+        answer = await _buckets(client)
+        for _ in range(20):
+            # A count that is negative, beyond 64 bits or a float parses; NaN, infinity
+            # or a string make botocore's parser raise.
+            try:
+                stats = await client.get_statistics(queryString="*")
+                assert stats["statistics"]["count"] in (-1, 2**63, 3, 0)
+            except (ValueError, OverflowError):
+                pass
+        with contextlib.suppress(ValueError, OverflowError):
+            await client.get_cardinality(queryString="*", aggregationField=FIELD)
+    keys = [b["keyValue"] for b in answer["buckets"]]
+    counts = [b["count"] for b in answer["buckets"]]
+    assert len(keys) > 20_000 and answer["totalCount"] == -7
+    assert "\x00" in "".join(keys) and "v" * 5000 in keys and "\ud800lone" in keys
+    assert -1 in counts and 2**63 in counts
+    requests = (await admin.stats())["requests"]
+    assert [requests[op]["bad_fields"] for op in ops] == [1, 20, 1]
