@@ -187,9 +187,7 @@ class Fleet:
         for g in scenario.groups:
             self._add_group(g.name)
             self._grow_group(g.name, g.things)
-        # Each thing's $package shadow: the versions installed before the start.
         self.packages = Packages(scenario, start)
-        self.packages.install(self.groups)
         for spec in scenario.jobs:
             created = start + spec.created_minutes * 60.0
             earliest = min(earliest, created)
@@ -203,6 +201,9 @@ class Fleet:
             self._push(start + event.at_minutes * 60.0, self._timeline, event)
         if scenario.generate is not None:
             self._generate(scenario.generate)
+        # Each thing's $package shadow: the versions installed before the start (once the
+        # generated groups exist, before any job has run).
+        self.packages.install(self.groups)
         self.now = earliest
         self.advance(start)
 

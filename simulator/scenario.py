@@ -243,6 +243,37 @@ class Generate:
     active_ratio: float = 0.1
     canceled_ratio: float = 0.15
     maximum_per_minute: int = 10
+    # Packages in the catalog (scale-package-0000, ...), each with versions 1.0.0, 1.1.0,
+    # ... (the newest PUBLISHED, the others DEPRECATED) installed over every generated
+    # group, for the cost of the version metrics at scale.
+    packages: int = 0
+    versions_per_package: int = 3
+
+
+def generated_packages(gen: Generate) -> tuple[PackageSpec, ...]:
+    groups = [f"scale-group-{g:04d}" for g in range(gen.groups)]
+    k = gen.versions_per_package
+    out = []
+    for i in range(gen.packages):
+        versions = tuple(
+            PackageVersionSpec(
+                name=f"1.{j}.0",
+                status="PUBLISHED" if j == k - 1 else "DEPRECATED",
+                created_minutes=-43200.0 + j * 1440.0,
+            )
+            for j in range(k)
+        )
+        # 90% of each group report a version, spread evenly over the versions.
+        share = tuple((v.name, 0.9 / k) for v in versions)
+        out.append(
+            PackageSpec(
+                name=f"scale-package-{i:04d}",
+                versions=versions,
+                default_version=versions[-1].name,
+                installed=tuple(Installed(g, share) for g in groups),
+            )
+        )
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -785,6 +816,8 @@ def _generate(r: Reader, value: Any, path: str) -> Generate:
         "active_ratio",
         "canceled_ratio",
         "maximum_per_minute",
+        "packages",
+        "versions_per_package",
     )
     d = r.mapping(value, path, keys)
     g = Generate()
@@ -803,6 +836,13 @@ def _generate(r: Reader, value: Any, path: str) -> Generate:
         maximum_per_minute=r.integer(
             d.get("maximum_per_minute", g.maximum_per_minute),
             join(path, "maximum_per_minute"),
+            1,
+            1000,
+        ),
+        packages=r.integer(d.get("packages", g.packages), join(path, "packages"), 0, 10_000),
+        versions_per_package=r.integer(
+            d.get("versions_per_package", g.versions_per_package),
+            join(path, "versions_per_package"),
             1,
             1000,
         ),
@@ -1018,6 +1058,9 @@ def parse_scenario(data: Any, file: str) -> Scenario:
         if any(x.name == package.name for x in packages):
             raise r.fail(join(p, "name"), f"duplicate package {package.name!r}")
         packages.append(package)
+    generate = r.opt(d, "generate", "", lambda v, p: _generate(r, v, p))
+    if generate is not None:
+        packages += generated_packages(generate)
     catalog = {p.name: {v.name for v in p.versions} for p in packages}
     for i, ev in enumerate(timeline):
         if ev.action == "report_version" and ev.version not in catalog.get(ev.package or "", ()):
@@ -1038,7 +1081,7 @@ def parse_scenario(data: Any, file: str) -> Scenario:
         groups=tuple(groups),
         jobs=tuple(jobs),
         timeline=tuple(sorted(timeline, key=lambda e: e.at_minutes)),
-        generate=r.opt(d, "generate", "", lambda v, p: _generate(r, v, p)),
+        generate=generate,
         quotas=parse_quotas(r, d.get("quotas"), "quotas"),
         faults=parse_faults(r, d.get("faults"), "faults"),
         packages=tuple(packages),

@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from botocore.exceptions import ClientError
 
-from simulator import Simulator, start_simulator
+from simulator import ScenarioError, Simulator, load_scenario, start_simulator
 from tests.simulator_client import Admin, capture_raw, iot_client, shape_problems
 from tests.support import SCENARIOS
 
@@ -388,3 +389,74 @@ async def test_hostile_index_answers_parse_in_botocore(sim: Simulator, admin: Ad
     assert -1 in counts and 2**63 in counts
     requests = (await admin.stats())["requests"]
     assert [requests[op]["bad_fields"] for op in ops] == [1, 20, 1]
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("packages: [{name: 'bad name', versions: [{name: '1'}]}]", "packages[0].name: expected"),
+        ("packages: [{name: p, versions: []}]", "packages[0].versions: expected at least one"),
+        (
+            "packages: [{name: p, versions: [{name: '1', status: LIVE}]}]",
+            "packages[0].versions[0].status: 'LIVE' is not one of DRAFT, PUBLISHED, DEPRECATED",
+        ),
+        (
+            "packages: [{name: p, default_version: '1', versions: [{name: '1', status: DRAFT}]}]",
+            "packages[0].default_version: a DRAFT version cannot be the default",
+        ),
+        (
+            "groups: [{name: g, things: 1}]\n"
+            "packages: [{name: p, versions: [{name: '1'}], "
+            "installed: [{group: g, versions: {'1': 0.7, '2': 0.1}}]}]",
+            "packages[0].installed[0].versions.2: not one of the versions",
+        ),
+        (
+            "groups: [{name: g, things: 1}]\n"
+            "packages: [{name: p, versions: [{name: '1'}, {name: '2'}], "
+            "installed: [{group: g, versions: {'1': 0.7, '2': 0.4}}]}]",
+            "packages[0].installed[0].versions: the fractions add up to more than 1",
+        ),
+        (
+            "groups: [{name: g, things: 1}]\n"
+            "packages: [{name: p, versions: [{name: '1'}]}]\n"
+            "timeline: [{at_minutes: 1, action: report_version, group: g, package: p, "
+            "version: '9', count: 1}]",
+            "timeline[0].version: p/9 is not a version in packages",
+        ),
+        ("fleet_indexing: {status: DOWN}", "fleet_indexing.status: 'DOWN' is not one of"),
+        ("fleet_indexing: {lag_seconds: -1}", "fleet_indexing.lag_seconds: expected a number"),
+        ("devices: {unreported_probability: 2}", "devices.unreported_probability: expected"),
+    ],
+)
+def test_package_errors_name_the_field(tmp_path: Path, yaml_text: str, message: str) -> None:
+    scenario = tmp_path / "bad.yaml"
+    scenario.write_text(yaml_text)
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(scenario)
+    assert str(e.value).startswith(f"{scenario}: {message}"), str(e.value)
+
+
+async def test_generated_packages_cover_the_generated_fleet(tmp_path: Path) -> None:
+    scenario = tmp_path / "scale.yaml"
+    scenario.write_text(
+        "seed: 3\nspeed: 0\n"
+        "generate: {jobs: 5, groups: 10, things_per_group: 100, packages: 12, "
+        "versions_per_package: 4}\n"
+    )
+    sim = await start_simulator(scenario, no_quotas=True)
+    try:
+        async with iot_client(sim.url) as client:
+            listed = await client.list_packages(maxResults=100)
+            assert len(listed["packageSummaries"]) == 12
+            field = "shadow.name.$package.reported.scale-package-0007.version"
+            answer = await client.get_buckets_aggregation(
+                queryString="thingGroupNames:scale-group-0003",
+                aggregationField=field,
+                bucketsAggregationType={"termsAggregation": {"maxBuckets": 10}},
+            )
+        assert answer["totalCount"] == 100
+        assert {b["keyValue"] for b in answer["buckets"]} == {"1.0.0", "1.1.0", "1.2.0", "1.3.0"}
+        # About 90% report a version.
+        assert 75 <= sum(b["count"] for b in answer["buckets"]) <= 100
+    finally:
+        await sim.close()
