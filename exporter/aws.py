@@ -752,7 +752,11 @@ _NOT_AVAILABLE = {
 
 
 class NotAvailable(ApiError):
-    """The index or the catalog answered that it cannot serve this family."""
+    """The index or the catalog answered that it cannot serve this family (`code` says how)."""
+
+    def __init__(self, outcome: str, operation: str, detail: str, code: str) -> None:
+        super().__init__(outcome, operation, detail)
+        self.code = code
 
 
 class PackageSource:
@@ -789,8 +793,10 @@ class PackageSource:
             try:
                 answer = await getattr(self._source._client, method)(**kw)
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in _NOT_AVAILABLE:
-                    raise NotAvailable(classify(exc), operation, describe_exception(exc)) from None
+                code = exc.response.get("Error", {}).get("Code")
+                if code in _NOT_AVAILABLE:
+                    detail = describe_exception(exc)
+                    raise NotAvailable(classify(exc), operation, detail, code) from None
                 raise
             try:
                 value = read(answer)

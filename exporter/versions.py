@@ -238,6 +238,14 @@ class VersionPoller:
         for name in names:
             try:
                 counts = await source.versions(name, self.settings.max_versions_per_package)
+            except NotAvailable as exc:
+                if exc.code != "InvalidAggregationException":
+                    raise
+                # This package's version is not an indexed custom field (AWS allows a few
+                # per account): the other packages are counted all the same.
+                self.state.last_error = f"package {name}: version field not indexed"
+                state.counts.pop(name, None)
+                continue
             except ApiError as exc:
                 self._failed(exc, f"package {name}")
                 continue

@@ -168,3 +168,26 @@ async def test_an_index_that_rebuilds_is_said_and_counts_come_back(
     check(samples, await truth(admin))
     available = pick(samples, "aws_iot_jobs_exporter_packages_available", target="sim")
     assert list(available.values()) == [1.0]
+
+
+async def test_the_simulators_hostile_index_costs_only_its_round(
+    sim: Simulator, admin: Admin, exporter: Exporter
+) -> None:
+    await exporter.after_a_full_round()
+    await admin.faults(
+        {"faults": {"hostile_index": {"ratio": 1, "operations": ["GetBucketsAggregation"]}}}
+    )
+    samples = await exporter.after_a_full_round()
+    versions = pick(samples, "aws_iot_package_version_things", package=PACKAGE)
+    # Over 20,000 buckets of every bad byte: at most max_versions_per_package + other,
+    # each a label of catalog characters, each count a count.
+    assert 0 < len(versions) <= 11
+    for pairs, v in versions.items():
+        version = dict(pairs)["version"]
+        assert 0 < len(version) <= 64 and v >= 0
+        assert all(c.isascii() and (c.isalnum() or c in "_.-") for c in version), version
+    # The job's metrics and the other calls went on.
+    assert pick(samples, "aws_iot_job_executions", job_id=JOB)
+    assert pick(samples, "aws_iot_job_package_adoption_things", job_id=JOB)
+    await admin.faults({"clear": True})
+    check(await exporter.after_a_full_round(), await truth(admin))

@@ -28,6 +28,7 @@ from exporter.packages import (
     version_query,
 )
 from exporter.versions import PackageState, VersionStore, render_state
+from tests.support import ROOT
 
 TARGET = "targets: [{name: t, region: eu-west-1, jobs: {ids: [j]}, packages: %s}]\n"
 
@@ -227,3 +228,20 @@ def test_bad_package_config_names_file_and_field(text: str, where: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(text, "c.yaml")
     assert str(info.value).startswith(f"c.yaml: {where}"), str(info.value)
+
+
+def test_every_package_family_and_label_is_documented() -> None:
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    for family in PACKAGE_FAMILIES:
+        rows = [line for line in doc.splitlines() if line.startswith(f"| `{family.name}` |")]
+        assert len(rows) == 1, family.name
+        assert f"| {family.type} |" in rows[0]
+        for label in family.labels:
+            assert f"`{label}`" in rows[0], f"{family.name}: {label}"
+    # No static label can take a name these families set.
+    for label in {label for family in PACKAGE_FAMILIES for label in family.labels}:
+        with pytest.raises(ConfigError):
+            parse_config(
+                f"targets: [{{name: t, region: eu-west-1, jobs: {{ids: [j]}}, "
+                f"labels: {{{label}: x}}}}]\n"
+            )
