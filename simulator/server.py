@@ -867,7 +867,12 @@ should ever be sent here. The region is the request's credential scope.</p>
 <ul>
 <li>AWS IoT Jobs (<code>endpoint_url: {url}</code>): ListJobs <code>GET /jobs</code>,
 DescribeJob <code>GET /jobs/{{jobId}}</code>, ListJobExecutionsForJob
-<code>GET /jobs/{{jobId}}/things</code>.</li>
+<code>GET /jobs/{{jobId}}/things</code>; fleet indexing GetBucketsAggregation
+<code>POST /indices/buckets</code>, GetStatistics <code>POST /indices/statistics</code>,
+GetCardinality <code>POST /indices/cardinality</code>; the package catalog ListPackages
+<code>GET /packages</code>, ListPackageVersions
+<code>GET /packages/{{packageName}}/versions</code>, GetPackageVersion
+<code>GET /packages/{{packageName}}/versions/{{versionName}}</code>.</li>
 <li>SQS, the fleet's job events (<code>events: sqs_queue_url: {queue}</code>):
 ReceiveMessage, DeleteMessage, DeleteMessageBatch and GetQueueAttributes as
 <code>POST /</code>.</li>
@@ -879,6 +884,9 @@ outcome, every job's true state (<a href="_sim/stats?jobs=0">without jobs</a>).<
 <li><a href="_sim/faults">GET /_sim/faults</a>, POST: AWS faults and quotas.</li>
 <li><a href="_sim/events">GET /_sim/events</a>, POST: the event queue's counts and faults.</li>
 <li><a href="_sim/clock">GET /_sim/clock</a>, POST: the speed; advance the clock.</li>
+<li><a href="_sim/packages">GET /_sim/packages</a>: things per package version, per group
+and per job, in the shadows and in the index. POST /_sim/packages/{{package}}/report.</li>
+<li><a href="_sim/indexing">GET /_sim/indexing</a>, POST: fleet indexing's status and lag.</li>
 <li>POST /_sim/jobs: create a job. GET /_sim/jobs/{{jobId}}/rollout.
 POST /_sim/jobs/{{jobId}}/cancel, /_sim/jobs/{{jobId}}/delete.
 POST /_sim/groups/{{group}}/add, /_sim/groups/{{group}}/remove.</li>

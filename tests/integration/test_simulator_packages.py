@@ -38,11 +38,11 @@ async def sim() -> AsyncIterator[Simulator]:
 
 
 async def _truth(admin: Admin) -> Any:
-    return await admin._call("GET", "/_sim/packages")
+    return await admin.packages()
 
 
 async def _indexing(admin: Admin, **body: Any) -> Any:
-    return await admin._call("POST", "/_sim/indexing", body)
+    return await admin.indexing(**body)
 
 
 async def _buckets(client: Any, query: str = "*", most: int = 10000) -> dict[str, Any]:
@@ -346,9 +346,7 @@ async def test_faults_reach_the_new_calls(sim: Simulator, admin: Admin) -> None:
 
 
 async def test_reports_without_a_job_move_the_truth(sim: Simulator, admin: Admin) -> None:
-    answer = await admin._call(
-        "POST", f"/_sim/packages/{PACKAGE}/report", {"group": "meters-apac", "version": "1.1.0"}
-    )
+    answer = await admin.report_version(PACKAGE, "meters-apac", "1.1.0")
     assert len(answer["reported"]) == 1
     truth = (await _truth(admin))["packages"][PACKAGE]
     assert truth["groups"]["meters-apac"]["versions"]["1.1.0"] == 1
