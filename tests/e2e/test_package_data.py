@@ -87,7 +87,8 @@ def test_simulator_command_with_an_unknown_scenario_fails_cleanly(
 ) -> None:
     assert main(["simulator", "--listen", "127.0.0.1:0", "--scenario", "nope"]) == 2
     assert capsys.readouterr().err == (
-        "error: nope: cannot read: no such file, nor a bundled scenario (abort, demo, packages, scale)\n"
+        "error: nope: cannot read: no such file, nor a bundled scenario "
+        "(abort, demo, packages, scale)\n"
     )
 
 
