@@ -212,6 +212,8 @@ class Adoption:
     version: str
     things: int
     groups: tuple[GroupProgress, ...] = ()
+    # The job's account (from its ARN), as on the job's own series: joins need it equal.
+    account_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 from exporter.aws import ApiError, NotAvailable
@@ -270,9 +270,10 @@ class VersionPoller:
                     key = (job_id, package, version)
                     wanted.add(key)
                     try:
-                        state.adoption[key] = await self._adoption(
+                        adoption = await self._adoption(
                             source, job_id, package, version, groups[:limit], sizes
                         )
+                        state.adoption[key] = replace(adoption, account_id=snapshot.account_id)
                     except ApiError as exc:
                         self._failed(exc, f"job {job_id}")
         for gone in state.adoption.keys() - wanted:
@@ -314,8 +315,18 @@ def render_state(
     base = [("target", target.name), ("region", target.region), ("account_id", account_id)]
     static = list(target.labels)
 
-    def add(family: PackageFamily, job_id: str | None, own: tuple[str, ...], value: float) -> None:
-        pairs = base + ([("job_id", job_id)] if job_id is not None else []) + static
+    def add(
+        family: PackageFamily,
+        job: Adoption | None,
+        own: tuple[str, ...],
+        value: float,
+    ) -> None:
+        pairs = list(base)
+        if job is not None:
+            # A job's series carry its identity as the job's own series do.
+            pairs[2] = ("account_id", job.account_id)
+            pairs.append(("job_id", job.job_id))
+        pairs += static
         pairs += list(zip(family.labels, own, strict=True))
         lines[family].append(f"{family.name}{{{_labels(pairs)}}} {format_value(value)}\n")
 
@@ -329,11 +340,11 @@ def render_state(
         add(COUNTED_AT, None, (name,), round(at, 3))
     for key in sorted(state.adoption):
         adoption = state.adoption[key]
-        job, package, version = key
-        add(JOB_ADOPTION, job, (package, version), adoption.things)
+        _, package, version = key
+        add(JOB_ADOPTION, adoption, (package, version), adoption.things)
         for group in adoption.groups:
-            add(GROUP_THINGS, job, (group.group,), group.things)
-            add(GROUP_ADOPTION, job, (group.group, package, version), group.on_version)
+            add(GROUP_THINGS, adoption, (group.group,), group.things)
+            add(GROUP_ADOPTION, adoption, (group.group, package, version), group.on_version)
     # A group targeted for two versions of one job is one series of its size.
     lines[GROUP_THINGS] = list(dict.fromkeys(lines[GROUP_THINGS]))
     return lines

@@ -149,6 +149,11 @@ async def test_an_upgrading_fleet_matches_the_simulators_count(
     assert seen_adoption[-1] > 100
     # Both packages were discovered; the other package counted too.
     samples = await exporter.scrape()
+    # The job's adoption joins its execution counts: the same identity labels.
+    key = ("target", "region", "account_id", "job_id")
+    (adopted,) = pick(samples, "aws_iot_job_package_adoption_things", job_id=JOB)
+    (succeeded,) = pick(samples, "aws_iot_job_executions", job_id=JOB, state="succeeded")
+    assert [dict(adopted)[k] for k in key] == [dict(succeeded)[k] for k in key]
     assert pick(samples, "aws_iot_package_version_things", package="modem-driver")
     assert pick(samples, "aws_iot_jobs_exporter_packages_available", target="sim")
 
