@@ -89,6 +89,11 @@ def time_scaled_config(config: Config, factor: float) -> Config:
         executions=dataclasses.replace(
             c.executions, requests_per_second=c.executions.requests_per_second * factor
         ),
+        packages=dataclasses.replace(
+            c.packages,
+            interval=scale(c.packages.interval),
+            requests_per_second=c.packages.requests_per_second * factor,
+        ),
     )
     targets = tuple(
         dataclasses.replace(
