@@ -1,5 +1,5 @@
 """`python -m bench`: scrape path, collection, memory, sharding, events, fair shares, readiness,
-execution sweeps."""
+execution sweeps, package versions."""
 
 from __future__ import annotations
 
@@ -11,7 +11,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import collection, events, fairness, memory, readiness, scrape, sharding, sweeps
+from bench import (
+    collection,
+    events,
+    fairness,
+    memory,
+    packages,
+    readiness,
+    scrape,
+    sharding,
+    sweeps,
+)
 from bench.common import SCALE_SCENARIO, fetch_describe_bodies, write_fixture
 from bench.report import Table
 
@@ -24,6 +34,7 @@ SECTIONS = (
     "fairness",
     "readiness",
     "sweeps",
+    "packages",
 )
 
 
@@ -178,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if "sweeps" in args.sections:
             tables = sweeps.run(args.sweeps_budget)
+            show(tables)
+            all_tables += tables
+
+        if "packages" in args.sections:
+            tables = packages.run()
             show(tables)
             all_tables += tables
 
