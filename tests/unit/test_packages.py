@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -27,6 +28,7 @@ from exporter.packages import (
     target_group,
     version_query,
 )
+from exporter.status import Status, render_html, render_json
 from exporter.versions import PackageState, VersionStore, render_state
 from tests.support import ROOT
 
@@ -245,3 +247,11 @@ def test_every_package_family_and_label_is_documented() -> None:
                 f"targets: [{{name: t, region: eu-west-1, jobs: {{ids: [j]}}, "
                 f"labels: {{{label}: x}}}}]\n"
             )
+
+
+def test_the_status_page_escapes_what_the_package_line_holds() -> None:
+    status = Status(generated_at=0.0, ready=True, targets=(), packages=("t: <script>x</script>",))
+    page = render_html(status).decode()
+    assert "<h2>Package versions</h2>" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert json.loads(render_json(status))["packages"] == ["t: <script>x</script>"]
