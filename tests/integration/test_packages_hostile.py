@@ -17,6 +17,7 @@ from exporter.collector import Collector
 from exporter.config import Config, parse_config
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import build_app
+from exporter.shard import Shard
 from exporter.store import MetricsStore
 from tests.hostile_packages import (
     HostilePackages,
@@ -252,3 +253,24 @@ async def test_denied_is_not_available_too(aws: HostilePackages) -> None:
         samples = await run.scrape()
         assert value(samples, "aws_iot_jobs_exporter_packages_available", target="ep") == 0
         assert value(samples, "aws_iot_job_executions", job_id=JOB, state="succeeded") == 3
+
+
+async def test_with_shards_one_replica_counts_the_packages(aws: HostilePackages) -> None:
+    config = cfg(aws)
+    exposed = []
+    for index in range(2):
+        run = Running(config)
+        run.collector = Collector(config, run.store, run.telemetry, Shard(index, 2))
+        run.server = TestServer(
+            build_app(run.store, run.telemetry, lambda: True, packages=run.collector.versions.body)
+        )
+        async with run:
+            await run.after_rounds(1)
+            samples = await run.scrape()
+            exposed.append(bool(pick_versions(samples)))
+    # Every replica would otherwise export the same package series.
+    assert sorted(exposed) == [False, True]
+
+
+def pick_versions(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> list[float]:
+    return [v for (m, _), v in samples.items() if m == "aws_iot_package_version_things"]
