@@ -160,6 +160,8 @@ class VersionPoller:
         source = self.source()
         if source is None:
             return
+        # /status tells of this round's failures, not of one long fixed.
+        self.state.last_error = ""
         try:
             if self.owns_packages:
                 await self._count_versions(source)

@@ -274,3 +274,23 @@ async def test_with_shards_one_replica_counts_the_packages(aws: HostilePackages)
 
 def pick_versions(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> list[float]:
     return [v for (m, _), v in samples.items() if m == "aws_iot_package_version_things"]
+
+
+async def test_a_package_without_its_custom_field_costs_only_itself(
+    aws: HostilePackages,
+) -> None:
+    aws.buckets["firmware"] = error(
+        "InvalidAggregationException", 400, "shadow.name.$package.reported.firmware.version"
+    )
+    async with Running(cfg(aws)) as run:
+        await run.after_rounds(1)
+        samples = await run.scrape()
+        assert not [
+            v
+            for (m, p), v in samples.items()
+            if m == "aws_iot_package_version_things" and dict(p)["package"] == "firmware"
+        ]
+        assert value(samples, "aws_iot_package_version_things", package="agent", version="0.9")
+        assert value(samples, "aws_iot_jobs_exporter_packages_available", target="ep") == 1
+        (line,) = run.collector.status().packages
+        assert "package firmware: version field not indexed" in line
