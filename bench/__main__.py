@@ -1,5 +1,6 @@
 """`python -m bench`: scrape path, collection, memory, sharding, events, fair shares, readiness,
-execution sweeps, and the triangle (freshness, fairness, readiness and scrape in one run)."""
+execution sweeps, package versions, and the triangle (freshness, fairness, readiness and
+scrape in one run)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from bench import (
     events,
     fairness,
     memory,
+    packages,
     readiness,
     scrape,
     sharding,
@@ -35,6 +37,7 @@ SECTIONS = (
     "readiness",
     "sweeps",
     "triangle",
+    "packages",
 )
 
 
@@ -216,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
             tables = triangle.run(
                 sizes, args.triangle_window, args.triangle_storm, fixtures, args.scrapes
             )
+            show(tables)
+            all_tables += tables
+
+        if "packages" in args.sections:
+            tables = packages.run()
             show(tables)
             all_tables += tables
 

@@ -9,10 +9,10 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -46,10 +46,23 @@ from exporter.executions import (
 )
 from exporter.logs import redact, summarise
 from exporter.model import JOB_ID, JobSnapshot, MalformedJob, parse_describe_job, to_timestamp
+from exporter.packages import (
+    CATALOG_PAGE_SIZE,
+    MAX_BUCKETS,
+    PACKAGE_OPERATIONS,
+    MalformedAnswer,
+    VersionCounts,
+    read_buckets,
+    read_count,
+    read_packages,
+    version_field,
+    version_query,
+)
 from exporter.telemetry import SourceTelemetry
 from exporter.tracing import NOOP_TRACING, Tracing
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Per call (a task's context): whether botocore's hook counted the last attempt.
 _ATTEMPT_COUNTED: ContextVar[list[bool] | None] = ContextVar("attempt_counted", default=None)
@@ -57,6 +70,8 @@ _ATTEMPT_COUNTED: ContextVar[list[bool] | None] = ContextVar("attempt_counted", 
 LIST_JOBS_PAGE_SIZE = 250  # the largest page AWS accepts: fewest calls per discovery
 LIST_EXECUTIONS = "ListJobExecutionsForJob"
 IOT_OPERATIONS = ("DescribeJob", "ListJobs", LIST_EXECUTIONS)
+# The key of the client the package and fleet indexing calls share (JobSource.client).
+PACKAGES_CLIENT = "packages"
 # The largest IoT or STS answer read: a DescribeJob is a few KiB, a ListJobs page of 250
 # jobs about 100 KiB. A larger one is refused unread (counted malformed): aiobotocore reads
 # bodies whole, and botocore parses them on the event loop.
@@ -302,7 +317,9 @@ class JobSource:
         # limiter covers every operation of its client, so throttled sweeps sharing a
         # client with DescribeJob would slow every describe down with them.
         self._clients = {}
-        for operation in IOT_OPERATIONS:
+        # The package calls (PackageSource) share one client of their own: a budget of
+        # their own, and a retry limiter that throttled index calls cannot share either.
+        for operation in (*IOT_OPERATIONS, PACKAGES_CLIENT):
             client = await self._stack.enter_async_context(
                 session.create_client(
                     "iot",
@@ -764,3 +781,104 @@ def _failed_entries(answer: Any, sent: int) -> list[str]:
     missing = sent - len(reasons) - len(succeeded[:sent])
     reasons.extend(["not acknowledged"] * max(0, missing))
     return reasons
+
+
+# --- Software Package Catalog and fleet indexing: devices per package version ------------
+# Calls of their own, under budgets of their own (PackageSettings.requests_per_second per
+# operation, per account and region); answers read by packages.py, scheduled by versions.py.
+
+AGGREGATION = "GetBucketsAggregation"
+STATISTICS = "GetStatistics"
+LIST_PACKAGES = "ListPackages"
+# The kind of work these calls are in the fair buckets (budget.py's default weight).
+PACKAGE_WORK = "packages"
+# Errors that say the index or the catalog cannot answer at all: fleet indexing off or
+# rebuilding, the `$package` version not a custom field, the catalog unused. The family
+# says so once and backs off; retrying each interval would change nothing.
+_NOT_AVAILABLE = {
+    "IndexNotReadyException",
+    "ResourceNotFoundException",
+    "InvalidAggregationException",
+    "InvalidQueryException",
+}
+
+
+class NotAvailable(ApiError):
+    """The index or the catalog answered that it cannot serve this family (`code` says how)."""
+
+    def __init__(self, outcome: str, operation: str, detail: str, code: str) -> None:
+        super().__init__(outcome, operation, detail)
+        self.code = code
+
+
+class PackageSource:
+    """The fleet index and the package catalog of one target, on its JobSource's package
+    client."""
+
+    def __init__(self, source: JobSource, rate: float) -> None:
+        self._source = source
+        self.target = source.target
+        self.account_key = source.account_key
+        self._buckets: dict[str, FairBucket] = {}
+        self._client = source._clients.get(PACKAGES_CLIENT)
+        if rate > 0 and self._client is not None:
+            self._buckets = {
+                op: source.budgets.bucket(source.account_key, source.target.region, op, rate)
+                for op in PACKAGE_OPERATIONS
+            }
+            events = self._client.meta.events
+            for operation in self._buckets:
+                events.register(
+                    f"before-send.iot.{operation}",
+                    functools.partial(self._before_send, operation),
+                )
+
+    async def _before_send(self, operation: str, **kwargs: Any) -> None:
+        flag = _ATTEMPT_COUNTED.get()
+        if flag is not None:
+            flag[0] = False
+        await self._buckets[operation].acquire(self.target.name, PACKAGE_WORK)
+
+    async def _send(self, operation: str, method: str, read: Callable[[Any], T], **kw: Any) -> T:
+        """One call's answer as `read` reads it; NotAvailable or ApiError when it fails."""
+        async with self._source._call(operation):
+            if operation not in self._buckets:
+                raise ApiError("error", operation, "package metrics are turned off")
+            try:
+                answer = await getattr(self._client, method)(**kw)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code in _NOT_AVAILABLE:
+                    detail = describe_exception(exc)
+                    raise NotAvailable(classify(exc), operation, detail, code) from None
+                raise
+            try:
+                value = read(answer)
+            except MalformedAnswer as exc:
+                self._source._count(operation, "malformed")
+                raise ApiError("malformed", operation, summarise(exc)) from None
+            self._source._count(operation, "ok")
+        return value
+
+    async def count(self, query: str) -> int:
+        """GetStatistics: the things matching a fleet indexing query."""
+        return await self._send(STATISTICS, "get_statistics", read_count, queryString=query)
+
+    async def versions(self, package: str, max_versions: int) -> VersionCounts:
+        """GetBucketsAggregation: the package's things per reported version."""
+        field = version_field(package)
+        return await self._send(
+            AGGREGATION,
+            "get_buckets_aggregation",
+            functools.partial(read_buckets, package=package, max_versions=max_versions),
+            queryString=version_query(package, "*"),
+            aggregationField=field,
+            bucketsAggregationType={"termsAggregation": {"maxBuckets": MAX_BUCKETS}},
+        )
+
+    async def list_packages(self, token: str | None = None) -> tuple[list[str], str | None]:
+        """One ListPackages page: package names and the next token."""
+        kwargs: dict[str, Any] = {"maxResults": CATALOG_PAGE_SIZE}
+        if token:
+            kwargs["nextToken"] = token
+        return await self._send(LIST_PACKAGES, "list_packages", read_packages, **kwargs)

@@ -95,6 +95,24 @@ class Events:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetPackages:
+    """The Software Package Catalog packages whose versions are counted (docs/metrics.md)."""
+
+    # Packages counted whatever the catalog lists.
+    names: tuple[str, ...] = ()
+    # Also every package ListPackages lists, filtered by include/exclude (regular
+    # expressions on the package name, as for jobs).
+    discover: bool = False
+    include: tuple[re.Pattern[str], ...] = ()
+    exclude: tuple[re.Pattern[str], ...] = ()
+
+    def matches(self, name: str) -> bool:
+        if self.include and not any(p.search(name) for p in self.include):
+            return False
+        return not any(p.search(name) for p in self.exclude)
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     name: str
     region: str
@@ -108,6 +126,7 @@ class Target:
     sts_endpoint_url: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
     events: Events | None = None
+    packages: TargetPackages | None = None
 
 
 # The largest stuck_list_size: 50 jobs of 100 rows is a status page of about 2 MB of JSON.
@@ -142,6 +161,25 @@ class Executions:
 
 
 @dataclass(frozen=True, slots=True)
+class PackageSettings:
+    """Devices per package version and each rollout's adoption, from fleet indexing
+    (GetBucketsAggregation, GetStatistics) and the Software Package Catalog."""
+
+    # Calls per second per operation, shared by the targets of one account and region and
+    # divided by --total-shards: a budget of its own. 0 turns the package metrics off.
+    requests_per_second: float = 1.0
+    # How often every package is counted again. The index itself trails the devices by
+    # seconds to minutes, so a shorter interval shows little more.
+    interval: float = 300.0
+    # Versions exported per package, the largest first; the rest are summed as "other".
+    max_versions_per_package: int = 10
+    # Thing groups (or things) of a job counted for its adoption and per-group progress.
+    max_groups_per_job: int = 10
+    # Packages counted per target, configured and discovered together.
+    max_packages: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class CollectorSettings:
     interval: float = 60.0
     discovery_interval: float = 300.0
@@ -157,6 +195,7 @@ class CollectorSettings:
     discovery_max_pages: int = 1000
     discovery_max_jobs: int = 100_000
     executions: Executions = Executions()
+    packages: PackageSettings = PackageSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +254,52 @@ def _read_collector(r: Reader, value: Any) -> CollectorSettings:
         "discovery_max_pages": lambda v, p: r.integer(v, p, 1, 1_000_000),
         "discovery_max_jobs": lambda v, p: r.integer(v, p, 1, 100_000_000),
         "executions": lambda v, p: _read_executions(r, v, p),
+        "packages": lambda v, p: _read_package_settings(r, v, p),
     }
     return CollectorSettings(**_read_section(r, value, "collector", readers))
+
+
+# Package names as the catalog allows them (botocore's PackageName shape).
+_PACKAGE_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
+# Labels of the package families: a static label by one of these names is refused.
+PACKAGE_LABELS = frozenset({"package", "version", "status", "thing_group"})
+
+
+def _read_package_settings(r: Reader, value: Any, path: str) -> PackageSettings:
+    readers: dict[str, Callable[[Any, str], Any]] = {
+        "requests_per_second": lambda v, p: r.number(v, p, 0.0),
+        "interval": lambda v, p: _at_least(r, r.duration(v, p), p, 1.0),
+        "max_versions_per_package": lambda v, p: r.integer(v, p, 1, 1000),
+        "max_groups_per_job": lambda v, p: r.integer(v, p, 0, 100),
+        "max_packages": lambda v, p: r.integer(v, p, 1, 10_000),
+    }
+    return PackageSettings(**_read_section(r, value, path, readers))
+
+
+def _at_least(r: Reader, seconds: float, path: str, low: float) -> float:
+    if seconds < low:
+        raise r.fail(path, f"expected a duration of at least {low:g}s, got {seconds:g}s")
+    return seconds
+
+
+def _read_target_packages(r: Reader, value: Any, path: str) -> TargetPackages:
+    data = r.mapping(value, path, ("names", "discover", "include", "exclude"))
+    names: list[str] = []
+    for i, item in enumerate(r.seq(data.get("names"), f"{path}.names")):
+        where = f"{path}.names[{i}]"
+        name = r.string(item, where, _PACKAGE_NAME, "a package name (1-128 of a-z A-Z 0-9 _ . -)")
+        if name in names:
+            raise r.fail(where, f"{shown(name)} is listed twice")
+        names.append(name)
+    discover = r.opt(data, "discover", path, r.boolean) or False
+    if not names and not discover:
+        raise r.fail(path, "expected names, discover: true, or both")
+    return TargetPackages(
+        names=tuple(names),
+        discover=discover,
+        include=r.opt(data, "include", path, r.regexes) or (),
+        exclude=r.opt(data, "exclude", path, r.regexes) or (),
+    )
 
 
 def _read_executions(r: Reader, value: Any, path: str) -> Executions:
@@ -413,7 +496,7 @@ def _read_labels(r: Reader, value: Any, path: str) -> tuple[tuple[str, str], ...
         where = f"{path}.{field_name(label)}"
         if not isinstance(label, str) or not _LABEL_NAME.match(label) or label.startswith("__"):
             raise r.fail(where, "is not a valid Prometheus label name")
-        if label in RESERVED_LABELS:
+        if label in RESERVED_LABELS or label in PACKAGE_LABELS:
             raise r.fail(where, "is a label name the exporter sets itself; choose another")
         if isinstance(label_value, bool) or not isinstance(label_value, str | int | float):
             raise r.fail(where, f"expected a string value, got {kind(label_value)}")
@@ -434,6 +517,7 @@ def _read_target(r: Reader, value: Any, path: str) -> Target:
         "labels",
         "jobs",
         "events",
+        "packages",
     )
     data = r.mapping(value, path, keys)
     for required in ("name", "region", "jobs"):
@@ -481,6 +565,11 @@ def _read_target(r: Reader, value: Any, path: str) -> Target:
         ),
         labels=_read_labels(r, data["labels"], f"{path}.labels") if data.get("labels") else (),
         events=_read_events(r, data["events"], f"{path}.events") if "events" in data else None,
+        packages=(
+            _read_target_packages(r, data["packages"], f"{path}.packages")
+            if "packages" in data
+            else None
+        ),
     )
 
 

@@ -93,6 +93,11 @@ def time_scaled_config(config: Config, factor: float) -> Config:
             requests_per_second=c.executions.requests_per_second * factor,
             max_clock_skew=math.inf,
         ),
+        packages=dataclasses.replace(
+            c.packages,
+            interval=scale(c.packages.interval),
+            requests_per_second=c.packages.requests_per_second * factor,
+        ),
     )
     targets = tuple(
         dataclasses.replace(

@@ -35,6 +35,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from exporter import __version__
 from exporter.events import EVENT_NAMES
+from exporter.packages import PACKAGE_OPERATIONS
 from exporter.table import API_CALL_LABELS, EVENT_OPERATIONS, OPERATIONS
 from exporter.telemetry import DROP_REASONS, MARK_CLASSES, OUTCOMES, TRACKED_STATES
 
@@ -53,6 +54,7 @@ TARGET = "target"  # init_target, for every target
 DISCOVERY = "discovery"  # init_target, for a target with jobs.discover
 EVENTS = "events"  # init_events, for a target with events:
 OTEL = "otel"  # watch_otel_push, with otel.enabled
+PACKAGES = "packages"  # package_availability, for a target with packages:, its first round
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +94,10 @@ SELF_FAMILIES: tuple[SelfFamily, ...] = (
         API_CALL_LABELS,
         "AWS API call attempts by operation and outcome.",
         "AWS API calls by attempt (botocore retries count each attempt). `operation`: "
-        "`DescribeJob`, `ListJobs`, `ListJobExecutionsForJob` (execution sweeps), and for "
-        "targets with `events:` the SQS calls `ReceiveMessage`, `DeleteMessageBatch`. "
+        "`DescribeJob`, `ListJobs`, `ListJobExecutionsForJob` (execution sweeps), for "
+        "targets with `events:` the SQS calls `ReceiveMessage`, `DeleteMessageBatch`, and "
+        "for targets with `packages:` `GetBucketsAggregation`, `GetStatistics`, "
+        "`ListPackages`. "
         "`outcome`: `ok`, `throttled` (ThrottlingException, HTTP 429), `not_found` "
         "(ResourceNotFoundException), `denied` (AccessDenied, expired or invalid "
         "credentials), `unavailable` (ServiceUnavailableException, HTTP 5xx), `malformed` "
@@ -101,7 +105,7 @@ SELF_FAMILIES: tuple[SelfFamily, ...] = (
         "`invalid` (AWS refused the request itself: InvalidRequestException, "
         "ValidationException), `network` (connection errors and timeouts), `error` "
         "(anything else). Every combination exists from start-up at 0.",
-        (TARGET, EVENTS),
+        (TARGET, EVENTS, PACKAGES),
     ),
     SelfFamily(
         "api_duration",
@@ -110,7 +114,7 @@ SELF_FAMILIES: tuple[SelfFamily, ...] = (
         API_CALL_LABELS[:2],
         "Duration of AWS API calls, retries included.",
         "Duration of an API call, retries included.",
-        (TARGET, EVENTS),
+        (TARGET, EVENTS, PACKAGES),
         (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     ),
     SelfFamily(
@@ -289,6 +293,21 @@ SELF_FAMILIES: tuple[SelfFamily, ...] = (
         (EVENTS,),
     ),
     SelfFamily(
+        "packages_available",
+        NS + "packages_available",
+        "gauge",
+        _T,
+        "1 while fleet indexing and the package catalog answer the target's package "
+        "counts, 0 once they said they cannot (not enabled, not ready, denied).",
+        "1 while fleet indexing and the package catalog answer the target's package counts; "
+        "0 once they said they cannot (index off, not ready or rebuilding, the version field "
+        "not indexed, access denied), until a later try succeeds. Only for targets with "
+        "`packages:`, from their first round. With it, `api_requests_total` has the "
+        "`operation` values `GetBucketsAggregation`, `GetStatistics` and `ListPackages`, at "
+        "0 from then.",
+        (PACKAGES,),
+    ),
+    SelfFamily(
         "sweep_pages",
         NS + "sweep_pages_total",
         "counter",
@@ -391,7 +410,7 @@ _VALUES: dict[str, tuple[str, ...]] = {
     "event": EVENT_NAMES,
     "class": MARK_CLASSES,
 }
-_OPERATIONS = {TARGET: OPERATIONS, EVENTS: EVENT_OPERATIONS}
+_OPERATIONS = {TARGET: OPERATIONS, EVENTS: EVENT_OPERATIONS, PACKAGES: PACKAGE_OPERATIONS}
 
 
 def label_values(family: SelfFamily, scope: str) -> Iterator[tuple[str, ...]]:
@@ -482,6 +501,7 @@ class SelfMetrics:
     events_consumer_errors: Counter
     events_unknown_jobs: Gauge
     events_driven_gauge: Gauge
+    packages_available: Gauge
     sweep_pages: Counter
     sweep_executions: Counter
     sweep_truncated_total: Counter
@@ -511,6 +531,7 @@ class SelfMetrics:
                 self._parts.append((family.attr, metric))
         self.build_info.labels(__version__, platform.python_version()).set(1)
         self._event_targets: set[str] = set()
+        self._package_targets: set[str] = set()
         # Per target: attempts, throttled ones and failed ones (anything but ok).
         self._api_totals: dict[str, tuple[int, int, int]] = {}
         # Readers of values that change without telling (the collector's), per target,
@@ -743,6 +764,16 @@ class SelfMetrics:
             metric.labels(target, *values)
         self._changed()
 
+    def package_availability(self, target: str, available: bool) -> None:
+        """Whether the target's index and catalog answer (versions.py); the target's
+        package series are made at 0 on its first round."""
+        if target not in self._package_targets:
+            self._package_targets.add(target)
+            for metric, values in self._series(PACKAGES):
+                metric.labels(target, *values)
+        self.packages_available.labels(target).set(1 if available else 0)
+        self._changed("packages_available", "api_requests", "api_duration")
+
     def drop_events(self, target: str) -> None:
         if target not in self._event_targets:
             return
@@ -776,6 +807,10 @@ class SelfMetrics:
             for metric, values in self._series(scope):
                 metric.remove(target, *values)
         self.drop_events(target)
+        if target in self._package_targets:
+            self._package_targets.discard(target)
+            for metric, values in self._series(PACKAGES):
+                metric.remove(target, *values)
         self._changed()
 
 

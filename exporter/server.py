@@ -71,9 +71,17 @@ class MetricsHandler:
     combined again.
     """
 
-    def __init__(self, store: MetricsStore, telemetry: SelfMetrics) -> None:
+    def __init__(
+        self,
+        store: MetricsStore,
+        telemetry: SelfMetrics,
+        packages: Callable[[], bytes] | None = None,
+    ) -> None:
         self.store = store
         self.telemetry = telemetry
+        # The package families (versions.VersionStore.body): rendered when their counts
+        # change, joined here ahead of the self-metrics.
+        self.packages = packages
         # Per format (OpenMetrics or not), as the segments are: the compressed segments,
         self._parts: dict[bool, dict[tuple[str, int], tuple[int, gzipjoin.Part]]] = {}
         # per family the segment versions it was folded from and the folded run,
@@ -84,6 +92,8 @@ class MetricsHandler:
         self._bodies: dict[bool, tuple[bytes, bytes, bytes]] = {}
         # Per format, the plain body's parts: (store version, self-metrics, parts, length).
         self._plain: dict[bool, tuple[int, bytes, list[bytes | bytearray], int]] = {}
+        # Per format, (package bytes, self-metrics bytes, the two joined).
+        self._own_joined: dict[bool, tuple[bytes, bytes, bytes]] = {}
         self._gzip_lock = asyncio.Lock()
 
     async def _gzip_jobs(self, openmetrics: bool) -> tuple[bytes, gzipjoin.Run]:
@@ -185,12 +195,26 @@ class MetricsHandler:
         self._plain[openmetrics] = (version, own, parts, length)
         return parts, length
 
+    def _own(self, openmetrics: bool) -> bytes:
+        """The package families and the self-metrics, joined again only when either
+        changed: each is the same bytes object until then, and the caches above key on
+        the object."""
+        own = self.telemetry.render(openmetrics)
+        if self.packages is None:
+            return own
+        packages = self.packages()
+        cached = self._own_joined.get(openmetrics)
+        if cached is None or cached[0] is not packages or cached[1] is not own:
+            cached = (packages, own, packages + own)
+            self._own_joined[openmetrics] = cached
+        return cached[2]
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # The job families are pre-rendered in both formats (they differ in counter
         # headers and exemplars), the self-metrics rendered when they change
         # (SelfMetrics.render), and OpenMetrics' `# EOF` ends them.
         openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
-        own = self.telemetry.render(openmetrics)
+        own = self._own(openmetrics)
         headers = {
             "Content-Type": OPENMETRICS_TYPE if openmetrics else CONTENT_TYPE,
             "Vary": "Accept, Accept-Encoding",
@@ -381,10 +405,12 @@ def build_app(
     write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     status: Callable[[], Status] | None = None,
     status_refresh: float = STATUS_REFRESH_SECONDS,
+    packages: Callable[[], bytes] | None = None,
 ) -> web.Application:
     """The exporter's routes. `reload` enables POST /-/reload (--web.enable-lifecycle);
     `status` serves /status (HTML, or JSON with `Accept: application/json`), rendered at
-    most once per `status_refresh` seconds and format."""
+    most once per `status_refresh` seconds and format; `packages` gives the package
+    families' bytes for /metrics (the same object until they change)."""
     app = web.Application(
         client_max_size=MAX_REQUEST_BODY,
         middlewares=[limit_in_flight(max_requests, PROBE_PATHS, write_timeout)],
@@ -402,7 +428,7 @@ def build_app(
             return web.Response(text="ready\n")
         return web.Response(status=503, text="waiting for the first collection\n")
 
-    app.router.add_get(telemetry_path, MetricsHandler(store, telemetry).handle)
+    app.router.add_get(telemetry_path, MetricsHandler(store, telemetry, packages).handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if telemetry_path != "/":

@@ -123,6 +123,8 @@ class Status:
     generated_at: float
     ready: bool
     targets: tuple[TargetStatus, ...]
+    # Package counts (versions.py): one line per target with `packages:`, sanitised.
+    packages: tuple[str, ...] = ()
 
 
 # The status page counts API calls and events over this window ("the last minutes").
@@ -309,6 +311,7 @@ def to_dict(status: Status) -> dict[str, Any]:
         "generated_at": status.generated_at,
         "ready": status.ready,
         "targets": [_target(t) for t in status.targets],
+        "packages": list(status.packages),
     }
 
 
@@ -525,6 +528,9 @@ def render_html(status: Status, telemetry_path: str = "/metrics") -> bytes:
     now = status.generated_at
     ready = "ready" if status.ready else '<span class="bad">not ready</span>'
     sections = "".join(_target_html(t, now) for t in status.targets) or "<p>No targets.</p>"
+    if status.packages:
+        items = "".join(f"<li>{_e(line)}</li>" for line in status.packages)
+        sections += f"<h2>Package versions</h2><ul>{items}</ul>"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>AWS IoT Jobs Exporter status</title>

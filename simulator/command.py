@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         "--scenario",
         required=True,
         metavar="FILE",
-        help="scenario YAML file, or a bundled name: abort, demo, scale",
+        help="scenario YAML file, or a bundled name: abort, demo, packages, scale",
     )
     p.add_argument(
         "--jobs", type=int, metavar="N", help="number of generated jobs (scale scenarios)"

@@ -25,6 +25,9 @@ OUTCOMES = (
     "not_found",
     "invalid",
     "bad_fields",
+    "not_ready",
+    "invalid_query",
+    "invalid_aggregation",
 )
 
 
@@ -155,6 +158,47 @@ class FaultPicker:
         parent, key, value, path = choices[self.rng.randrange(len(choices))]
         parent[key] = value
         return path
+
+
+# Versions a reader must survive: every control byte, the exposition format's and
+# PromQL's special characters, a lone surrogate, right-to-left marks, 5,000 characters.
+HOSTILE_VERSIONS = (
+    *(f"v{chr(c)}x" for c in (*range(0x00, 0x20), 0x7F)),
+    'q"uote',
+    "back\\slash",
+    "new\nline",
+    "{brace}",
+    "a=b,c",
+    "\u2028sep",
+    "\ud800lone",
+    "\u202eevil",
+    "",
+    " ",
+    "v" * 5000,
+)
+# Counts botocore parses (it int()s an integer member): negative, beyond 64 bits, a float.
+HOSTILE_COUNTS: tuple[Any, ...] = (-1, 2**63, 3.5, 0)
+# Counts it cannot parse: int() of these raises ValueError (or OverflowError) in botocore.
+UNPARSEABLE_COUNTS: tuple[Any, ...] = (float("nan"), float("inf"), "many")
+
+
+def hostile_index(rng: random.Random, operation: str, body: dict[str, Any]) -> None:
+    """Make an index answer hostile in place (JSON allows NaN as botocore parses it)."""
+    if operation == "GetBucketsAggregation":
+        buckets = list(body.get("buckets", []))
+        for i, version in enumerate(HOSTILE_VERSIONS):
+            buckets.append({"keyValue": version, "count": i + 1})
+        for count in HOSTILE_COUNTS:
+            buckets.append({"keyValue": f"count-{count!s}", "count": count})
+        buckets += [{"keyValue": f"flood-{i:05d}", "count": 1} for i in range(20_000)]
+        rng.shuffle(buckets)
+        body["buckets"] = buckets
+        body["totalCount"] = -7
+    elif operation == "GetStatistics":
+        count = rng.choice(HOSTILE_COUNTS + UNPARSEABLE_COUNTS)
+        body["statistics"] = {"count": count, "average": float("nan")}
+    else:
+        body["cardinality"] = rng.choice(HOSTILE_COUNTS + UNPARSEABLE_COUNTS)
 
 
 def faults_json(faults: Faults) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from simulator.packages import Packages, parse_version_arn
 from simulator.positions import SortedPositions
 from simulator.scenario import (
     Devices,
@@ -194,6 +195,7 @@ class Fleet:
         for g in scenario.groups:
             self._add_group(g.name)
             self._grow_group(g.name, g.things)
+        self.packages = Packages(scenario, start)
         for spec in scenario.jobs:
             created = start + spec.created_minutes * 60.0
             earliest = min(earliest, created)
@@ -207,6 +209,9 @@ class Fleet:
             self._push(start + event.at_minutes * 60.0, self._timeline, event)
         if scenario.generate is not None:
             self._generate(scenario.generate)
+        # Each thing's $package shadow: the versions installed before the start (once the
+        # generated groups exist, before any job has run).
+        self.packages.install(self.groups)
         self.now = earliest
         self.advance(start)
 
@@ -630,10 +635,37 @@ class Fleet:
 
     def _terminal(self, job: Job, exe: Execution, state: str) -> None:
         self._set_state(job, exe, state)
+        if state == SUCCEEDED and job.spec.destination_package_versions:
+            self._report_versions(job, exe.thing)
         if state in (FAILED, TIMED_OUT) and job.status == JOB_IN_PROGRESS:
             self._maybe_retry(job, exe, state)
         self._check_abort(job)
         self._check_complete(job)
+
+    def _report_versions(self, job: Job, thing: str) -> None:
+        """AWS IoT Jobs updates the thing's `$package` shadow to the job's versions."""
+        if not self.scenario.version_update_by_jobs:
+            return
+        lost = job.spec.devices.unreported_probability
+        # Drawn only when asked for, so that other scenarios draw as before.
+        if lost > 0 and job.rng.random() < lost:
+            return
+        for value in job.spec.destination_package_versions:
+            parsed = parse_version_arn(value)
+            if parsed is not None:
+                self.packages.report(self.now, parsed[0], thing, parsed[1])
+
+    def report_version(self, group: str, package: str, version: str, count: int) -> list[str]:
+        """Up to `count` things of `group` not on `version` report it, without a job."""
+        reported = self.packages.shadows.get(package)
+        if reported is None or version not in self.packages.versions[package]:
+            raise FleetError("ResourceNotFoundException", f"{package}/{version} not in the catalog")
+        chosen = [t for t in self.groups.get(group, {}) if reported.by_thing.get(t) != version][
+            :count
+        ]
+        for thing in chosen:
+            self.packages.report(self.now, package, thing, version)
+        return chosen
 
     def _maybe_retry(self, job: Job, exe: Execution, state: str) -> None:
         allowed: dict[str, int] = {c.failure_type: c.number_of_retries for c in job.spec.retry}
@@ -792,6 +824,8 @@ class Fleet:
                 )
             elif event.action == "delete_job" and event.job_id:
                 self.delete_job(event.job_id)
+            elif event.action == "report_version" and event.group and event.package:
+                self.report_version(event.group, event.package, event.version or "", event.count)
         except FleetError:
             # A timeline step on a job that already ended (say, aborted before its planned
             # cancel) is a no-op, as it would be against AWS.
@@ -914,6 +948,95 @@ class Fleet:
             }
             for job in self.jobs.values()
         }
+
+
+def _targets_of(fleet: Fleet, spec: JobSpec) -> set[str]:
+    things: set[str] = set()
+    for t in spec.targets:
+        things.update(fleet.members(t))
+    return things
+
+
+def _by_group(fleet: Fleet, reported: dict[str, str]) -> dict[str, Any]:
+    groups = {}
+    for group, members in fleet.groups.items():
+        counts: dict[str, int] = {}
+        for thing in members:
+            version = reported.get(thing)
+            if version is not None:
+                counts[version] = counts.get(version, 0) + 1
+        groups[group] = {
+            "things": len(members),
+            "versions": dict(sorted(counts.items())),
+            "unreported": len(members) - sum(counts.values()),
+        }
+    return groups
+
+
+def package_truth(fleet: Fleet) -> dict[str, Any]:
+    """Ground truth for tests: who reports which version, per group and per job.
+
+    `versions`, `groups` and each job's `on_version` are the shadows now; `indexed` is the
+    same as fleet indexing answers it now (the shadows `lag_seconds` ago).
+    """
+    pk = fleet.packages
+    out: dict[str, Any] = {}
+    everyone = set(fleet.thing_groups)
+    for name, spec in pk.specs.items():
+        truth, index = pk.shadows[name], pk.indexed[name]
+        out[name] = {
+            "default_version": spec.default_version,
+            "statuses": {v.name: v.status for v in spec.versions},
+            "things": len(everyone),
+            "versions": dict(sorted(truth.counts.items())),
+            "unreported": len(everyone) - len(truth.by_thing),
+            "groups": _by_group(fleet, truth.by_thing),
+            "indexed": {
+                "versions": dict(sorted(index.counts.items())),
+                "unreported": len(everyone) - len(index.by_thing),
+                "groups": _by_group(fleet, index.by_thing),
+            },
+        }
+    jobs: dict[str, Any] = {}
+    for job in fleet.jobs.values():
+        destinations = [
+            parsed
+            for parsed in map(parse_version_arn, job.spec.destination_package_versions)
+            if parsed is not None
+        ]
+        if not destinations:
+            continue
+        targets = _targets_of(fleet, job.spec)
+        succeeded = {t for t, e in job.latest.items() if e.status == SUCCEEDED}
+        per_version = []
+        for package, version in destinations:
+            truth_of = pk.shadows.get(package)
+            index_of = pk.indexed.get(package)
+            on = {t for t in targets if truth_of and truth_of.by_thing.get(t) == version}
+            on_indexed = {t for t in targets if index_of and index_of.by_thing.get(t) == version}
+            groups = [t.name for t in job.spec.targets if t.kind == "thinggroup"]
+            per_version.append(
+                {
+                    "package": package,
+                    "version": version,
+                    "on_version": len(on),
+                    "groups": {g: len(on & set(fleet.groups.get(g, {}))) for g in groups},
+                    "succeeded_not_on_version": len(succeeded - on),
+                    "on_version_not_succeeded": len(on - succeeded),
+                    "indexed": {
+                        "on_version": len(on_indexed),
+                        "groups": {
+                            g: len(on_indexed & set(fleet.groups.get(g, {}))) for g in groups
+                        },
+                    },
+                }
+            )
+        jobs[job.job_id] = {
+            "targets": len(targets),
+            "succeeded": job.counts[SUCCEEDED],
+            "destinations": per_version,
+        }
+    return {"packages": out, "jobs": jobs, "pending_index_updates": pk.pending()}
 
 
 def rollout_rate(rollout: Rollout | None, notified: int, succeeded: int) -> int:

@@ -22,6 +22,7 @@ from simulator.fleet import (
     arn,
     minute_string,
 )
+from simulator.scenario import PackageSpec, PackageVersionSpec
 
 _COUNT_FIELDS = (
     ("numberOfCanceledThings", CANCELED),
@@ -194,3 +195,52 @@ def execution_summary(fleet: Fleet, exe: Execution, region: str) -> dict[str, An
         "thingArn": arn(region, fleet.account_id, "thing", exe.thing),
         "jobExecutionSummary": summary,
     }
+
+
+def _catalog_time(fleet: Fleet, minutes: float) -> float:
+    return _ts(fleet.start + minutes * 60.0)
+
+
+def package_summary(fleet: Fleet, spec: PackageSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"packageName": spec.name}
+    if spec.default_version is not None:
+        out["defaultVersionName"] = spec.default_version
+    created = _catalog_time(fleet, spec.created_minutes)
+    out["creationDate"] = created
+    # The latest change to the package is its newest version's creation.
+    newest = max([spec.created_minutes] + [v.created_minutes for v in spec.versions])
+    out["lastModifiedDate"] = _catalog_time(fleet, newest)
+    return out
+
+
+def package_version_summary(fleet: Fleet, package: str, spec: PackageVersionSpec) -> dict[str, Any]:
+    created = _catalog_time(fleet, spec.created_minutes)
+    return {
+        "packageName": package,
+        "versionName": spec.name,
+        "status": spec.status,
+        "creationDate": created,
+        "lastModifiedDate": created,
+    }
+
+
+def package_version(
+    fleet: Fleet, package: str, spec: PackageVersionSpec, region: str
+) -> dict[str, Any]:
+    """The GetPackageVersion body."""
+    created = _catalog_time(fleet, spec.created_minutes)
+    out: dict[str, Any] = {
+        "packageVersionArn": arn(
+            region, fleet.account_id, "package", f"{package}/version/{spec.name}"
+        ),
+        "packageName": package,
+        "versionName": spec.name,
+    }
+    if spec.description is not None:
+        out["description"] = spec.description
+    if spec.attributes:
+        out["attributes"] = dict(spec.attributes)
+    out["status"] = spec.status
+    out["creationDate"] = created
+    out["lastModifiedDate"] = created
+    return out

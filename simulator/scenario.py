@@ -22,7 +22,14 @@ TARGET_SELECTIONS = ("CONTINUOUS", "SNAPSHOT")
 ABORT_FAILURE_TYPES = ("FAILED", "REJECTED", "TIMED_OUT", "ALL")
 RETRY_FAILURE_TYPES = ("FAILED", "TIMED_OUT", "ALL")
 END_BEHAVIORS = ("STOP_ROLLOUT", "CANCEL", "FORCE_CANCEL")
-OPERATIONS = ("DescribeJob", "ListJobs", "ListJobExecutionsForJob")
+JOB_OPERATIONS = ("DescribeJob", "ListJobs", "ListJobExecutionsForJob")
+# Fleet indexing's aggregation calls, answered from the `$package` shadows as indexed.
+INDEX_OPERATIONS = ("GetBucketsAggregation", "GetStatistics", "GetCardinality")
+# The software package catalog.
+CATALOG_OPERATIONS = ("ListPackages", "ListPackageVersions", "GetPackageVersion")
+OPERATIONS = JOB_OPERATIONS + INDEX_OPERATIONS + CATALOG_OPERATIONS
+PACKAGE_VERSION_STATUSES = ("DRAFT", "PUBLISHED", "DEPRECATED")
+INDEX_STATUSES = ("ACTIVE", "BUILDING", "REBUILDING", "OFF")
 
 _JOB_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
@@ -30,6 +37,9 @@ _ACCOUNT = re.compile(r"^\d{12}$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _NAMESPACE = re.compile(r"^[a-zA-Z0-9_-]+$")
 _REASON = re.compile(r"^[A-Z0-9_]{1,128}$")
+# botocore's PackageName and VersionName patterns and lengths.
+PACKAGE_NAME = re.compile(r"^[a-zA-Z0-9-_.]{1,128}$")
+VERSION_NAME = re.compile(r"^[a-zA-Z0-9-_.]{1,64}$")
 _START_TIME = "%Y-%m-%dT%H:%M"
 
 
@@ -68,6 +78,9 @@ class Devices:
     # What a device reports in statusDetails["reason"] when its execution fails, is
     # rejected or times out: (reason, weight) pairs; empty: no statusDetails.
     failure_reasons: tuple[tuple[str, float], ...] = ()
+    # A device whose execution succeeds but whose `$package` shadow is not updated (the
+    # version report is lost): "succeeded" without "on the version".
+    unreported_probability: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,15 +219,18 @@ class TimelineEvent:
     """Something that happens to the fleet at a simulated minute."""
 
     at_minutes: float
-    action: str  # add_things | remove_things | cancel_job | delete_job
+    action: str  # add_things | remove_things | cancel_job | delete_job | report_version
     group: str | None = None
     count: int = 0
     job_id: str | None = None
     force: bool = False
     reason_code: str | None = None
     comment: str | None = None
-    # add_things and remove_things can repeat, so that continuous jobs keep moving.
+    # add_things, remove_things and report_version can repeat.
     every_minutes: float | None = None
+    # report_version: things of `group` report this version of `package` without a job.
+    package: str | None = None
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +243,37 @@ class Generate:
     active_ratio: float = 0.1
     canceled_ratio: float = 0.15
     maximum_per_minute: int = 10
+    # Packages in the catalog (scale-package-0000, ...), each with versions 1.0.0, 1.1.0,
+    # ... (the newest PUBLISHED, the others DEPRECATED) installed over every generated
+    # group, for the cost of the version metrics at scale.
+    packages: int = 0
+    versions_per_package: int = 3
+
+
+def generated_packages(gen: Generate) -> tuple[PackageSpec, ...]:
+    groups = [f"scale-group-{g:04d}" for g in range(gen.groups)]
+    k = gen.versions_per_package
+    out = []
+    for i in range(gen.packages):
+        versions = tuple(
+            PackageVersionSpec(
+                name=f"1.{j}.0",
+                status="PUBLISHED" if j == k - 1 else "DEPRECATED",
+                created_minutes=-43200.0 + j * 1440.0,
+            )
+            for j in range(k)
+        )
+        # 90% of each group report a version, spread evenly over the versions.
+        share = tuple((v.name, 0.9 / k) for v in versions)
+        out.append(
+            PackageSpec(
+                name=f"scale-package-{i:04d}",
+                versions=versions,
+                default_version=versions[-1].name,
+                installed=tuple(Installed(g, share) for g in groups),
+            )
+        )
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,18 +306,76 @@ class Faults:
     unknown_enum: FaultRule = FaultRule()
     denied: FaultRule = FaultRule()
     not_found: FaultRule = FaultRule()
+    # Fleet indexing calls only: IndexNotReadyException, as while the index rebuilds.
+    not_ready: FaultRule = FaultRule()
+    # Fleet indexing calls only: hostile answers (huge bucket lists, versions with every
+    # bad byte, counts that are negative, NaN, huge or not numbers).
+    hostile_index: FaultRule = FaultRule()
+
+
+# AWS's published rates where docs/simulator.md cites one (GetStatistics, GetCardinality:
+# 15 per second); GetBucketsAggregation and the catalog's are not published there, and
+# default lower so that a client that stays inside them stays inside AWS's too.
+DEFAULT_RATES = {"GetBucketsAggregation": 5.0, "GetStatistics": 15.0, "GetCardinality": 15.0}
 
 
 @dataclass(frozen=True, slots=True)
 class Quotas:
     """Requests per second per operation (token bucket, burst = one second's worth)."""
 
-    rates: tuple[tuple[str, float], ...] = tuple((op, 10.0) for op in OPERATIONS)
+    rates: tuple[tuple[str, float], ...] = tuple(
+        (op, DEFAULT_RATES.get(op, 10.0)) for op in OPERATIONS
+    )
     enabled: bool = True
     throttle_status: int = 429
 
     def rate(self, operation: str) -> float:
-        return dict(self.rates).get(operation, 10.0)
+        return dict(self.rates).get(operation, DEFAULT_RATES.get(operation, 10.0))
+
+
+@dataclass(frozen=True, slots=True)
+class PackageVersionSpec:
+    name: str
+    status: str = "PUBLISHED"
+    created_minutes: float = -43200.0
+    description: str | None = None
+    attributes: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    """What the things of a group report in `$package` at the start: version → fraction.
+
+    Each thing draws one version by these fractions; what they leave up to 1 reports none.
+    """
+
+    group: str
+    versions: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PackageSpec:
+    name: str
+    versions: tuple[PackageVersionSpec, ...]
+    description: str | None = None
+    default_version: str | None = None
+    created_minutes: float = -43200.0
+    installed: tuple[Installed, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Indexing:
+    """Fleet indexing of the things and their `$package` shadows."""
+
+    # ACTIVE answers; BUILDING and REBUILDING answer IndexNotReadyException; OFF (thing
+    # indexing off) answers ResourceNotFoundException for the AWS_Things index.
+    status: str = "ACTIVE"
+    # The `$package` named shadow is a data source of the index.
+    package_shadow: bool = True
+    # A custom field is defined for every package's version field (needed to aggregate).
+    version_fields: bool = True
+    # The index answers from the shadows as they were this many simulated seconds ago.
+    lag_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +395,11 @@ class Scenario:
     generate: Generate | None = None
     quotas: Quotas = Quotas()
     faults: Faults = Faults()
+    packages: tuple[PackageSpec, ...] = ()
+    fleet_indexing: Indexing = Indexing()
+    # UpdatePackageConfiguration's versionUpdateByJobsConfig: a job that names
+    # destinationPackageVersions updates a thing's `$package` shadow when it succeeds there.
+    version_update_by_jobs: bool = True
 
 
 # --- the reader -------------------------------------------------------------------------
@@ -312,6 +422,9 @@ _SCENARIO_KEYS = (
     "generate",
     "quotas",
     "faults",
+    "packages",
+    "fleet_indexing",
+    "version_update_by_jobs",
 )
 _DEVICE_KEYS = (
     "queued_minutes",
@@ -323,6 +436,7 @@ _DEVICE_KEYS = (
     "stuck_things",
     "offline_things",
     "failure_reasons",
+    "unreported_probability",
 )
 _JOB_KEYS = (
     "id",
@@ -402,6 +516,7 @@ def _devices(r: Reader, value: Any, path: str, base: Devices) -> Devices:
         failure_probability=probability("failure_probability"),
         stuck_probability=probability("stuck_probability"),
         offline_probability=probability("offline_probability"),
+        unreported_probability=probability("unreported_probability"),
         stuck_things=stuck,
         offline_things=offline,
     )
@@ -637,7 +752,7 @@ def _fields(r: Reader, value: Any, path: str) -> str:
         raise r.fail(path, "expected JSON values (strings, numbers, lists, mappings)") from None
 
 
-_TIMELINE_ACTIONS = ("add_things", "remove_things", "cancel_job", "delete_job")
+_TIMELINE_ACTIONS = ("add_things", "remove_things", "cancel_job", "delete_job", "report_version")
 
 
 def _timeline_event(r: Reader, value: Any, path: str) -> TimelineEvent:
@@ -651,10 +766,25 @@ def _timeline_event(r: Reader, value: Any, path: str) -> TimelineEvent:
         "reason_code",
         "comment",
         "every_minutes",
+        "package",
+        "version",
     )
     d = r.mapping(value, path, keys)
     action = r.choice(d.get("action"), join(path, "action"), _TIMELINE_ACTIONS)
     at = r.number(d.get("at_minutes"), join(path, "at_minutes"))
+    if action == "report_version":
+        return TimelineEvent(
+            at,
+            action,
+            group=r.string(d.get("group"), join(path, "group"), _NAME),
+            count=r.integer(d.get("count"), join(path, "count"), 1),
+            every_minutes=r.opt(d, "every_minutes", path, lambda v, p: r.number(v, p, 1.0)),
+            package=r.string(d.get("package"), join(path, "package"), PACKAGE_NAME),
+            version=r.string(d.get("version"), join(path, "version"), VERSION_NAME),
+        )
+    for key in ("package", "version"):
+        if d.get(key) is not None:
+            raise r.fail(join(path, key), "only report_version names a package version")
     if action in ("add_things", "remove_things"):
         return TimelineEvent(
             at,
@@ -664,7 +794,10 @@ def _timeline_event(r: Reader, value: Any, path: str) -> TimelineEvent:
             every_minutes=r.opt(d, "every_minutes", path, lambda v, p: r.number(v, p, 1.0)),
         )
     if d.get("every_minutes") is not None:
-        raise r.fail(join(path, "every_minutes"), "only add_things and remove_things can repeat")
+        raise r.fail(
+            join(path, "every_minutes"),
+            "only add_things, remove_things and report_version can repeat",
+        )
     return TimelineEvent(
         at,
         action,
@@ -683,6 +816,8 @@ def _generate(r: Reader, value: Any, path: str) -> Generate:
         "active_ratio",
         "canceled_ratio",
         "maximum_per_minute",
+        "packages",
+        "versions_per_package",
     )
     d = r.mapping(value, path, keys)
     g = Generate()
@@ -701,6 +836,13 @@ def _generate(r: Reader, value: Any, path: str) -> Generate:
         maximum_per_minute=r.integer(
             d.get("maximum_per_minute", g.maximum_per_minute),
             join(path, "maximum_per_minute"),
+            1,
+            1000,
+        ),
+        packages=r.integer(d.get("packages", g.packages), join(path, "packages"), 0, 10_000),
+        versions_per_package=r.integer(
+            d.get("versions_per_package", g.versions_per_package),
+            join(path, "versions_per_package"),
             1,
             1000,
         ),
@@ -772,6 +914,101 @@ def parse_quotas(r: Reader, value: Any, path: str, base: Quotas = Quotas()) -> Q
     return Quotas(tuple(rates.items()), enabled, int(status))
 
 
+def _attributes(r: Reader, value: Any, path: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise r.fail(path, "expected a mapping of attribute names to strings")
+    return tuple((r.string(k, path), r.string(v, join(path, str(k)))) for k, v in value.items())
+
+
+def _package(r: Reader, value: Any, path: str, groups: set[str]) -> PackageSpec:
+    keys = ("name", "description", "default_version", "created_minutes", "versions", "installed")
+    d = r.mapping(value, path, keys)
+    name = r.string(d.get("name"), join(path, "name"), PACKAGE_NAME)
+    versions: list[PackageVersionSpec] = []
+    vp = join(path, "versions")
+    items = r.seq(d.get("versions"), vp)
+    if not items:
+        raise r.fail(vp, "expected at least one version")
+    for i, item in enumerate(items):
+        p = join(vp, i)
+        v = r.mapping(item, p, ("name", "status", "created_minutes", "description", "attributes"))
+        version = r.string(v.get("name"), join(p, "name"), VERSION_NAME)
+        if any(x.name == version for x in versions):
+            raise r.fail(join(p, "name"), f"duplicate version {version!r}")
+        versions.append(
+            PackageVersionSpec(
+                name=version,
+                status=r.choice(
+                    v.get("status", "PUBLISHED"), join(p, "status"), PACKAGE_VERSION_STATUSES
+                ),
+                created_minutes=r.number(
+                    v.get("created_minutes", -43200.0), join(p, "created_minutes")
+                ),
+                description=r.opt(v, "description", p, lambda x, q: r.string(x, q)),
+                attributes=_attributes(r, v.get("attributes"), join(p, "attributes")),
+            )
+        )
+    names = {v.name for v in versions}
+    default = r.opt(d, "default_version", path, lambda x, q: r.string(x, q, VERSION_NAME))
+    if default is not None:
+        if default not in names:
+            raise r.fail(join(path, "default_version"), f"not one of the versions: {default!r}")
+        if dict((v.name, v.status) for v in versions)[default] == "DRAFT":
+            raise r.fail(join(path, "default_version"), "a DRAFT version cannot be the default")
+    installed = []
+    ip = join(path, "installed")
+    for i, item in enumerate(r.seq(d.get("installed"), ip)):
+        p = join(ip, i)
+        g = r.mapping(item, p, ("group", "versions"))
+        group = r.string(g.get("group"), join(p, "group"), _NAME)
+        if group not in groups:
+            raise r.fail(join(p, "group"), f"unknown group {group!r}")
+        wp = join(p, "versions")
+        raw = g.get("versions")
+        if not isinstance(raw, Mapping) or not raw:
+            raise r.fail(wp, "expected a mapping of versions to fractions of the group")
+        fractions = []
+        for version, fraction in raw.items():
+            if version not in names:
+                raise r.fail(join(wp, str(version)), f"not one of the versions: {version!r}")
+            fractions.append((str(version), r.probability(fraction, join(wp, str(version)))))
+        if sum(f for _, f in fractions) > 1.0 + 1e-9:
+            raise r.fail(wp, "the fractions add up to more than 1")
+        installed.append(Installed(group, tuple(fractions)))
+    return PackageSpec(
+        name=name,
+        versions=tuple(versions),
+        description=r.opt(d, "description", path, lambda x, q: r.string(x, q)),
+        default_version=default,
+        created_minutes=r.number(d.get("created_minutes", -43200.0), join(path, "created_minutes")),
+        installed=tuple(installed),
+    )
+
+
+def parse_indexing(r: Reader, value: Any, path: str, base: Indexing = Indexing()) -> Indexing:
+    """Fleet indexing as a partial update of `base`."""
+    d = r.mapping(value, path, ("status", "package_shadow", "version_fields", "lag_seconds"))
+    return Indexing(
+        status=r.choice(d.get("status", base.status), join(path, "status"), INDEX_STATUSES),
+        package_shadow=r.boolean(
+            d.get("package_shadow", base.package_shadow), join(path, "package_shadow")
+        ),
+        version_fields=r.boolean(
+            d.get("version_fields", base.version_fields), join(path, "version_fields")
+        ),
+        lag_seconds=r.number(
+            d.get("lag_seconds", base.lag_seconds), join(path, "lag_seconds"), 0.0, 86400.0
+        ),
+    )
+
+
+def indexing_from_json(data: Any, base: Indexing) -> Indexing:
+    """Parse a run-time fleet indexing update (POST /_sim/indexing)."""
+    return parse_indexing(Reader("/_sim/indexing", ScenarioError), data, "fleet_indexing", base)
+
+
 def parse_scenario(data: Any, file: str) -> Scenario:
     r = Reader(file, ScenarioError)
     d = r.mapping(data, "", _SCENARIO_KEYS)
@@ -814,6 +1051,23 @@ def parse_scenario(data: Any, file: str) -> Scenario:
         if ev.job_id is not None and ev.job_id not in ids:
             raise r.fail(join(p, "job"), f"unknown job {ev.job_id!r}")
         timeline.append(ev)
+    packages: list[PackageSpec] = []
+    for i, item in enumerate(r.seq(d.get("packages"), "packages")):
+        p = join("packages", i)
+        package = _package(r, item, p, names)
+        if any(x.name == package.name for x in packages):
+            raise r.fail(join(p, "name"), f"duplicate package {package.name!r}")
+        packages.append(package)
+    generate = r.opt(d, "generate", "", lambda v, p: _generate(r, v, p))
+    if generate is not None:
+        packages += generated_packages(generate)
+    catalog = {p.name: {v.name for v in p.versions} for p in packages}
+    for i, ev in enumerate(timeline):
+        if ev.action == "report_version" and ev.version not in catalog.get(ev.package or "", ()):
+            raise r.fail(
+                join(join("timeline", i), "version"),
+                f"{ev.package}/{ev.version} is not a version in packages",
+            )
     return Scenario(
         file=file,
         seed=r.integer(d.get("seed", 1), "seed"),
@@ -827,9 +1081,14 @@ def parse_scenario(data: Any, file: str) -> Scenario:
         groups=tuple(groups),
         jobs=tuple(jobs),
         timeline=tuple(sorted(timeline, key=lambda e: e.at_minutes)),
-        generate=r.opt(d, "generate", "", lambda v, p: _generate(r, v, p)),
+        generate=generate,
         quotas=parse_quotas(r, d.get("quotas"), "quotas"),
         faults=parse_faults(r, d.get("faults"), "faults"),
+        packages=tuple(packages),
+        fleet_indexing=parse_indexing(r, d.get("fleet_indexing"), "fleet_indexing"),
+        version_update_by_jobs=r.boolean(
+            d.get("version_update_by_jobs", True), "version_update_by_jobs"
+        ),
     )
 
 
@@ -923,9 +1182,13 @@ __all__ = [
     "Faults",
     "Generate",
     "Group",
+    "Indexing",
+    "Installed",
     "JobSpec",
     "Latency",
     "MaintenanceWindow",
+    "PackageSpec",
+    "PackageVersionSpec",
     "Precomputed",
     "Quotas",
     "RetryCriterion",

@@ -17,22 +17,42 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from simulator import sqs
-from simulator.faults import FaultPicker, Stats, TokenBucket, faults_json, quotas_json
-from simulator.fleet import JOB_SCHEDULED, Fleet, FleetError, Job
-from simulator.render import describe_job, execution_summary, job_summary
+from simulator.faults import (
+    FaultPicker,
+    Stats,
+    TokenBucket,
+    faults_json,
+    hostile_index,
+    quotas_json,
+)
+from simulator.fleet import JOB_SCHEDULED, Fleet, FleetError, Job, package_truth
+from simulator.indexing import FleetIndex, QueryError
+from simulator.render import (
+    describe_job,
+    execution_summary,
+    job_summary,
+    package_summary,
+    package_version,
+    package_version_summary,
+)
 from simulator.scenario import (
+    INDEX_OPERATIONS,
     OPERATIONS,
+    PACKAGE_NAME,
+    PACKAGE_VERSION_STATUSES,
+    VERSION_NAME,
     Faults,
     Scenario,
     ScenarioError,
     faults_from_json,
+    indexing_from_json,
     job_from_json,
     load_scenario,
     quotas_from_json,
@@ -54,6 +74,7 @@ _TOKEN_MAX = 1024
 # lets an overlong nextToken reach the handler and get AWS's error body instead.
 _MAX_LINE = 64 * 1024
 _INTEGER = re.compile(r"-?[0-9]{1,12}")
+_JOB_OPS = frozenset({"DescribeJob", "ListJobs", "ListJobExecutionsForJob"})
 
 
 class AwsError(Exception):
@@ -109,6 +130,23 @@ def _decode_token(token: str) -> Any:
         raise _invalid("The nextToken is invalid.") from None
 
 
+def _validation(message: str) -> AwsError:
+    # The package catalog's operations declare ValidationException, not InvalidRequest.
+    return AwsError(400, "ValidationException", message, "invalid")
+
+
+def _catalog_max_results(request: web.Request) -> int:
+    raw = request.query.get("maxResults")
+    if raw is None:
+        return _DEFAULT_PAGE
+    if not _INTEGER.fullmatch(raw) or not 1 <= int(raw) <= 100:
+        raise _validation(
+            f"1 validation error detected: Value '{raw[:40]}' at 'maxResults' failed to "
+            "satisfy constraint: Member must have value between 1 and 100"
+        )
+    return int(raw)
+
+
 def _max_results(request: web.Request) -> int:
     raw = request.query.get("maxResults")
     if raw is None:
@@ -137,6 +175,8 @@ class Simulator:
         self.clock = SimClock(start, scenario.speed)
         self.faults = scenario.faults
         self.quotas = scenario.quotas
+        self.indexing = scenario.fleet_indexing
+        self.index = FleetIndex(fleet.groups, fleet.thing_groups, fleet.packages)
         self.stats = Stats()
         self.host = host
         self.port = port
@@ -218,6 +258,18 @@ class Simulator:
         app.router.add_get("/jobs", self._list_jobs)
         app.router.add_get("/jobs/{jobId}", self._describe_job)
         app.router.add_get("/jobs/{jobId}/things", self._list_executions)
+        app.router.add_post("/indices/buckets", self._index_call("GetBucketsAggregation"))
+        app.router.add_post("/indices/statistics", self._index_call("GetStatistics"))
+        app.router.add_post("/indices/cardinality", self._index_call("GetCardinality"))
+        app.router.add_get("/packages", self._list_packages)
+        app.router.add_get("/packages/{packageName}/versions", self._list_package_versions)
+        app.router.add_get(
+            "/packages/{packageName}/versions/{versionName}", self._get_package_version
+        )
+        app.router.add_get("/_sim/indexing", self._admin_indexing_get)
+        app.router.add_post("/_sim/indexing", self._admin_indexing_post)
+        app.router.add_get("/_sim/packages", self._admin_packages)
+        app.router.add_post("/_sim/packages/{package}/report", self._admin_report)
         app.router.add_get("/_sim/stats", self._admin_stats)
         app.router.add_get("/_sim/faults", self._admin_faults_get)
         app.router.add_post("/_sim/faults", self._admin_faults_post)
@@ -281,6 +333,147 @@ class Simulator:
             return self._list_executions_body(request, job_id, region)
 
         return await self._aws(request, "ListJobExecutionsForJob", job_id, produce)
+
+    def _index_call(self, operation: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            raw = await request.read()
+
+            def produce(region: str) -> dict[str, Any]:
+                return self._index_body(operation, raw)
+
+            return await self._aws(request, operation, None, produce)
+
+        return handle
+
+    def _index_body(self, operation: str, raw: bytes) -> dict[str, Any]:
+        try:
+            data = json.loads(raw or b"{}")
+        except ValueError:
+            raise _invalid("The request body is not JSON.") from None
+        if not isinstance(data, dict):
+            raise _invalid("The request body is not a JSON object.")
+        query = data.get("queryString")
+        field = data.get("aggregationField")
+        index = data.get("indexName")
+        if not isinstance(query, str) or not query:
+            raise _invalid("queryString is required.")
+        if field is not None and (not isinstance(field, str) or not field):
+            raise _invalid("aggregationField must be a non-empty string.")
+        if index is not None and not isinstance(index, str):
+            raise _invalid("indexName must be a string.")
+        try:
+            self.index.check(self.indexing, index)
+            self.fleet.packages.sync(self.fleet.now, self.indexing.lag_seconds)
+            if operation == "GetStatistics":
+                return self.index.statistics(self.indexing, query, field)
+            if operation == "GetCardinality":
+                return self.index.cardinality(self.indexing, query, field)
+            if field is None:
+                raise _invalid("aggregationField is required.")
+            kind = data.get("bucketsAggregationType")
+            terms = kind.get("termsAggregation") if isinstance(kind, dict) else None
+            if not isinstance(terms, dict):
+                raise QueryError(
+                    400,
+                    "InvalidAggregationException",
+                    "Only termsAggregation is supported.",
+                    "invalid_aggregation",
+                )
+            # AWS's default, per TermsAggregation's documentation.
+            most = terms.get("maxBuckets", 10)
+            if isinstance(most, bool) or not isinstance(most, int) or not 1 <= most <= 10000:
+                raise _invalid(
+                    f"1 validation error detected: Value '{str(most)[:40]}' at "
+                    "'bucketsAggregationType.termsAggregation.maxBuckets' failed to satisfy "
+                    "constraint: Member must have value between 1 and 10000"
+                )
+            return self.index.buckets(self.indexing, query, field, most)
+        except QueryError as e:
+            raise AwsError(e.status, e.code, e.message, e.outcome) from None
+
+    async def _list_packages(self, request: web.Request) -> web.StreamResponse:
+        def produce(region: str) -> dict[str, Any]:
+            limit = _catalog_max_results(request)
+            names = sorted(self.fleet.packages.specs)
+            after = self._catalog_token(request, {"list": "packages"})
+            if after is not None:
+                names = [n for n in names if n > after]
+            page = names[:limit]
+            body: dict[str, Any] = {
+                "packageSummaries": [
+                    package_summary(self.fleet, self.fleet.packages.specs[n]) for n in page
+                ]
+            }
+            if len(names) > limit:
+                body["nextToken"] = _encode_token({"list": "packages", "after": page[-1]})
+            return body
+
+        return await self._aws(request, "ListPackages", None, produce)
+
+    async def _list_package_versions(self, request: web.Request) -> web.StreamResponse:
+        package = request.match_info["packageName"]
+
+        def produce(region: str) -> dict[str, Any]:
+            if not PACKAGE_NAME.match(package):
+                raise _validation(f"Invalid packageName {package[:40]!r}.")
+            limit = _catalog_max_results(request)
+            status = request.query.get("status")
+            if status is not None and status not in PACKAGE_VERSION_STATUSES:
+                raise _validation(f"Invalid status {status[:40]!r}.")
+            # AWS lists no versions for a package it does not have (no error is declared).
+            versions = self.fleet.packages.versions.get(package, {})
+            names = sorted(n for n, v in versions.items() if status is None or v.status == status)
+            key = {"list": "versions", "package": package, "status": status}
+            after = self._catalog_token(request, key)
+            if after is not None:
+                names = [n for n in names if n > after]
+            page = names[:limit]
+            body: dict[str, Any] = {
+                "packageVersionSummaries": [
+                    package_version_summary(self.fleet, package, versions[n]) for n in page
+                ]
+            }
+            if len(names) > limit:
+                body["nextToken"] = _encode_token({**key, "after": page[-1]})
+            return body
+
+        return await self._aws(request, "ListPackageVersions", None, produce)
+
+    async def _get_package_version(self, request: web.Request) -> web.StreamResponse:
+        package = request.match_info["packageName"]
+        version = request.match_info["versionName"]
+
+        def produce(region: str) -> dict[str, Any]:
+            if not PACKAGE_NAME.match(package) or not VERSION_NAME.match(version):
+                raise _validation("Invalid packageName or versionName.")
+            spec = self.fleet.packages.versions.get(package, {}).get(version)
+            if spec is None:
+                raise AwsError(
+                    404,
+                    "ResourceNotFoundException",
+                    f"Package version {package}/{version} not found.",
+                    "not_found",
+                )
+            return package_version(self.fleet, package, spec, region)
+
+        return await self._aws(request, "GetPackageVersion", None, produce)
+
+    def _catalog_token(self, request: web.Request, key: dict[str, Any]) -> str | None:
+        """The name a catalog listing resumes after, checked against this very listing."""
+        token = request.query.get("nextToken")
+        if not token:
+            return None
+        try:
+            value = _decode_token(token)
+        except AwsError:
+            raise _validation("The nextToken is invalid.") from None
+        if (
+            not isinstance(value, dict)
+            or not isinstance(value.get("after"), str)
+            or {k: v for k, v in value.items() if k != "after"} != key
+        ):
+            raise _validation("The nextToken is invalid.")
+        return str(value["after"])
 
     def _job(self, job_id: str) -> Job:
         if not _JOB_ID.match(job_id):
@@ -390,7 +583,8 @@ class Simulator:
             await asyncio.sleep(picker.delay_seconds(faults.latency))
         try:
             if picker.hits(faults.denied, operation, job_id):
-                resource = f"arn:aws:iot:{region}:{self.fleet.account_id}:job/{job_id or '*'}"
+                kind = "job" if job_id is not None or operation in _JOB_OPS else "index"
+                resource = f"arn:aws:iot:{region}:{self.fleet.account_id}:{kind}/{job_id or '*'}"
                 raise AwsError(
                     403,
                     "AccessDeniedException",
@@ -415,6 +609,10 @@ class Simulator:
                 )
             if job_id is not None and picker.hits(faults.not_found, operation, job_id):
                 raise _not_found(job_id)
+            if operation in INDEX_OPERATIONS and picker.hits(faults.not_ready, operation, job_id):
+                raise AwsError(
+                    400, "IndexNotReadyException", "The index is not ready.", "not_ready"
+                )
             self.fleet.advance(self.clock.now())
             body = produce(region)
         except AwsError as e:
@@ -430,6 +628,9 @@ class Simulator:
                 if picker.hits(getattr(faults, name), operation, job_id):
                     corrupt(body)
                     outcome = "bad_fields"
+        if operation in INDEX_OPERATIONS and picker.hits(faults.hostile_index, operation, job_id):
+            hostile_index(picker.rng, operation, body)
+            outcome = "bad_fields"
         data = json.dumps(body, separators=(",", ":")).encode()
         if picker.hits(faults.malformed, operation, job_id):
             self.stats.count(operation, "malformed")
@@ -570,6 +771,56 @@ class Simulator:
             return _admin_error(404 if e.code == "ResourceNotFoundException" else 409, e.message)
         return web.json_response(describe_job(self.fleet, job, self.scenario.region))
 
+    def _indexing_body(self) -> dict[str, Any]:
+        cfg = self.indexing
+        return {
+            "status": cfg.status,
+            "package_shadow": cfg.package_shadow,
+            "version_fields": cfg.version_fields,
+            "lag_seconds": cfg.lag_seconds,
+            "pending_index_updates": self.fleet.packages.pending(),
+        }
+
+    async def _admin_indexing_get(self, request: web.Request) -> web.Response:
+        return web.json_response(self._indexing_body())
+
+    async def _admin_indexing_post(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        self.fleet.advance(self.clock.now())
+        try:
+            new = indexing_from_json(data, self.indexing)
+        except ScenarioError as e:
+            return _admin_error(400, f"{e.path}: {e.message}")
+        if new.status == "ACTIVE" and self.indexing.status != "ACTIVE":
+            # A rebuilt index has every shadow as it is now.
+            self.fleet.packages.reindex()
+        self.indexing = new
+        log.info("fleet indexing changed indexing=%s", json.dumps(self._indexing_body()))
+        return web.json_response(self._indexing_body())
+
+    async def _admin_packages(self, request: web.Request) -> web.Response:
+        self.fleet.advance(self.clock.now())
+        self.fleet.packages.sync(self.fleet.now, self.indexing.lag_seconds)
+        body = {"now": self.fleet.now, **package_truth(self.fleet)}
+        return web.json_response(body)
+
+    async def _admin_report(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        self.fleet.advance(self.clock.now())
+        package = request.match_info["package"]
+        version, group, count = data.get("version"), data.get("group"), data.get("count", 1)
+        if not isinstance(version, str) or not isinstance(group, str):
+            return _admin_error(400, "version, group: expected strings")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            return _admin_error(400, "count: expected an integer ≥ 1")
+        if group not in self.fleet.groups:
+            return _admin_error(404, f"thing group {group} not found")
+        try:
+            things = self.fleet.report_version(group, package, version, count)
+        except FleetError as e:
+            return _admin_error(404, e.message)
+        return web.json_response({"package": package, "version": version, "reported": things})
+
     async def _group_change(self, request: web.Request, add: bool) -> web.Response:
         data = await _json_body(request)
         self.fleet.advance(self.clock.now())
@@ -616,7 +867,12 @@ should ever be sent here. The region is the request's credential scope.</p>
 <ul>
 <li>AWS IoT Jobs (<code>endpoint_url: {url}</code>): ListJobs <code>GET /jobs</code>,
 DescribeJob <code>GET /jobs/{{jobId}}</code>, ListJobExecutionsForJob
-<code>GET /jobs/{{jobId}}/things</code>.</li>
+<code>GET /jobs/{{jobId}}/things</code>; fleet indexing GetBucketsAggregation
+<code>POST /indices/buckets</code>, GetStatistics <code>POST /indices/statistics</code>,
+GetCardinality <code>POST /indices/cardinality</code>; the package catalog ListPackages
+<code>GET /packages</code>, ListPackageVersions
+<code>GET /packages/{{packageName}}/versions</code>, GetPackageVersion
+<code>GET /packages/{{packageName}}/versions/{{versionName}}</code>.</li>
 <li>SQS, the fleet's job events (<code>events: sqs_queue_url: {queue}</code>):
 ReceiveMessage, DeleteMessage, DeleteMessageBatch and GetQueueAttributes as
 <code>POST /</code>.</li>
@@ -628,6 +884,9 @@ outcome, every job's true state (<a href="_sim/stats?jobs=0">without jobs</a>).<
 <li><a href="_sim/faults">GET /_sim/faults</a>, POST: AWS faults and quotas.</li>
 <li><a href="_sim/events">GET /_sim/events</a>, POST: the event queue's counts and faults.</li>
 <li><a href="_sim/clock">GET /_sim/clock</a>, POST: the speed; advance the clock.</li>
+<li><a href="_sim/packages">GET /_sim/packages</a>: things per package version, per group
+and per job, in the shadows and in the index. POST /_sim/packages/{{package}}/report.</li>
+<li><a href="_sim/indexing">GET /_sim/indexing</a>, POST: fleet indexing's status and lag.</li>
 <li>POST /_sim/jobs: create a job. GET /_sim/jobs/{{jobId}}/rollout.
 POST /_sim/jobs/{{jobId}}/cancel, /_sim/jobs/{{jobId}}/delete.
 POST /_sim/groups/{{group}}/add, /_sim/groups/{{group}}/remove.</li>

@@ -131,6 +131,20 @@ class Admin:
     async def rollout(self, job_id: str) -> Any:
         return await self._call("GET", f"/_sim/jobs/{job_id}/rollout")
 
+    async def packages(self) -> Any:
+        """The truth of the $package shadows: per version, group and job, and as indexed."""
+        return await self._call("GET", "/_sim/packages")
+
+    async def indexing(self, **changes: Any) -> Any:
+        """Fleet indexing's status and lag; changes only the keys given."""
+        if not changes:
+            return await self._call("GET", "/_sim/indexing")
+        return await self._call("POST", "/_sim/indexing", changes)
+
+    async def report_version(self, package: str, group: str, version: str, count: int = 1) -> Any:
+        body = {"group": group, "version": version, "count": count}
+        return await self._call("POST", f"/_sim/packages/{package}/report", body)
+
 
 def shape_problems(value: Any, shape: Any, path: str = "$") -> list[str]:
     """Compare raw JSON with a botocore shape: unknown members, missing required, wrong types.

@@ -142,6 +142,7 @@ async def serve_until_signalled(
         max_requests=args.max_requests,
         write_timeout=parse_duration(args.write_timeout) or DEFAULT_WRITE_TIMEOUT,
         status=collector.status,
+        packages=collector.versions.body,
     )
     if web_config is not None:
         web_config.install(app, OPEN_PATHS)

@@ -9,13 +9,22 @@ import logging
 import time
 from dataclasses import dataclass
 
-from exporter.aws import ApiError, JobSource, JobSummary, classify, describe_exception
+from exporter.aws import (
+    ApiError,
+    JobSource,
+    JobSummary,
+    PackageSource,
+    classify,
+    describe_exception,
+)
 from exporter.budget import Budgets
 from exporter.collect.poller import SnapshotSink, TargetPoller
 from exporter.collect.shard import ONE_SHARD, Shard
+from exporter.collect.versions import PackageState, PackageTelemetry, VersionPoller, VersionStore
 from exporter.config import Config, Target
 from exporter.executions import ExecutionSummary
 from exporter.model import JobSnapshot
+from exporter.packages import PACKAGE_OPERATIONS
 from exporter.status import Status
 from exporter.telemetry import Telemetry
 from exporter.tracing import NOOP_TRACING, Tracing
@@ -29,6 +38,12 @@ __all__ = ["Supervisor", "TargetPoller"]
 class _Running:
     collector: TargetPoller
     task: asyncio.Task[None]
+    versions: VersionPoller | None = None
+
+
+class _NoPackageTelemetry:
+    def package_availability(self, target: str, available: bool) -> None:
+        pass
 
 
 class _NotConnected:
@@ -67,6 +82,12 @@ class Supervisor:
         self._lock = asyncio.Lock()
         # One budget per account, region and operation, shared by the targets that spend it.
         self.budgets = Budgets(divisor=shard.total)
+        # Devices per package version, beside the job metrics (versions.py).
+        self.versions = VersionStore()
+        self._package_sources: dict[str, PackageSource] = {}
+        self._package_telemetry: PackageTelemetry = (
+            telemetry if isinstance(telemetry, PackageTelemetry) else _NoPackageTelemetry()
+        )
 
     @property
     def targets(self) -> dict[str, TargetPoller]:
@@ -92,7 +113,14 @@ class Supervisor:
     def status(self) -> Status:
         """Every target's status at this instant, for the status page."""
         targets = tuple(poller.status() for poller in self.targets.values())
-        return Status(generated_at=time.time(), ready=self.ready, targets=targets)
+        packages = tuple(
+            line
+            for _, running in sorted(self._running.items())
+            if running.versions is not None and (line := running.versions.status_line())
+        )
+        return Status(
+            generated_at=time.time(), ready=self.ready, targets=targets, packages=packages
+        )
 
     async def start(self) -> None:
         await self.apply(self.config)
@@ -112,6 +140,7 @@ class Supervisor:
             self.budgets.set_rate(
                 config.collector.executions.requests_per_second, ("ListJobExecutionsForJob",)
             )
+            self.budgets.set_rate(config.collector.packages.requests_per_second, PACKAGE_OPERATIONS)
             if not settings_changed:
                 for running in self._running.values():
                     running.collector.set_budget(config.collector)
@@ -120,6 +149,7 @@ class Supervisor:
                 if name not in wanted or wanted[name] != running.collector.target:
                     await self._stop_target(name)
                     self.store.remove_target(name)
+                    self.versions.remove_target(name)
                     if name not in wanted:
                         self.telemetry.drop_target(name)
                     log.info("target removed or changed target=%s", name)
@@ -146,10 +176,26 @@ class Supervisor:
             # A reload loses nothing: the new poller takes the old one's state.
             state=previous.collector.state if previous is not None else None,
         )
-        task = asyncio.create_task(self._serve_target(collector), name=f"collector-{target.name}")
-        self._running[target.name] = _Running(collector, task)
+        versions = VersionPoller(
+            target,
+            config.collector.packages,
+            lambda: self._package_sources.get(target.name),
+            collector.snapshots,
+            self.versions,
+            self._package_telemetry,
+            owns_packages=self.shard.owns(target, "\x00packages"),
+            state=(
+                previous.versions.state
+                if previous is not None and previous.versions is not None
+                else PackageState()
+            ),
+        )
+        task = asyncio.create_task(
+            self._serve_target(collector, versions), name=f"collector-{target.name}"
+        )
+        self._running[target.name] = _Running(collector, task, versions)
 
-    async def _serve_target(self, collector: TargetPoller) -> None:
+    async def _serve_target(self, collector: TargetPoller, versions: VersionPoller) -> None:
         """Runs a target's poller; a client that cannot be created is retried, not fatal."""
         target = collector.target
         while True:
@@ -159,9 +205,12 @@ class Supervisor:
                 ) as source:
                     collector.source = source
                     queue = await source.event_queue()
+                    rate = collector.settings.packages.requests_per_second
+                    self._package_sources[target.name] = PackageSource(source, rate)
                     async with asyncio.TaskGroup() as group:
                         group.create_task(collector.run())
                         group.create_task(collector.sweeper.run())
+                        group.create_task(versions.run())
                         if queue is not None:
                             self.telemetry.init_events(target.name)
                             consumer = collector.events.attach(queue)
@@ -179,6 +228,7 @@ class Supervisor:
                 collector.cycles += 1
             finally:
                 collector.source = _NotConnected()
+                self._package_sources.pop(target.name, None)
             await asyncio.sleep(collector.settings.interval)
 
     async def _stop_target(self, name: str) -> None:

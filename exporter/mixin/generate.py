@@ -56,6 +56,7 @@ M_CANCELED = 'status="CANCELED"'
 M_ACTIVE = 'status=~"IN_PROGRESS|SCHEDULED"'
 M_CONTINUOUS = 'target_selection="CONTINUOUS"'
 M_TIMED_OUT = 'state="timed_out"'
+M_SUCCEEDED = 'state="succeeded"'
 M_THROTTLED = 'outcome="throttled"'
 M_AGE_ALL = 'max_age="+Inf"'
 M_AGE_HOUR = 'max_age="3600"'
@@ -343,6 +344,7 @@ class Rules:
         stalled = a["rollout_stalled"]
         timing_out = a["executions_timing_out"]
         end = a["scheduled_end_approaching"]
+        adoption = a["adoption_stalled"]
         stuck = a["executions_stuck"]
         stale = a["data_stale"]
 
@@ -488,6 +490,35 @@ class Rules:
                     f"{percent(stuck['threshold'])} of its executions, at least "
                     f"{stuck['min_stuck']}). The exporter's /status page lists the oldest "
                     "by thing name."
+                ),
+                self.job_dashboard(),
+            ),
+            self.alert(
+                "AwsIotJobAdoptionStalled",
+                "adoption_stalled",
+                (
+                    f"max without ({self.replicas}, state) (\n"
+                    f"  increase({self.metric('aws_iot_job_executions', M_SUCCEEDED)}"
+                    f"[{adoption['window']}])\n"
+                    f") >= {adoption['min_succeeded']:g}\n"
+                    f"and on ({JOB_KEY}) (\n"
+                    f"  max without ({self.replicas}, package, version) (\n"
+                    "    delta("
+                    f"{self.metric('aws_iot_job_package_adoption_things')}"
+                    f"[{adoption['window']}])\n"
+                    "  ) <= 0\n"
+                    ")\n"
+                    f"and on ({JOB_KEY}) {self.in_progress()}\n"
+                    "and on (target) (\n"
+                    f"  {self.dedup('aws_iot_jobs_exporter_packages_available')} == 1\n"
+                    ")"
+                ),
+                "warning",
+                "Devices report success but not the version an AWS IoT job installs.",
+                (
+                    f"{where}: {{{{ $value }}}} executions succeeded in the last "
+                    f"{adoption['window']}, but no more devices in its thing groups report "
+                    "the version it installs (fleet indexing, $package shadow)."
                 ),
                 self.job_dashboard(),
             ),

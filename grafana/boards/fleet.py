@@ -5,6 +5,8 @@ from __future__ import annotations
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as models
 
+from exporter.mixin import generate as rules
+
 from .lib import (
     JOB_KEY,
     RATE_PER_MINUTE,
@@ -14,6 +16,7 @@ from .lib import (
     Mixin,
     Steps,
     by_name,
+    by_query,
     coloured_by,
     dashboard,
     fixed,
@@ -199,6 +202,7 @@ def build(m: Mixin) -> models.Dashboard:
             "short",
             stack=True,
         ),
+        *package_versions(m),
     ]
     return dashboard(
         m.uids["fleet"],
@@ -208,3 +212,70 @@ def build(m: Mixin) -> models.Dashboard:
         panels,
         job_variables(m.sel),
     )
+
+
+def package_versions(m: Mixin) -> list[Item]:
+    """Which version the fleet runs, from fleet indexing (targets with `packages:`)."""
+    # Package series carry no job_id: they are filtered on target and region only.
+    where = f'{m.sel}, target=~"$target", region=~"$region"'
+    versions = f"max without ({m.replicas}) (aws_iot_package_version_things{{{where}}})"
+    adoption = m.dedup("aws_iot_job_package_adoption_things")
+    on_version = m.dedup("aws_iot_job_group_package_version_things")
+    group_size = m.dedup("aws_iot_job_group_things")
+    return [
+        row("Package versions"),
+        timeseries_panel(
+            "Devices per package version",
+            "Devices reporting each version of each package in their $package shadow, "
+            'stacked per package: the largest versions, the rest as "other" (fleet '
+            "indexing, counted every collector.packages.interval and trailing the devices "
+            "by the index's lag).",
+            [query(f"sum by (package, version) ({versions})", "{{package}} {{version}}")],
+            "short",
+            stack=True,
+            w=8,
+        ),
+        timeseries_panel(
+            "Adoption per job",
+            "Devices in each active job's thing groups that report the version the job "
+            "installs, beside its succeeded executions (dashed): a gap that widens is "
+            "devices that report success but not the version.",
+            [
+                query(
+                    f"sum by ({JOB_KEY}, package, version) ({adoption})",
+                    "{{job_id}} on {{version}}",
+                ),
+                query(
+                    f"sum by ({JOB_KEY}) ({m.dedup('aws_iot_job_executions', rules.M_SUCCEEDED)})"
+                    f" and on ({JOB_KEY}) sum by ({JOB_KEY}) ({adoption})",
+                    "{{job_id}} succeeded",
+                ),
+            ],
+            "short",
+            overrides=[
+                (
+                    by_query("B"),
+                    [prop("custom.lineStyle", common.LineStyle(fill="dash", dash=[10, 10]))],
+                )
+            ],
+            links=m.series_links(),
+            w=8,
+        ),
+        timeseries_panel(
+            "Lagging thing groups",
+            "Share of each targeted thing group on the job's version (at most "
+            "collector.packages.max_groups_per_job groups per job): the lowest lines are the "
+            "groups the rollout has not reached.",
+            [
+                query(
+                    f"sum by ({JOB_KEY}, thing_group, package, version) ({on_version})\n"
+                    f"/ on ({JOB_KEY}, thing_group) group_left ()\n"
+                    f"clamp_min(sum by ({JOB_KEY}, thing_group) ({group_size}), 1)",
+                    "{{job_id}} {{thing_group}}",
+                )
+            ],
+            "percentunit",
+            links=m.series_links(),
+            w=8,
+        ),
+    ]

@@ -401,7 +401,8 @@ async def test_repeated_jobs_and_timeline_steps_over_http(tmp_path: Path) -> Non
         (
             "jobs:\n  - {id: x, targets: ['thing:a']}\n"
             "timeline:\n  - {at_minutes: 1, action: delete_job, job: x, every_minutes: 5}\n",
-            "timeline[0].every_minutes: only add_things and remove_things can repeat",
+            "timeline[0].every_minutes: "
+            "only add_things, remove_things and report_version can repeat",
         ),
         (
             "groups: [{name: g, things: 1}]\n"

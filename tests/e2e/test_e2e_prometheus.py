@@ -98,6 +98,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     "request_timeout": "5s",
                     "concurrency": 8,
                     "terminal_job_retention": "24h",
+                    "packages": {"interval": "1s"},
                 },
                 "targets": [
                     {
@@ -106,6 +107,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                         "endpoint_url": f"http://127.0.0.1:{sim_port}",
                         "labels": {"env": "demo"},
                         "jobs": {"discover": {}},
+                        # The package version panels: the demo's catalog and index.
+                        "packages": {"discover": True},
                         # Event-driven, as the demo runs; reconciled every second so the
                         # series move as fast as with polling alone.
                         "events": {

@@ -62,7 +62,7 @@ def test_a_missing_scenario_names_the_bundled_ones(elsewhere: Path, name: str) -
     with pytest.raises(ScenarioError) as e:
         load_scenario(name)
     assert str(e.value) == (
-        f"{name}: cannot read: no such file, nor a bundled scenario (abort, demo, scale)"
+        f"{name}: cannot read: no such file, nor a bundled scenario (abort, demo, packages, scale)"
     )
 
 
@@ -87,7 +87,8 @@ def test_simulator_command_with_an_unknown_scenario_fails_cleanly(
 ) -> None:
     assert main(["simulator", "--listen", "127.0.0.1:0", "--scenario", "nope"]) == 2
     assert capsys.readouterr().err == (
-        "error: nope: cannot read: no such file, nor a bundled scenario (abort, demo, scale)\n"
+        "error: nope: cannot read: no such file, nor a bundled scenario "
+        "(abort, demo, packages, scale)\n"
     )
 
 

@@ -283,5 +283,6 @@ def test_installed_simulator_names_the_bundled_scenarios_for_a_missing_one(
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: demo.yml: cannot read: no such file, nor a bundled scenario (abort, demo, scale)"
+        "error: demo.yml: cannot read: no such file, nor a bundled scenario "
+        "(abort, demo, packages, scale)"
     )

@@ -13,6 +13,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import RESERVED_LABELS
+from exporter.packages import PACKAGE_FAMILIES
 from exporter.selfmetrics import SelfMetrics
 from exporter.table import FAMILIES, IDENTITY_LABELS
 from tests.support import ROOT
@@ -82,6 +83,7 @@ def every_self_metric() -> SelfMetrics:
     telemetry.init_target("t")
     telemetry.init_events("t")
     telemetry.watch_otel_push(lambda: (0, 1.0))
+    telemetry.package_availability("t", True)
     return telemetry
 
 
@@ -102,7 +104,7 @@ def test_every_self_metric_and_label_is_documented() -> None:
 def test_documented_metrics_exist() -> None:
     telemetry = every_self_metric()
     text = generate_latest(telemetry.registry).decode()
-    exported = {f.name for f in FAMILIES}
+    exported = {f.name for f in FAMILIES} | {f.name for f in PACKAGE_FAMILIES}
     exported |= {f.name for f in text_string_to_metric_families(text)}
     exported |= {f"{name}_total" for name in exported}
     stale = set(documented_rows()) - exported

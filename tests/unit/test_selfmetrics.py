@@ -34,6 +34,7 @@ def every_part() -> SelfMetrics:
     telemetry = SelfMetrics()
     telemetry.init_target("t")
     telemetry.init_events("t")
+    telemetry.package_availability("t", True)
     telemetry.watch_otel_push(lambda: (0, 1.0))
     return telemetry
 
@@ -97,6 +98,7 @@ def test_a_target_without_discovery_has_no_discovery_series_and_drop_removes_all
     telemetry = SelfMetrics()
     telemetry.init_target("t", discovery=False)
     telemetry.init_events("t")
+    telemetry.package_availability("t", True)
     assert b"discovery_last_success_timestamp_seconds{" not in telemetry.render()
     telemetry.init_target("t", discovery=True)
     assert b'discovery_last_success_timestamp_seconds{target="t"} 0.0' in telemetry.render()
