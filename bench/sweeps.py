@@ -682,7 +682,7 @@ def choice_cost(jobs: int, pool: Pool) -> Choice:
         state = SweepState(tried={job_id: -3600.0 - i for i, job_id in enumerate(fleet.snapshots)})
 
         def choose() -> None:
-            sweeper._empty_idle()
+            sweeper._empty_idle(fleet.snapshots)
             next_job(fleet.snapshots, state, 0.0, INTERVAL)
 
         return Choice(jobs, cpu(choose, repeats=5), cpu(telemetry.age, repeats=5))
