@@ -3,7 +3,7 @@
 A fleet of D devices in ten thing groups runs in the simulator with P packages, each
 installed on most devices in one of three versions, and one active job that upgrades
 every group to a new version of the first package. The real `VersionPoller`
-(exporter/versions.py) counts it through the real `PackageSource` and botocore, against
+(exporter/collect/versions.py) counts it through the real `PackageSource` and botocore, against
 the simulator's fleet index (quotas off, so the figures are the exporter's and the
 index's, not a budget's). The ideal is one aggregation per package per interval: the
 size of the fleet costs no call. On top of it the exporter makes one GetStatistics for

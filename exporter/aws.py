@@ -785,7 +785,7 @@ def _failed_entries(answer: Any, sent: int) -> list[str]:
 
 # --- Software Package Catalog and fleet indexing: devices per package version ------------
 # Calls of their own, under budgets of their own (PackageSettings.requests_per_second per
-# operation, per account and region); answers read by packages.py, scheduled by versions.py.
+# operation, per account and region); answers read by packages.py, scheduled by collect/versions.py.
 
 AGGREGATION = "GetBucketsAggregation"
 STATISTICS = "GetStatistics"

@@ -765,7 +765,7 @@ class SelfMetrics:
         self._changed()
 
     def package_availability(self, target: str, available: bool) -> None:
-        """Whether the target's index and catalog answer (versions.py); the target's
+        """Whether the target's index and catalog answer (collect/versions.py); the target's
         package series are made at 0 on its first round."""
         if target not in self._package_targets:
             self._package_targets.add(target)

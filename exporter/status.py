@@ -123,7 +123,7 @@ class Status:
     generated_at: float
     ready: bool
     targets: tuple[TargetStatus, ...]
-    # Package counts (versions.py): one line per target with `packages:`, sanitised.
+    # Package counts (collect/versions.py): one line per target with `packages:`, sanitised.
     packages: tuple[str, ...] = ()
 
 
