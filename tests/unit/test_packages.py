@@ -1,5 +1,6 @@
 """Fleet index and catalog answers (exporter/packages.py), their rendering
-(exporter/collect/versions.py) and their config: exhaustive cases and properties of untrusted input."""
+(exporter/collect/versions.py) and their config: exhaustive cases and properties of
+untrusted input."""
 
 from __future__ import annotations
 
