@@ -64,15 +64,28 @@ async def test_a_client_that_closes_early_logs_no_error(
     url, port = big
     caplog.set_level(logging.DEBUG)
     async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as r:
-        whole = len(await r.read())
+        body = await r.read()
+    whole = len(body)
     assert whole > 16 * 1024 * 1024, "the body must outgrow the socket buffers and one part"
-    for _ in range(3):
+
+    def seen() -> bool:
+        return any(
+            "client closed the connection mid-response" in r.getMessage() for r in caplog.records
+        )
+
+    # Three closes at least; for the plain body, until one reset came mid-write (the last
+    # parts can be buffered whole before the reset arrives, on a busy machine often).
+    for i in range(20):
         first = await asyncio.to_thread(read_a_little_and_close, port, encoding)
         assert first.startswith(b"HTTP/1.1 200")
+        if i >= 2 and (encoding != "identity" or seen()):
+            break
     # The server is serving the next scrape, and has said nothing above debug.
     async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as r:
         assert r.status == 200
-        assert len(await r.read()) == whole
+        again = await r.read()
+    # The job series whole again (process metrics such as CPU time may have moved since).
+    assert again.count(b"\naws_iot_job_") == body.count(b"\naws_iot_job_") > 0
     loud = [
         f"{r.levelname} {r.name}: {r.getMessage()} {r.exc_info and r.exc_info[1]!r}"
         for r in caplog.records
@@ -81,6 +94,4 @@ async def test_a_client_that_closes_early_logs_no_error(
     assert loud == []
     if encoding == "identity":
         # It was seen: the writes failed mid-body, and said so at debug.
-        assert any(
-            "client closed the connection mid-response" in r.getMessage() for r in caplog.records
-        )
+        assert seen()
