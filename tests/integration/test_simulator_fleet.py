@@ -91,7 +91,9 @@ async def test_demo_shows_everything_within_a_minute(admin: Admin) -> None:
     assert jobs["firmware-v2-healthy"]["status"] == "IN_PROGRESS"
     assert jobs["firmware-v2-failing"]["status"] == "IN_PROGRESS"
     assert jobs["firmware-v2-canary-aborted"]["status"] == "CANCELED"
-    assert jobs["maintenance-window-update"]["status"] == "IN_PROGRESS"
+    # Out of SCHEDULED at minute 20; whether its 25 devices are all done by minute 60
+    # depends on where the wall clock's minute puts its half-hourly windows.
+    assert jobs["maintenance-window-update"]["status"] in ("IN_PROGRESS", "COMPLETED")
     failing = jobs["firmware-v2-failing"]["executions"]
     executed = failing["succeeded"] + failing["failed"] + failing["rejected"] + failing["timed_out"]
     assert 0.25 < failing["failed"] / executed < 0.45
