@@ -101,11 +101,15 @@ def _config(sim: SimulatorThread, mode: str, rate: float) -> dict[str, Any]:
     }
 
 
-def _storm_batch(sequence: int, count: int) -> list[tuple[str, dict[str, Any]]]:
-    """`count` execution failure events, round robin over t1's jobs, as AWS publishes them."""
+def storm_batch(
+    sequence: int, count: int, jobs: list[str] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """`count` execution failure events, round robin over `jobs` (t1's by default), as AWS
+    publishes them."""
+    ids = jobs or [f"storm-{n:03d}" for n in range(STORM_JOBS)]
     out = []
     for n in range(sequence, sequence + count):
-        job_id = f"storm-{n % STORM_JOBS:03d}"
+        job_id = ids[n % len(ids)]
         payload = {
             "eventType": "JOB_EXECUTION",
             "eventId": str(uuid.uuid4()),
@@ -120,7 +124,7 @@ def _storm_batch(sequence: int, count: int) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def _publish(batch: list[tuple[str, dict[str, Any]]], simulator: Simulator) -> None:
+def publish(batch: list[tuple[str, dict[str, Any]]], simulator: Simulator) -> None:
     for topic, payload in batch:
         simulator.events.publish(topic, payload)
 
@@ -156,10 +160,10 @@ def measure(mode: str, rate: float, window: float, warmup: float) -> Run:
                     break
                 if storm:
                     owed += per_tick
-                    batch = _storm_batch(sequence, int(owed))
+                    batch = storm_batch(sequence, int(owed))
                     owed -= len(batch)
                     sequence += len(batch)
-                    sim.call(functools.partial(_publish, batch))
+                    sim.call(functools.partial(publish, batch))
                 next_tick += TICK
                 time.sleep(max(0.0, next_tick - time.monotonic()))
             after, sim_after = exporter.samples(), _sim_describes(sim)

@@ -36,20 +36,20 @@ import functools
 import os
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import scrape
-from bench.common import REGION, bench_target
+from bench.common import bench_target
 from bench.events import scenario_text
+from bench.fairness import publish, storm_batch
 from bench.report import Table
 from exporter.collect.supervisor import Supervisor
 from exporter.config import CollectorSettings, Config, Events, Jobs
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import MetricsStore
-from simulator import Simulator, SimulatorThread
+from simulator import SimulatorThread
 
 BUDGET = CollectorSettings().requests_per_second
 CANCELED = 5
@@ -118,24 +118,6 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _storm(simulator: Simulator, jobs: list[str], sequence: int, count: int) -> None:
-    for n in range(sequence, sequence + count):
-        job_id = jobs[n % len(jobs)]
-        simulator.events.publish(
-            f"$aws/events/jobExecution/{job_id}/failed",
-            {
-                "eventType": "JOB_EXECUTION",
-                "eventId": str(uuid.uuid4()),
-                "timestamp": int(time.time()),
-                "operation": "failed",
-                "jobId": job_id,
-                "thingArn": f"arn:aws:iot:{REGION}:123456789012:thing/storm-{n % 7}",
-                "status": "FAILED",
-                "statusDetails": {"reason": "checksum_mismatch"},
-            },
-        )
 
 
 def _describes(telemetry: SelfMetrics, target: str) -> float:
@@ -279,7 +261,8 @@ async def _run(
                 owed += STORM_EVENTS_PER_SECOND * tick
                 count = int(owed)
                 owed -= count
-                sim.call(functools.partial(_storm, jobs=storm_jobs, sequence=sequence, count=count))
+                batch = storm_batch(sequence, count, storm_jobs)
+                sim.call(functools.partial(publish, batch))
                 sequence += count
             await asyncio.sleep(tick)
         elapsed = time.monotonic() - measured_from
