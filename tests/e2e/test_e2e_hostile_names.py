@@ -60,10 +60,12 @@ async def test_prometheus_takes_the_scrape_whatever_the_thing_names(tmp_path: Pa
     )
     exporter_port, prometheus_port = free_port(), free_port()
     config = tmp_path / "prometheus.yml"
+    # Two seconds between scrapes and as long to answer: a loaded machine must not turn a
+    # slow scrape into the failure this test looks for.
     config.write_text(
         yaml.safe_dump(
             {
-                "global": {"scrape_interval": "1s"},
+                "global": {"scrape_interval": "2s", "scrape_timeout": "2s"},
                 "scrape_configs": [
                     {"job_name": "exporter", "static_configs": [
                         {"targets": [f"127.0.0.1:{exporter_port}"]}
@@ -81,54 +83,70 @@ async def test_prometheus_takes_the_scrape_whatever_the_thing_names(tmp_path: Pa
         "--log.level=warn",
     ]
     log = (tmp_path / "prometheus.log").open("wb")
-    with started(argv, stdout=log, stderr=subprocess.STDOUT) as process:
-        try:
-            await _scrape_and_check(aws, exporter_port, f"http://127.0.0.1:{prometheus_port}")
-        finally:
-            stop(process)
-            log.close()
-            await aws.close()
-            print((tmp_path / "prometheus.log").read_text(errors="replace")[-3000:])
+    try:
+        # The exporter listens before Prometheus starts, so no scrape finds the port closed:
+        # every `up` of 0 the test sees is a scrape Prometheus refused.
+        async with Running(cfg(aws)) as run:
+            app = build_app(run.store, run.telemetry, lambda: True)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", exporter_port).start()
+            try:
+                await until(lambda: run.stuck() is not None, 30, "a sweep")
+                with started(argv, stdout=log, stderr=subprocess.STDOUT) as process:
+                    try:
+                        await _scrape_and_check(f"http://127.0.0.1:{prometheus_port}")
+                    finally:
+                        stop(process)
+            finally:
+                await runner.cleanup()
+    finally:
+        log.close()
+        await aws.close()
+        print((tmp_path / "prometheus.log").read_text(errors="replace")[-3000:])
 
 
-async def _scrape_and_check(aws: HostileAws, exporter_port: int, prometheus: str) -> None:
-    async with Running(cfg(aws)) as run, aiohttp.ClientSession() as http:
-        app = build_app(run.store, run.telemetry, lambda: True)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", exporter_port).start()
-        try:
-            await until(lambda: run.stuck() is not None, 30, "a sweep")
+async def _scrape_and_check(prometheus: str) -> None:
+    async with aiohttp.ClientSession() as http:
 
-            async def exemplars() -> list[dict[str, Any]]:
-                data = await _query(
-                    http,
-                    prometheus,
-                    "/api/v1/query_exemplars",
-                    query="aws_iot_job_execution_queued_duration_seconds_bucket",
-                    start=str(NOW - 600),
-                    end=str(time.time() + 60),
-                )
-                return [e for series in data for e in series["exemplars"]]
+        async def ready() -> bool:
+            try:
+                async with http.get(f"{prometheus}/-/ready") as response:
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
 
-            async def scraped() -> bool:
-                data = await _query(http, prometheus, "/api/v1/query", query="up")
-                return bool(data["result"]) and bool(await exemplars())
+        await until(ready, 60, "Prometheus")
 
-            await until(scraped, 60, "a scrape with exemplars")
+        async def exemplars() -> list[dict[str, Any]]:
+            data = await _query(
+                http,
+                prometheus,
+                "/api/v1/query_exemplars",
+                query="aws_iot_job_execution_queued_duration_seconds_bucket",
+                start=str(NOW - 600),
+                end=str(time.time() + 60),
+            )
+            return [e for series in data for e in series["exemplars"]]
 
-            # Several scrapes, every one of them taken.
-            async def scrapes() -> bool:
-                data = await _query(
-                    http, prometheus, "/api/v1/query", query="count_over_time(up[1m]) >= 3"
-                )
-                return bool(data["result"])
+        async def scraped() -> bool:
+            data = await _query(http, prometheus, "/api/v1/query", query="up")
+            return bool(data["result"]) and bool(await exemplars())
 
-            await until(scrapes, 60, "three scrapes")
-            data = await _query(http, prometheus, "/api/v1/query", query="min_over_time(up[1m])")
-            assert [r["value"][1] for r in data["result"]] == ["1"]
-            names = {e["labels"]["thing_name"] for e in await exemplars()}
-            assert len(names) == len(NAMES)
-            assert all("\x00" not in n and "\x1b" not in n for n in names)
-        finally:
-            await runner.cleanup()
+        await until(scraped, 60, "a scrape with exemplars")
+
+        # Several scrapes, every one of them taken.
+        async def scrapes() -> bool:
+            data = await _query(
+                http, prometheus, "/api/v1/query", query="count_over_time(up[1m]) >= 3"
+            )
+            return bool(data["result"])
+
+        await until(scrapes, 60, "three scrapes")
+        data = await _query(http, prometheus, "/api/v1/query", query="min_over_time(up[1m])")
+        assert [r["value"][1] for r in data["result"]] == ["1"], await _query(
+            http, prometheus, "/api/v1/targets"
+        )
+        names = {e["labels"]["thing_name"] for e in await exemplars()}
+        assert len(names) == len(NAMES)
+        assert all("\x00" not in n and "\x1b" not in n for n in names)
