@@ -268,6 +268,7 @@ async def test_slow_drip_holds_neither_healthy_jobs_nor_discovery(aws: HostileAw
 
         # Each attempt ended at its 1 s deadline, counted as a network failure...
         await until(lambda: count(telemetry, "DescribeJob", "network") >= 2, what="timeouts")
+
         # ...while the healthy jobs kept their pace (300 ms interval) and discovery its own.
         # Counted, not timed: held behind the slow job, a healthy one would be described
         # once per slow attempt; at its own pace it is described at least twice as often.
