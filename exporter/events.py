@@ -376,9 +376,12 @@ class EventSink(Protocol):
     """What the scheduler does with events (eventpath.EventPath)."""
 
     def owns(self, job_id: str) -> bool: ...
-    def job_changed(self, job_id: str) -> bool: ...
+    # True when the job is followed; `mark` False: the caller marks it (execution_ended).
+    def job_changed(self, job_id: str, mark: bool = True) -> bool: ...
     def job_event(self, event: JobEvent) -> bool: ...
     def job_deleted(self, job_id: str) -> None: ...
+    # A followed job's execution ended: counted from the event where it can be, and the
+    # job marked for a describe.
     def execution_ended(self, event: JobEvent) -> None: ...
 
 
@@ -626,8 +629,11 @@ class EventConsumer:
         if event.kind == "job":
             self.sink.job_event(event)
             return True
-        tracked = self.sink.job_changed(event.job_id)
-        if tracked and event.kind == "execution" and event.status in ENDED_STATUSES:
+        # An execution's end is counted from the event where it can be, and the sink marks
+        # the job for the describe that follows (EventSink.execution_ended).
+        ended = event.kind == "execution" and event.status in ENDED_STATUSES
+        tracked = self.sink.job_changed(event.job_id, mark=not ended)
+        if tracked and ended:
             if event.is_failure and event.status is not None:
                 self.reasons.count(event.job_id, event.status, event.reason or "")
             self.sink.execution_ended(event)

@@ -21,6 +21,11 @@ TERMINAL_STATUSES = frozenset({"COMPLETED", "CANCELED"})
 # The order a job's status moves in: in progress (or scheduled), then terminal, then being
 # deleted. An event never moves a job back down (JobSnapshot.with_job_event).
 _STATUS_RANK = {"COMPLETED": 1, "CANCELED": 1, "DELETION_IN_PROGRESS": 2}
+# The states an execution ends from, and (JobSnapshot.with_execution_end) the one each way
+# of ending most often leaves first: a rejection, removal or cancellation comes mostly
+# before a device started.
+_LIVE_STATES = ("in_progress", "queued")
+_LEFT_FROM = {s: ("queued", "in_progress") for s in ("rejected", "removed", "canceled")}
 # A job id as CreateJob allows it: 1-64 letters, digits, '-' or '_'. Match with fullmatch.
 JOB_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 EXECUTION_STATES = (
@@ -257,6 +262,36 @@ class JobSnapshot:
             changes["executions"] = tuple(sorted(executions, key=lambda e: order.get(e[0], 99)))
         updated = replace(self, **changes)
         return self if updated == self else updated
+
+    def with_execution_end(
+        self, state: str, at: float | None, was: str | None = None
+    ) -> JobSnapshot:
+        """This snapshot with one execution's end counted, as its event says: one more in
+        `state` (a terminal state's name, as in `executions`), one fewer in the state it
+        left; or itself when the describe may already hold it.
+
+        Counted only when the event is certainly newer than the describe's answer
+        (`at`, AWS's whole seconds, after `fetched_at`): an older one, or one in the same
+        second, may be in the answer already, and counting it twice is the error never
+        made; its job's describe shows it. Nor on a job in a terminal status: its last
+        executions decide when it is frozen, which only a describe may say. The state left
+        is `was` when a sweep saw the execution (queued or in progress), else the one an
+        execution ending this way most often leaves: in progress for a success, a failure
+        or a timeout, queued for a rejection, a removal or a cancellation; the other when
+        that one is 0. A describe replaces all of it with AWS's counts.
+        """
+        if at is None or at <= self.fetched_at or self.terminal or self.executions is None:
+            return self
+        counts = dict(self.executions)
+        if state not in counts or state in _LIVE_STATES:
+            return self
+        order: tuple[str, ...] = (was,) if was is not None and was in _LIVE_STATES else ()
+        order += _LEFT_FROM.get(state, _LIVE_STATES)
+        left = next((s for s in order if counts.get(s, 0) > 0), None)
+        counts[state] += 1
+        if left is not None:
+            counts[left] -= 1
+        return replace(self, executions=tuple((s, counts[s]) for s, _ in self.executions))
 
     @property
     def terminal(self) -> bool:

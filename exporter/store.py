@@ -15,12 +15,12 @@ from exporter.config import Target
 from exporter.executions import Exemplar, Histogram
 from exporter.model import JobSnapshot
 from exporter.safe import EXEMPLAR_CHARACTERS, exemplar_label_value
-from exporter.table import EXTRA_FIELDS, FAMILIES, IDENTITY_LABELS, Family
+from exporter.table import FAMILIES, IDENTITY_LABELS, PARTIAL_FIELDS, Family
 from exporter.telemetry import ACTIVE, FROZEN
 
 JobKey = tuple[str, str]  # (target name, job id)
 _SNAPSHOT_FIELDS = tuple(f.name for f in dataclasses.fields(JobSnapshot))
-_EXTRA_FIELDS = frozenset(EXTRA_FIELDS)
+_PARTIAL_FIELDS = frozenset(PARTIAL_FIELDS)
 # Active jobs are joined in this many buckets, so that one job's change re-joins (and
 # re-compresses for gzip) a sixteenth of the active text. More buckets make more
 # segments per family, which cost every scrape a little; 16 keeps a change at 10,000
@@ -167,19 +167,27 @@ def rerender_job(
     """`old` (unpacked) with the families at `indices` rendered again from `snapshot`: an
     execution event changes three families of a job, whose other lines (a line per thing
     target, say) stay as they are."""
+    family_of = families
+    order = sorted(indices)
 
     def splice(data: bytes, offsets: array[int], openmetrics: bool) -> tuple[bytes, array[int]]:
+        # The kept bytes between changed families are copied as runs, and the offsets
+        # after each changed family shift by its change in length.
         parts: list[bytes] = []
-        out = array("I", [0])
-        size = 0
-        for i, family in enumerate(families):
-            if i in indices:
-                text = "".join(_family_lines(family, snapshot, identity, openmetrics)).encode()
-            else:
-                text = data[offsets[i] : offsets[i + 1]]
+        out = array("I", offsets)
+        position = shift = 0
+        for n, i in enumerate(order):
+            start, end = offsets[i], offsets[i + 1]
+            text = "".join(_family_lines(family_of[i], snapshot, identity, openmetrics)).encode()
+            parts.append(data[position:start])
             parts.append(text)
-            size += len(text)
-            out.append(size)
+            position = end
+            shift += len(text) - (end - start)
+            if shift:
+                stop = order[n + 1] + 1 if n + 1 < len(order) else len(out)
+                for j in range(i + 1, stop):
+                    out[j] += shift
+        parts.append(data[position:])
         return b"".join(parts), out
 
     data, offsets = splice(old.data, old.offsets, False)
@@ -190,10 +198,19 @@ def rerender_job(
     return Rendered(data, offsets)
 
 
-def _changed_families(old: Rendered, new: Rendered) -> set[int]:
-    """The families whose lines differ between two unpacked renderings of one job."""
+def _reads_of(families: tuple[Family, ...]) -> dict[str, tuple[int, ...]]:
+    """Per field of PARTIAL_FIELDS, the indices of the families that read it."""
+    return {
+        name: tuple(i for i, f in enumerate(families) if name in f.reads) for name in PARTIAL_FIELDS
+    }
+
+
+def _changed_families(old: Rendered, new: Rendered, among: Iterable[int] | None = None) -> set[int]:
+    """The families whose lines differ between two unpacked renderings of one job (of
+    `among` only, when only those were rendered again)."""
     a, ao, b, bo = old.data, old.offsets, new.data, new.offsets
-    return {i for i in range(len(ao) - 1) if a[ao[i] : ao[i + 1]] != b[bo[i] : bo[i + 1]]}
+    indices = range(len(ao) - 1) if among is None else among
+    return {i for i in indices if a[ao[i] : ao[i + 1]] != b[bo[i] : bo[i + 1]]}
 
 
 def _header(family: Family, openmetrics: bool = False) -> bytes:
@@ -258,6 +275,7 @@ class MetricsStore:
 
     def __init__(self, families: tuple[Family, ...] = FAMILIES) -> None:
         self._families = families
+        self._reads = _reads_of(families)
         self._headers = self._make_headers(families)
         self._rendered: dict[JobKey, Rendered] = {}
         self._snapshots: dict[JobKey, JobSnapshot] = {}
@@ -364,6 +382,7 @@ class MetricsStore:
             bucket.intersection_update(rendered.keys())
         self._rendered = rendered
         self._families = families
+        self._reads = _reads_of(families)
         self._headers = self._make_headers(families)
         # Every part is joined afresh, its segments under new versions: the family
         # indexes changed, and the headers lead the frozen part.
@@ -392,24 +411,33 @@ class MetricsStore:
             self._frozen.discard(key)
             self._active[_bucket(key)].add(key)
 
-    def _rerender(self, key: JobKey, snapshot: JobSnapshot, identity: str) -> Rendered | None:
-        """The job's rendering when only fields beyond DescribeJob changed (a sweep, an
-        execution event): those families alone, the rest kept. None: render it whole."""
+    def _rerender(
+        self, key: JobKey, snapshot: JobSnapshot, identity: str
+    ) -> tuple[Rendered, set[int]] | None:
+        """The job's rendering when only PARTIAL_FIELDS changed (a sweep, an execution
+        event, an end counted from it): those families alone, the rest kept. None: render
+        it whole. With the rendering, the indices of the families rendered again."""
         old, before = self._rendered.get(key), self._snapshots.get(key)
         if old is None or before is None or old.packed or self._identities.get(key) != identity:
             return None
         changed = _fields_changed(before, snapshot)
-        if not changed <= _EXTRA_FIELDS:
+        if not changed <= _PARTIAL_FIELDS:
             return None
-        indices = {i for i, f in enumerate(self._families) if changed & set(f.reads)}
-        return rerender_job(old, snapshot, identity, self._families, indices)
+        indices = self._readers(changed)
+        return rerender_job(old, snapshot, identity, self._families, indices), indices
+
+    def _readers(self, fields: set[str]) -> set[int]:
+        """The indices of the families that read any of `fields`."""
+        return {i for name in fields for i in self._reads.get(name, ())}
 
     def put(self, key: JobKey, snapshot: JobSnapshot, identity: str) -> None:
         # Rendered before anything is stored, so a snapshot that cannot be rendered
         # leaves the store as it was.
-        rendered = None if snapshot.frozen else self._rerender(key, snapshot, identity)
-        if rendered is None:
-            rendered = self._render(snapshot, identity, self._families)
+        partial = None if snapshot.frozen else self._rerender(key, snapshot, identity)
+        if partial is None:
+            rendered, among = self._render(snapshot, identity, self._families), None
+        else:
+            rendered, among = partial
         self._identities[key] = identity
         self._snapshots[key] = snapshot
         tier = FROZEN if snapshot.frozen else ACTIVE
@@ -419,7 +447,7 @@ class MetricsStore:
                 return
             # An active job that stays active: only the families whose lines changed
             # need joining again (a new count or timestamp touches a few of them).
-            families = None if tier == FROZEN else _changed_families(old, rendered)
+            families = None if tier == FROZEN else _changed_families(old, rendered, among)
             self._rendered[key] = rendered
             self._changed(key, tier, families)
             return

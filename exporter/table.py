@@ -36,14 +36,18 @@ class Family:
     doc: str = ""
     # A histogram row: its histogram of a job (None: no series); `samples` yields none.
     histogram: Callable[[JobSnapshot], Histogram | None] | None = None
-    # The snapshot fields beyond DescribeJob (EXTRA_FIELDS) the row reads: when only those
-    # change (a sweep, an execution event), the store renders only the rows that read
-    # them. tests/unit/test_table_reads.py checks every row against it.
+    # The snapshot fields of PARTIAL_FIELDS the row reads: when only those change (a
+    # sweep, an execution event), the store renders only the rows that read them.
+    # tests/unit/test_table_reads.py checks every row against it.
     reads: tuple[str, ...] = ()
 
 
 # What the exporter learns of a job beyond DescribeJob (model.JobSnapshot.carry).
 EXTRA_FIELDS = ("sweep", "time_in_state", "execution_events")
+# The fields events and sweeps change between describes: those, and the execution counts
+# an execution's end changes (JobSnapshot.with_execution_end). A change of only these
+# renders only the rows that declare them in `reads`.
+PARTIAL_FIELDS = (*EXTRA_FIELDS, "executions")
 
 
 def _value(
@@ -298,6 +302,7 @@ FAMILIES: tuple[Family, ...] = (
         "timed_out count executions, not things.",
         ("state",),
         _executions,
+        reads=("executions",),
         series="up to 8: per execution state",
         source="`jobProcessDetails.numberOf*Things`",
         doc=(
@@ -316,6 +321,7 @@ FAMILIES: tuple[Family, ...] = (
         "Targets the job is still rolling out to.",
         (),
         _value(_processing_targets),
+        reads=("executions",),
         series="0 or 1",
         source="`jobProcessDetails.processingTargets`",
         doc=(
@@ -374,6 +380,7 @@ FAMILIES: tuple[Family, ...] = (
         "Rollout rate the configuration allows now, given progress, things per minute.",
         (),
         _value(JobSnapshot.rollout_rate_limit),
+        reads=("executions",),
         series="0 or 1",
         source="derived from `jobExecutionsRolloutConfig` and `jobProcessDetails`",
         doc=(

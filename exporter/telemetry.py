@@ -32,9 +32,9 @@ TRACKED_STATES = (ACTIVE, FROZEN, PENDING)
 # Why a job id is not followed (jobs_dropped_total's reason): an event named it while
 # events.max_unknown_jobs ids waited already, or AWS refused it as invalid.
 DROP_REASONS = ("unknown_limit", "invalid")
-# The classes of event marks (events_describe_wait_seconds' class): schedule.JOB_MARK and
-# EXECUTION_MARK, and the marks of ids only events named.
-MARK_CLASSES = ("job", "execution", "unknown")
+# The classes of event marks (events_describe_wait_seconds' class): schedule.MARK_ORDER
+# (job, execution, confirm), and the marks of ids only events named.
+MARK_CLASSES = ("job", "execution", "confirm", "unknown")
 
 
 class EventTelemetry(Protocol):

@@ -19,7 +19,7 @@ from typing import Protocol
 from exporter.aws import describe_exception
 from exporter.budget import EVENT, FIRST, UNKNOWN
 from exporter.collect.context import JobCalls, TargetContext
-from exporter.collect.schedule import EXECUTION_MARK, JOB_MARK, EventMarks, Mark
+from exporter.collect.schedule import CONFIRM_MARK, EXECUTION_MARK, JOB_MARK, EventMarks, Mark
 from exporter.collect.state import TargetState
 from exporter.events import EventConsumer, JobEvent, LogThrottle, Queue
 from exporter.logs import sanitise
@@ -33,6 +33,7 @@ class SweepMarks(Protocol):
     """What the event path asks of the target's sweeps (sweep.Sweeper)."""
 
     def mark(self, job_id: str) -> None: ...
+    def running(self, job_id: str, thing: str | None) -> bool: ...
     def ended(self, event: JobEvent) -> Callable[[JobSnapshot], JobSnapshot] | None: ...
 
 
@@ -84,8 +85,9 @@ class EventPath:
     def owns(self, job_id: str) -> bool:
         return self.context.shard.owns(self.context.target, job_id)
 
-    def job_changed(self, job_id: str, kind: str = EXECUTION_MARK) -> bool:
-        """An event says the job changed: describe it soon. False when it is not followed."""
+    def job_changed(self, job_id: str, mark: bool = True, kind: str = EXECUTION_MARK) -> bool:
+        """An event says the job changed: describe it soon (a known job only when `mark`;
+        else the caller marks it). False when it is not followed."""
         if job_id not in self.state.jobs and job_id not in self.unknown:
             discover = self.context.target.jobs.discover
             if job_id in self.state.expired or job_id in self.state.invalid:
@@ -115,7 +117,7 @@ class EventPath:
         if job_id in self.unknown:
             if self.unknown_marks.mark(job_id, now):
                 self.unknown_wakeup.set()
-        elif self.marks.mark(job_id, now, self._data_at(job_id), kind):
+        elif mark and self.marks.mark(job_id, now, self._data_at(job_id), kind):
             self.dirty_wakeup.set()
         return True
 
@@ -139,7 +141,7 @@ class EventPath:
                 return snapshot.with_job_event(status, updated, completed, counts)
 
             self.calls.amend(event.job_id, change)
-        return self.job_changed(event.job_id, JOB_MARK)
+        return self.job_changed(event.job_id, kind=JOB_MARK)
 
     def job_deleted(self, job_id: str) -> None:
         tracked = self.state.jobs.get(job_id)
@@ -151,12 +153,26 @@ class EventPath:
         self.calls.drop(job_id)
 
     def execution_ended(self, event: JobEvent) -> None:
-        """An execution of a followed job ended: its counts, its run time, a sweep soon."""
+        """An execution of a followed job ended: its counts, its run time, a sweep soon,
+        and a describe.
+
+        The end is counted from the event at once where the snapshot can tell it is not in
+        its describe yet (JobSnapshot.with_execution_end); the describe that follows then
+        only confirms, in the confirmations' share. One the event could not count, or one
+        a describe in flight may answer over (read before the event), is an execution mark.
+        """
         job_id = event.job_id
+        was = "in_progress" if self.sweeps.running(job_id, event.thing) else None
         timed = self.sweeps.ended(event)
         counts = tuple(self.state.reasons.samples(job_id))
+        state = event.status.lower() if event.status is not None else None
+        counted = False
 
         def change(snapshot: JobSnapshot) -> JobSnapshot:
+            nonlocal counted
+            if state is not None:
+                ended = snapshot.with_execution_end(state, event.timestamp, was)
+                counted, snapshot = ended is not snapshot, ended
             if timed is not None:
                 snapshot = timed(snapshot)
             if counts != snapshot.execution_events:
@@ -165,6 +181,8 @@ class EventPath:
 
         self.calls.amend(job_id, change)
         self.sweeps.mark(job_id)
+        confirm = counted and not self.calls.busy(job_id)
+        self.job_changed(job_id, kind=CONFIRM_MARK if confirm else EXECUTION_MARK)
 
     def event_driven(self) -> bool:
         """Events refresh the active jobs now; else they are polled every interval."""

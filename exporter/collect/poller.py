@@ -193,8 +193,8 @@ class TargetPoller:
         self.store.put_job(self.target, job_id, snapshot)
 
     # The event path's entry points, as other modules and tests name them.
-    def job_changed(self, job_id: str) -> bool:
-        return self.events.job_changed(job_id)
+    def job_changed(self, job_id: str, mark: bool = True) -> bool:
+        return self.events.job_changed(job_id, mark)
 
     async def describe_dirty(self, unknown: bool = False) -> None:
         await self.events.describe_dirty(unknown)

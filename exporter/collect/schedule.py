@@ -44,14 +44,19 @@ class SystemClock:
 SYSTEM_CLOCK = SystemClock()
 
 
-# The classes of event marks: a job-level event (completed, canceled, ...) and an
-# execution's end. Job-level marks are few (one per job and status change) and say the
-# most; execution marks are the steady state of every rollout.
-JOB_MARK, EXECUTION_MARK = "job", "execution"
-# Of every JOB_TURNS + 1 marks served while both classes wait, JOB_TURNS are job-level: a
-# larger share, never the power to starve execution marks (a queue writer can send any
-# number of job events; each known job still counts once per min_interval).
-JOB_TURNS = 4
+# The classes of event marks, most urgent first: a job-level event (completed, canceled,
+# ...); an execution's end the snapshot could not count by itself (the job not described
+# yet, or the event in the second of its last describe: JobSnapshot.with_execution_end);
+# and the describe that confirms ends already counted. Job-level marks are few (one per
+# job and status change) and say the most; execution marks are the steady state of every
+# rollout, and once counted from their events they only wait for AWS's word.
+JOB_MARK, EXECUTION_MARK, CONFIRM_MARK = "job", "execution", "confirm"
+MARK_ORDER = (JOB_MARK, EXECUTION_MARK, CONFIRM_MARK)
+# Shares of the event describes while several classes wait (smooth weighted round-robin):
+# a larger share for the more urgent, never the power to starve another. A queue writer
+# can send any number of job events; each known job still counts once per min_interval.
+MARK_WEIGHTS = {JOB_MARK: 8, EXECUTION_MARK: 2, CONFIRM_MARK: 1}
+_RANK = {kind: rank for rank, kind in enumerate(reversed(MARK_ORDER))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +79,9 @@ class _Entry:
 
 
 class EventMarks:
-    """Jobs events marked changed: each job at most once per `min_interval`, job-level
-    marks ahead of execution marks (JOB_TURNS to one), and within a class the job whose
-    data is oldest first.
+    """Jobs events marked changed: each job at most once per `min_interval`, the classes
+    served in shares (MARK_WEIGHTS: job-level marks 8, execution 2, confirmations 1 of
+    every 11 while all wait), and within a class the job whose data is oldest first.
 
     Oldest data first rather than oldest mark first: a job whose devices change every
     second is marked again right after each describe, so by mark time a job that changed
@@ -97,12 +102,11 @@ class EventMarks:
         self._waiting: list[tuple[float, int, str]] = []
         # Per class, (data time, marked at, serial, job id) of due marks.
         self._ready: dict[str, list[tuple[float, float, int, str]]] = {
-            JOB_MARK: [],
-            EXECUTION_MARK: [],
+            kind: [] for kind in MARK_ORDER
         }
         self._described: dict[str, float] = {}
-        # Job-level marks served in a row while execution marks waited.
-        self._job_run = 0
+        # Each class's credit in the weighted round-robin (0 while nothing of it waits).
+        self._credit = dict.fromkeys(MARK_ORDER, 0)
 
     def __len__(self) -> int:
         return len(self._marked)
@@ -118,14 +122,14 @@ class EventMarks:
         kind: str = EXECUTION_MARK,
     ) -> bool:
         """Marks the job changed at `now`; False when it is marked already (in this class
-        or a higher one). `data_at` is when its data was read (None: `now`, first come
-        first served)."""
+        or a more urgent one). `data_at` is when its data was read (None: `now`, first
+        come first served)."""
         entry = self._marked.get(job_id)
-        if entry is not None and (entry.kind == kind or kind == EXECUTION_MARK):
+        if entry is not None and _RANK[kind] <= _RANK[entry.kind]:
             return False
         self._serial += 1
         if entry is not None:
-            # An execution mark becomes a job mark: it keeps its time, moves class.
+            # A mark moves to a more urgent class: it keeps its time.
             entry.kind, entry.serial = kind, self._serial
         else:
             entry = _Entry(kind, now, now if data_at is None else data_at, self._serial)
@@ -160,20 +164,26 @@ class EventMarks:
         return None
 
     def _pick(self) -> str | None:
-        """The class to serve next: job marks first, but not JOB_TURNS times running
-        while execution marks wait."""
-        jobs, executions = self._ready[JOB_MARK], self._ready[EXECUTION_MARK]
-        while jobs and self._current(jobs[0][3], jobs[0][2]) is None:
-            heapq.heappop(jobs)
-        while executions and self._current(executions[0][3], executions[0][2]) is None:
-            heapq.heappop(executions)
-        if jobs and (not executions or self._job_run < JOB_TURNS):
-            self._job_run = self._job_run + 1 if executions else 0
-            return JOB_MARK
-        if executions:
-            self._job_run = 0
-            return EXECUTION_MARK
-        return None
+        """The class to serve next, by smooth weighted round-robin over the classes that
+        wait: each gains its weight, the richest is served and pays the waiting total."""
+        waiting = []
+        for kind in MARK_ORDER:
+            ready = self._ready[kind]
+            while ready and self._current(ready[0][3], ready[0][2]) is None:
+                heapq.heappop(ready)
+            if ready:
+                waiting.append(kind)
+            else:
+                self._credit[kind] = 0
+        if not waiting:
+            return None
+        credit = self._credit
+        for kind in waiting:
+            credit[kind] += MARK_WEIGHTS[kind]
+        # The most urgent class wins a tie: max() keeps the first of equals.
+        kind = max(waiting, key=credit.__getitem__)
+        credit[kind] -= sum(MARK_WEIGHTS[k] for k in waiting)
+        return kind
 
     def next(self, now: float, busy: Callable[[str], bool]) -> tuple[Mark | None, float | None]:
         """The mark to describe now, or how long until one is due (None: nothing marked).

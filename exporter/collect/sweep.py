@@ -165,6 +165,10 @@ class Sweeper:
             self.state.marked[job_id] = None
             self.wakeup.set()
 
+    def running(self, job_id: str, thing: str | None) -> bool:
+        """Whether a sweep saw the thing's execution of the job in progress."""
+        return thing is not None and (job_id, thing) in self.state.started
+
     def forget(self, job_id: str) -> None:
         self.state.marked.pop(job_id, None)
         self.state.tried.pop(job_id, None)

@@ -1,9 +1,11 @@
-"""A failure spike in a fleet of 1,000 active jobs, under AWS's quota, in /metrics within 5 s.
+"""A failure spike in a fleet of 1,000 active jobs, under AWS's quota, in /metrics in seconds.
 
 The simulator holds 1,000 active jobs and enforces AWS's default DescribeJob quota (10/s);
 the exporter spends its default budget (5/s), so polling alone would need 200 s to go
 round the fleet once. A new job then fails on most of its devices at once: its events
-bring it to /metrics, counts and failure reasons, within seconds.
+bring it to /metrics, counts and failure reasons, within seconds. How many seconds is
+bench's figure (`python -m bench --only triangle`); this test asserts the path: the job is
+shown far sooner than a polling round could show it.
 """
 
 from __future__ import annotations
@@ -137,9 +139,11 @@ async def test_failure_spike_reaches_metrics_within_seconds_under_quota(tmp_path
                 )
                 return failed == truth["failed"] and counted == sum(failures.values())
 
-            # Within 5 s of the fleet publishing the events. Each look parses the whole
+            # Alone on two cores this takes about 2 s; beside other tests on shared cores,
+            # three times that. A polling round takes 200 s and discovery runs hourly, so
+            # anything within 30 s came by the events. Each look parses the whole
             # exposition in this process, beside the exporter: five a second.
-            await until(shown, within=5, interval=0.2)
+            await until(shown, within=30, interval=0.2)
             series = await scrape()
             reasons = {
                 dict(pairs)["reason"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -14,9 +15,11 @@ from exporter.budget import FIRST
 from exporter.collect.poller import TargetPoller
 from exporter.collect.schedule import (
     BUSY_RETRY,
+    CONFIRM_MARK,
     EXECUTION_MARK,
     JOB_MARK,
-    JOB_TURNS,
+    MARK_ORDER,
+    MARK_WEIGHTS,
     EventMarks,
     cycle_seconds,
     hold,
@@ -167,16 +170,53 @@ def test_an_execution_mark_moves_to_the_job_class_and_keeps_its_time() -> None:
 
 
 def test_job_level_marks_cannot_starve_execution_marks() -> None:
-    """A queue writer can send any number of job events: execution marks still get one
-    turn in JOB_TURNS + 1."""
+    """A queue writer can send any number of job events: execution marks still get their
+    share, one turn in (8 + 2) / 2."""
     marks = EventMarks(min_interval=0)
     marks.mark("exec", 0.0)
     served = []
-    for i in range(2 * (JOB_TURNS + 1)):
+    turns = (MARK_WEIGHTS[JOB_MARK] + MARK_WEIGHTS[EXECUTION_MARK]) // MARK_WEIGHTS[EXECUTION_MARK]
+    for i in range(2 * turns):
         marks.mark(f"job-{i}", 0.0, kind=JOB_MARK)
         marks.mark(f"job-{i}-b", 0.0, kind=JOB_MARK)
         served.append(_next(marks, 1.0)[0])
-    assert "exec" in served[: JOB_TURNS + 1]
+    assert "exec" in served[:turns]
+
+
+def test_every_class_gets_its_share_while_all_wait() -> None:
+    """Over 1,100 picks with every class always waiting, each class is served its weight
+    in 11, to within one turn: a larger share for the more urgent, none starved."""
+    marks = EventMarks(min_interval=0)
+    kind_of: dict[str, str] = {}
+    n = 0
+
+    def refill() -> None:
+        nonlocal n
+        for kind in MARK_ORDER:
+            while sum(1 for j, k in kind_of.items() if k == kind and j in marks) < 3:
+                n += 1
+                kind_of[f"{kind}-{n}"] = kind
+                assert marks.mark(f"{kind}-{n}", 0.0, data_at=float(n), kind=kind)
+
+    served: Counter[str] = Counter()
+    for _ in range(1100):
+        refill()
+        mark, _ = marks.next(1.0, lambda j: False)
+        assert mark is not None and mark.kind == kind_of[mark.job_id]
+        served[mark.kind] += 1
+    total = sum(MARK_WEIGHTS.values())
+    for kind in MARK_ORDER:
+        assert abs(served[kind] - 1100 * MARK_WEIGHTS[kind] / total) <= 1, served
+
+
+def test_a_mark_only_moves_to_a_more_urgent_class() -> None:
+    marks = EventMarks(min_interval=0)
+    assert marks.mark("x", 0.0, kind=CONFIRM_MARK)
+    assert not marks.mark("x", 0.1, kind=CONFIRM_MARK)
+    assert marks.mark("x", 0.2, kind=EXECUTION_MARK)  # an end the event could not count
+    assert not marks.mark("x", 0.3, kind=CONFIRM_MARK)  # a counted end adds nothing
+    mark, _ = marks.next(1.0, lambda j: False)
+    assert mark is not None and (mark.kind, mark.marked_at) == (EXECUTION_MARK, 0.0)
 
 
 def test_a_job_with_one_change_is_not_starved_by_100_jobs_that_change_continuously() -> None:

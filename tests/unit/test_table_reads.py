@@ -15,7 +15,7 @@ from exporter.config import parse_config
 from exporter.executions import TimeInState, parse_page, summarise
 from exporter.model import JobSnapshot, parse_describe_job
 from exporter.store import MetricsStore, _family_lines
-from exporter.table import EXTRA_FIELDS, FAMILIES
+from exporter.table import FAMILIES, PARTIAL_FIELDS
 from tests.support import ROOT
 
 DATA = ROOT / "tests" / "data"
@@ -50,14 +50,20 @@ VARIANTS = {
     "sweep": (None, sweep_of(3)),
     "time_in_state": (None, times_of(2)),
     "execution_events": ((), (("FAILED", "checksum_mismatch", 2),)),
+    # An execution's end counted from its event; and counts AWS left out, all of them.
+    "executions": (
+        (("queued", 3), ("in_progress", 2), ("succeeded", 0)),
+        (("queued", 2), ("in_progress", 2), ("succeeded", 1)),
+    ),
 }
+EXECUTIONS = (*VARIANTS["executions"], None, (("in_progress", 0), ("failed", 7)))
 
 
 def test_every_field_beyond_describe_job_has_variants() -> None:
-    assert set(VARIANTS) == set(EXTRA_FIELDS)
+    assert set(VARIANTS) == set(PARTIAL_FIELDS)
 
 
-@pytest.mark.parametrize("field", EXTRA_FIELDS)
+@pytest.mark.parametrize("field", PARTIAL_FIELDS)
 @pytest.mark.parametrize("openmetrics", [False, True])
 def test_a_row_that_does_not_declare_a_field_does_not_read_it(
     field: str, openmetrics: bool
@@ -82,6 +88,7 @@ extras = st.fixed_dictionaries(
         "execution_events": st.sampled_from(
             [(), (("FAILED", "checksum_mismatch", 1),), (("TIMED_OUT", "", 4),)]
         ),
+        "executions": st.sampled_from(EXECUTIONS),
     }
 )
 
