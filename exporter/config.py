@@ -173,8 +173,10 @@ class PackageSettings:
     interval: float = 300.0
     # Versions exported per package, the largest first; the rest are summed as "other".
     max_versions_per_package: int = 10
-    # Thing groups (or things) of a job counted for its adoption and per-group progress.
+    # Thing groups of a job counted for its adoption and per-group progress.
     max_groups_per_job: int = 10
+    # Things a job targets directly counted for its adoption, THINGS_PER_QUERY a call.
+    max_things_per_job: int = 100
     # Packages counted per target, configured and discovered together.
     max_packages: int = 100
 
@@ -271,6 +273,7 @@ def _read_package_settings(r: Reader, value: Any, path: str) -> PackageSettings:
         "interval": lambda v, p: _at_least(r, r.duration(v, p), p, 1.0),
         "max_versions_per_package": lambda v, p: r.integer(v, p, 1, 1000),
         "max_groups_per_job": lambda v, p: r.integer(v, p, 0, 100),
+        "max_things_per_job": lambda v, p: r.integer(v, p, 0, 1000),
         "max_packages": lambda v, p: r.integer(v, p, 1, 10_000),
     }
     return PackageSettings(**_read_section(r, value, path, readers))

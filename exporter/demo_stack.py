@@ -20,7 +20,7 @@ import yaml
 from exporter.config import Config
 from exporter.mixin import generate, shipped, shipped_rules
 
-log = logging.getLogger("exporter.demo")
+log = logging.getLogger(__name__)
 
 # The usual 9090 and 9093 with a 1 in front: Debian's packages start Prometheus and
 # Alertmanager as services on the usual ports, and the demo must not collide with them.

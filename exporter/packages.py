@@ -176,6 +176,10 @@ def read_packages(answer: Any) -> tuple[list[str], str | None]:
 
 _PACKAGE_ARN = re.compile(r"^arn:aws[a-z-]*:iot:[^:]*:\d*:package/([^/]+)/version/([^/]+)$")
 _GROUP_ARN = re.compile(r"^arn:aws[a-z-]*:iot:[^:]*:\d*:thinggroup/([^/]+)$")
+_THING_ARN = re.compile(r"^arn:aws[a-z-]*:iot:[^:]*:\d*:thing/([^/]+)$")
+# Things named in one query. Fleet indexing allows 5 terms a query (docs/simulator.md
+# cites the limit); the job's version is one, each thing name another.
+THINGS_PER_QUERY = 4
 
 
 def package_version(arn: str) -> tuple[str, str] | None:
@@ -192,6 +196,19 @@ def target_group(arn: str) -> str | None:
     if match and query_term(match.group(1)) is not None:
         return match.group(1)
     return None
+
+
+def target_thing(arn: str) -> str | None:
+    """The thing a job target names directly; None for a group (or anything else)."""
+    match = _THING_ARN.match(arn)
+    if match and query_term(match.group(1)) is not None:
+        return match.group(1)
+    return None
+
+
+def things_query(names: list[str]) -> str:
+    """The query term of the things named (at most THINGS_PER_QUERY; valid query terms)."""
+    return "thingName:(" + " OR ".join(str(query_term(n)) for n in names) + ")"
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +229,8 @@ class Adoption:
     version: str
     things: int
     groups: tuple[GroupProgress, ...] = ()
+    # Things the job targets directly (not through a group) that were counted.
+    direct: int = 0
     # The job's account (from its ARN), as on the job's own series: joins need it equal.
     account_id: str = ""
 
@@ -265,16 +284,19 @@ COUNTED_AT = PackageFamily(
 )
 JOB_ADOPTION = PackageFamily(
     "aws_iot_job_package_adoption_things",
-    "Things in the job's thing group targets that report the job's destination version.",
+    "Things among the job's targets (its thing groups and the things it names) that report "
+    "the job's destination version.",
     ("package", "version"),
     True,
-    "per destination version of an active job with a thing group target (at most 25)",
-    "the sum of `aws_iot_job_group_package_version_things` over the job's groups; the "
-    "job's `destinationPackageVersions` and `targets` from DescribeJob",
+    "per destination version of an active job (at most 25)",
+    "the sum of `aws_iot_job_group_package_version_things` over the job's groups, plus "
+    "GetStatistics `thingName:(T1 OR ...) AND <version field>:V` over the things it names, "
+    f"{THINGS_PER_QUERY} a call; the job's `destinationPackageVersions` and `targets` from "
+    "DescribeJob",
     "Devices now on the version the job installs, over its first `max_groups_per_job` thing "
-    "group targets (a thing in two of them counts twice; things targeted directly are not "
-    'counted). Beside `aws_iot_job_executions{state="succeeded"}` the gap is devices that '
-    "reported success but not the version, or the reverse.",
+    "group targets and its first `max_things_per_job` thing targets (a thing in two of "
+    'them counts twice). Beside `aws_iot_job_executions{state="succeeded"}` the gap is '
+    "devices that reported success but not the version, or the reverse.",
 )
 GROUP_THINGS = PackageFamily(
     "aws_iot_job_group_things",

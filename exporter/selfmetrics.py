@@ -247,13 +247,16 @@ SELF_FAMILIES: tuple[SelfFamily, ...] = (
         "histogram",
         ("target", "class"),
         "Time from an event marking a job to the answer of the describe it asked for, "
-        "by the mark's class: job (a job-level event), execution (an execution's end), "
-        "unknown (a job id only events named).",
+        "by the mark's class: job (a job-level event), execution (an execution's end not "
+        "counted yet), confirm (an execution's end already counted), unknown (a job id "
+        "only events named).",
         "Time from an event marking a job to the answer of the describe it asked for (only "
         "with `events:`): the event path's queue. `class`: `job` (a job-level event: "
         "completed, canceled, cancellation or deletion in progress; what it says is in "
-        "/metrics at once, this describe confirms it), `execution` (an execution's end; "
-        "served oldest data first), `unknown` (a job id only events named).",
+        "/metrics at once, this describe confirms it), `execution` (an execution's end "
+        "the exporter could not count at once), `confirm` (an execution's end already "
+        "counted in /metrics, this describe confirms it), `unknown` (a job id only events "
+        "named). Within a class, oldest data first.",
         (EVENTS,),
         (0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
     ),

@@ -23,7 +23,7 @@ from exporter.status import (
 )
 from exporter.store import MetricsStore, Segment
 
-log = logging.getLogger("exporter.server")
+log = logging.getLogger(__name__)
 
 # The app's status pages, for what inspects them (how many renders polls have cost).
 STATUS_PAGES = web.AppKey("status_pages", StatusPages)

@@ -313,7 +313,9 @@ FAMILIES: tuple[Family, ...] = (
             "(`numberOfTimedOutThings`). A state AWS leaves out has no series. With a retry "
             "config, `failed` and `timed_out` count executions (attempts), not things, and can "
             "exceed the number of targets; ratios must divide by terminal executions, never by "
-            "targets."
+            "targets. With `events:`, an execution's end moves these counts when its event is "
+            "read (one up in its terminal state, one down in the state it left, "
+            "docs/events.md); the next describe replaces them with AWS's."
         ),
     ),
     Family(

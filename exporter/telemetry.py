@@ -1,4 +1,5 @@
-"""What the source, the scheduler and the event consumers report: protocols selfmetrics implements.
+"""What the source, the scheduler, the event consumers and the version poller report:
+protocols selfmetrics implements.
 
 The AWS source, the collector and the event consumers count calls, cycles, tracked jobs
 and events through these narrow interfaces instead of writing Prometheus families, so
@@ -107,5 +108,11 @@ class SchedulerTelemetry(Protocol):
         """The target's call attempts so far: all, throttled, and failed (not ok)."""
 
 
-class Telemetry(SourceTelemetry, SchedulerTelemetry, EventTelemetry, Protocol):
+class PackageTelemetry(Protocol):
+    """What the version poller reports (collect/versions.py)."""
+
+    def package_availability(self, target: str, available: bool) -> None: ...
+
+
+class Telemetry(SourceTelemetry, SchedulerTelemetry, EventTelemetry, PackageTelemetry, Protocol):
     """All the scheduler hands on: its own reports, its sources' and its event consumers'."""

@@ -28,7 +28,7 @@ from exporter.config import ConfigError
 from exporter.detached import run_detached
 from exporter.reader import Reader, field_name, kind, load_yaml, read_file, shown
 
-log = logging.getLogger("exporter.webconfig")
+log = logging.getLogger(__name__)
 
 # Go's names (crypto/tls.ClientAuthType). Python's ssl module always verifies a client
 # certificate it asks for, so the two Go modes that take a certificate without checking

@@ -4,6 +4,7 @@ The query subset (anything else is InvalidQueryException), terms joined by ` AND
 
 - `*`: every thing;
 - `thingGroupNames:NAME`: the things in a thing group;
+- `thingName:(A OR B ...)`: the things named (each name a term of the query's limit);
 - `shadow.name.$package.reported.PACKAGE.version:VALUE`: the things reporting that
   version (`VALUE` may be `*`: any version). A backslash escapes the next character, as
   AWS's query syntax requires for `-` and other reserved characters in a name.
@@ -29,6 +30,8 @@ MAX_QUERY_BYTES = 1000
 _FIELD = re.compile(r"^shadow\.name\.\$package\.reported\.(?P<package>[^.]+)\.version$")
 # A term has no unescaped white space: `a OR b`, `NOT a` and the like are not terms.
 _TERM = re.compile(r"^(?P<field>(?:[^:\s\\]|\\.)+):(?P<value>(?:[^\s\\]|\\.)+)$")
+# Field grouping of thing names: `thingName:(a OR b)`, each name a term.
+_NAMES = re.compile(r"^thingName:\((?P<names>(?:[^\s\\()]|\\.)+(?: OR (?:[^\s\\()]|\\.)+)*)\)$")
 
 
 class QueryError(Exception):
@@ -56,9 +59,10 @@ def _unescape(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Term:
-    kind: str  # "all", "group" or "version"
+    kind: str  # "all", "group", "things" or "version"
     name: str = ""  # group or package
     value: str = ""  # version, or "*"
+    names: tuple[str, ...] = ()  # things
 
 
 def parse_query(query: str) -> tuple[Term, ...]:
@@ -66,13 +70,16 @@ def parse_query(query: str) -> tuple[Term, ...]:
     if len(query.encode()) > MAX_QUERY_BYTES:
         raise _invalid_query(f"The query is longer than {MAX_QUERY_BYTES} bytes.")
     parts = query.strip().split(" AND ")
-    if len(parts) > MAX_TERMS:
-        raise _invalid_query(f"The query has more than {MAX_TERMS} terms.")
     terms = []
     for raw in parts:
         part = raw.strip()
         if part == "*":
             terms.append(Term("all"))
+            continue
+        named = _NAMES.match(part)
+        if named is not None:
+            names = tuple(_unescape(n) for n in named["names"].split(" OR "))
+            terms.append(Term("things", names=names))
             continue
         match = _TERM.match(part)
         if match is None:
@@ -86,6 +93,8 @@ def parse_query(query: str) -> tuple[Term, ...]:
             terms.append(Term("version", found["package"], value))
             continue
         raise _invalid_query(f"Unsupported query term: {part[:80]!r}")
+    if sum(max(len(t.names), 1) for t in terms) > MAX_TERMS:
+        raise _invalid_query(f"The query has more than {MAX_TERMS} terms.")
     return tuple(terms)
 
 
@@ -133,6 +142,9 @@ class FleetIndex:
                 continue
             if term.kind == "group":
                 sets.append(self.groups.get(term.name, {}))
+                continue
+            if term.kind == "things":
+                sets.append(n for n in term.names if n in self.things)
                 continue
             reported = self.packages.indexed.get(term.name)
             if reported is None or not config.package_shadow:

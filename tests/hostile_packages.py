@@ -43,6 +43,10 @@ def group_arn(group: str) -> str:
     return f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/{group}"
 
 
+def thing_arn(thing: str) -> str:
+    return f"arn:aws:iot:{REGION}:{ACCOUNT}:thing/{thing}"
+
+
 def job_body(job_id: str, versions: list[str], targets: list[str]) -> bytes:
     return json.dumps(
         {

@@ -24,7 +24,7 @@ from exporter.server import DEFAULT_WRITE_TIMEOUT, build_app
 from exporter.store import MetricsStore
 from exporter.webconfig import WebConfig
 
-log = logging.getLogger("exporter")
+log = logging.getLogger(__name__)
 
 SHUTDOWN_DEADLINE = 4.0  # seconds: SIGTERM must end the process within 5
 _RELOAD_ERROR_MAX = 1000

@@ -4,7 +4,9 @@ the narrow protocols of the calls that cross between them.
 The poller (poller.TargetPoller) builds the parts and hands each the context, the
 target's state (state.TargetState) and a protocol of just the calls it makes: the event
 path gets `JobCalls` (describe, amend, drop), discovery a `Lister` and two callbacks.
-Calls at run time then go the way the imports do: down from the poller.
+A part calls back only through its protocol and imports none of the others: the poller
+answers the event path's `JobCalls`, and that call, not an import, is the one way control
+goes back up. The imports show what each part needs, and the protocols what crosses.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from exporter.aws import (
 from exporter.budget import Budgets
 from exporter.collect.poller import SnapshotSink, TargetPoller
 from exporter.collect.shard import ONE_SHARD, Shard
-from exporter.collect.versions import PackageState, PackageTelemetry, VersionPoller, VersionStore
+from exporter.collect.versions import PackageState, VersionPoller, VersionStore
 from exporter.config import Config, Target
 from exporter.executions import ExecutionSummary
 from exporter.model import JobSnapshot
@@ -39,11 +39,6 @@ class _Running:
     collector: TargetPoller
     task: asyncio.Task[None]
     versions: VersionPoller | None = None
-
-
-class _NoPackageTelemetry:
-    def package_availability(self, target: str, available: bool) -> None:
-        pass
 
 
 class _NotConnected:
@@ -85,9 +80,6 @@ class Supervisor:
         # Devices per package version, beside the job metrics (versions.py).
         self.versions = VersionStore()
         self._package_sources: dict[str, PackageSource] = {}
-        self._package_telemetry: PackageTelemetry = (
-            telemetry if isinstance(telemetry, PackageTelemetry) else _NoPackageTelemetry()
-        )
 
     @property
     def targets(self) -> dict[str, TargetPoller]:
@@ -182,7 +174,7 @@ class Supervisor:
             lambda: self._package_sources.get(target.name),
             collector.snapshots,
             self.versions,
-            self._package_telemetry,
+            self.telemetry,
             owns_packages=self.shard.owns(target, "\x00packages"),
             state=(
                 previous.versions.state

@@ -3,12 +3,16 @@ packages, which calls, what is kept when a call fails; and their pre-rendered ex
 
 Beside the job poller, under a budget of its own (aws.PackageSource's buckets): one
 GetStatistics for the size of the index, one GetBucketsAggregation per package, and for
-each active job with a destination version one GetStatistics over its targets, plus two
-per thing group it targets (at most `max_groups_per_job`). A call that fails costs its
-own counts one interval: they keep their last value (and its timestamp). An index or
-catalog that cannot answer (not enabled, not ready, denied) is said once, in the log, on
-/status and in aws_iot_jobs_exporter_packages_available, and is tried again after a
-backoff that doubles up to an hour.
+each active job with a destination version two GetStatistics per thing group it targets
+(at most `max_groups_per_job`; a group's size is read once a round however many jobs
+target it) and one per THINGS_PER_QUERY things it targets directly (at most
+`max_things_per_job`). A call that fails costs its own counts one interval: they keep
+their last value (and its timestamp). An index or catalog that cannot answer (not
+enabled, not ready, denied) is said once, in the log, on /status and in
+aws_iot_jobs_exporter_packages_available, and is tried again after one interval, then
+after a backoff that doubles up to an hour. A catalog that cannot list (ListPackages
+denied or throttled) costs discovery only: the configured packages and the last listing
+are counted still.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from exporter.aws import ApiError, NotAvailable
 from exporter.collect.schedule import SYSTEM_CLOCK, Clock
@@ -30,6 +34,7 @@ from exporter.packages import (
     JOB_ADOPTION,
     OTHER,
     PACKAGE_FAMILIES,
+    THINGS_PER_QUERY,
     UNREPORTED,
     VERSION_THINGS,
     Adoption,
@@ -41,9 +46,12 @@ from exporter.packages import (
     group_query,
     package_version,
     target_group,
+    target_thing,
+    things_query,
     version_query,
 )
 from exporter.reader import cut
+from exporter.telemetry import PackageTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +73,6 @@ class PackageCalls(Protocol):
     async def list_packages(self, token: str | None = None) -> tuple[list[str], str | None]: ...
 
 
-@runtime_checkable
-class PackageTelemetry(Protocol):
-    def package_availability(self, target: str, available: bool) -> None: ...
-
-
 @dataclass(slots=True)
 class PackageState:
     """What a target's package counts remember, across reloads too."""
@@ -86,6 +89,8 @@ class PackageState:
     # Tries in a row that found the family not available: the backoff's exponent.
     unavailable_tries: int = 0
     last_error: str = ""
+    # The outcome of the last ListPackages that failed, "" once one succeeds: said once.
+    discovery_error: str = ""
     # Rounds completed: what tests and the status page wait on.
     rounds: int = 0
 
@@ -151,10 +156,12 @@ class VersionPoller:
 
     def wait(self) -> float:
         """Seconds to the next round: the interval, or the backoff while not available."""
+        # An index that is ready again at the next round (rebuilt after a configuration
+        # change) costs one interval; one off for good is tried ever more rarely.
         tries = self.state.unavailable_tries
-        if tries == 0:
-            return self.settings.interval
-        return min(self.settings.interval * float(2 ** min(tries, 16)), MAX_BACKOFF_SECONDS)
+        return min(
+            self.settings.interval * float(2 ** min(max(tries - 1, 0), 16)), MAX_BACKOFF_SECONDS
+        )
 
     async def collect_once(self) -> None:
         source = self.source()
@@ -192,7 +199,7 @@ class VersionPoller:
                 exc.operation,
                 exc.outcome,
                 exc.detail,
-                min(self.settings.interval * 2, MAX_BACKOFF_SECONDS),
+                min(self.settings.interval, MAX_BACKOFF_SECONDS),
             )
             self.telemetry.package_availability(self.target.name, False)
         state.available, state.reason = False, f"{exc.operation}: {exc.detail}"
@@ -214,9 +221,28 @@ class VersionPoller:
             try:
                 self.state.discovered = tuple(await self._discover(source))
             except ApiError as exc:
-                self._failed(exc, "discovery")  # the last listing is kept
+                # Whatever the catalog answers (throttled, denied, not used in the
+                # region), the configured names and the last listing are counted still.
+                self._discovery_failed(exc)
+            else:
+                self.state.discovery_error = ""
             names.update(dict.fromkeys(n for n in self.state.discovered if config.matches(n)))
         return list(names)[: self.settings.max_packages]
+
+    def _discovery_failed(self, exc: ApiError) -> None:
+        state = self.state
+        state.last_error = f"discovery: {exc.operation} {exc.outcome}: {exc.detail}"
+        if exc.outcome != state.discovery_error:
+            # Once per change: a denied ListPackages stays denied each round.
+            log.warning(
+                "package discovery failed target=%s operation=%s outcome=%s error=%r; "
+                "counting the configured and last listed packages",
+                self.target.name,
+                exc.operation,
+                exc.outcome,
+                exc.detail,
+            )
+        state.discovery_error = exc.outcome
 
     async def _discover(self, source: PackageCalls) -> list[str]:
         found: list[str] = []
@@ -256,28 +282,32 @@ class VersionPoller:
             del state.counts[gone]
 
     async def _count_adoption(self, source: PackageCalls) -> None:
-        state, limit = self.state, self.settings.max_groups_per_job
+        state, settings = self.state, self.settings
         wanted: set[tuple[str, str, str]] = set()
         # A group's size is read once a round, however many jobs target it.
         sizes: dict[str, int] = {}
-        if limit > 0:
-            for job_id, snapshot in sorted(self.jobs().items()):
-                if snapshot is None or not _active(snapshot):
-                    continue
-                versions = [v for v in map(package_version, snapshot.package_versions) if v]
-                groups = list(dict.fromkeys(g for g in map(target_group, snapshot.targets) if g))
-                if not groups:
-                    continue
-                for package, version in list(dict.fromkeys(versions))[:MAX_VERSIONS_PER_JOB]:
-                    key = (job_id, package, version)
-                    wanted.add(key)
-                    try:
-                        adoption = await self._adoption(
-                            source, job_id, package, version, groups[:limit], sizes
-                        )
-                        state.adoption[key] = replace(adoption, account_id=snapshot.account_id)
-                    except ApiError as exc:
-                        self._failed(exc, f"job {job_id}")
+        for job_id, snapshot in sorted(self.jobs().items()):
+            if snapshot is None or not _active(snapshot):
+                continue
+            versions = [v for v in map(package_version, snapshot.package_versions) if v]
+            groups = list(dict.fromkeys(g for g in map(target_group, snapshot.targets) if g))
+            things = list(dict.fromkeys(t for t in map(target_thing, snapshot.targets) if t))
+            groups, things = (
+                groups[: settings.max_groups_per_job],
+                things[: settings.max_things_per_job],
+            )
+            if not groups and not things:
+                continue
+            for package, version in list(dict.fromkeys(versions))[:MAX_VERSIONS_PER_JOB]:
+                key = (job_id, package, version)
+                wanted.add(key)
+                try:
+                    adoption = await self._adoption(
+                        source, job_id, package, version, groups, things, sizes
+                    )
+                    state.adoption[key] = replace(adoption, account_id=snapshot.account_id)
+                except ApiError as exc:
+                    self._failed(exc, f"job {job_id}")
         for gone in state.adoption.keys() - wanted:
             del state.adoption[gone]
 
@@ -288,16 +318,23 @@ class VersionPoller:
         package: str,
         version: str,
         groups: list[str],
+        things: list[str],
         sizes: dict[str, int],
     ) -> Adoption:
+        on_version = version_query(package, version)
         progress = []
         for group in groups:
             if group not in sizes:
                 sizes[group] = await source.count(group_query(group))
-            on = await source.count(f"{group_query(group)} AND {version_query(package, version)}")
+            on = await source.count(f"{group_query(group)} AND {on_version}")
             progress.append(GroupProgress(group, sizes[group], on))
-        things = sum(group.on_version for group in progress)
-        return Adoption(job_id, package, version, things, tuple(progress))
+        # Things the job names, a few a call: the index answers a query of a few terms.
+        direct = 0
+        for start in range(0, len(things), THINGS_PER_QUERY):
+            chunk = things[start : start + THINGS_PER_QUERY]
+            direct += await source.count(f"{things_query(chunk)} AND {on_version}")
+        total = sum(group.on_version for group in progress) + direct
+        return Adoption(job_id, package, version, total, tuple(progress), len(things))
 
 
 def _account(key: str) -> str:

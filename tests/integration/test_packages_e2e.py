@@ -53,13 +53,13 @@ def pick(samples: Samples, name: str, **labels: str) -> dict[tuple[tuple[str, st
 
 
 class Exporter:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, jobs: tuple[str, ...] = (JOB,)) -> None:
         config = parse_config(
             "collector: {interval: 1s, request_timeout: 2s, "
             "executions: {requests_per_second: 0}, "
             "packages: {interval: 1s, requests_per_second: 50}}\n"
             f"targets:\n  - name: sim\n    region: us-east-1\n    endpoint_url: {url}\n"
-            f"    jobs: {{ids: [{JOB}]}}\n"
+            f"    jobs: {{ids: [{', '.join(jobs)}]}}\n"
             "    packages: {discover: true}\n"
         )
         self.telemetry, self.store = SelfMetrics(), MetricsStore()
@@ -196,3 +196,46 @@ async def test_the_simulators_hostile_index_costs_only_its_round(
     assert pick(samples, "aws_iot_job_package_adoption_things", job_id=JOB)
     await admin.faults({"clear": True})
     check(await exporter.after_a_full_round(), await truth(admin))
+
+
+# Nine lab meters named one by one, not through a group: three queries of at most four.
+LAB_JOB = "meter-firmware-lab"
+LAB_THINGS = [f"lab-{n:05d}" for n in range(9)]
+
+
+async def test_a_job_that_names_its_things_counts_them_for_its_adoption(
+    sim: Simulator, admin: Admin
+) -> None:
+    await admin.create_job(
+        {
+            "id": LAB_JOB,
+            "targets": [f"thing:{t}" for t in LAB_THINGS],
+            "destination_package_versions": [
+                f"arn:aws:iot:us-east-1:123456789012:package/{PACKAGE}/version/{VERSION}"
+            ],
+            "devices": {"queued_minutes": [0.1, 1], "in_progress_minutes": [0.5, 3]},
+        }
+    )
+    e = Exporter(sim.url, jobs=(JOB, LAB_JOB))
+    await e.server.start_server()
+    await e.collector.start()
+    try:
+        seen = []
+        for _ in range(4):
+            samples = await e.after_a_full_round()
+            now = await truth(admin)
+            if (await admin.job(LAB_JOB))["status"] != "IN_PROGRESS":
+                break  # a completed job has no adoption series
+            on = now["jobs"][LAB_JOB]["destinations"][0]["indexed"]["on_version"]
+            adoption = pick(
+                samples, "aws_iot_job_package_adoption_things", job_id=LAB_JOB, version=VERSION
+            )
+            assert list(adoption.values()) == [float(on)]
+            # A job of things has no thing group series.
+            assert not pick(samples, "aws_iot_job_group_things", job_id=LAB_JOB)
+            seen.append(on)
+            await admin.advance(1)
+        assert len(seen) >= 2 and seen[-1] > seen[0], seen
+    finally:
+        await e.collector.stop()
+        await e.server.close()

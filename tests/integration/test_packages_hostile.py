@@ -26,6 +26,7 @@ from tests.hostile_packages import (
     error,
     group_arn,
     job_body,
+    thing_arn,
     version_arn,
 )
 from tests.support import until
@@ -50,7 +51,10 @@ async def aws() -> AsyncIterator[HostilePackages]:
     await server.close()
 
 
-def cfg(aws: HostilePackages, max_versions: int = 10) -> Config:
+def cfg(aws: HostilePackages, max_versions: int = 10, discover: bool = False) -> Config:
+    packages = (
+        "{names: [firmware, agent], discover: true}" if discover else "{names: [firmware, agent]}"
+    )
     return parse_config(
         "collector: {interval: 1s, request_timeout: 1s, max_attempts: 1, "
         "executions: {requests_per_second: 0}, "
@@ -59,7 +63,7 @@ def cfg(aws: HostilePackages, max_versions: int = 10) -> Config:
         f"targets:\n  - name: ep\n    region: eu-west-1\n    endpoint_url: {aws.url}\n"
         f"    labels: {{team: fw}}\n"
         f"    jobs: {{ids: [{JOB}]}}\n"
-        "    packages: {names: [firmware, agent]}\n"
+        f"    packages: {packages}\n"
     )
 
 
@@ -234,15 +238,64 @@ async def test_an_index_not_ready_is_said_once_and_backed_off(
         assert value(samples, "aws_iot_jobs_exporter_packages_available", target="ep") == 0
         calls = sum(aws.calls.values()) - aws.calls["DescribeJob"]
         describes = aws.calls["DescribeJob"]
-        # Job polling goes on every second; the package round waits 2 s, then 4 s.
-        await until(lambda: aws.calls["DescribeJob"] >= describes + 3, what="three describes")
-        assert sum(aws.calls.values()) - aws.calls["DescribeJob"] <= calls + 1
+        # Job polling goes on every second; the package round waits 1 s, then 2 s, then
+        # 4 s: in six seconds at most two tries, where a loop would make six.
+        await until(lambda: aws.calls["DescribeJob"] >= describes + 6, what="six describes")
+        assert sum(aws.calls.values()) - aws.calls["DescribeJob"] <= calls + 2
         samples = await run.scrape()
         assert value(samples, "aws_iot_job_executions", job_id=JOB, state="succeeded") == 3
         status = run.collector.status()
         assert any("not available" in line for line in status.packages), status.packages
     said = [r for r in caplog.records if "package counts not available" in r.getMessage()]
     assert len(said) == 1
+    assert "Traceback" not in caplog.text
+
+
+async def test_an_index_ready_again_costs_one_interval(aws: HostilePackages) -> None:
+    aws.statistics["*"] = error("IndexNotReadyException", 400, "The index is not ready.")
+    async with Running(cfg(aws)) as run:
+        await run.after_rounds(1)
+        samples = await run.scrape()
+        assert value(samples, "aws_iot_jobs_exporter_packages_available", target="ep") == 0
+        assert run.collector._running["ep"].versions.wait() == 1.0  # type: ignore[union-attr]
+        aws.statistics["*"] = count_body(12)  # rebuilt
+        await run.after_rounds(1)
+        samples = await run.scrape()
+        assert value(samples, "aws_iot_jobs_exporter_packages_available", target="ep") == 1
+        assert (
+            value(samples, "aws_iot_package_version_things", package="firmware", version="2.0.0")
+            == 4
+        )
+
+
+async def test_a_denied_listing_counts_the_configured_packages(
+    aws: HostilePackages, caplog: pytest.LogCaptureFixture
+) -> None:
+    listed = {"n": 0}
+
+    def packages(token: str | None) -> tuple[int, bytes] | bytes:
+        listed["n"] += 1
+        if listed["n"] == 1:
+            return b'{"packageSummaries": [{"packageName": "camera"}]}'
+        return error("AccessDeniedException", 403, "not allowed iot:ListPackages secret=x")
+
+    aws.packages = packages
+    aws.buckets["camera"] = buckets_body(2, **{"7.1": 2})
+    async with Running(cfg(aws, discover=True)) as run:
+        await run.after_rounds(3)
+        samples = await run.scrape()
+        # The family stays on: the configured packages and the last listing are counted.
+        assert value(samples, "aws_iot_jobs_exporter_packages_available", target="ep") == 1
+        for package, version, count in (("firmware", "2.0.0", 4), ("camera", "7.1", 2)):
+            assert (
+                value(samples, "aws_iot_package_version_things", package=package, version=version)
+                == count
+            )
+        assert value(samples, "aws_iot_job_package_adoption_things", job_id=JOB) == 4
+        (line,) = run.collector.status().packages
+        assert "discovery: ListPackages denied" in line, line
+    said = [r for r in caplog.records if "package discovery failed" in r.getMessage()]
+    assert len(said) == 1  # once, not once a round
     assert "Traceback" not in caplog.text
 
 
@@ -294,3 +347,21 @@ async def test_a_package_without_its_custom_field_costs_only_itself(
         assert value(samples, "aws_iot_jobs_exporter_packages_available", target="ep") == 1
         (line,) = run.collector.status().packages
         assert "package firmware: version field not indexed" in line
+
+
+async def test_a_job_that_names_its_things_counts_them_four_a_call(aws: HostilePackages) -> None:
+    things = [f"meter_{i}" for i in range(9)]
+    # A name no query can hold (a space, a parenthesis) is skipped, not sent.
+    targets = [thing_arn(t) for t in [*things, "bad name)", "x" * 200]]
+    aws.describe[JOB] = job_body(JOB, [version_arn("firmware", "2.0.0")], targets)
+    on = f"{FIELD.format('firmware')}:2.0.0"
+    for n, chunk in enumerate((things[0:4], things[4:8], things[8:]), start=1):
+        aws.statistics[f"thingName:({' OR '.join(chunk)}) AND {on}"] = count_body(n)
+    async with Running(cfg(aws)) as run:
+        await run.after_rounds(2)
+        samples = await run.scrape()
+        assert value(samples, "aws_iot_job_package_adoption_things", job_id=JOB) == 1 + 2 + 3
+        assert value(samples, "aws_iot_job_group_things", job_id=JOB) is None
+    named = [q for q in aws.queries if q.startswith("thingName:")]
+    assert named and all(q.count(" OR ") <= 3 for q in named)
+    assert not [q for q in aws.queries if "bad" in q or "xxxx" in q]

@@ -177,6 +177,22 @@ async def test_an_index_without_the_package_field_answers_as_aws(
         assert (await _buckets(client))["totalCount"] == 1000
 
 
+async def test_things_by_name_match_the_truth(sim: Simulator, admin: Admin) -> None:
+    await admin.advance(10)
+    truth = (await _truth(admin))["packages"][PACKAGE]["indexed"]["groups"]["lab"]["versions"]
+    lab = [f"lab\\-{n:05d}" for n in range(100)]
+    async with iot_client(sim.url) as client:
+        on: dict[str, int] = {}
+        for version in truth:
+            on[version] = 0
+            for start in range(0, 100, 4):
+                names = " OR ".join(lab[start : start + 4])
+                on[version] += await _count(client, f"thingName:({names}) AND {ESCAPED}:{version}")
+        assert await _count(client, "thingName:(lab\\-00000 OR no\\-such\\-thing)") == 1
+    # As the index has them: the same counts as through the lab's group.
+    assert on == truth
+
+
 @pytest.mark.parametrize(
     "query",
     [
@@ -186,6 +202,11 @@ async def test_an_index_without_the_package_field_answers_as_aws(
         "thingGroupNames:" + "x" * 1000,
         "NOT thingGroupNames:lab",
         f"{FIELD}>1.0.0",
+        # Each name is a term: five names and a version are six.
+        "thingName:(lab-00000 OR lab-00001 OR lab-00002 OR lab-00003 OR lab-00004)"
+        f" AND {FIELD}:1.0.0",
+        "thingName:(lab-00000 OR)",
+        "thingName:(lab-00000 lab-00001)",
     ],
 )
 async def test_queries_outside_the_subset_are_invalid(sim: Simulator, query: str) -> None:

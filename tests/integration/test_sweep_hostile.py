@@ -521,3 +521,25 @@ async def test_throttled_sweeps_do_not_meter_describe_job_down(aws: HostileAws) 
         assert sweeps is not describes
         assert sweeps._enabled  # throttling seen: this client is metered down
         assert not describes._enabled  # DescribeJob's client saw none
+
+
+async def test_a_job_that_keeps_failing_is_not_retried_per_mark(aws: HostileAws) -> None:
+    """Every page answers 500 while the job is marked ten times a second, as a stream of
+    its execution events would: over real HTTP and botocore, one try and then none until
+    RETRY_SECONDS (30 s) have passed, not a try per mark or per 5 s gap."""
+    serve(aws, lambda status, token: (500, b'{"message": "internal"}'))
+    async with Running(cfg(aws)) as run:
+
+        def failed() -> float:
+            return run.calls("error") + run.calls("unavailable")
+
+        await until(lambda: failed() >= 1, 15, "a first try")
+        await asyncio.sleep(1)  # the try's other state, if it reads it
+        tried = failed()
+        end = time.monotonic() + 8
+        while time.monotonic() < end:
+            run.collector.sweeper.mark(JOB)
+            await asyncio.sleep(0.1)
+        # No second try in 8 s; without the retry delay, the 5 s gap would allow one.
+        assert failed() == tried
+        assert 1 <= tried <= 2 and run.calls("ok") == 0

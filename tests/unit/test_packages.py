@@ -28,6 +28,8 @@ from exporter.packages import (
     read_count,
     read_packages,
     target_group,
+    target_thing,
+    things_query,
     version_query,
 )
 from exporter.status import Status, render_html, render_json
@@ -256,3 +258,13 @@ def test_the_status_page_escapes_what_the_package_line_holds() -> None:
     assert "<h2>Package versions</h2>" in page
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert json.loads(render_json(status))["packages"] == ["t: <script>x</script>"]
+
+
+def test_a_thing_target_is_a_query_term_or_nothing() -> None:
+    arn = "arn:aws:iot:eu-west-1:123456789012:thing/"
+    assert target_thing(arn + "meter-1") == "meter-1"
+    assert target_group(arn + "meter-1") is None
+    assert target_thing("arn:aws:iot:eu-west-1:123456789012:thinggroup/meters") is None
+    for bad in ("a b", "a)", "x" * 129, "", "a/b"):
+        assert target_thing(arn + bad) is None, bad
+    assert things_query(["meter-1", "m:2"]) == r"thingName:(meter\-1 OR m\:2)"
