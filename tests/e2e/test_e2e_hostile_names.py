@@ -15,6 +15,9 @@ from typing import Any
 import aiohttp
 import yaml
 from aiohttp import web
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 
 from exporter.server import build_app
 from tests.hostile_aws import HostileAws, executions_page, job_body
@@ -22,7 +25,9 @@ from tests.integration.test_sweep_hostile import JOB, Running, cfg, serve
 from tests.support import free_port, started, stop, until
 
 NOW = time.time()
-NAMES = ["nul\x00name", "surrogate\ud800", "esc\x1b[2J\x85", 'quote"back\\slash\nline']
+# Every control character (C0, DEL, C1) in one name; NUL and a lone surrogate alone.
+CONTROLS = "".join(map(chr, [*range(0x20), 0x7F, *range(0x80, 0xA0)]))
+NAMES = ["nul\x00name", "surrogate\ud800", f"ctl{CONTROLS}\x1b[2J", 'quote"back\\slash\nline']
 # Queued for as long as puts each in a bucket of its own: one exemplar each.
 QUEUED = [3, 10, 40, 200]
 
@@ -96,6 +101,7 @@ async def test_prometheus_takes_the_scrape_whatever_the_thing_names(tmp_path: Pa
                 with started(argv, stdout=log, stderr=subprocess.STDOUT) as process:
                     try:
                         await _scrape_and_check(f"http://127.0.0.1:{prometheus_port}")
+                        await _parse_as_openmetrics(f"http://127.0.0.1:{exporter_port}")
                     finally:
                         stop(process)
             finally:
@@ -150,3 +156,23 @@ async def _scrape_and_check(prometheus: str) -> None:
         names = {e["labels"]["thing_name"] for e in await exemplars()}
         assert len(names) == len(NAMES)
         assert all("\x00" not in n and "\x1b" not in n for n in names)
+
+
+async def _parse_as_openmetrics(exporter: str) -> None:
+    """The body Prometheus took, read by client_python's OpenMetrics parser too: every
+    exemplar there, each thing name without a control character."""
+    headers = {"Accept": "application/openmetrics-text; version=1.0.0"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{exporter}/metrics", headers=headers) as r,
+    ):
+        assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+        body = await r.text()
+    names = {
+        sample.exemplar.labels["thing_name"]
+        for family in openmetrics_families(body)
+        for sample in family.samples
+        if sample.exemplar is not None and "thing_name" in sample.exemplar.labels
+    }
+    assert len(names) == len(NAMES), names
+    assert not [n for n in names if set(n) & set(CONTROLS) or "\ud800" in n], names
