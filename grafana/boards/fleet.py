@@ -23,6 +23,7 @@ from .lib import (
     job_variables,
     prop,
     query,
+    query_variable,
     row,
     stat_panel,
     table_panel,
@@ -210,7 +211,15 @@ def build(m: Mixin) -> models.Dashboard:
         "Every AWS IoT job the exporter follows: statuses, executions, active rollouts, "
         "the worst failure ratios and firing alerts.",
         panels,
-        job_variables(m.sel),
+        [
+            *job_variables(m.sel),
+            query_variable(
+                "package",
+                "Package",
+                f'label_values(aws_iot_package_version_things{{{m.sel}, target=~"$target", '
+                'region=~"$region"}, package)',
+            ),
+        ],
     )
 
 
@@ -218,23 +227,28 @@ def package_versions(m: Mixin) -> list[Item]:
     """Which version the fleet runs, from fleet indexing (targets with `packages:`)."""
     # Package series carry no job_id: they are filtered on target and region only.
     where = f'{m.sel}, target=~"$target", region=~"$region"'
-    versions = f"max without ({m.replicas}) (aws_iot_package_version_things{{{where}}})"
+    versions = (
+        f"max without ({m.replicas}) "
+        f'(aws_iot_package_version_things{{{where}, package=~"$package"}})'
+    )
     adoption = m.dedup("aws_iot_job_package_adoption_things")
     on_version = m.dedup("aws_iot_job_group_package_version_things")
     group_size = m.dedup("aws_iot_job_group_things")
     return [
         row("Package versions"),
         timeseries_panel(
-            "Devices per package version",
-            "Devices reporting each version of each package in their $package shadow, "
-            'stacked per package: the largest versions, the rest as "other" (fleet '
-            "indexing, counted every collector.packages.interval and trailing the devices "
-            "by the index's lag).",
-            [query(f"sum by (package, version) ({versions})", "{{package}} {{version}}")],
+            "Devices per version of $package",
+            "Devices reporting each version of the package in their reserved package shadow, "
+            'stacked: the largest versions, the rest as "other" (fleet indexing, counted '
+            "every collector.packages.interval and trailing the devices by the index's lag). "
+            "One panel per package chosen above, so a stack never adds two packages.",
+            [query(f"sum by (package, version) ({versions})", "{{version}}")],
             "short",
             stack=True,
             w=8,
-        ),
+        )
+        .repeat("package")
+        .repeat_direction("v"),
         timeseries_panel(
             "Adoption per job",
             "Devices in each active job's thing groups that report the version the job "

@@ -34,6 +34,7 @@ GRAFANA_VARIABLES = {
     "$target": ".*",
     "$region": ".*",
     "$job_id": ".*",
+    "$package": ".*",
 }
 # Words of PromQL that look like metric names: operators and modifiers. Functions and
 # aggregations are recognised by the parenthesis that follows them.
