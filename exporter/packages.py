@@ -177,9 +177,12 @@ def read_packages(answer: Any) -> tuple[list[str], str | None]:
 _PACKAGE_ARN = re.compile(r"^arn:aws[a-z-]*:iot:[^:]*:\d*:package/([^/]+)/version/([^/]+)$")
 _GROUP_ARN = re.compile(r"^arn:aws[a-z-]*:iot:[^:]*:\d*:thinggroup/([^/]+)$")
 _THING_ARN = re.compile(r"^arn:aws[a-z-]*:iot:[^:]*:\d*:thing/([^/]+)$")
-# Things named in one query. Fleet indexing allows 5 terms a query (docs/simulator.md
-# cites the limit); the job's version is one, each thing name another.
+# Things named in one query. Fleet indexing allows 5 terms and 1,000 bytes a query
+# (docs/simulator.md cites the limits); the job's version is one term, each name another.
 THINGS_PER_QUERY = 4
+MAX_QUERY_BYTES = 1000
+# The query syntax's operators: a thing of that name would read as one.
+_OPERATORS = frozenset({"AND", "OR", "NOT"})
 
 
 def package_version(arn: str) -> tuple[str, str] | None:
@@ -193,22 +196,44 @@ def package_version(arn: str) -> tuple[str, str] | None:
 def target_group(arn: str) -> str | None:
     """The thing group a job target names; None for a thing (or anything else)."""
     match = _GROUP_ARN.match(arn)
-    if match and query_term(match.group(1)) is not None:
+    if match and _queryable(match.group(1)):
         return match.group(1)
     return None
+
+
+def _queryable(name: str) -> bool:
+    """A thing or group name a query can carry: query characters, and not an operator."""
+    return query_term(name) is not None and name.upper() not in _OPERATORS
 
 
 def target_thing(arn: str) -> str | None:
     """The thing a job target names directly; None for a group (or anything else)."""
     match = _THING_ARN.match(arn)
-    if match and query_term(match.group(1)) is not None:
+    if match and _queryable(match.group(1)):
         return match.group(1)
     return None
 
 
 def things_query(names: list[str]) -> str:
-    """The query term of the things named (at most THINGS_PER_QUERY; valid query terms)."""
+    """The query term of the things named (valid query terms)."""
     return "thingName:(" + " OR ".join(str(query_term(n)) for n in names) + ")"
+
+
+def things_queries(names: list[str], rest: str) -> list[str]:
+    """Queries `thingName:(...) AND rest` that name every thing once, each within fleet
+    indexing's limits: at most THINGS_PER_QUERY names and MAX_QUERY_BYTES bytes."""
+    queries: list[str] = []
+    chunk: list[str] = []
+    for name in names:
+        candidate = [*chunk, name]
+        too_long = len(f"{things_query(candidate)} AND {rest}".encode()) > MAX_QUERY_BYTES
+        if chunk and (len(candidate) > THINGS_PER_QUERY or too_long):
+            queries.append(f"{things_query(chunk)} AND {rest}")
+            candidate = [name]
+        chunk = candidate
+    if chunk:
+        queries.append(f"{things_query(chunk)} AND {rest}")
+    return [q for q in queries if len(q.encode()) <= MAX_QUERY_BYTES]
 
 
 @dataclass(frozen=True, slots=True)

@@ -254,7 +254,8 @@ SELF_FAMILIES: tuple[SelfFamily, ...] = (
         "with `events:`): the event path's queue. `class`: `job` (a job-level event: "
         "completed, canceled, cancellation or deletion in progress; what it says is in "
         "/metrics at once, this describe confirms it), `execution` (an execution's end "
-        "the exporter could not count at once), `confirm` (an execution's end already "
+        "the exporter could not count at once, or counted while a describe of its job was "
+        "in flight), `confirm` (an execution's end already "
         "counted in /metrics, this describe confirms it), `unknown` (a job id only events "
         "named). Within a class, oldest data first.",
         (EVENTS,),

@@ -34,7 +34,6 @@ from exporter.packages import (
     JOB_ADOPTION,
     OTHER,
     PACKAGE_FAMILIES,
-    THINGS_PER_QUERY,
     UNREPORTED,
     VERSION_THINGS,
     Adoption,
@@ -47,7 +46,7 @@ from exporter.packages import (
     package_version,
     target_group,
     target_thing,
-    things_query,
+    things_queries,
     version_query,
 )
 from exporter.reader import cut
@@ -306,6 +305,13 @@ class VersionPoller:
                         source, job_id, package, version, groups, things, sizes
                     )
                     state.adoption[key] = replace(adoption, account_id=snapshot.account_id)
+                except NotAvailable as exc:
+                    if exc.code != "InvalidQueryException":
+                        raise
+                    # A query of this job's names the index refuses: this job's adoption
+                    # is not counted, the other jobs' and the packages' are.
+                    self.state.last_error = f"job {job_id}: query refused"
+                    state.adoption.pop(key, None)
                 except ApiError as exc:
                     self._failed(exc, f"job {job_id}")
         for gone in state.adoption.keys() - wanted:
@@ -330,9 +336,8 @@ class VersionPoller:
             progress.append(GroupProgress(group, sizes[group], on))
         # Things the job names, a few a call: the index answers a query of a few terms.
         direct = 0
-        for start in range(0, len(things), THINGS_PER_QUERY):
-            chunk = things[start : start + THINGS_PER_QUERY]
-            direct += await source.count(f"{things_query(chunk)} AND {on_version}")
+        for names in things_queries(things, on_version):
+            direct += await source.count(names)
         total = sum(group.on_version for group in progress) + direct
         return Adoption(job_id, package, version, total, tuple(progress), len(things))
 

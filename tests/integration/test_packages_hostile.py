@@ -365,3 +365,20 @@ async def test_a_job_that_names_its_things_counts_them_four_a_call(aws: HostileP
     named = [q for q in aws.queries if q.startswith("thingName:")]
     assert named and all(q.count(" OR ") <= 3 for q in named)
     assert not [q for q in aws.queries if "bad" in q or "xxxx" in q]
+
+
+async def test_a_query_the_index_refuses_costs_only_its_job(aws: HostilePackages) -> None:
+    aws.describe[JOB] = job_body(JOB, [version_arn("firmware", "2.0.0")], [thing_arn("m1")])
+    aws.statistics_default = lambda query: (
+        error("InvalidQueryException", 400, "bad query")
+        if query.startswith("thingName:")
+        else count_body(0)
+    )
+    async with Running(cfg(aws)) as run:
+        await run.after_rounds(2)
+        samples = await run.scrape()
+        assert value(samples, "aws_iot_jobs_exporter_packages_available", target="ep") == 1
+        assert value(samples, "aws_iot_package_version_things", package="agent", version="0.9")
+        assert value(samples, "aws_iot_job_package_adoption_things", job_id=JOB) is None
+        (line,) = run.collector.status().packages
+        assert f"job {JOB}: query refused" in line, line

@@ -268,3 +268,24 @@ def test_a_thing_target_is_a_query_term_or_nothing() -> None:
     for bad in ("a b", "a)", "x" * 129, "", "a/b"):
         assert target_thing(arn + bad) is None, bad
     assert things_query(["meter-1", "m:2"]) == r"thingName:(meter\-1 OR m\:2)"
+
+
+def test_thing_queries_stay_within_fleet_indexings_limits() -> None:
+    from exporter.packages import MAX_QUERY_BYTES, THINGS_PER_QUERY, things_queries
+
+    arn = "arn:aws:iot:eu-west-1:123456789012:thing/"
+    # Operators are not names: `thingName:(OR OR b)` would not mean what it says.
+    assert [target_thing(arn + n) for n in ("OR", "and", "Not")] == [None, None, None]
+    assert target_group("arn:aws:iot:eu-west-1:123456789012:thinggroup/OR") is None
+    # Names of 128 characters, every `-` escaped: four of them pass 1,000 bytes.
+    long = [("x-" * 64)[:-2] + f"{i:02d}" for i in range(9)]
+    version = version_query("edge-gateway-firmware-" + "a-" * 40, "2024-06-01-" + "r-" * 30)
+    queries = things_queries(long, version)
+    assert all(len(q.encode()) <= MAX_QUERY_BYTES for q in queries)
+    assert all(q.count(" OR ") < THINGS_PER_QUERY for q in queries)
+    named = [n for q in queries for n in q.split("(", 1)[1].split(")")[0].split(" OR ")]
+    assert len(named) == len(long)  # every thing once
+    assert things_queries(["a", "b", "c", "d", "e"], "v:1") == [
+        "thingName:(a OR b OR c OR d) AND v:1",
+        "thingName:(e) AND v:1",
+    ]
