@@ -237,12 +237,12 @@ def package_versions(m: Mixin) -> list[Item]:
     return [
         row("Package versions"),
         timeseries_panel(
-            "Devices per version of $package",
+            "Devices per package version",
             "Devices reporting each version of the package in their reserved package shadow, "
             'stacked: the largest versions, the rest as "other" (fleet indexing, counted '
             "every collector.packages.interval and trailing the devices by the index's lag). "
             "One panel per package chosen above, so a stack never adds two packages.",
-            [query(f"sum by (package, version) ({versions})", "{{version}}")],
+            [query(f"sum by (package, version) ({versions})", "{{package}} {{version}}")],
             "short",
             stack=True,
             w=8,
