@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exporter.cron import CronError, CronExpression
-from exporter.executions import ExecutionSweep, TimeInState
+from exporter.executions import ExecutionSweep, TimeInState, server_time
 
 # Every JobStatus AWS documents. SCHEDULED is botocore's enum value the field's own doc
 # string forgets; a value not listed here is still read and exported as it comes.
@@ -186,6 +186,9 @@ class JobSnapshot:
     scheduled_rollouts: tuple[float, ...] = ()
     package_versions: tuple[str, ...] = ()
     observed_rate_per_minute: float | None = None
+    # The answer's Date header (AWS's clock, whole seconds) when within
+    # ANSWER_CLOCK_TOLERANCE of the host's: which execution events it may already hold.
+    answered_at: float | None = None
     # Beyond DescribeJob, what the exporter learnt of the job's executions; the collector
     # carries these from one snapshot of the job to the next (`carry`).
     # The last complete ListJobExecutionsForJob sweep of its QUEUED and IN_PROGRESS ones.
@@ -271,7 +274,8 @@ class JobSnapshot:
         left; or itself when the describe may already hold it.
 
         Counted only when the event is certainly newer than the describe's answer
-        (`at`, AWS's whole seconds, after `fetched_at`): an older one, or one in the same
+        (`at`, AWS's whole seconds, after `fetched_at` on the host's clock and after
+        `answered_at` on AWS's): an older one, or one in the same
         second, may be in the answer already, and counting it twice is the error never
         made; its job's describe shows it. Nor on a job in a terminal status: its last
         executions decide when it is frozen, which only a describe may say. The state left
@@ -280,7 +284,10 @@ class JobSnapshot:
         or a timeout, queued for a rejection, a removal or a cancellation; the other when
         that one is 0. A describe replaces all of it with AWS's counts.
         """
-        if at is None or at <= self.fetched_at or self.terminal or self.executions is None:
+        if at is None or self.terminal or self.executions is None:
+            return self
+        # On both clocks: a host behind AWS's would otherwise count an end twice.
+        if at <= self.fetched_at or (self.answered_at is not None and at <= self.answered_at):
             return self
         counts = dict(self.executions)
         if state not in counts or state in _LIVE_STATES:
@@ -512,6 +519,17 @@ def target_type(target_arn: str) -> str:
     return resource.split("/", 1)[0] if "/" in resource else "unknown"
 
 
+# A describe answer's Date further than this from the host's clock is not believed (a
+# proxy's, a broken server's): the host's clock alone then decides.
+ANSWER_CLOCK_TOLERANCE = 900.0
+
+
+def answer_time(response: Any, host: float) -> float | None:
+    """The answer's Date header, when it is one and near the host's clock."""
+    at = server_time(response)
+    return at if at is not None and abs(at - host) <= ANSWER_CLOCK_TOLERANCE else None
+
+
 def parse_describe_job(response: Any, fetched_at: float) -> JobSnapshot:
     """A JobSnapshot from a DescribeJob response; raises MalformedJob naming the bad field."""
     top = _Fields(response, "response")
@@ -580,6 +598,7 @@ def parse_describe_job(response: Any, fetched_at: float) -> JobSnapshot:
     return JobSnapshot(
         job_id=job_id,
         fetched_at=fetched_at,
+        answered_at=answer_time(response, fetched_at),
         job_arn=job_arn,
         account_id=account_of(job_arn),
         target_selection=job.string("targetSelection"),
