@@ -530,7 +530,10 @@ class JobSource:
         async with self._call("DescribeJob", job_id):
             response = await self._clients["DescribeJob"].describe_job(jobId=job_id)
             try:
-                snapshot = parse_describe_job(response, time.time())
+                # The sweeps' tolerance of AWS's Date holds for the describe's too.
+                snapshot = parse_describe_job(
+                    response, time.time(), self.settings.executions.max_clock_skew
+                )
             except MalformedJob as exc:
                 self._count("DescribeJob", "malformed")
                 raise ApiError("malformed", "DescribeJob", summarise(exc)) from None

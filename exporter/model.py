@@ -186,8 +186,8 @@ class JobSnapshot:
     scheduled_rollouts: tuple[float, ...] = ()
     package_versions: tuple[str, ...] = ()
     observed_rate_per_minute: float | None = None
-    # The answer's Date header (AWS's clock, whole seconds) when within
-    # ANSWER_CLOCK_TOLERANCE of the host's: which execution events it may already hold.
+    # The answer's Date header (AWS's clock, whole seconds) when within the sweeps'
+    # max_clock_skew of the host's: which execution events it may already hold.
     answered_at: float | None = None
     # Beyond DescribeJob, what the exporter learnt of the job's executions; the collector
     # carries these from one snapshot of the job to the next (`carry`).
@@ -519,19 +519,19 @@ def target_type(target_arn: str) -> str:
     return resource.split("/", 1)[0] if "/" in resource else "unknown"
 
 
-# A describe answer's Date further than this from the host's clock is not believed (a
-# proxy's, a broken server's): the host's clock alone then decides.
-ANSWER_CLOCK_TOLERANCE = 900.0
-
-
-def answer_time(response: Any, host: float) -> float | None:
-    """The answer's Date header, when it is one and near the host's clock."""
+def answer_time(response: Any, host: float, max_skew: float) -> float | None:
+    """The answer's Date header, when it is one and within `max_skew` of the host's clock:
+    a Date further off (a proxy's, a broken server's) is not believed, and the host's
+    clock alone then decides."""
     at = server_time(response)
-    return at if at is not None and abs(at - host) <= ANSWER_CLOCK_TOLERANCE else None
+    return at if at is not None and abs(at - host) <= max_skew else None
 
 
-def parse_describe_job(response: Any, fetched_at: float) -> JobSnapshot:
-    """A JobSnapshot from a DescribeJob response; raises MalformedJob naming the bad field."""
+def parse_describe_job(
+    response: Any, fetched_at: float, max_clock_skew: float | None = None
+) -> JobSnapshot:
+    """A JobSnapshot from a DescribeJob response; raises MalformedJob naming the bad field.
+    With `max_clock_skew`, the answer's Date is read too (JobSnapshot.answered_at)."""
     top = _Fields(response, "response")
     job = top.obj("job")
     if job is None:
@@ -598,7 +598,9 @@ def parse_describe_job(response: Any, fetched_at: float) -> JobSnapshot:
     return JobSnapshot(
         job_id=job_id,
         fetched_at=fetched_at,
-        answered_at=answer_time(response, fetched_at),
+        answered_at=(
+            None if max_clock_skew is None else answer_time(response, fetched_at, max_clock_skew)
+        ),
         job_arn=job_arn,
         account_id=account_of(job_arn),
         target_selection=job.string("targetSelection"),

@@ -254,8 +254,6 @@ class Adoption:
     version: str
     things: int
     groups: tuple[GroupProgress, ...] = ()
-    # Things the job targets directly (not through a group) that were counted.
-    direct: int = 0
     # The job's account (from its ARN), as on the job's own series: joins need it equal.
     account_id: str = ""
 

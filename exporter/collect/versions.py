@@ -310,7 +310,7 @@ class VersionPoller:
                         raise
                     # A query of this job's names the index refuses: this job's adoption
                     # is not counted, the other jobs' and the packages' are.
-                    self.state.last_error = f"job {job_id}: query refused"
+                    state.last_error = f"job {job_id}: query refused"
                     state.adoption.pop(key, None)
                 except ApiError as exc:
                     self._failed(exc, f"job {job_id}")
@@ -339,7 +339,7 @@ class VersionPoller:
         for names in things_queries(things, on_version):
             direct += await source.count(names)
         total = sum(group.on_version for group in progress) + direct
-        return Adoption(job_id, package, version, total, tuple(progress), len(things))
+        return Adoption(job_id, package, version, total, tuple(progress))
 
 
 def _account(key: str) -> str:
